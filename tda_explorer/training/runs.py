@@ -1,0 +1,218 @@
+"""Multi-seed training runs and subset retraining, cached in the workspace.
+
+A run = (dataset spec, model config, training config, seeds). Each seed's model is
+its own artifact (kind "models"), so an interrupted run resumes from the seeds it
+finished; the run artifact (kind "runs") is written last and lists them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from tda_explorer.data.example_set import DatasetSplits, ExampleSet
+from tda_explorer.errors import ArtifactError
+from tda_explorer.models import ModelConfig, model_config_from_dict, prepare_inputs
+from tda_explorer.store import Workspace, load_tensors, save_tensors
+from tda_explorer.training.config import TrainConfig
+from tda_explorer.training.executor import Executor, LocalExecutor
+from tda_explorer.training.trainer import (
+    Checkpoint,
+    Progress,
+    TrainResult,
+    load_model,
+    predict_logits,
+    train_model,
+)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training job for an Executor (picklable)."""
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    data: ExampleSet
+    seed: int
+    mask: np.ndarray | None = None
+    eval_sets: dict[str, ExampleSet] = field(default_factory=dict)
+    keep_checkpoints: bool = True
+
+
+def run_train_job(job: TrainJob) -> TrainResult:
+    """Executor entry point: train; drop the weights when only eval logits are wanted."""
+    result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
+    if not job.keep_checkpoints:
+        result.checkpoints = []
+    return result
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax equals the label."""
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+@dataclass
+class TrainedRun:
+    """A trained multi-seed run: configs plus, per seed, its checkpoints (last = final model).
+
+    Attributes:
+        key: the run's artifact key in the workspace.
+        dataset: the dataset spec dict (`DatasetSpec.to_dict()`).
+        metrics: per seed {"train_acc", "val_acc", "test_acc", "seconds"}.
+    """
+
+    key: str
+    dataset: dict
+    model_config: ModelConfig
+    train_config: TrainConfig
+    seeds: tuple[int, ...]
+    input_shape: tuple[int, ...]
+    n_classes: int
+    checkpoints: dict[int, list[Checkpoint]] = field(repr=False)
+    metrics: dict[int, dict]
+
+    def model(self, seed: int | None = None, checkpoint: int = -1) -> nn.Module:
+        """The model of `seed` (default: the first) at checkpoint index `checkpoint` (default final), eval mode."""
+        seed = self.seeds[0] if seed is None else seed
+        if seed not in self.checkpoints:
+            raise ArtifactError(f"run {self.key} has no seed {seed}; its seeds are {list(self.seeds)}.")
+        state = self.checkpoints[seed][checkpoint].state
+        return load_model(self.model_config, self.input_shape, self.n_classes, state)
+
+    def predict(self, examples: ExampleSet, seed: int | None = None) -> torch.Tensor:
+        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first)."""
+        model = self.model(seed)
+        return torch.softmax(predict_logits(model, prepare_inputs(model, examples.inputs)), dim=1)
+
+    def mean_metric(self, name: str) -> float:
+        return float(np.mean([m[name] for m in self.metrics.values()]))
+
+
+def run_config(splits: DatasetSplits, model_config: ModelConfig, train_config: TrainConfig, seeds) -> dict:
+    """The config dict that keys a run artifact."""
+    return {
+        "dataset": splits.spec,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "seeds": [int(s) for s in seeds],
+    }
+
+
+def _seed_config(splits: DatasetSplits, model_config: ModelConfig, train_config: TrainConfig, seed: int) -> dict:
+    return {"dataset": splits.spec, "model": model_config.to_dict(), "train": train_config.to_dict(), "seed": seed}
+
+
+def _save_seed(ws: Workspace, cfg: dict, result: TrainResult, metrics: dict) -> None:
+    infos = [c.info() for c in result.checkpoints]
+    with ws.write("models", cfg, extra={"checkpoints": infos, "metrics": metrics}) as d:
+        for i, c in enumerate(result.checkpoints):
+            save_tensors(d, f"ckpt{i}", c.state)
+
+
+def _load_seed(ws: Workspace, cfg: dict) -> tuple[list[Checkpoint], dict]:
+    path = ws.open("models", cfg)
+    meta = ws.meta("models", path.name)
+    ckpts = [
+        Checkpoint(state=load_tensors(path / f"ckpt{i}.pt"), **info)
+        for i, info in enumerate(meta["extra"]["checkpoints"])
+    ]
+    return ckpts, meta["extra"]["metrics"]
+
+
+def train_run(
+    splits: DatasetSplits,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    seeds: Sequence[int],
+    workspace: Workspace | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> TrainedRun:
+    """Train (or reuse from the workspace) one model per seed; returns the TrainedRun.
+
+    Seeds already in the workspace are loaded, not retrained; `progress(done, total, msg)` counts seeds.
+    """
+    ws = workspace or Workspace()
+    executor = executor or LocalExecutor()
+    seeds = tuple(int(s) for s in seeds)
+    todo = [s for s in seeds if not ws.exists("models", _seed_config(splits, model_config, train_config, s))]
+    evals = {"train": splits.train, "val": splits.val, "test": splits.test}
+    jobs = [TrainJob(model_config, train_config, splits.train, s, eval_sets=evals) for s in todo]
+    done_before = len(seeds) - len(todo)
+    if progress is not None and done_before:
+        progress(done_before, len(seeds), f"{done_before} seed(s) reused from the workspace")
+
+    def save_as_done(result: TrainResult) -> None:
+        metrics = {name: accuracy(result.eval_logits[name], es.labels) for name, es in evals.items()}
+        metrics = {f"{k}_acc": v for k, v in metrics.items()} | {"seconds": result.seconds}
+        _save_seed(ws, _seed_config(splits, model_config, train_config, result.seed), result, metrics)
+
+    def seed_progress(done: int, total: int, msg: str) -> None:
+        if progress is not None:
+            progress(done_before + done, len(seeds), msg)
+
+    # Save each seed as soon as it finishes so an interrupted run resumes from the finished seeds.
+    executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
+    checkpoints, metrics = {}, {}
+    for s in seeds:
+        checkpoints[s], metrics[s] = _load_seed(ws, _seed_config(splits, model_config, train_config, s))
+    cfg = run_config(splits, model_config, train_config, seeds)
+    summary = {
+        "metrics": {str(s): m for s, m in metrics.items()},
+        "input_shape": list(splits.train.input_shape),
+        "n_classes": splits.train.n_classes,
+    }
+    if not ws.exists("runs", cfg):
+        with ws.write("runs", cfg, extra=summary):
+            pass
+    key = ws.key("runs", cfg)
+    return TrainedRun(
+        key, splits.spec, model_config, train_config, seeds, splits.train.input_shape, splits.train.n_classes,
+        checkpoints, metrics,
+    )
+
+
+def load_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
+    """A TrainedRun from its run key (as printed by the CLI and listed by `Workspace.list_runs()`)."""
+    ws = workspace or Workspace()
+    meta = ws.meta("runs", key)
+    cfg = meta["config"]
+    model_config = model_config_from_dict(cfg["model"])
+    train_config = TrainConfig.from_dict(cfg["train"])
+    checkpoints, metrics = {}, {}
+    for s in cfg["seeds"]:
+        seed_cfg = {"dataset": cfg["dataset"], "model": cfg["model"], "train": cfg["train"], "seed": s}
+        checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
+    extra = meta["extra"]
+    return TrainedRun(
+        key, cfg["dataset"], model_config, train_config, tuple(cfg["seeds"]), tuple(extra["input_shape"]),
+        int(extra["n_classes"]), checkpoints, metrics,
+    )
+
+
+def retrain_on_subsets(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    train: ExampleSet,
+    masks: np.ndarray,
+    seeds: Sequence[int],
+    eval_set: ExampleSet,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Retrain on each boolean mask `[M, n_train]` with each seed; return eval logits `[M, R, n_eval, C]`."""
+    executor = executor or LocalExecutor()
+    masks = np.asarray(masks, dtype=bool)
+    jobs = [
+        TrainJob(model_config, train_config, train, int(s), mask=m, eval_sets={"eval": eval_set}, keep_checkpoints=False)
+        for m in masks
+        for s in seeds
+    ]
+    results = executor.map(run_train_job, jobs, progress)
+    logits = torch.stack([r.eval_logits["eval"] for r in results])
+    return logits.view(len(masks), len(seeds), *logits.shape[1:])

@@ -1,0 +1,195 @@
+"""Seeded, deterministic training of one model on (a subset of) an ExampleSet.
+
+The same (model config, training config, data, seed, mask) gives bit-identical
+weights on CPU: init, batch order and dropout draw from RNGs seeded here, and
+training runs single-threaded (thread count changes float summation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.errors import ConfigError
+from tda_explorer.models import ModelConfig, build_model, prepare_inputs
+from tda_explorer.training.config import TrainConfig
+
+Progress = Callable[[int, int, str], None]
+"""Progress callback: `(done, total, message)`; the CLI maps it to tqdm, the app to st.progress."""
+
+EVAL_BATCH = 512
+
+
+@dataclass
+class Checkpoint:
+    """Model state after `step` optimizer steps.
+
+    Attributes:
+        step: optimizer steps taken (1-based count; the final checkpoint has step == total steps).
+        epoch: fractional epoch at the checkpoint.
+        lr: learning rate of the last step before the checkpoint.
+        segment_mean_lr: mean learning rate over the steps since the previous checkpoint (or start).
+        segment_steps: number of steps since the previous checkpoint (or start).
+        state: trainable parameters and buffers (CPU tensors), loadable with `strict=False`.
+    """
+
+    step: int
+    epoch: float
+    lr: float
+    segment_mean_lr: float
+    segment_steps: int
+    state: dict[str, torch.Tensor] = field(repr=False)
+
+    def info(self) -> dict:
+        """JSON-able metadata (everything but the weights)."""
+        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "segment_mean_lr", "segment_steps")}
+
+
+@dataclass
+class TrainResult:
+    """What one training job produces: checkpoints (last = final), timings, optional eval logits."""
+
+    seed: int
+    checkpoints: list[Checkpoint]
+    seconds: float
+    epoch_losses: list[float]
+    eval_logits: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def final_state(self) -> dict[str, torch.Tensor]:
+        return self.checkpoints[-1].state
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch single-threaded inside the block (restores the previous thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and buffers as detached CPU tensors (frozen pretrained weights are not copied)."""
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().cpu().clone() for n, b in model.named_buffers()})
+    return state
+
+
+def checkpoint_steps(total_steps: int, n_checkpoints: int) -> list[int]:
+    """Evenly spaced checkpoint steps in (0, total_steps], the last equal to total_steps."""
+    n = min(n_checkpoints, total_steps)
+    return sorted({max(1, round(total_steps * (k + 1) / n)) for k in range(n)})
+
+
+def make_optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, inputs: torch.Tensor, batch: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits `[n, C]` (float32, eval mode) for model-ready inputs."""
+    was_training = model.training
+    model.eval()
+    out = [model(inputs[i : i + batch]).float() for i in range(0, len(inputs), batch)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def train_model(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    data: ExampleSet,
+    seed: int,
+    mask: np.ndarray | torch.Tensor | None = None,
+    eval_sets: dict[str, ExampleSet] | None = None,
+    progress: Progress | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train one model with `seed` on the examples of `data` where `mask` is True (all if None).
+
+    Args:
+        init_state: optional starting weights (e.g. a pre-trained stage), loaded with strict=False.
+        eval_sets: ExampleSets whose final logits `[n, C]` are returned in `TrainResult.eval_logits`.
+
+    Returns:
+        TrainResult with `train_config.checkpoints` checkpoints (the last is the final model).
+    """
+    start_time = time.perf_counter()
+    idx = torch.arange(len(data))
+    if mask is not None:
+        mask_t = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
+        if mask_t.numel() != len(data):
+            raise ConfigError(f"training mask has length {mask_t.numel()}, the data has {len(data)} examples.")
+        idx = idx[mask_t]
+    if len(idx) == 0:
+        raise ConfigError("training mask selects no example; select at least one.")
+    with single_thread(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(model_config, data.input_shape, data.n_classes)
+        if init_state is not None:
+            model.load_state_dict(init_state, strict=False)
+        inputs = prepare_inputs(model, data.inputs)
+        labels = data.labels
+        shuffle = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+        steps_per_epoch = -(-len(idx) // train_config.batch_size)
+        total = steps_per_epoch * train_config.epochs
+        keep = set(checkpoint_steps(total, train_config.checkpoints))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = make_optimizer(train_config, params)
+        checkpoints: list[Checkpoint] = []
+        epoch_losses: list[float] = []
+        step, seg_lr_sum, seg_steps = 0, 0.0, 0
+        model.train()
+        for epoch in range(train_config.epochs):
+            order = idx[torch.randperm(len(idx), generator=shuffle)]
+            loss_sum = 0.0
+            for b in range(steps_per_epoch):
+                batch = order[b * train_config.batch_size : (b + 1) * train_config.batch_size]
+                lr = train_config.lr_at(step, total)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                seg_lr_sum += lr
+                seg_steps += 1
+                loss_sum += loss.item() * len(batch)
+                if step in keep:
+                    checkpoints.append(
+                        Checkpoint(step, step / steps_per_epoch, lr, seg_lr_sum / seg_steps, seg_steps, model_state(model))
+                    )
+                    seg_lr_sum, seg_steps = 0.0, 0
+            epoch_losses.append(loss_sum / len(idx))
+            if progress is not None:
+                progress(epoch + 1, train_config.epochs, f"seed {seed}: epoch {epoch + 1} loss {epoch_losses[-1]:.4f}")
+        eval_logits = {
+            name: predict_logits(model, prepare_inputs(model, es.inputs)) for name, es in (eval_sets or {}).items()
+        }
+    return TrainResult(seed, checkpoints, time.perf_counter() - start_time, epoch_losses, eval_logits)
+
+
+def load_model(
+    model_config: ModelConfig, input_shape: tuple[int, ...], n_classes: int, state: dict[str, torch.Tensor]
+) -> nn.Module:
+    """A model in eval mode with `state` loaded (strict=False so frozen pretrained weights come from the build)."""
+    model = build_model(model_config, input_shape, n_classes)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    if missing:
+        raise ConfigError(f"checkpoint lacks trainable parameters {missing[:5]}; it was made by another model config.")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
