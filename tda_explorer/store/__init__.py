@@ -1,0 +1,45 @@
+"""The workspace store: config-keyed artifacts written atomically, tensor/array files, user flags.
+
+Artifacts live in `<root>/<kind>/<key>/` with a `meta.json`; the key is `config_hash(config)`. Writes
+go to a temp directory renamed into place when complete, so readers (the app, the CLI, another
+process) never see half-written results. See `Workspace` for the API.
+"""
+
+from __future__ import annotations
+
+from tda_explorer.store.arrays import load_array, load_tensors, save_array, save_tensors
+from tda_explorer.store.atomic import (
+    atomic_directory,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temps,
+    remove_directory,
+)
+from tda_explorer.store.flags import FlagRecord, FlagStore
+from tda_explorer.store.keys import canonical_json, config_diff, config_hash, to_jsonable
+from tda_explorer.store.workspace import META_FILE, ArtifactWrite, Workspace
+
+__all__ = [
+    "META_FILE",
+    "ArtifactWrite",
+    "FlagRecord",
+    "FlagStore",
+    "Workspace",
+    "atomic_directory",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "canonical_json",
+    "clean_stale_temps",
+    "config_diff",
+    "config_hash",
+    "load_array",
+    "load_tensors",
+    "remove_directory",
+    "save_array",
+    "save_tensors",
+    "to_jsonable",
+]
