@@ -1,0 +1,54 @@
+"""Evaluations of attribution methods: LDS, mislabel detection, pruning curves, counterfactual removal.
+
+Sign convention throughout: positive score = the training example helps the query (lowers its loss).
+"""
+
+from __future__ import annotations
+
+from tda_explorer.evaluation.counterfactual import CounterfactualResult, counterfactual_test
+from tda_explorer.evaluation.lds import (
+    LDSConfig,
+    LDSResult,
+    LDSTruth,
+    compute_lds_truth,
+    lds_groups,
+    lds_score,
+    lds_truth_config,
+    load_lds_truth,
+    subset_masks,
+)
+from tda_explorer.evaluation.mislabel import (
+    MislabelReport,
+    MislabelResult,
+    mislabel_experiment,
+    mislabel_metrics,
+    recall_at_fraction,
+    training_loss_scores,
+)
+from tda_explorer.evaluation.pruning import PruningCurve, pruning_curve, usefulness_from_scores
+from tda_explorer.evaluation.stats import bootstrap_mean_ci, spearman_rows
+
+__all__ = [
+    "CounterfactualResult",
+    "LDSConfig",
+    "LDSResult",
+    "LDSTruth",
+    "MislabelReport",
+    "MislabelResult",
+    "PruningCurve",
+    "bootstrap_mean_ci",
+    "compute_lds_truth",
+    "counterfactual_test",
+    "lds_groups",
+    "lds_score",
+    "lds_truth_config",
+    "load_lds_truth",
+    "mislabel_experiment",
+    "mislabel_metrics",
+    "pruning_curve",
+    "recall_at_fraction",
+    "spearman_rows",
+    "subset_masks",
+    "training_loss_scores",
+    "usefulness_from_scores",
+]

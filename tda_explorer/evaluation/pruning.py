@@ -1,0 +1,130 @@
+"""Pruning curves: remove the k% least useful training examples, retrain, and compare with random removal.
+
+Usefulness is `[n_train]`, higher = more useful to held-out data; `usefulness_from_scores` sums a score
+matrix over validation queries (positive score = helps, so the most harmful examples have the lowest sum
+and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
+the method (by usefulness, lowest first) and for the random baseline (one seeded permutation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.errors import ConfigError
+from tda_explorer.evaluation._common import as_float64, check_fractions, check_int, check_seeds, cross_entropy
+from tda_explorer.models import ModelConfig
+from tda_explorer.training.config import TrainConfig
+from tda_explorer.training.executor import Executor
+from tda_explorer.training.runs import retrain_on_subsets
+from tda_explorer.training.trainer import Progress
+
+DEFAULT_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Usefulness to a validation set: `scores.sum(0)`, float64 `[n_train]` (higher = more useful).
+
+    Args:
+        scores: `[n_val, n_train]`, positive = the training example helps the validation example.
+    """
+    return as_float64(scores, "scores", (None, None)).sum(axis=0)
+
+
+@dataclass(frozen=True, eq=False)
+class PruningCurve:
+    """Test accuracy and loss after pruning, per removed fraction and retraining seed.
+
+    Attributes:
+        fractions: removed fractions k, `[K]`.
+        n_removed: examples removed at each fraction, `[K]`.
+        seeds: retraining seeds, `[R]`.
+        method_acc, random_acc: float64 `[K, R]` test accuracy after removing by usefulness / at random.
+        method_loss, random_loss: float64 `[K, R]` mean test cross-entropy (nats).
+        removal_order: training ids, least useful first (the method removes a prefix of it).
+    """
+
+    fractions: tuple[float, ...]
+    n_removed: tuple[int, ...]
+    seeds: tuple[int, ...]
+    method_acc: np.ndarray
+    random_acc: np.ndarray
+    method_loss: np.ndarray
+    random_loss: np.ndarray
+    removal_order: tuple[str, ...]
+
+    def table(self) -> list[dict]:
+        """One row per fraction: fraction, n_removed, mean/std over seeds of accuracy and loss (to plot)."""
+        rows = []
+        for i, (f, k) in enumerate(zip(self.fractions, self.n_removed, strict=True)):
+            row: dict = {"fraction": f, "n_removed": k}
+            for name in ("method_acc", "random_acc", "method_loss", "random_loss"):
+                values = getattr(self, name)[i]
+                row[name] = float(values.mean())
+                row[f"{name}_std"] = float(values.std())
+            rows.append(row)
+        return rows
+
+
+def pruning_curve(
+    usefulness: torch.Tensor | np.ndarray,
+    train: ExampleSet,
+    test: ExampleSet,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0,),
+    random_seed: int = 0,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> PruningCurve:
+    """Retrain without the least useful `round(k * N)` examples for each k, and without as many random ones.
+
+    Args:
+        usefulness: `[n_train]`, higher = more useful (ties broken by position, stably).
+        train, test: training set and the set accuracy is measured on.
+        model_config, train_config: how the models are retrained.
+        fractions: removed fractions in [0, 1).
+        seeds: retraining seeds; every mask is trained with each.
+        random_seed: seed of the random-removal permutation (`numpy.random.default_rng(random_seed)`).
+        executor, progress: run the retrainings and report `(done, total, msg)`.
+
+    Returns:
+        PruningCurve with accuracies `[K, R]` for the method and the random baseline.
+    """
+    n = len(train)
+    use = as_float64(usefulness, "usefulness", (n,))
+    fractions = check_fractions(fractions, "pruning fractions")
+    seeds = check_seeds(seeds)
+    random_seed = check_int(random_seed, "random_seed")
+    n_removed = tuple(round(f * n) for f in fractions)
+    if max(n_removed) >= n:
+        raise ConfigError(
+            f"removing {max(n_removed)} of {n} examples leaves none to train on; lower the fractions."
+        )
+    order = np.argsort(use, kind="stable")
+    perm = np.random.default_rng(random_seed).permutation(n)
+    masks = np.ones((2 * len(fractions), n), dtype=bool)
+    for i, k in enumerate(n_removed):
+        masks[i, order[:k]] = False
+        masks[len(fractions) + i, perm[:k]] = False
+    unique, inverse = np.unique(masks, axis=0, return_inverse=True)  # k = 0 appears twice: train it once
+    logits = retrain_on_subsets(model_config, train_config, train, unique, seeds, test, executor, progress)
+    logits = logits[torch.from_numpy(inverse.reshape(-1))]
+    acc = (logits.argmax(-1) == test.labels).double().mean(-1).numpy()
+    loss = cross_entropy(logits, test.labels).mean(-1).numpy()
+    k = len(fractions)
+    return PruningCurve(
+        fractions=fractions,
+        n_removed=n_removed,
+        seeds=seeds,
+        method_acc=acc[:k],
+        random_acc=acc[k:],
+        method_loss=loss[:k],
+        random_loss=loss[k:],
+        removal_order=tuple(train.ids[i] for i in order),
+    )

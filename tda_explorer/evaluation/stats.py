@@ -1,0 +1,77 @@
+"""Vectorised statistics for the evaluations: row-wise Spearman correlation and a bootstrap interval."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+from tda_explorer.errors import ConfigError
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of `a` with the same row of `b`.
+
+    Ranks are taken along the last axis with average ranks for ties (`scipy.stats.rankdata`), then the
+    Pearson correlation of the ranks, which is exactly `scipy.stats.spearmanr` of the two rows.
+
+    Args:
+        a: float `[n, m]`: n rows of m paired observations.
+        b: float `[n, m]`, paired with `a`.
+
+    Returns:
+        float64 `[n]` in [-1, 1]; NaN for a row where `a` or `b` is constant (no ranking to correlate).
+
+    Raises:
+        ConfigError: the shapes differ or are not 2-D.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ConfigError(
+            f"spearman_rows needs two [n, m] arrays of equal shape, got {a.shape} and {b.shape}."
+        )
+    ra = stats.rankdata(a, axis=1, method="average")
+    rb = stats.rankdata(b, axis=1, method="average")
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    num = (ra * rb).sum(axis=1)
+    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = num / den
+    rho[den == 0] = np.nan
+    return np.clip(rho, -1.0, 1.0)
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (`scipy.stats.bootstrap`, seeded).
+
+    Args:
+        values: float `[n]`; NaNs must be removed by the caller.
+        n_resamples: bootstrap resamples.
+        confidence: confidence level in (0, 1).
+        seed: seed of the resampling (`numpy.random.default_rng(seed)`).
+
+    Returns:
+        `(low, high)`; `(nan, nan)` when fewer than two values are given.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not 0.0 < confidence < 1.0 or n_resamples < 1:
+        raise ConfigError(
+            f"confidence must be in (0, 1) and n_resamples >= 1, got {confidence}, {n_resamples}."
+        )
+    if values.size < 2:
+        return float("nan"), float("nan")
+    if np.all(values == values[0]):
+        return float(values[0]), float(values[0])
+    res = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
