@@ -1,0 +1,107 @@
+"""Cached attribution: compute an attributor's scores for a run once, store them, reuse them.
+
+Artifact kind "scores", keyed by {run key, attributor config, query split}. Contents:
+`scores.npy` float32 `[n_query, n_train]` (positive = helps), `self_influence.npy` float32
+`[n_train]`, and in the metadata the query and train ids and the wall seconds of fit/score.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from tda_explorer.attributors.base import make_attributor
+from tda_explorer.data.example_set import DatasetSplits
+from tda_explorer.errors import ConfigError
+from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.training.runs import TrainedRun
+from tda_explorer.training.trainer import Progress
+
+QUERY_SPLITS = ("test", "val")
+
+
+@dataclass
+class ScoreResult:
+    """Scores of one attributor on one run.
+
+    Attributes:
+        scores: float32 `[n_query, n_train]`, rows follow `query_ids`, columns `train_ids`; positive = helps.
+        self_influence: float32 `[n_train]`.
+        seconds: wall seconds of fit + score + self-influence when it was computed.
+    """
+
+    method: str
+    config: dict
+    scores: np.ndarray
+    self_influence: np.ndarray
+    query_ids: list[str]
+    train_ids: list[str]
+    seconds: float
+    key: str
+
+    def top_k(self, query_index: int, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Train positions of the k most supporting (largest, best first) and k most opposing (smallest,
+        most negative first) examples for one query: two `int64 [k]` arrays."""
+        row = self.scores[query_index]
+        k = min(k, len(row))
+        support = np.argpartition(-row, k - 1)[:k]
+        oppose = np.argpartition(row, k - 1)[:k]
+        return support[np.argsort(-row[support])], oppose[np.argsort(row[oppose])]
+
+
+def score_config(run: TrainedRun, method: str, settings: dict, split: str) -> dict:
+    return {"run": run.key, "method": {"method": method, **settings}, "queries": split}
+
+
+def compute_scores(
+    run: TrainedRun,
+    splits: DatasetSplits,
+    method: str,
+    settings: dict | None = None,
+    split: str = "test",
+    workspace: Workspace | None = None,
+    progress: Progress | None = None,
+) -> ScoreResult:
+    """Scores of `method` (registry name) for the `split` queries against the training set; cached."""
+    if split not in QUERY_SPLITS:
+        raise ConfigError(f"query split {split!r} is not one of {QUERY_SPLITS}.")
+    ws = workspace or Workspace()
+    settings = dict(settings or {})
+    attributor = make_attributor(method, progress=progress, **settings)
+    cfg = score_config(run, method, attributor.settings, split)
+    if not ws.exists("scores", cfg):
+        queries = getattr(splits, split)
+        start = time.perf_counter()
+        attributor.fit(run, splits.train)
+        scores = attributor.score(queries).numpy().astype(np.float32)
+        self_inf = attributor.self_influence().numpy().astype(np.float32)
+        seconds = time.perf_counter() - start
+        extra = {"query_ids": list(queries.ids), "train_ids": list(splits.train.ids), "seconds": seconds}
+        with ws.write("scores", cfg, extra=extra) as d:
+            save_array(d, "scores", scores)
+            save_array(d, "self_influence", self_inf)
+    return load_scores(ws, cfg)
+
+
+def load_scores(ws: Workspace, cfg: dict) -> ScoreResult:
+    """A stored ScoreResult by its config (ArtifactError if absent)."""
+    path = ws.open("scores", cfg)
+    meta = ws.meta("scores", path.name)
+    extra = meta["extra"]
+    return ScoreResult(
+        method=cfg["method"]["method"],
+        config=cfg,
+        scores=load_array(path / "scores.npy"),
+        self_influence=load_array(path / "self_influence.npy"),
+        query_ids=extra["query_ids"],
+        train_ids=extra["train_ids"],
+        seconds=float(extra["seconds"]),
+        key=path.name,
+    )
+
+
+def list_scores(ws: Workspace, run_key: str) -> list[dict]:
+    """Metadata of every stored score artifact of a run, newest first."""
+    return [m for m in ws.list("scores") if m["config"].get("run") == run_key]

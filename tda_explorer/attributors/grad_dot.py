@@ -1,0 +1,73 @@
+"""Grad-Dot and Grad-Cos: inner product (or cosine) of per-example loss gradients at the final model.
+
+`score[q, t] = g(q) . g(t)` with `g` the cross-entropy gradient over the chosen parameter subset,
+averaged over the run's seeds when `seeds="all"`. Sign: a gradient step on t moves the weights along
+`-g(t)`, changing the query loss by `-lr g(q).g(t)`, so a positive dot means t helps the query. Scale:
+raw dot (not divided by N); Grad-Cos is rank-only (cosine in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.backend.grads import example_grads
+from tda_explorer.backend.scoring import dot_scores
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.models import prepare_inputs
+from tda_explorer.training.runs import TrainedRun
+
+
+class _GradientSimilarity(Attributor):
+    normalize: bool = False
+
+    def __init__(self, params: str | Sequence[str] = "head", seeds: str = "first", progress=None) -> None:
+        super().__init__(
+            progress=progress, params=params if isinstance(params, str) else list(params), seeds=seeds
+        )
+
+    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
+        feats = []
+        for model in self.models_:
+            g = example_grads(
+                model, prepare_inputs(model, examples.inputs), examples.labels, params=self.settings["params"]
+            )
+            feats.append(F.normalize(g, dim=1) if self.normalize else g)
+        return feats
+
+    def fit(self, run: TrainedRun, train: ExampleSet) -> _GradientSimilarity:
+        seeds = run.seeds if self.settings["seeds"] == "all" else run.seeds[:1]
+        self.models_ = [run.model(s) for s in seeds]
+        self.train_features_ = self._features(train)
+        if self.progress is not None:
+            self.progress(1, 1, f"{self.name}: {len(train)} train gradients")
+        self.fitted_ = True
+        return self
+
+    def score(self, queries: ExampleSet) -> torch.Tensor:
+        self._check_fitted()
+        q = self._features(queries)
+        return torch.stack([dot_scores(a, b) for a, b in zip(q, self.train_features_, strict=True)]).mean(0)
+
+    def self_influence(self) -> torch.Tensor:
+        self._check_fitted()
+        return torch.stack([(g * g).sum(1).float() for g in self.train_features_]).mean(0)
+
+
+@register
+class GradDot(_GradientSimilarity):
+    """Grad-Dot: `g(q) . g(t)` (see module docstring)."""
+
+    name = "grad_dot"
+
+
+@register
+class GradCos(_GradientSimilarity):
+    """Grad-Cos: cosine of `g(q)` and `g(t)`; rank-only. Self-influence is 1 by definition."""
+
+    name = "grad_cos"
+    normalize = True
+    rank_only = True

@@ -1,0 +1,138 @@
+"""Per-example gradients with `torch.func`, in memory-bounded chunks, over a named parameter subset.
+
+Convention: `grads[i]` is the gradient of example i's own objective (cross-entropy
+loss, or the TRAK margin) w.r.t. the selected parameters, flattened in the order of
+`ParamSubset.names`. Shapes: `[n, p]` with p = `ParamSubset.numel`. The model is
+evaluated in eval mode (dropout off) unless the caller passes a model in train mode
+with fixed masks (see the ensemble attributors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from tda_explorer.backend.device import get_device, get_dtype
+from tda_explorer.errors import ConfigError
+
+DEFAULT_MEMORY_BYTES = 512 * 2**20  # budget for one chunk of per-example gradients and their intermediates
+
+
+@dataclass(frozen=True)
+class ParamSubset:
+    """An ordered set of trainable parameters, by name.
+
+    `spec` is "all" (every parameter that requires grad), "head" (the final Linear),
+    or a sequence of name prefixes (e.g. ["head.", "body.3."]).
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def numel(self) -> int:
+        total = 0
+        for s in self.shapes:
+            n = 1
+            for d in s:
+                n *= d
+            total += n
+        return total
+
+    @classmethod
+    def resolve(cls, model: nn.Module, spec: str | Sequence[str] = "all") -> ParamSubset:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if spec == "all":
+            chosen = named
+        else:
+            prefixes = ("head.",) if spec == "head" else tuple(spec)
+            chosen = [(n, p) for n, p in named if n.startswith(prefixes) or n in prefixes]
+        if not chosen:
+            available = ", ".join(n for n, _ in named[:12])
+            raise ConfigError(
+                f"parameter subset {spec!r} matches no trainable parameter; available: {available}"
+            )
+        return cls(tuple(n for n, _ in chosen), tuple(tuple(p.shape) for _, p in chosen))
+
+
+def example_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one example: logits `[C]`, label scalar -> scalar (nats)."""
+    return F.cross_entropy(logits.unsqueeze(0), label.unsqueeze(0))
+
+
+def example_margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """TRAK margin of one example, `log p_y / (1 - p_y) = z_y - logsumexp_{c != y} z_c` (scalar)."""
+    is_label = torch.arange(logits.shape[-1], device=logits.device) == label
+    others = logits.masked_fill(is_label, float("-inf"))
+    return logits.gather(-1, label.view(1)).squeeze(0) - torch.logsumexp(others, dim=-1)
+
+
+OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "loss": example_loss,
+    "margin": example_margin,
+}
+
+
+def chunk_size_for(numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
+    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient fit in `memory_bytes`."""
+    return max(1, int(memory_bytes // max(1, 4 * numel * itemsize)))
+
+
+def iter_example_grads(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    params: str | Sequence[str] | ParamSubset = "all",
+    objective: str = "loss",
+    chunk_size: int | None = None,
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield `(start, grads)` with `grads` of shape `[b, p]` for examples `start:start+b`, in order.
+
+    Args:
+        model: a module mapping `inputs[i:i+1]` to logits `[1, C]`.
+        inputs: model-ready tensor `[n, ...]` (tokenized for text models).
+        labels: `int64 [n]`.
+        params: which parameters to differentiate (see ParamSubset).
+        objective: "loss" (cross-entropy) or "margin" (TRAK's log-odds margin).
+        chunk_size: examples per chunk (default from `memory_bytes`).
+    """
+    device = device or get_device()
+    dtype = dtype or get_dtype()
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective {objective!r} is not one of {sorted(OBJECTIVES)}.")
+    fn = OBJECTIVES[objective]
+    subset = params if isinstance(params, ParamSubset) else ParamSubset.resolve(model, params)
+    model = model.to(device)
+    all_params = {n: p.detach().to(dtype) for n, p in model.named_parameters()}
+    buffers = {n: b.detach() for n, b in model.named_buffers()}
+    chosen = {n: all_params[n] for n in subset.names}
+    frozen = {n: p for n, p in all_params.items() if n not in chosen}
+
+    def one(trainable: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, ({**frozen, **trainable}, buffers), (x.unsqueeze(0),))
+        return fn(logits.squeeze(0), y)
+
+    per_example = vmap(grad(one), in_dims=(None, 0, 0), randomness="same")
+    b = chunk_size or chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes)
+    n = len(labels)
+    for start in range(0, n, b):
+        x = inputs[start : start + b].to(device)
+        if x.is_floating_point():
+            x = x.to(dtype)
+        y = labels[start : start + b].to(device)
+        g = per_example(chosen, x, y)
+        yield start, torch.cat([g[name].reshape(len(y), -1) for name in subset.names], dim=1)
+
+
+def example_grads(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
+    """All per-example gradients at once, `[n, p]` (see `iter_example_grads` for the arguments)."""
+    chunks = [g for _, g in iter_example_grads(model, inputs, labels, **kwargs)]
+    return torch.cat(chunks, dim=0)

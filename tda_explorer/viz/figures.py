@@ -1,0 +1,153 @@
+"""Plotly figures for the app. Every point carries its example id in `custom_data[0]`, so a chart
+selection maps to ids (see `tda_explorer.selection.ids_from_selection`), never to trace indices."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+from PIL import Image
+
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.viz.render import example_image
+
+PALETTE = [
+    "#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
+    "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac",
+]  # fmt: skip
+
+
+def thumbnail_data_url(examples: ExampleSet, index: int, size: int = 56) -> str:
+    """A PNG data URL of image example `index` (for dataframe ImageColumns and hover)."""
+    img = Image.fromarray(example_image(examples, index, size=size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def scatter_map(
+    coords: np.ndarray,
+    ids: list[str],
+    color: np.ndarray,
+    color_name: str,
+    hover: list[str] | None = None,
+    categorical: bool = True,
+    flagged: np.ndarray | None = None,
+) -> go.Figure:
+    """2-D map (e.g. UMAP) of examples: `coords [n, 2]`, coloured by a category or a number.
+
+    Flagged examples are drawn again as black-ringed markers on top.
+    """
+    hover = hover or ids
+    fig = go.Figure()
+    custom = np.array(ids, dtype=object)[:, None]
+    if categorical:
+        for j, value in enumerate(sorted(set(color.tolist()), key=str)):
+            m = color == value
+            fig.add_trace(
+                go.Scattergl(
+                    x=coords[m, 0],
+                    y=coords[m, 1],
+                    mode="markers",
+                    name=str(value),
+                    marker={"size": 5, "color": PALETTE[j % len(PALETTE)]},
+                    customdata=custom[m],
+                    hovertext=np.array(hover, dtype=object)[m],
+                    hoverinfo="text",
+                )
+            )
+    else:
+        fig.add_trace(
+            go.Scattergl(
+                x=coords[:, 0],
+                y=coords[:, 1],
+                mode="markers",
+                name=color_name,
+                marker={
+                    "size": 5,
+                    "color": color,
+                    "colorscale": "Viridis",
+                    "colorbar": {"title": color_name},
+                },
+                customdata=custom,
+                hovertext=hover,
+                hoverinfo="text",
+            )
+        )
+    if flagged is not None and flagged.any():
+        fig.add_trace(
+            go.Scattergl(
+                x=coords[flagged, 0],
+                y=coords[flagged, 1],
+                mode="markers",
+                name="flagged",
+                marker={"size": 9, "color": "rgba(0,0,0,0)", "line": {"width": 1.5, "color": "black"}},
+                customdata=custom[flagged],
+                hovertext=np.array(hover, dtype=object)[flagged],
+                hoverinfo="text",
+            )
+        )
+    fig.update_layout(
+        dragmode="lasso",
+        height=560,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"title": color_name},
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+    )
+    return fig
+
+
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, name: str) -> go.Figure:
+    """ROC curve of a mislabel score against the known flips, with the chance diagonal."""
+    fig = go.Figure(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUC {auc:.3f})"))
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "gray"})
+    )
+    fig.update_layout(xaxis_title="false positive rate", yaxis_title="true positive rate", height=380)
+    return fig
+
+
+def curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], x_title: str, y_title: str) -> go.Figure:
+    """Line chart of named (x, y) curves, e.g. pruning curves (accuracy vs fraction removed)."""
+    fig = go.Figure()
+    for name, (x, y) in curves.items():
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name))
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=380)
+    return fig
+
+
+def histogram_figure(samples: dict[str, np.ndarray], x_title: str, nbins: int = 20) -> go.Figure:
+    """Overlaid histograms of named samples (e.g. a measurement across seeds with / without an example)."""
+    fig = go.Figure()
+    for name, values in samples.items():
+        fig.add_trace(go.Histogram(x=np.asarray(values), name=name, opacity=0.6, nbinsx=nbins))
+    fig.update_layout(barmode="overlay", xaxis_title=x_title, yaxis_title="seeds", height=340)
+    return fig
+
+
+def violin_figure(samples: dict[str, np.ndarray], y_title: str) -> go.Figure:
+    """One violin per named sample (e.g. each top training example's score across seeds)."""
+    fig = go.Figure()
+    for name, values in samples.items():
+        fig.add_trace(go.Violin(y=np.asarray(values), name=name, box_visible=True, points="all"))
+    fig.update_layout(yaxis_title=y_title, height=360, showlegend=False)
+    return fig
+
+
+def bar_with_interval(
+    names: list[str], values: np.ndarray, low: np.ndarray, high: np.ndarray, title: str
+) -> go.Figure:
+    """Bars with asymmetric error bars (e.g. LDS with its bootstrap 95% interval)."""
+    values, low, high = map(np.asarray, (values, low, high))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=values,
+            error_y={"type": "data", "symmetric": False, "array": high - values, "arrayminus": values - low},
+        )
+    )
+    fig.update_layout(yaxis_title=title, height=360)
+    return fig
