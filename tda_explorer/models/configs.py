@@ -62,7 +62,9 @@ class CNNConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if not self.channels or any(c <= 0 for c in self.channels) or self.dense <= 0:
-            raise ConfigError(f"cnn channels and dense width must be positive, got {self.channels}, {self.dense}.")
+            raise ConfigError(
+                f"cnn channels and dense width must be positive, got {self.channels}, {self.dense}."
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"cnn dropout must be in [0, 1), got {self.dropout}.")
 

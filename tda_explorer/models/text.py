@@ -67,7 +67,10 @@ class TextClassifier(TDAModel):
             from peft import LoraConfig, get_peft_model
 
             lora = LoraConfig(
-                r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets), lora_dropout=0.0
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_alpha,
+                target_modules=list(cfg.lora_targets),
+                lora_dropout=0.0,
             )
             encoder = get_peft_model(encoder, lora)
         self.body = encoder
@@ -76,7 +79,11 @@ class TextClassifier(TDAModel):
     def tokenize(self, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
         """Token tensor `int64 [B, 2, max_length]`: ids and attention mask, padded/truncated to max_length."""
         enc = load_tokenizer()(
-            list(texts), padding="max_length", truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.cfg.max_length,
+            return_tensors="pt",
         )
         return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
 

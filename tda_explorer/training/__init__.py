@@ -4,8 +4,22 @@ from __future__ import annotations
 
 from tda_explorer.training.config import TrainConfig, default_train_config
 from tda_explorer.training.executor import Executor, LocalExecutor
-from tda_explorer.training.runs import TrainedRun, TrainJob, load_run, retrain_on_subsets, run_train_job, train_run
-from tda_explorer.training.trainer import Checkpoint, Progress, TrainResult, load_model, predict_logits, train_model
+from tda_explorer.training.runs import (
+    TrainedRun,
+    TrainJob,
+    load_run,
+    retrain_on_subsets,
+    run_train_job,
+    train_run,
+)
+from tda_explorer.training.trainer import (
+    Checkpoint,
+    Progress,
+    TrainResult,
+    load_model,
+    predict_logits,
+    train_model,
+)
 
 __all__ = [
     "Checkpoint",

@@ -82,7 +82,9 @@ def default_train_config(arch: str) -> TrainConfig:
     if arch == "logreg":
         return TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=20, batch_size=64)
     if arch == "cnn":
-        return TrainConfig(optimizer="adam", lr=2e-3, momentum=0.0, weight_decay=0.0, epochs=12, batch_size=64)
+        return TrainConfig(
+            optimizer="adam", lr=2e-3, momentum=0.0, weight_decay=0.0, epochs=12, batch_size=64
+        )
     if arch == "text":
         return TrainConfig(optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0, epochs=3, batch_size=32)
     return TrainConfig()

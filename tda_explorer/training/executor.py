@@ -70,7 +70,9 @@ class LocalExecutor:
                     progress(i + 1, len(jobs), f"job {i + 1}/{len(jobs)} done")
             return results
         ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(min(self.workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(
+            min(self.workers, len(jobs)), mp_context=ctx, initializer=_init_worker
+        ) as pool:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             for done, fut in enumerate(as_completed(futures), start=1):
                 i = futures[fut]

@@ -103,8 +103,15 @@ def run_config(splits: DatasetSplits, model_config: ModelConfig, train_config: T
     }
 
 
-def _seed_config(splits: DatasetSplits, model_config: ModelConfig, train_config: TrainConfig, seed: int) -> dict:
-    return {"dataset": splits.spec, "model": model_config.to_dict(), "train": train_config.to_dict(), "seed": seed}
+def _seed_config(
+    splits: DatasetSplits, model_config: ModelConfig, train_config: TrainConfig, seed: int
+) -> dict:
+    return {
+        "dataset": splits.spec,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+        "seed": seed,
+    }
 
 
 def _save_seed(ws: Workspace, cfg: dict, result: TrainResult, metrics: dict) -> None:
@@ -172,8 +179,15 @@ def train_run(
             pass
     key = ws.key("runs", cfg)
     return TrainedRun(
-        key, splits.spec, model_config, train_config, seeds, splits.train.input_shape, splits.train.n_classes,
-        checkpoints, metrics,
+        key,
+        splits.spec,
+        model_config,
+        train_config,
+        seeds,
+        splits.train.input_shape,
+        splits.train.n_classes,
+        checkpoints,
+        metrics,
     )
 
 
@@ -190,8 +204,15 @@ def load_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
         checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
     extra = meta["extra"]
     return TrainedRun(
-        key, cfg["dataset"], model_config, train_config, tuple(cfg["seeds"]), tuple(extra["input_shape"]),
-        int(extra["n_classes"]), checkpoints, metrics,
+        key,
+        cfg["dataset"],
+        model_config,
+        train_config,
+        tuple(cfg["seeds"]),
+        tuple(extra["input_shape"]),
+        int(extra["n_classes"]),
+        checkpoints,
+        metrics,
     )
 
 
@@ -209,7 +230,15 @@ def retrain_on_subsets(
     executor = executor or LocalExecutor()
     masks = np.asarray(masks, dtype=bool)
     jobs = [
-        TrainJob(model_config, train_config, train, int(s), mask=m, eval_sets={"eval": eval_set}, keep_checkpoints=False)
+        TrainJob(
+            model_config,
+            train_config,
+            train,
+            int(s),
+            mask=m,
+            eval_sets={"eval": eval_set},
+            keep_checkpoints=False,
+        )
         for m in masks
         for s in seeds
     ]

@@ -132,7 +132,9 @@ def train_model(
     if mask is not None:
         mask_t = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
         if mask_t.numel() != len(data):
-            raise ConfigError(f"training mask has length {mask_t.numel()}, the data has {len(data)} examples.")
+            raise ConfigError(
+                f"training mask has length {mask_t.numel()}, the data has {len(data)} examples."
+            )
         idx = idx[mask_t]
     if len(idx) == 0:
         raise ConfigError("training mask selects no example; select at least one.")
@@ -171,14 +173,26 @@ def train_model(
                 loss_sum += loss.item() * len(batch)
                 if step in keep:
                     checkpoints.append(
-                        Checkpoint(step, step / steps_per_epoch, lr, seg_lr_sum / seg_steps, seg_steps, model_state(model))
+                        Checkpoint(
+                            step,
+                            step / steps_per_epoch,
+                            lr,
+                            seg_lr_sum / seg_steps,
+                            seg_steps,
+                            model_state(model),
+                        )
                     )
                     seg_lr_sum, seg_steps = 0.0, 0
             epoch_losses.append(loss_sum / len(idx))
             if progress is not None:
-                progress(epoch + 1, train_config.epochs, f"seed {seed}: epoch {epoch + 1} loss {epoch_losses[-1]:.4f}")
+                progress(
+                    epoch + 1,
+                    train_config.epochs,
+                    f"seed {seed}: epoch {epoch + 1} loss {epoch_losses[-1]:.4f}",
+                )
         eval_logits = {
-            name: predict_logits(model, prepare_inputs(model, es.inputs)) for name, es in (eval_sets or {}).items()
+            name: predict_logits(model, prepare_inputs(model, es.inputs))
+            for name, es in (eval_sets or {}).items()
         }
     return TrainResult(seed, checkpoints, time.perf_counter() - start_time, epoch_losses, eval_logits)
 
@@ -190,6 +204,8 @@ def load_model(
     model = build_model(model_config, input_shape, n_classes)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
     if missing:
-        raise ConfigError(f"checkpoint lacks trainable parameters {missing[:5]}; it was made by another model config.")
+        raise ConfigError(
+            f"checkpoint lacks trainable parameters {missing[:5]}; it was made by another model config."
+        )
     model.load_state_dict(state, strict=False)
     return model.eval()
