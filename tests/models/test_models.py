@@ -17,7 +17,9 @@ from tda_explorer.models import (
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8)])
-@pytest.mark.parametrize("cfg", [LogRegConfig(), MLPConfig(hidden=(16, 8), dropout=0.2), CNNConfig(channels=(4, 8))])
+@pytest.mark.parametrize(
+    "cfg", [LogRegConfig(), MLPConfig(hidden=(16, 8), dropout=0.2), CNNConfig(channels=(4, 8))]
+)
 def test_logits_and_features_shapes(cfg, shape):
     torch.manual_seed(0)
     model = build_model(cfg, shape, 10).eval()  # dropout off

@@ -72,7 +72,8 @@ def test_learning_rate_schedules():
 
 
 @pytest.mark.parametrize(
-    "field,value", [("optimizer", "rmsprop"), ("lr", -1.0), ("epochs", 0), ("momentum", 1.0), ("schedule", "step")]
+    "field,value",
+    [("optimizer", "rmsprop"), ("lr", -1.0), ("epochs", 0), ("momentum", 1.0), ("schedule", "step")],
 )
 def test_bad_train_config(field, value):
     with pytest.raises(ConfigError):
