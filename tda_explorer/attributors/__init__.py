@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tda_explorer.attributors import grad_dot  # noqa: F401  (registers grad_dot, grad_cos)
+# Importing a method's module registers it (grad_dot also registers grad_cos).
+from tda_explorer.attributors import grad_dot, influence, repsim, tracin, trak  # noqa: F401
 from tda_explorer.attributors.base import ATTRIBUTORS, Attributor, make_attributor, register
 
 __all__ = ["ATTRIBUTORS", "Attributor", "make_attributor", "register"]

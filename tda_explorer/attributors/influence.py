@@ -1,0 +1,233 @@
+"""Influence functions: `score[q, t] = g(q)^T (H + (wd + lambda) I)^{-1} g(t) / N`.
+
+`g` is the cross-entropy gradient over the chosen parameters at the final model of a seed, `N` the
+number of training examples given to `fit`, `H` the Hessian of the *mean* training loss (no
+regulariser), `wd` the run's weight decay (torch's coupled `weight_decay` minimises
+`mean loss + wd/2 ||theta||^2`, whose Hessian is `H + wd I`; pass `weight_decay=0.0` to leave it out)
+and `lambda` the damping. Scores average over the chosen seeds.
+
+Sign and scale: removing t shifts the weights by about `(H + wd I)^{-1} g(t) / N`, so the score is the
+predicted *increase* of the query loss when t is removed: positive = t helps the query (the classic
+`I_up,loss = -g(q)^T H^{-1} g(t)` with the sign flipped and the removal's 1/N). Summing scores over a
+subset predicts the loss change when that subset is removed.
+
+Solvers: "ekfac" (default; EK-FAC eigenvalue-corrected K-FAC, layer-block-diagonal), "kfac", "exact"
+(`[p, p]` Hessian, float64, small models), "cg" and "lissa" (iterative on exact HVPs; their
+convergence is recorded in `solve_info_`). Default damping: `damping_factor x mean eigenvalue`
+(per layer for K-FAC/EK-FAC, of the whole H for the others; Hutchinson estimate for cg/lissa).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.backend.curvature import KroneckerCurvature
+from tda_explorer.backend.device import get_dtype
+from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
+from tda_explorer.backend.hessian import EigenInverse, LossHessian, cg_solve, lissa_solve
+from tda_explorer.backend.scoring import dot_scores
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.errors import ConfigError
+from tda_explorer.models import prepare_inputs
+from tda_explorer.training.runs import TrainedRun
+
+SOLVERS = ("ekfac", "kfac", "cg", "lissa", "exact")
+SELF_CHUNK = 1024
+
+
+@dataclass
+class _Member:
+    """One seed's model, train gradients `[N, p]` and the damped inverse-Hessian operators."""
+
+    model: torch.nn.Module
+    train_grads: torch.Tensor
+    inverse: Callable[[torch.Tensor], torch.Tensor]  # rows g [b, p] -> (H + shift I)^{-1} g  [b, p]
+    quadratic: Callable[[torch.Tensor], torch.Tensor]  # rows g [b, p] -> g^T (H + shift I)^{-1} g  [b]
+    info: dict = field(default_factory=dict)
+
+
+@register
+class Influence(Attributor):
+    """Influence functions (see module docstring).
+
+    Args:
+        solver: "ekfac" | "kfac" | "cg" | "lissa" | "exact".
+        damping: absolute damping lambda; None = `damping_factor x mean eigenvalue`.
+        damping_factor: relative damping used when `damping` is None.
+        params: parameter subset ("all", "head", or name prefixes).
+        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
+        weight_decay: L2 coefficient added to H; None = the run's `train_config.weight_decay`.
+        seed: seed of the Fisher label sampling (ekfac/kfac) and of Hutchinson/power-iteration probes.
+        fisher_samples: sampled labels per example for the K-FAC/EK-FAC factors.
+        max_iter / tol: iteration limit and tolerance of cg (default 500) and lissa (default 5000); tol
+            defaults to 1e-8 in float64 and 1e-5 in float32.
+        batch_size: examples per batch for factors / HVPs.
+    """
+
+    name = "influence"
+
+    def __init__(
+        self,
+        solver: str = "ekfac",
+        damping: float | None = None,
+        damping_factor: float = 0.1,
+        params: str | Sequence[str] = "all",
+        seeds: str | int | Sequence[int] = "first",
+        weight_decay: float | None = None,
+        seed: int = 0,
+        fisher_samples: int = 1,
+        max_iter: int | None = None,
+        tol: float | None = None,
+        batch_size: int = 128,
+        progress=None,
+    ) -> None:
+        if solver not in SOLVERS:
+            raise ConfigError(f"influence solver {solver!r} is not one of {SOLVERS}.")
+        if (damping is not None and damping < 0) or damping_factor < 0:
+            raise ConfigError(f"damping and damping_factor must be >= 0, got {damping}, {damping_factor}.")
+        if weight_decay is not None and weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")
+        super().__init__(
+            progress=progress,
+            solver=solver,
+            damping=damping,
+            damping_factor=damping_factor,
+            params=params if isinstance(params, str) else list(params),
+            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
+            weight_decay=weight_decay,
+            seed=seed,
+            fisher_samples=fisher_samples,
+            max_iter=max_iter,
+            tol=tol,
+            batch_size=batch_size,
+        )
+
+    # ----------------------------------------------------------------------------------- fitting
+    def _dtype(self) -> torch.dtype:
+        return torch.float64 if self.settings["solver"] == "exact" else get_dtype()
+
+    def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float) -> _Member:
+        s = self.settings
+        inputs = prepare_inputs(model, train.inputs)
+        grads = gradient_features(model, inputs, train.labels, s["params"], dtype=self._dtype())
+        if s["solver"] in ("ekfac", "kfac"):
+            curv = KroneckerCurvature(
+                model,
+                s["params"],
+                corrected=s["solver"] == "ekfac",
+                damping=s["damping"],
+                damping_factor=s["damping_factor"],
+                weight_decay=wd,
+                seed=s["seed"],
+                fisher_samples=s["fisher_samples"],
+                batch_size=s["batch_size"],
+            ).fit(inputs)
+            info = {"damping": {n: f.damping for n, f in curv.factors_.items()}}
+            return _Member(model, grads, curv.inverse_hvp, curv.quadratic, info)
+        hess = LossHessian(model, inputs, train.labels, s["params"], s["batch_size"], dtype=self._dtype())
+        if s["solver"] == "exact":
+            h = hess.matrix()
+            lam = (
+                s["damping"] if s["damping"] is not None else s["damping_factor"] * float(h.trace()) / hess.p
+            )
+            inv = EigenInverse(h, wd + lam)
+            return _Member(model, grads, inv.solve, inv.quadratic, {"damping": lam})
+        lam = s["damping"]
+        if lam is None:
+            lam = s["damping_factor"] * hess.mean_eigenvalue(seed=s["seed"])
+        info = {"damping": lam, "solves": []}
+
+        def inverse(g: torch.Tensor) -> torch.Tensor:
+            return self._iterative(hess, g, wd + lam, info["solves"])
+
+        def quadratic(g: torch.Tensor) -> torch.Tensor:
+            return (inverse(g) * g).sum(1)
+
+        return _Member(model, grads, inverse, quadratic, info)
+
+    def _iterative(self, hess: LossHessian, g: torch.Tensor, shift: float, log: list) -> torch.Tensor:
+        s = self.settings
+        rhs = g.T.to(hess.dtype)
+        tol = s["tol"] or (1e-8 if hess.dtype == torch.float64 else 1e-5)
+        if s["solver"] == "cg":
+            res = cg_solve(hess.hvp, rhs, shift, max_iter=s["max_iter"] or 500, tol=tol)
+        else:
+            res = lissa_solve(hess.hvp, rhs, shift, max_iter=s["max_iter"] or 5000, tol=tol)
+        log.append(res.info())
+        if not res.converged:
+            warnings.warn(
+                f"influence/{s['solver']}: not converged after {res.iterations} iterations "
+                f"(relative residual {res.residual:.2e}); raise max_iter or damping.",
+                stacklevel=3,
+            )
+        return res.x.T.to(g.dtype)
+
+    def fit(self, run: TrainedRun, train: ExampleSet) -> Influence:
+        """Per seed: train gradients `[N, p]` and the damped inverse-Hessian operator; returns self."""
+        seeds = select_seeds(run, self.settings["seeds"])
+        wd = (
+            run.train_config.weight_decay
+            if self.settings["weight_decay"] is None
+            else self.settings["weight_decay"]
+        )
+        self.n_train_ = len(train)
+        self.weight_decay_ = float(wd)
+        self.members_ = []
+        for i, seed in enumerate(seeds):
+            self.members_.append(self._member(run.model(seed), train, float(wd)))
+            if self.progress is not None:
+                self.progress(i + 1, len(seeds), f"influence/{self.settings['solver']}: seed {seed} fitted")
+        self.fitted_ = True
+        return self
+
+    @property
+    def solve_info_(self) -> list[dict]:
+        """Per seed: damping used and, for cg/lissa, every solve's iterations / residual / converged."""
+        self._check_fitted()
+        return [m.info for m in self.members_]
+
+    # ----------------------------------------------------------------------------------- scoring
+    def _query_vectors(self, queries: ExampleSet) -> list[torch.Tensor]:
+        """Per seed `(H + shift I)^{-1} g(q) / N` `[n_query, p]`."""
+        out = []
+        for m in self.members_:
+            inputs = prepare_inputs(m.model, queries.inputs)
+            g = gradient_features(
+                m.model, inputs, queries.labels, self.settings["params"], dtype=self._dtype()
+            )
+            out.append(m.inverse(g) / self.n_train_)
+        return out
+
+    def score(self, queries: ExampleSet) -> torch.Tensor:
+        """`[n_query, N]` float32: predicted increase of each query's loss when a train example is removed."""
+        self._check_fitted()
+        vecs = self._query_vectors(queries)
+        return torch.stack(
+            [dot_scores(v, m.train_grads) for v, m in zip(vecs, self.members_, strict=True)]
+        ).mean(0)
+
+    def self_influence(self) -> torch.Tensor:
+        """`g(t)^T (H + shift I)^{-1} g(t) / N` `[N]` float32, computed per example (quadratic form)."""
+        self._check_fitted()
+        per_seed = []
+        for m in self.members_:
+            parts = [
+                m.quadratic(m.train_grads[s : s + SELF_CHUNK]) for s in range(0, self.n_train_, SELF_CHUNK)
+            ]
+            per_seed.append(torch.cat(parts).float().cpu() / self.n_train_)
+        return torch.stack(per_seed).mean(0)
+
+    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
+        """`[n_query, n_groups]`: sum of member scores, via summed group gradients (no `[n_query, N]`)."""
+        self._check_fitted()
+        mask = group_matrix(groups, self.n_train_)
+        vecs = self._query_vectors(queries)
+        out = [
+            v @ (mask.to(m.train_grads) @ m.train_grads).T for v, m in zip(vecs, self.members_, strict=True)
+        ]
+        return torch.stack(out).mean(0).float().cpu()

@@ -1,0 +1,71 @@
+"""RepSim: cosine similarity of penultimate representations, `score[q, t] = cos(h(q), h(t))`.
+
+`h = model.features(x)` (the input to the head), at the final model of the chosen seeds (averaged).
+Rank-only: the cosine in [-1, 1] has no loss scale; positive = similar representation, read as
+"helps". Self-influence is `cos(h(t), h(t))` = 1 (0 for an all-zero representation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.backend.features import group_matrix, representations, select_seeds
+from tda_explorer.backend.scoring import dot_scores
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.models import prepare_inputs
+from tda_explorer.training.runs import TrainedRun
+
+
+@register
+class RepSim(Attributor):
+    """RepSim (see module docstring).
+
+    Args:
+        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
+        batch_size: examples per forward pass.
+    """
+
+    name = "repsim"
+    rank_only = True
+
+    def __init__(
+        self, seeds: str | int | Sequence[int] = "first", batch_size: int = 512, progress=None
+    ) -> None:
+        super().__init__(
+            progress=progress,
+            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
+            batch_size=batch_size,
+        )
+
+    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
+        b = self.settings["batch_size"]
+        return [representations(m, prepare_inputs(m, examples.inputs), b) for m in self.models_]
+
+    def fit(self, run: TrainedRun, train: ExampleSet) -> RepSim:
+        """Cache unit-norm train representations `[N, d]` per seed; returns self."""
+        self.models_ = [run.model(s) for s in select_seeds(run, self.settings["seeds"])]
+        self.train_features_ = self._features(train)
+        self.n_train_ = len(train)
+        self.fitted_ = True
+        return self
+
+    def score(self, queries: ExampleSet) -> torch.Tensor:
+        """`[n_query, N]` float32 cosine similarities (rank-only)."""
+        self._check_fitted()
+        pairs = zip(self._features(queries), self.train_features_, strict=True)
+        return torch.stack([dot_scores(q, t) for q, t in pairs]).mean(0)
+
+    def self_influence(self) -> torch.Tensor:
+        """`cos(h(t), h(t))` `[N]` (1, or 0 for a zero representation), computed per example."""
+        self._check_fitted()
+        return torch.stack([f.square().sum(1).float().cpu() for f in self.train_features_]).mean(0)
+
+    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
+        """`[n_query, n_groups]` = sum of member cosines."""
+        self._check_fitted()
+        mask = group_matrix(groups, self.n_train_)
+        pairs = zip(self._features(queries), self.train_features_, strict=True)
+        return torch.stack([q @ (mask.to(t) @ t).T for q, t in pairs]).mean(0).float().cpu()

@@ -1,0 +1,122 @@
+"""TracIn-CP (Pruthi et al., 2020): `score[q, t] = sum_c lr_c g_c(q) . g_c(t)` over a seed's checkpoints.
+
+`g_c` is the cross-entropy gradient at checkpoint c over the chosen parameters (optionally randomly
+projected to `proj_dim`, which preserves the dot products in expectation), `lr_c` the checkpoint's
+`Checkpoint.lr` (learning rate of the step before it; `lr_source="segment_mean_lr"` uses the mean over
+the segment instead). Implemented as one dot product of the concatenated features
+`[sqrt(lr_c) g_c]_c`; scores average over the chosen seeds.
+
+Sign: a step on t moves the weights by `-lr g(t)`, changing the query loss by about `-lr g(q).g(t)`,
+so positive = t helps the query. Scale: TracIn's own (lr-weighted dot, no 1/N, no batch size).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
+from tda_explorer.backend.grads import ParamSubset
+from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
+from tda_explorer.backend.scoring import dot_scores
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.errors import ConfigError
+from tda_explorer.models import prepare_inputs
+from tda_explorer.training.runs import TrainedRun
+
+
+@register
+class TracIn(Attributor):
+    """TracIn-CP (see module docstring).
+
+    Args:
+        params: parameter subset ("all", "head", or name prefixes).
+        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
+        lr_source: "lr" (Checkpoint.lr) or "segment_mean_lr".
+        proj_dim: random projection size (None = exact gradients).
+        proj_type / proj_seed: projection kind and seed.
+    """
+
+    name = "tracin"
+
+    def __init__(
+        self,
+        params: str | Sequence[str] = "all",
+        seeds: str | int | Sequence[int] = "first",
+        lr_source: str = "lr",
+        proj_dim: int | None = None,
+        proj_type: str = "rademacher",
+        proj_seed: int = 0,
+        progress=None,
+    ) -> None:
+        if lr_source not in ("lr", "segment_mean_lr"):
+            raise ConfigError(f"lr_source must be 'lr' or 'segment_mean_lr', got {lr_source!r}.")
+        if proj_type not in PROJECTIONS or (proj_dim is not None and proj_dim < 1):
+            raise ConfigError(
+                f"need proj_type in {PROJECTIONS} and proj_dim >= 1 or None; got {proj_type}, {proj_dim}."
+            )
+        super().__init__(
+            progress=progress,
+            params=params if isinstance(params, str) else list(params),
+            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
+            lr_source=lr_source,
+            proj_dim=proj_dim,
+            proj_type=proj_type,
+            proj_seed=proj_seed,
+        )
+
+    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
+        """Per seed `[n, C * width]`: `sqrt(lr_c) g_c` concatenated over checkpoints."""
+        out = []
+        for models in self.models_:
+            feats = []
+            for lr, model in models:
+                inputs = prepare_inputs(model, examples.inputs)
+                g = gradient_features(
+                    model, inputs, examples.labels, self.settings["params"], "loss", self.projector_
+                )
+                feats.append(math.sqrt(lr) * g)
+            out.append(torch.cat(feats, dim=1))
+        return out
+
+    def fit(self, run: TrainedRun, train: ExampleSet) -> TracIn:
+        """Load every checkpoint of the chosen seeds and cache the train features; returns self."""
+        s = self.settings
+        seeds = select_seeds(run, s["seeds"])
+        self.models_ = [
+            [(getattr(c, s["lr_source"]), run.model(seed, i)) for i, c in enumerate(run.checkpoints[seed])]
+            for seed in seeds
+        ]
+        p = ParamSubset.resolve(self.models_[0][0][1], s["params"]).numel
+        self.projector_ = (
+            None
+            if s["proj_dim"] is None
+            else RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
+        )
+        self.train_features_ = self._features(train)
+        self.n_train_ = len(train)
+        if self.progress is not None:
+            self.progress(1, 1, f"tracin: {len(train)} train gradients x {len(self.models_[0])} checkpoints")
+        self.fitted_ = True
+        return self
+
+    def score(self, queries: ExampleSet) -> torch.Tensor:
+        """`[n_query, N]` float32 (positive = helps the query)."""
+        self._check_fitted()
+        pairs = zip(self._features(queries), self.train_features_, strict=True)
+        return torch.stack([dot_scores(q, t) for q, t in pairs]).mean(0)
+
+    def self_influence(self) -> torch.Tensor:
+        """`sum_c lr_c ||g_c(t)||^2` `[N]` float32, averaged over seeds."""
+        self._check_fitted()
+        return torch.stack([f.square().sum(1).float().cpu() for f in self.train_features_]).mean(0)
+
+    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
+        """`[n_query, n_groups]` = sum of member scores (summed group features)."""
+        self._check_fitted()
+        mask = group_matrix(groups, self.n_train_)
+        pairs = zip(self._features(queries), self.train_features_, strict=True)
+        return torch.stack([q @ (mask.to(t) @ t).T for q, t in pairs]).mean(0).float().cpu()

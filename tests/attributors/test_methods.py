@@ -1,0 +1,135 @@
+"""TRAK, TracIn, RepSim formulas and, for every attributor, self-influence = diagonal of the score matrix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tda_explorer.attributors import make_attributor
+from tda_explorer.backend.grads import example_grads
+from tda_explorer.errors import ConfigError, NotFittedError
+from tda_explorer.models import LogRegConfig, build_model
+from tda_explorer.training import TrainConfig
+
+from .conftest import as_examples, make_run
+
+CPU = torch.device("cpu")
+
+ALL_METHODS = [
+    ("influence", {"solver": "ekfac"}),
+    ("influence", {"solver": "kfac", "damping": 0.05}),
+    ("influence", {"solver": "exact", "damping": 0.5}),
+    ("influence", {"solver": "cg", "damping": 0.5}),
+    ("influence", {"solver": "lissa", "damping": 0.5, "tol": 1e-10}),
+    ("influence", {"solver": "ekfac", "params": "head", "seeds": "all"}),
+    ("trak", {"proj_dim": 16}),
+    ("trak", {"proj_dim": None, "regularization": 0.1, "checkpoints": "all"}),
+    ("tracin", {}),
+    ("tracin", {"proj_dim": 32, "seeds": "all", "lr_source": "segment_mean_lr"}),
+    ("repsim", {"seeds": "all"}),
+    ("grad_dot", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "settings"), ALL_METHODS, ids=lambda v: str(v))
+def test_self_influence_is_score_diagonal_and_groups_sum(tiny_run, method, settings):
+    run, train, queries = tiny_run
+    attr = make_attributor(method, **settings)
+    with pytest.raises(NotFittedError):
+        attr.self_influence()
+    attr.fit(run, train)
+    full = attr.score(train)
+    assert full.shape == (len(train), len(train)) and full.dtype == torch.float32
+    torch.testing.assert_close(attr.self_influence(), full.diagonal(), rtol=1e-5, atol=1e-7)
+    groups = torch.rand(4, len(train), generator=torch.Generator().manual_seed(0)) < 0.3
+    scores = attr.score(queries)
+    torch.testing.assert_close(
+        attr.score_groups(queries, groups), scores @ groups.float().T, rtol=1e-5, atol=1e-6
+    )
+
+
+def tiny_logreg_run(seeds=(0,), n=80):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n + 10, 8, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n + 10,), generator=gen)
+    states = {}
+    for s in seeds:
+        torch.manual_seed(s)
+        states[s] = [
+            {k: v.detach().clone() for k, v in build_model(LogRegConfig(), (8,), 3).state_dict().items()}
+        ]
+    run = make_run(LogRegConfig(), TrainConfig(), states, (8,), 3)
+    return (
+        run,
+        as_examples(x[:n], y[:n], "t", ("a", "b", "c")),
+        as_examples(x[n:], y[n:], "q", ("a", "b", "c")),
+    )
+
+
+@pytest.mark.parametrize("proj_dim", [27, 40, None])
+def test_trak_with_full_projection_matches_unprojected_formula(proj_dim):
+    """k >= p (= 27) and lambda = 0: phi (Phi^T Phi)^+ Phi^T = g (G^T G)^{-1} G^T, times Q = 1 - p_y."""
+    run, train, queries = tiny_logreg_run()
+    attr = make_attributor("trak", proj_dim=proj_dim, regularization=0.0).fit(run, train)
+    model = run.model().double()
+    g = example_grads(model, train.inputs.double(), train.labels, objective="margin", device=CPU)
+    gq = example_grads(model, queries.inputs.double(), queries.labels, objective="margin", device=CPU)
+    with torch.no_grad():
+        q = 1 - torch.softmax(model(train.inputs.double()), -1).gather(1, train.labels[:, None]).squeeze(1)
+    want = gq @ torch.linalg.solve(g.T @ g, g.T) * q
+    torch.testing.assert_close(attr.score(queries).double(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_trak_averages_kernel_and_q_over_models():
+    run, train, queries = tiny_logreg_run(seeds=(0, 1))
+    both = make_attributor("trak", proj_dim=None, regularization=0.01).fit(run, train)
+    singles = [make_attributor("trak", proj_dim=None, regularization=0.01) for _ in range(2)]
+    kernels, qs = [], []
+    for s, a in zip((0, 1), singles, strict=True):
+        a.fit(
+            make_run(LogRegConfig(), TrainConfig(), {s: [c.state for c in run.checkpoints[s]]}, (8,), 3),
+            train,
+        )
+        kernels.append(a.score(queries).double() / a.q_)
+        qs.append(a.q_)
+    want = (kernels[0] + kernels[1]) / 2 * (qs[0] + qs[1]) / 2
+    torch.testing.assert_close(both.score(queries).double(), want, rtol=1e-6, atol=1e-8)
+
+
+def test_tracin_sums_lr_weighted_dots_over_checkpoints(tiny_run):
+    run, train, queries = tiny_run
+    attr = make_attributor("tracin").fit(run, train)
+    want = 0
+    for i, c in enumerate(run.checkpoints[run.seeds[0]]):
+        m = run.model(run.seeds[0], i).double()
+        g = example_grads(m, train.inputs.double(), train.labels, device=CPU)
+        gq = example_grads(m, queries.inputs.double(), queries.labels, device=CPU)
+        want = want + c.lr * gq @ g.T
+    torch.testing.assert_close(attr.score(queries).double(), want, rtol=1e-5, atol=1e-7)
+    projected = make_attributor("tracin", proj_dim=4096, proj_type="gaussian").fit(run, train).score(queries)
+    assert torch.corrcoef(torch.stack([projected.flatten().double(), want.flatten()]))[0, 1] > 0.95
+
+
+def test_repsim_is_cosine_of_features(tiny_run):
+    run, train, queries = tiny_run
+    attr = make_attributor("repsim").fit(run, train)
+    assert attr.rank_only
+    m = run.model().double()
+    with torch.no_grad():
+        f, fq = m.features(train.inputs.double()), m.features(queries.inputs.double())
+    want = torch.nn.functional.cosine_similarity(fq[:, None], f[None], dim=-1)
+    torch.testing.assert_close(attr.score(queries).double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_settings_raise_config_errors(tiny_run):
+    run, train, _ = tiny_run
+    with pytest.raises(ConfigError):
+        make_attributor("trak", proj_type="sparse")
+    with pytest.raises(ConfigError):
+        make_attributor("trak", checkpoints="best")
+    with pytest.raises(ConfigError):
+        make_attributor("tracin", lr_source="max")
+    with pytest.raises(ConfigError):
+        make_attributor("trak", n_models=5).fit(run, train)
+    with pytest.raises(ConfigError):
+        make_attributor("repsim").fit(run, train).score_groups(train, torch.ones(2, 3, dtype=torch.bool))

@@ -1,0 +1,80 @@
+"""Exact Hessian, HVPs, and the CG / LiSSA solvers against a direct solve."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tda_explorer.backend.hessian import EigenInverse, LossHessian, cg_solve, lissa_solve, top_eigenvalue
+from tda_explorer.errors import ConfigError
+from tda_explorer.models import MLPConfig, build_model
+
+CPU = torch.device("cpu")
+
+
+def tiny_problem():
+    torch.manual_seed(0)
+    model = build_model(MLPConfig(hidden=(5,)), (6,), 3).double()
+    x, y = torch.randn(40, 6, dtype=torch.float64), torch.randint(0, 3, (40,))
+    return model, x, y
+
+
+def test_exact_hessian_matches_autograd_and_hvp():
+    model, x, y = tiny_problem()
+    hess = LossHessian(model, x, y, batch_size=16, device=CPU)
+    h = hess.matrix()
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def mean_loss(theta):
+        parts, pos = {}, 0
+        for n, s in zip(names, shapes, strict=True):
+            parts[n] = theta[pos : pos + s.numel()].view(s)
+            pos += s.numel()
+        return F.cross_entropy(torch.func.functional_call(model, parts, (x,)), y)
+
+    want = torch.autograd.functional.hessian(mean_loss, hess.theta)
+    torch.testing.assert_close(h, want, rtol=1e-9, atol=1e-11)
+    v = torch.randn(hess.p, 4, dtype=torch.float64)
+    torch.testing.assert_close(hess.hvp(v), h @ v, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(hess.hvp(v[:, 0]), h @ v[:, 0], rtol=1e-9, atol=1e-11)
+    assert (
+        abs(hess.mean_eigenvalue(probes=400) - float(h.trace()) / hess.p) < 0.25 * float(h.trace()) / hess.p
+    )
+    assert (
+        abs(top_eigenvalue(hess.hvp, hess.p, iters=200, device=CPU) - float(torch.linalg.eigvalsh(h)[-1]))
+        < 1e-6
+    )
+
+
+def test_cg_and_lissa_converge_to_exact_solve():
+    model, x, y = tiny_problem()
+    hess = LossHessian(model, x, y, device=CPU)
+    h = hess.matrix()
+    damping = 0.05 + max(0.0, -float(torch.linalg.eigvalsh(h)[0]))
+    b = torch.randn(hess.p, 3, dtype=torch.float64)
+    exact = torch.linalg.solve(h + damping * torch.eye(hess.p, dtype=torch.float64), b)
+    cg = cg_solve(hess.hvp, b, damping, max_iter=500, tol=1e-10)
+    assert cg.converged and cg.residual < 1e-9 and cg.iterations < 500
+    torch.testing.assert_close(cg.x, exact, rtol=1e-7, atol=1e-8)
+    lissa = lissa_solve(hess.hvp, b, damping, max_iter=20000, tol=1e-11)
+    assert lissa.converged and lissa.residual < 1e-6
+    torch.testing.assert_close(lissa.x, exact, rtol=1e-5, atol=1e-6)
+    short = cg_solve(hess.hvp, b, damping, max_iter=2, tol=1e-12)
+    assert not short.converged and short.iterations == 2 and short.residual > 1e-12
+
+
+def test_eigen_inverse_solves_and_rejects_indefinite():
+    a = torch.randn(6, 6, dtype=torch.float64)
+    h = a @ a.T
+    inv = EigenInverse(h, 0.3)
+    g = torch.randn(4, 6, dtype=torch.float64)
+    want = torch.linalg.solve(h + 0.3 * torch.eye(6, dtype=torch.float64), g.T).T
+    torch.testing.assert_close(inv.solve(g), want)
+    torch.testing.assert_close(inv.quadratic(g), (want * g).sum(1))
+    try:
+        EigenInverse(-h, 0.0)
+    except ConfigError as e:
+        assert "damping" in str(e)
+    else:
+        raise AssertionError("an indefinite H must be refused")
