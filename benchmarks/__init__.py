@@ -1,0 +1,1 @@
+"""Benchmarks of tda_explorer against ground truth and peer libraries."""

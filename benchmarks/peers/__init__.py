@@ -1,0 +1,1 @@
+"""Peer libraries run on the same problems as ours (dattri)."""
