@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import streamlit as st
 
 from tda_explorer.attributors.cache import ScoreResult, compute_scores, list_scores, load_scores
 from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
 from tda_explorer.store import Workspace
 from tda_explorer.training import TrainedRun, load_run
+from tda_explorer.viz import example_text
+from tda_explorer.viz.figures import thumbnail_data_url
 
 SESSION_DEFAULTS = {
     "run_key": None,  # the run the pages show
@@ -61,6 +64,65 @@ def cached_predictions(root: str, run_key: str):
     return run.predict(dataset_of(run).test).numpy()
 
 
+@st.cache_data(show_spinner=False)
+def cached_training_loss(root: str, run_key: str):
+    """Each training example's own loss at the final models `[n_train]` (the no-attribution baseline)."""
+    from tda_explorer.evaluation.mislabel import training_loss_scores
+
+    run = cached_run(root, run_key)
+    return training_loss_scores(run, dataset_of(run).train).numpy()
+
+
+def mislabel_scores(root: str, run: TrainedRun) -> dict[str, object]:
+    """Named mislabel scores `[n_train]` (higher = more suspicious) available for a run."""
+    out = {"own training loss": cached_training_loss(root, run.key)}
+    for m in list_scores(Workspace(root), run.key):
+        r = cached_scores(root, m["key"])
+        out[f"self-influence · {r.method} ({m['key'][:6]})"] = r.self_influence
+    return out
+
+
+def flags_for(run_key: str) -> dict:
+    """Current flags of a run (id -> FlagRecord), read fresh from the SQLite store."""
+    return workspace().flags().get(run_key)
+
+
+@st.cache_data(show_spinner=False)
+def prediction_table(root: str, run_key: str) -> pd.DataFrame:
+    """One row per test example: id, thumbnail (images), true, predicted, confidence, correct."""
+    run = cached_run(root, run_key)
+    test = dataset_of(run).test
+    probs = cached_predictions(root, run_key)
+    pred = probs.argmax(1)
+    labels = test.labels.numpy()
+    table = pd.DataFrame(
+        {
+            "id": list(test.ids),
+            "true": [test.class_names[i] for i in labels],
+            "predicted": [test.class_names[i] for i in pred],
+            "confidence": probs.max(1).astype(float),
+            "correct": pred == labels,
+        }
+    )
+    if test.kind == "image":
+        table.insert(1, "image", [thumbnail_data_url(test, i, size=28) for i in range(len(test))])
+    elif test.kind == "text":
+        table.insert(1, "text", [example_text(test, i, 120) for i in range(len(test))])
+    return table
+
+
+def ids_from_rows(ids: list[str], rows: list[int]) -> list[str]:
+    """Ids of the selected rows of a displayed table (rows are positions in the table as shown)."""
+    return [ids[r] for r in rows if 0 <= r < len(ids)]
+
+
+def page_guard() -> None:
+    """Send a session that opened a page URL before app.py ever ran through app.py (which sets up
+    st.navigation and the session keys); a no-op in the normal case."""
+    if "run_key" not in st.session_state:
+        st.switch_page("app.py")
+
+
 def progress_callback(bar):
     """A core Progress callback `(done, total, msg)` drawing on an `st.progress` bar."""
 
@@ -85,8 +147,13 @@ __all__ = [
     "compute_scores",
     "current_run",
     "dataset_of",
+    "ids_from_rows",
     "init_session",
+    "page_guard",
+    "prediction_table",
+    "flags_for",
     "list_scores",
+    "mislabel_scores",
     "progress_callback",
     "workspace",
 ]

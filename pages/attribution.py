@@ -1,71 +1,125 @@
-"""Attribution: pick a test prediction, see the training examples that support and oppose it."""
+"""Attribution: pick a test prediction, see the training examples that support and oppose it;
+switch attributor, or compare two side by side with their rank agreement."""
 
 from __future__ import annotations
 
+import time
+
+import numpy as np
 import streamlit as st
 
 import appkit
+from tda_explorer.selection import rank_agreement
 from tda_explorer.viz import example_caption, example_image, example_text
 
+appkit.page_guard()
 st.title("Attribution")
 ws = appkit.workspace()
+root = str(ws.root)
 run = appkit.current_run()
 if run is None:
     st.info("Train a run on the Setup page first.")
     st.stop()
-stored = appkit.list_scores(ws, run.key)
+stored = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "test"]
 if not stored:
     st.info("Compute an attributor for this run on the Setup page first.")
     st.stop()
 
-score_keys = [m["key"] for m in stored]
-names = {m["key"]: f"{m['config']['method']['method']} ({m['key'][:8]})" for m in stored}
-if st.session_state.score_key not in score_keys:
-    st.session_state.score_key = score_keys[0]
-st.selectbox("Attributor", score_keys, format_func=names.get, key="score_key")
-
-root = str(ws.root)
-result = appkit.cached_scores(root, st.session_state.score_key)
 data = appkit.dataset_of(run)
 test, train = data.test, data.train
-probs = appkit.cached_predictions(root, run.key)
-pred = probs.argmax(1)
+names = {m["key"]: f"{m['config']['method']['method']} ({m['key'][:8]})" for m in stored}
+keys = list(names)
+if st.session_state.score_key not in keys:
+    st.session_state.score_key = keys[0]
 
+c1, c2 = st.columns(2)
+c1.selectbox("Attributor", keys, format_func=names.get, key="score_key")
+compare_key = c2.selectbox(
+    "Compare with (optional)",
+    [None, *[k for k in keys if k != st.session_state.score_key]],
+    format_func=lambda k: "—" if k is None else names[k],
+)
+
+table = appkit.prediction_table(root, run.key)
 only_mistakes = st.toggle("Only mistakes", value=False)
-choices = [i for i in range(len(test)) if not only_mistakes or pred[i] != int(test.labels[i])]
-if not choices:
+shown = table[~table["correct"]] if only_mistakes else table
+if shown.empty:
     st.info("No test example matches the filter.")
     st.stop()
 
+st.caption("Click a row to see what made the model predict it (or pick its id below).")
+event = st.dataframe(
+    shown,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    key="prediction_table",
+    height=260,
+    column_config={
+        "image": st.column_config.ImageColumn("example", width="small"),
+        "confidence": st.column_config.ProgressColumn(
+            "confidence", min_value=0.0, max_value=1.0, format="%.3f"
+        ),
+    },
+)
+picked = appkit.ids_from_rows(shown["id"].tolist(), event.selection.rows)
+if picked and picked != st.session_state.get("last_table_pick"):  # a new click wins over the selectbox
+    st.session_state.query_id = picked[0]
+st.session_state.last_table_pick = picked
+ids = shown["id"].tolist()
+if st.session_state.query_id not in ids:
+    st.session_state.query_id = ids[0]
+st.selectbox("Test prediction", ids, key="query_id")
 
-def describe(i: int) -> str:
-    mark = "✓" if pred[i] == int(test.labels[i]) else "✗"
-    return f"{test.ids[i]} · true {test.class_names[int(test.labels[i])]} · pred {test.class_names[pred[i]]} {mark}"
+
+@st.fragment
+def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
+    start = time.perf_counter()
+    k = st.slider("Examples per side", 2, 16, 8)
+    flags = appkit.flags_for(run.key)
+    q = test.index_of([query_id])[0]
+    row = table.loc[table["id"] == query_id].iloc[0]
+
+    def show(i: int, score: float | None, col, examples) -> None:
+        flagged = examples is train and examples.ids[i] in flags
+        caption = example_caption(examples, i, score, flagged=flagged)
+        if examples.kind == "image":
+            col.image(example_image(examples, i, size=84), caption=caption)
+        else:
+            body = example_text(examples, i) if examples.kind == "text" else ""
+            col.markdown(f"{body}  \n*{caption}*")
+
+    def panel(score_key: str, container) -> np.ndarray:
+        result = appkit.cached_scores(root, score_key)
+        r = result.query_ids.index(query_id)
+        support, oppose = result.top_k(r, k)
+        with container:
+            st.markdown(f"**{names[score_key]}**")
+            for title, idx in (("Supporting (help the prediction)", support), ("Opposing (hurt it)", oppose)):
+                st.markdown(title)
+                cols = st.columns(min(8, k) if compare_key is None else 4)
+                for j, t in enumerate(idx):
+                    show(int(t), float(result.scores[r, t]), cols[j % len(cols)], train)
+        return result.scores[r]
+
+    left, right = st.columns([1, 4])
+    with left:
+        st.markdown("**Query**")
+        show(q, None, st, test)
+        st.caption(f"true {row['true']} · predicted {row['predicted']} · confidence {row['confidence']:.3f}")
+    with right:
+        if compare_key is None:
+            panel(score_key, st.container())
+        else:
+            a_col, b_col = st.columns(2)
+            a = panel(score_key, a_col)
+            b = panel(compare_key, b_col)
+            agree = rank_agreement(a, b, k)
+            m1, m2, m3 = st.columns(3)
+            m1.metric("Spearman over all training examples", f"{agree['spearman']:.3f}")
+            m2.metric(f"top-{k} overlap", f"{agree['top_k_overlap']:.0%}")
+            m3.metric(f"bottom-{k} overlap", f"{agree['bottom_k_overlap']:.0%}")
+    st.caption(f"server time for this view: {1000 * (time.perf_counter() - start):.0f} ms")
 
 
-q = st.selectbox("Test prediction", choices, format_func=describe)
-k = st.slider("Examples per side", 2, 16, 8)
-
-
-def show(i: int, score: float | None, col, examples) -> None:
-    if examples.kind == "image":
-        col.image(example_image(examples, i), caption=example_caption(examples, i, score))
-    else:
-        col.markdown(
-            f"{example_text(examples, i) if examples.kind == 'text' else ''}  \n*{example_caption(examples, i, score)}*"
-        )
-
-
-left, right = st.columns([1, 3])
-with left:
-    st.markdown("**Query**")
-    show(q, None, st, test)
-    st.caption(f"confidence {probs[q, pred[q]]:.3f}")
-row = result.query_ids.index(test.ids[q])
-support, oppose = result.top_k(row, k)
-with right:
-    for title, idx in (("Supporting (help the prediction)", support), ("Opposing (hurt it)", oppose)):
-        st.markdown(f"**{title}**")
-        cols = st.columns(min(8, k))
-        for j, t in enumerate(idx):
-            show(int(t), float(result.scores[row, t]), cols[j % len(cols)], train)
+explanation(st.session_state.query_id, st.session_state.score_key, compare_key)

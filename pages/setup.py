@@ -11,6 +11,7 @@ from tda_explorer.errors import TDAError
 from tda_explorer.models import MODEL_CONFIGS, default_model_config
 from tda_explorer.training import LocalExecutor, TrainConfig, default_train_config, train_run
 
+appkit.page_guard()
 st.title("Setup")
 ws = appkit.workspace()
 

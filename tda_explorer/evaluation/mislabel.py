@@ -235,3 +235,18 @@ def mislabel_experiment(
         noise={"fraction": float(fraction), "seed": int(noise_seed)},
         scores=scores,
     )
+
+
+def roc_points(scores: np.ndarray, flipped: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """ROC curve of a mislabel score (higher = more suspicious) against a boolean flipped mask `[n]`.
+
+    Returns:
+        (false positive rates, true positive rates, AUC), from `sklearn.metrics.roc_curve`.
+    """
+    from sklearn.metrics import roc_curve
+
+    flipped = np.asarray(flipped, dtype=bool)
+    if flipped.all() or not flipped.any():
+        raise ConfigError("a ROC curve needs both flipped and clean examples.")
+    fpr, tpr, _ = roc_curve(flipped, np.asarray(scores, dtype=np.float64))
+    return fpr, tpr, float(roc_auc_score(flipped, np.asarray(scores, dtype=np.float64)))

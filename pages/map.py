@@ -1,0 +1,86 @@
+"""Map: UMAP of the training set (and optionally the test set), coloured by label, prediction or score;
+lasso or box selection lists the selected examples and can flag them."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+import appkit
+from tda_explorer.errors import TDAError
+from tda_explorer.selection import ids_from_selection
+from tda_explorer.viz.figures import scatter_map
+from tda_explorer.viz.maps import REPRESENTATIONS, compute_map
+
+appkit.page_guard()
+st.title("Map")
+ws = appkit.workspace()
+root = str(ws.root)
+run = appkit.current_run()
+if run is None:
+    st.info("Train a run on the Setup page first.")
+    st.stop()
+data = appkit.dataset_of(run)
+train, test = data.train, data.test
+
+c1, c2, c3 = st.columns(3)
+representation = c1.selectbox("Representation", REPRESENTATIONS)
+include_test = c2.toggle("Include test examples", value=False)
+mislabel = appkit.mislabel_scores(root, run)
+color_by = c3.selectbox("Colour by", ["label", "prediction", "flagged", *mislabel])
+
+try:
+    bar = st.progress(0.0, text="map…")
+    result = compute_map(
+        run, data, representation, include_test, workspace=ws, progress=appkit.progress_callback(bar)
+    )
+    bar.empty()
+except TDAError as e:
+    st.error(str(e))
+    st.stop()
+
+n_train = len(train)
+labels = np.concatenate([train.labels.numpy(), test.labels.numpy()[: len(result.ids) - n_train]])
+names = np.array([train.class_names[i] for i in labels], dtype=object)
+flags = appkit.flags_for(run.key)
+flagged = np.array([i in flags for i in result.ids])
+categorical = True
+if color_by == "label":
+    color = names
+elif color_by == "prediction":
+    probs_train = run.predict(train).numpy()
+    pred = probs_train.argmax(1)
+    if include_test:
+        pred = np.concatenate([pred, appkit.cached_predictions(root, run.key).argmax(1)])
+    color = np.array([train.class_names[i] for i in pred], dtype=object)
+elif color_by == "flagged":
+    color = np.where(flagged, "flagged", "not flagged").astype(object)
+else:
+    categorical = False
+    values = np.asarray(mislabel[color_by], dtype=np.float64)
+    color = np.concatenate([values, np.full(len(result.ids) - n_train, np.nan)])
+hover = [f"{i} · {s} · label {n}" for i, s, n in zip(result.ids, result.split, names, strict=True)]
+fig = scatter_map(result.coords, result.ids, color, color_by, hover, categorical, flagged)
+event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box", "points"), key="map_chart")
+
+selected = ids_from_selection(event)
+fallback = st.multiselect("Selected examples (or pick ids here)", list(result.ids), default=selected[:200])
+chosen = [i for i in fallback if i in set(train.ids)]
+if chosen:
+    st.caption(f"{len(chosen)} training example(s) selected")
+    pos = train.index_of(chosen)
+    st.dataframe(
+        [
+            {
+                "id": train.ids[p],
+                "label": train.class_names[int(train.labels[p])],
+                "flagged": train.ids[p] in flags,
+            }
+            for p in pos
+        ],
+        hide_index=True,
+    )
+    if st.button("Flag the selected training examples", type="primary"):
+        n = ws.flags().flag_many(run.key, chosen, note="flagged from the map")
+        st.success(f"Flagged {n} example(s).")
+        st.rerun()

@@ -1,0 +1,96 @@
+"""Pruning & export: remove the training examples an attributor marks least useful to the validation
+set, preview the removal per class, export the kept and removed lists (CSV, JSON, Parquet)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import appkit
+from tda_explorer.errors import TDAError
+from tda_explorer.selection import removal_mask, usefulness
+from tda_explorer.store.exports import export_bytes, export_table, write_exports
+
+appkit.page_guard()
+st.title("Pruning & export")
+ws = appkit.workspace()
+run = appkit.current_run()
+if run is None:
+    st.info("Train a run on the Setup page first.")
+    st.stop()
+data = appkit.dataset_of(run)
+train = data.train
+stored = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "val"]
+test_scores = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "test"]
+
+st.caption(
+    "Usefulness of a training example = its mean score over the validation queries (positive = it helps "
+    "them). Pruning removes the least useful. Validation scores keep the test set untouched."
+)
+if not stored:
+    if not test_scores:
+        st.info("Compute an attributor on the Setup page first.")
+        st.stop()
+    base = test_scores[0]["config"]["method"]
+    if st.button(f"Compute {base['method']} scores on the validation set", type="primary"):
+        try:
+            bar = st.progress(0.0, text="scoring the validation set…")
+            settings = {k: v for k, v in base.items() if k != "method"}
+            appkit.compute_scores(
+                run, data, base["method"], settings, "val", ws, appkit.progress_callback(bar)
+            )
+            st.rerun()
+        except TDAError as e:
+            st.error(str(e))
+    st.stop()
+
+names = {m["key"]: f"{m['config']['method']['method']} ({m['key'][:8]})" for m in stored}
+key = st.selectbox("Attributor (validation scores)", list(names), format_func=names.get)
+result = appkit.cached_scores(str(ws.root), key)
+useful = usefulness(result.scores)
+
+mode = st.radio("Remove by", ["fraction", "score threshold"], horizontal=True)
+if mode == "fraction":
+    fraction = st.slider("Fraction of the training set to remove", 0.0, 0.9, 0.1, 0.01)
+    removed = removal_mask(useful, fraction=fraction)
+else:
+    lo, hi = float(useful.min()), float(useful.max())
+    threshold = st.slider(
+        "Remove examples with usefulness below", lo, hi, float(np.quantile(useful, 0.1)), format="%.3g"
+    )
+    removed = removal_mask(useful, threshold=threshold)
+
+labels = train.labels.numpy()
+per_class = pd.DataFrame(
+    {
+        "class": list(train.class_names),
+        "removed": np.bincount(labels[removed], minlength=train.n_classes),
+        "total": np.bincount(labels, minlength=train.n_classes),
+    }
+)
+per_class["fraction removed"] = (per_class["removed"] / per_class["total"].clip(lower=1)).round(3)
+c1, c2 = st.columns([1, 2])
+c1.metric("Removed", f"{int(removed.sum())} of {len(train)}")
+c2.bar_chart(per_class.set_index("class")["removed"])
+st.dataframe(per_class, hide_index=True)
+
+table = export_table(train.ids, labels, train.class_names, useful, removed, appkit.flags_for(run.key))
+name = f"{run.key}-{result.method}-{int(removed.sum())}removed"
+st.subheader("Export")
+cols = st.columns(4)
+for col, fmt in zip(cols, ("csv", "json", "parquet"), strict=False):
+    col.download_button(
+        f"Download {fmt.upper()}", export_bytes(table, fmt), file_name=f"{name}.{fmt}", key=f"dl_{fmt}"
+    )
+if cols[3].button("Write to workspace exports/", type="primary"):
+    paths = write_exports(ws.exports_dir, name, table)
+    st.session_state.last_export = {k: str(v) for k, v in paths.items()}
+    st.session_state.last_export_time = time.strftime("%H:%M:%S")
+if st.session_state.get("last_export"):
+    st.success(
+        f"Written at {st.session_state.last_export_time}: " + ", ".join(st.session_state.last_export.values())
+    )
+st.dataframe(table.sort_values("score").head(200), hide_index=True)
