@@ -7,14 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test test-quick lint format bench bench-quick setup clean
+.PHONY: run test test-quick lint format bench bench-quick setup clean chromium
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-bench.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -26,8 +26,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) lint
-	$(PY) -m pytest -q -ra
+# The browser test drives Debian's Chromium (Playwright cannot download a browser here).
+chromium:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "The browser test needs Debian's chromium: sudo apt-get install chromium"; exit 1; fi; }
+
+test: $(STAMP) lint chromium
+	$(PY) -m pytest -q -ra --durations=15
 
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
@@ -37,11 +44,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m benchmarks.run --suite full
 
 bench-quick: $(STAMP)
-	$(PY) -m pip install --quiet -r requirements-bench.txt
 	$(PY) -m benchmarks.run --suite quick
 
 clean:

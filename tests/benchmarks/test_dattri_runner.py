@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 
-pytest.importorskip("dattri")
+import dattri  # noqa: F401  - the test extra (requirements-bench.txt); `make test` installs it
 
-from benchmarks.peers.dattri_runner import METHODS, PEER_METHODS, run_dattri  # noqa: E402
-from tda_explorer.models import LogRegConfig, build_model  # noqa: E402
+from benchmarks.peers.dattri_runner import METHODS, PEER_METHODS, run_dattri
+from tda_explorer.models import LogRegConfig, build_model
 
 N_TRAIN, N_TEST, DAMPING, LR = 60, 10, 1e-2, 0.5
 
