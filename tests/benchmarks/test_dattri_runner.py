@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
+import dattri  # noqa: F401  - the test extra (requirements-bench.txt); `make test` installs it
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
-
-import dattri  # noqa: F401  - the test extra (requirements-bench.txt); `make test` installs it
 
 from benchmarks.peers.dattri_runner import METHODS, PEER_METHODS, run_dattri
 from tda_explorer.models import LogRegConfig, build_model
