@@ -15,24 +15,12 @@ pages = [
     st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
     st.Page("pages/mislabels.py", title="Mislabels", icon=":material/flag:"),
     st.Page("pages/pruning.py", title="Pruning & export", icon=":material/content_cut:"),
+    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
 ]
 nav = st.navigation(pages)
-
-with st.sidebar:
-    ws = appkit.workspace()
-    st.caption(f"Workspace: `{ws.root}`")
-    runs = ws.list_runs()
-    if runs:
-        keys = [m["key"] for m in runs]
-        labels = {
-            m["key"]: f"{m['config']['dataset']['name']} · {m['config']['model']['arch']} · "
-            f"{len(m['config']['seeds'])} seed(s) · {m['key'][:8]}"
-            for m in runs
-        }
-        if st.session_state.run_key not in keys:
-            st.session_state.run_key = keys[0]
-        st.selectbox("Run", keys, format_func=labels.get, key="run_key")
-    else:
-        st.info("No run yet: train one on the Setup page.")
-
-nav.run()
+appkit.sidebar()
+st.session_state._in_app = True  # tells the pages that app.py set up the session this run
+try:
+    nav.run()
+finally:
+    st.session_state._in_app = False

@@ -111,16 +111,49 @@ def prediction_table(root: str, run_key: str) -> pd.DataFrame:
     return table
 
 
+def stored_lds_truth(root: str, run_key: str, n_subsets: int, alpha: float, seeds: int):
+    """The LDS ground truth for the run and these settings if it is already in the workspace, else None."""
+    from tda_explorer.evaluation import LDSConfig, lds_truth_config, load_lds_truth
+
+    run = cached_run(root, run_key)
+    data = dataset_of(run)
+    config = LDSConfig(n_subsets=n_subsets, alpha=alpha, seeds=tuple(range(seeds)))
+    cfg = lds_truth_config(data.train, data.test, run.model_config, run.train_config, config)
+    ws = Workspace(root)
+    return load_lds_truth(ws.key("lds_truth", cfg), ws) if ws.exists("lds_truth", cfg) else None
+
+
 def ids_from_rows(ids: list[str], rows: list[int]) -> list[str]:
     """Ids of the selected rows of a displayed table (rows are positions in the table as shown)."""
     return [ids[r] for r in rows if 0 <= r < len(ids)]
 
 
+def sidebar() -> None:
+    """The shared sidebar: workspace path and the run picker (session key `run_key`)."""
+    with st.sidebar:
+        ws = workspace()
+        st.caption(f"Workspace: `{ws.root}`")
+        runs = ws.list_runs()
+        if not runs:
+            st.info("No run yet: train one on the Setup page.")
+            return
+        keys = [m["key"] for m in runs]
+        labels = {
+            m["key"]: f"{m['config']['dataset']['name']} · {m['config']['model']['arch']} · "
+            f"{len(m['config']['seeds'])} seed(s) · {m['key'][:8]}"
+            for m in runs
+        }
+        if st.session_state.get("run_key") not in keys:
+            st.session_state.run_key = keys[0]
+        st.selectbox("Run", keys, format_func=labels.get, key="run_key")
+
+
 def page_guard() -> None:
-    """Send a session that opened a page URL before app.py ever ran through app.py (which sets up
-    st.navigation and the session keys); a no-op in the normal case."""
-    if "run_key" not in st.session_state:
-        st.switch_page("app.py")
+    """Make a page work when Streamlit runs its file directly (a deep link opened before app.py ever ran,
+    or AppTest reruns): set up the session and the sidebar as app.py would. A no-op under app.py."""
+    if not st.session_state.get("_in_app"):
+        init_session()
+        sidebar()
 
 
 def progress_callback(bar):
@@ -150,6 +183,7 @@ __all__ = [
     "ids_from_rows",
     "init_session",
     "page_guard",
+    "sidebar",
     "prediction_table",
     "flags_for",
     "list_scores",

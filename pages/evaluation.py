@@ -1,0 +1,75 @@
+"""Evaluation: LDS (with bootstrap 95% intervals), mislabel AUC and time for every attributor of the run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import appkit
+from tda_explorer.errors import TDAError
+from tda_explorer.evaluation import LDSConfig, compute_lds_truth
+from tda_explorer.evaluation.report import evaluation_rows
+from tda_explorer.training import LocalExecutor
+from tda_explorer.viz.figures import bar_with_interval
+
+appkit.page_guard()
+st.title("Evaluation")
+ws = appkit.workspace()
+run = appkit.current_run()
+if run is None:
+    st.info("Train a run on the Setup page first.")
+    st.stop()
+data = appkit.dataset_of(run)
+
+st.caption(
+    "LDS: retrain on M random subsets (alpha of the training set), predict each subset's effect on every "
+    "test loss by summing scores, and rank-correlate with the truth. The ground truth is computed once "
+    "and shared by every attributor."
+)
+with st.form("lds"):
+    c1, c2, c3 = st.columns(3)
+    n_subsets = c1.number_input("Subsets M", 10, 500, 50, step=10)
+    alpha = c2.slider("alpha (subset fraction)", 0.1, 0.9, 0.5, 0.05)
+    seeds = c3.number_input("Retraining seeds R", 1, 5, 1)
+    go = st.form_submit_button("Compute (or reuse) the LDS ground truth", type="primary")
+config = LDSConfig(n_subsets=int(n_subsets), alpha=float(alpha), seeds=tuple(range(int(seeds))))
+truth = None
+try:
+    if go:
+        bar = st.progress(0.0, text="retraining on subsets…")
+        truth = compute_lds_truth(
+            data.train, data.test, run.model_config, run.train_config, config, ws, LocalExecutor(),
+            appkit.progress_callback(bar),
+        )  # fmt: skip
+    else:
+        truth = appkit.stored_lds_truth(str(ws.root), run.key, int(n_subsets), float(alpha), int(seeds))
+except TDAError as e:
+    st.error(str(e))
+
+rows = evaluation_rows(run, data, ws, truth)
+if not rows:
+    st.info("Compute an attributor on the Setup page first.")
+    st.stop()
+table = pd.DataFrame(rows)
+st.dataframe(table.drop(columns=["key"]), hide_index=True)
+if truth is None:
+    st.caption("No LDS ground truth for these settings yet: compute it above.")
+else:
+    have = table.dropna(subset=["lds"])
+    if not have.empty:
+        st.plotly_chart(
+            bar_with_interval(have["method"].tolist(), have["lds"].to_numpy(), have["lds_low"].to_numpy(),
+                              have["lds_high"].to_numpy(), "LDS (mean over test queries, 95% CI)"),
+            width="stretch",
+        )  # fmt: skip
+
+bench = sorted(Path("benchmarks/results").glob("*.json")) if Path("benchmarks/results").exists() else []
+if bench:
+    with st.expander("Benchmark results shipped with the repo"):
+        for path in bench:
+            st.markdown(f"`{path}`")
+        md = Path("benchmarks/RESULTS.md")
+        if md.exists():
+            st.markdown(md.read_text())

@@ -1,0 +1,107 @@
+"""AppTest for every page over a small prepared workspace (digits, logreg, 10% label noise, Grad-Dot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.data import DatasetSpec, load_dataset
+from tda_explorer.models import LogRegConfig
+from tda_explorer.store import Workspace
+from tda_explorer.training import LocalExecutor, TrainConfig, train_run
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = ["attribution", "map", "mislabels", "pruning", "evaluation"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    ws = Workspace(tmp_path_factory.mktemp("ws"))
+    splits = load_dataset(DatasetSpec("digits", noise_fraction=0.1, noise_seed=1))
+    cfg = TrainConfig(lr=0.1, epochs=4, batch_size=64, checkpoints=2)
+    run = train_run(splits, LogRegConfig(), cfg, [0, 1], ws, LocalExecutor(1))
+    for split in ("test", "val"):
+        compute_scores(run, splits, "grad_dot", {"params": "head"}, split, ws)
+    return {"ws": ws, "run": run, "splits": splits}
+
+
+def app_at(prepared, monkeypatch, page: str | None = None) -> AppTest:
+    monkeypatch.setenv("TDA_WORKSPACE", str(prepared["ws"].root))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    if page is not None:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def rerun(at: AppTest, page: str) -> None:
+    """Run again after a widget change; the page must stay where it was."""
+    at.run()
+    assert at.title[0].value.lower().startswith(page[:5]), at.title[0].value
+    assert not at.exception, at.exception
+
+
+def test_sidebar_lists_the_run(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch)
+    assert at.sidebar.selectbox[0].value == prepared["run"].key
+
+
+def test_attribution_page_shows_both_sides_and_compares(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "attribution")
+    text = " ".join(m.value for m in at.markdown)
+    assert "Supporting" in text and "Opposing" in text
+    # Pick another prediction through the fallback selectbox (charts cannot be clicked in AppTest).
+    picker = next(s for s in at.selectbox if s.label == "Test prediction")
+    other = picker.options[5]
+    picker.set_value(other)
+    rerun(at, "attribution")
+    query_caption = next(c.value for c in at.caption if c.value.startswith("true "))
+    row = prepared["splits"].test.index_of([other])[0]
+    true_label = prepared["splits"].test.class_names[int(prepared["splits"].test.labels[row])]
+    assert query_caption.startswith(f"true {true_label} ·")
+    timing = [c.value for c in at.caption if c.value.startswith("server time")]
+    assert timing, "the view reports its server time"
+
+
+def test_mislabels_page_scores_against_injected_flips_and_flags(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "mislabels")
+    labels = [m.label for m in at.metric]
+    assert "ROC-AUC against the injected flips" in labels
+    auc = float(next(m.value for m in at.metric if m.label.startswith("ROC-AUC")))
+    assert 0.5 < auc <= 1.0  # own training loss finds flips better than chance
+    chosen = at.multiselect[0].options[:2]
+    at.multiselect[0].set_value(chosen)
+    next(b for b in at.button if b.label == "Flag").click()
+    rerun(at, "mislabels")
+    flags = prepared["ws"].flags().get(prepared["run"].key)
+    assert set(chosen) <= set(flags)
+
+
+def test_pruning_page_previews_and_exports(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "pruning")
+    removed = next(m for m in at.metric if m.label == "Removed")
+    n_train = len(prepared["splits"].train)
+    assert removed.value == f"{round(0.1 * n_train)} of {n_train}"
+    next(b for b in at.button if b.label == "Write to workspace exports/").click()
+    rerun(at, "pruning")
+    written = list((prepared["ws"].root / "exports").glob("*.parquet"))
+    assert written
+
+
+def test_evaluation_page_lists_attributors(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "evaluation")
+    table = at.dataframe[0].value
+    assert "grad_dot" in set(table["method"]) and "own training loss" in set(table["method"])
+    assert table.loc[table["method"] == "grad_dot", "mislabel_auc"].iloc[0] > 0.5
+
+
+@pytest.mark.slow
+def test_map_page_draws_umap(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "map")
+    assert at.get("plotly_chart"), "the map is drawn"
