@@ -1,4 +1,5 @@
-"""Setup: choose a dataset and a model, train over seeds (or reuse the cached run), compute attributors."""
+"""Setup: choose a dataset (built in, uploaded or a path) and a model, train over seeds (or reuse the
+cached run), then compute the attributors you pick, each with its main settings."""
 
 from __future__ import annotations
 
@@ -6,51 +7,80 @@ import streamlit as st
 
 import appkit
 from tda_explorer.attributors import ATTRIBUTORS
-from tda_explorer.data import BUILTIN_DATASETS, DatasetSpec, load_dataset
+from tda_explorer.attributors.ui_settings import main_settings
+from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
-from tda_explorer.models import MODEL_CONFIGS, default_model_config
+from tda_explorer.models import default_model_config
+from tda_explorer.store.uploads import save_upload
 from tda_explorer.training import LocalExecutor, TrainConfig, default_train_config, train_run
+
+ARCHS = {"image": ["mlp", "logreg", "cnn"], "tabular": ["mlp", "logreg"], "text": ["text"]}
 
 appkit.page_guard()
 st.title("Setup")
 ws = appkit.workspace()
 
-st.subheader("1 · Train")
+st.subheader("1 · Data and model")
+source = st.radio("Data", ["Built-in demo", "Upload a table", "Path on this machine"], horizontal=True)
+spec_args: dict = {}
+kind = "image"
+if source == "Built-in demo":
+    builtins = ["mnist5k", "digits"] + (["sst2"] if SST2_DEFAULT_PATH.exists() else [])
+    name = st.selectbox("Dataset", builtins, help="mnist5k: 4,000 / 500 / 500 MNIST digits; digits: 8x8")
+    spec_args = {"name": name}
+    kind = "text" if name == "sst2" else "image"
+else:
+    c1, c2 = st.columns(2)
+    kind = c1.selectbox("What the file holds", ["tabular", "text", "image folder"])
+    kind = "image" if kind == "image folder" else kind
+    path = None
+    if source == "Upload a table" and kind != "image":
+        upload = c2.file_uploader("CSV, TSV or Parquet", type=["csv", "tsv", "parquet", "pq"])
+        if upload is not None:
+            try:
+                path = str(save_upload(ws.root / "uploads", upload.name, upload.getvalue()))
+            except TDAError as e:
+                st.error(str(e))
+    else:
+        path = c2.text_input("File or folder path", placeholder="/data/reviews.csv or /data/images/") or None
+    options: dict = {}
+    if kind != "image":
+        c3, c4 = st.columns(2)
+        options["label_column"] = c3.text_input("Label column", "label")
+        if kind == "text":
+            options["text_column"] = c4.text_input("Text column", "text")
+    spec_args = {"name": {"tabular": "tabular", "text": "text", "image": "images"}[kind], "path": path,
+                 "options": options}  # fmt: skip
+
 with st.form("train"):
     c1, c2, c3 = st.columns(3)
-    dataset = c1.selectbox("Dataset", [d for d in BUILTIN_DATASETS if d != "sst2"], index=0)
-    arch = c2.selectbox("Model", [a for a in MODEL_CONFIGS if a != "text"], index=1)
-    seeds = c3.number_input("Seeds", min_value=1, max_value=20, value=1)
-    defaults = default_train_config(arch)
-    c4, c5 = st.columns(2)
-    epochs = c4.number_input("Epochs (blank = default for the model)", min_value=1, max_value=200, value=None)
-    noise = c5.slider("Label noise (fraction of training labels flipped)", 0.0, 0.5, 0.0, 0.05)
+    arch = c1.selectbox("Model", ARCHS[kind])
+    seeds = c2.number_input("Seeds", min_value=1, max_value=20, value=1)
+    epochs = c3.number_input("Epochs (blank = the model's default)", min_value=1, max_value=200, value=None)
+    noise = st.slider(
+        "Label noise: fraction of training labels flipped (seeded, recorded)", 0.0, 0.5, 0.0, 0.05
+    )
     submitted = st.form_submit_button("Train (or reuse the cached run)", type="primary")
 
 if submitted:
-    try:
-        splits = load_dataset(DatasetSpec(name=dataset, noise_fraction=noise))
-        cfg = default_train_config(arch)
-        if epochs:
-            cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
-        bar = st.progress(0.0, text="training…")
-        run = train_run(
-            splits,
-            default_model_config(arch),
-            cfg,
-            range(int(seeds)),
-            ws,
-            LocalExecutor(1),
-            appkit.progress_callback(bar),
-        )
-        bar.progress(1.0, text="done")
-        st.session_state.run_key = run.key
-        st.success(
-            f"Run {run.key}: mean test accuracy {run.mean_metric('test_acc'):.3f} over {len(run.seeds)} seed(s)."
-        )
-        st.rerun()
-    except TDAError as e:
-        st.error(str(e))
+    if spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
+        st.error("Choose a file (or give a path) first.")
+    else:
+        try:
+            splits = load_dataset(DatasetSpec(noise_fraction=noise, **spec_args))
+            cfg = default_train_config(arch)
+            if epochs:
+                cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
+            bar = st.progress(0.0, text="training…")
+            run = train_run(
+                splits, default_model_config(arch), cfg, range(int(seeds)), ws, LocalExecutor(1),
+                appkit.progress_callback(bar),
+            )  # fmt: skip
+            bar.progress(1.0, text="done")
+            st.session_state.run_key = run.key
+            st.rerun()
+        except TDAError as e:
+            st.error(str(e))
 
 run = appkit.current_run()
 if run is None:
@@ -62,38 +92,68 @@ st.write(
     f"mean test accuracy {run.mean_metric('test_acc'):.3f}"
 )
 with st.form("attribute"):
-    method = st.selectbox("Attributor", sorted(ATTRIBUTORS), index=sorted(ATTRIBUTORS).index("grad_dot"))
-    params = st.selectbox(
-        "Parameters", ["head", "all"], help="gradient over the last layer or all parameters"
-    )
+    default = ["grad_dot"] if "grad_dot" in ATTRIBUTORS else []
+    methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
+    chosen_settings: dict[str, dict] = {}
+    for method in methods:
+        specs = main_settings(method)
+        if not specs:
+            continue
+        with st.expander(f"{method} settings"):
+            values = {}
+            for s in specs:
+                label, key = s.name, f"set_{method}_{s.name}"
+                if s.kind == "choice":
+                    values[s.name] = st.selectbox(
+                        label, s.choices, index=s.choices.index(s.default), help=s.help, key=key
+                    )
+                elif s.kind == "int":
+                    values[s.name] = int(
+                        st.number_input(
+                            label, value=int(s.default), min_value=int(s.minimum or 0), help=s.help, key=key
+                        )
+                    )
+                else:
+                    values[s.name] = float(
+                        st.number_input(
+                            label, value=float(s.default), min_value=s.minimum, help=s.help, key=key
+                        )
+                    )
+            chosen_settings[method] = values
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 if go:
-    try:
-        bar = st.progress(0.0, text=f"{method}…")
-        result = appkit.compute_scores(
-            run, appkit.dataset_of(run), method, {"params": params}, "test", ws, appkit.progress_callback(bar)
-        )
-        bar.progress(1.0, text="done")
-        st.session_state.score_key = result.key
-        st.success(
-            f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores in {result.seconds:.1f} s."
-        )
-    except TDAError as e:
-        st.error(str(e))
+    for method in methods:
+        try:
+            bar = st.progress(0.0, text=f"{method}…")
+            result = appkit.compute_scores(
+                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), "test", ws,
+                appkit.progress_callback(bar),
+            )  # fmt: skip
+            bar.progress(1.0, text=f"{method} done")
+            st.session_state.score_key = result.key
+            st.success(
+                f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores in {result.seconds:.1f} s."
+            )
+        except TDAError as e:
+            st.error(f"{method}: {e}")
 
 stored = appkit.list_scores(ws, run.key)
 if stored:
-    st.caption("Computed for this run:")
+    st.caption("Computed for this run (cached in the workspace):")
     st.dataframe(
         [
-            {
-                "key": m["key"],
-                "method": m["config"]["method"],
-                "queries": m["config"]["queries"],
-                "seconds": round(m["extra"]["seconds"], 2),
-                "created": m["created"],
-            }
+            {"key": m["key"], "method": m["config"]["method"]["method"], "queries": m["config"]["queries"],
+             "settings": {k: v for k, v in m["config"]["method"].items() if k != "method"},
+             "seconds": round(m["extra"]["seconds"], 2), "created": m["created"]}
             for m in stored
         ],
         hide_index=True,
-    )
+    )  # fmt: skip
+runs = ws.list_runs()
+with st.expander(f"All runs in the workspace ({len(runs)})"):
+    st.dataframe(
+        [{"key": m["key"], "dataset": m["config"]["dataset"]["name"], "model": m["config"]["model"]["arch"],
+          "seeds": m["config"]["seeds"], "noise": m["config"]["dataset"].get("noise_fraction", 0.0),
+          "created": m["created"]} for m in runs],
+        hide_index=True,
+    )  # fmt: skip

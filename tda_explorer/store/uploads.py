@@ -1,0 +1,53 @@
+"""Files a user uploads through the app, kept in `<workspace>/uploads/` under a content-addressed name.
+
+Names are sanitised (no directories, no traversal), size is capped, and the write is atomic; the same
+content uploaded twice maps to the same path, so cached runs on it are reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from tda_explorer.errors import DataError
+from tda_explorer.store.atomic import atomic_write_bytes
+
+UPLOAD_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".txt")
+DEFAULT_MAX_BYTES = 200 * 2**20
+
+
+def safe_filename(name: str) -> str:
+    """The last path component of `name` with only `[A-Za-z0-9._-]` kept (never empty, never hidden)."""
+    base = re.split(r"[\\/]", name)[-1]
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".") or "upload"
+    return cleaned[:120]
+
+
+def save_upload(directory: str | Path, name: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """Store uploaded bytes as `<directory>/<sha256[:12]>-<safe name>` and return the path.
+
+    Raises:
+        DataError: the file is empty, larger than `max_bytes`, or not a supported table type.
+    """
+    safe = safe_filename(name)
+    suffix = Path(safe).suffix.lower()
+    if suffix not in UPLOAD_SUFFIXES:
+        raise DataError(
+            f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(UPLOAD_SUFFIXES)} file, "
+            "or give the path of an image folder instead."
+        )
+    if not data:
+        raise DataError(
+            f"{name}: the file is empty; upload a file with a header and at least one row per class."
+        )
+    if len(data) > max_bytes:
+        raise DataError(
+            f"{name}: {len(data) / 2**20:.1f} MiB is over the upload limit of {max_bytes / 2**20:.0f} MiB; "
+            "give its path on this machine instead."
+        )
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    path = Path(directory) / f"{digest}-{safe}"
+    if not path.exists():
+        atomic_write_bytes(path, data)
+    return path
