@@ -60,7 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tda_explorer.data import load_dataset
     from tda_explorer.models import default_model_config, model_config_from_dict
     from tda_explorer.store import Workspace
-    from tda_explorer.training import LocalExecutor, TrainConfig, default_train_config, train_run
+    from tda_explorer.training import TrainConfig, default_train_config, train_run
+    from tda_explorer.training.executor import make_executor
 
     ws = Workspace(args.workspace)
     splits = load_dataset(_dataset_spec(args))
@@ -82,7 +83,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_cfg = TrainConfig.from_dict({**default_train_config(args.model).to_dict(), **overrides})
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
     update, bar = _progress_bar(f"train {args.dataset}/{args.model}")
-    run = train_run(splits, model_cfg, train_cfg, seeds, ws, LocalExecutor(args.workers), update)
+    executor = make_executor(args.executor, args.workers, args.ray_address)
+    try:
+        run = train_run(splits, model_cfg, train_cfg, seeds, ws, executor, update)
+    finally:
+        getattr(executor, "shutdown", lambda: None)()  # stops a local Ray instance it started
     bar.close()
     print(f"run {run.key} stored in {ws.path('runs', run.key)}")
     for s in run.seeds:
@@ -160,7 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoints", type=int, help="checkpoints kept per seed (default 5)")
     t.add_argument("--noise", type=float, default=0.0, help="fraction of training labels to flip (default 0)")
     t.add_argument("--noise-seed", type=int, default=0)
-    t.add_argument("--workers", type=int, default=None, help="worker processes (default: min(cores, 4))")
+    t.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local worker processes (default min(cores, 4)), or CPUs of a local Ray instance (default all)",
+    )
+    t.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default=None,
+        help="where jobs run: local processes (default) or Ray; default $TDA_EXECUTOR, else local",
+    )
+    t.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (e.g. ray://head:10001) instead of starting a local Ray instance",
+    )
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("runs", help="list the trained runs in the workspace")

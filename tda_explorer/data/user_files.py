@@ -15,6 +15,8 @@ quote handling (tabs separate fields, quotes are text), CSV files with standard 
 from __future__ import annotations
 
 import csv
+import warnings
+from collections.abc import Container, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +132,17 @@ def _labels(df: pd.DataFrame, file: Path, column: str) -> tuple[torch.Tensor, tu
             f"(fill it in or drop the row). {_where(file)}"
         )
     values = [v.strip() if isinstance(v, str) else v for v in df[column].tolist()]
+    nested = [
+        i
+        for i, v in enumerate(values)
+        if isinstance(v, Container | Mapping) and not isinstance(v, str | bytes)
+    ]
+    if nested:
+        i = nested[0]
+        raise DataError(
+            f"{file.name}: label column {column!r} holds {type(values[i]).__name__} values ({_row(file, i)} has "
+            f"{values[i]!r:.60}); labels must be single values (class names or integers). {_where(file)}"
+        )
     fractional = [i for i, v in enumerate(values) if isinstance(v, float) and not v.is_integer()]
     if fractional:
         i = fractional[0]
@@ -333,10 +346,12 @@ def _image_size(image_size: object) -> tuple[int, int] | None:
 
 def _open_image(file: Path, root: Path) -> Image.Image:
     try:
-        with Image.open(file) as im:
-            im.load()
-            return im.copy() if im.mode != "P" else im.convert("RGBA")
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        with warnings.catch_warnings():  # PIL only warns between MAX_IMAGE_PIXELS and twice that: refuse too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as im:
+                im.load()
+                return im.copy() if im.mode != "P" else im.convert("RGBA")
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         rel = file.relative_to(root).as_posix()
         raise DataError(
             f"{rel}: cannot read this image ({e}); replace or remove the file. (file: {file})"

@@ -2,8 +2,9 @@
 
 `Executor.map(fn, jobs, progress)` is the whole interface. `LocalExecutor` runs
 in-process (workers=1) or on a local process pool (spawned workers, each
-single-threaded, so results equal the in-process ones bit for bit). A Ray
-implementation can be added behind the same interface.
+single-threaded, so results equal the in-process ones bit for bit).
+`training.ray_executor.RayExecutor` runs the same jobs on Ray (a local instance or
+a cluster); `make_executor` picks one by name (`--executor` / `$TDA_EXECUTOR`).
 """
 
 from __future__ import annotations
@@ -82,3 +83,36 @@ class LocalExecutor:
                 if progress is not None:
                     progress(done, len(jobs), f"job {i + 1}/{len(jobs)} done")
         return results
+
+
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+ENV_EXECUTOR = "TDA_EXECUTOR"
+
+
+def make_executor(
+    name: str | None = None, workers: int | None = None, ray_address: str | None = None
+) -> Executor:
+    """The executor called `name`: "local" (`LocalExecutor`, the default) or "ray" (`RayExecutor`).
+
+    Args:
+        name: "local" or "ray"; None = `$TDA_EXECUTOR`, else "ray" if `ray_address` is given, else "local".
+        workers: local worker processes, or the CPUs of a local Ray instance (None = the default of each).
+        ray_address: a Ray cluster to join (e.g. "ray://head:10001"); None starts a local Ray instance.
+
+    Raises:
+        ConfigError: an unknown name, or a Ray address with the local executor.
+    """
+    if name is None:
+        name = os.environ.get(ENV_EXECUTOR) or ("ray" if ray_address else "local")
+    name = name.strip().lower()
+    if name not in EXECUTORS:
+        raise ConfigError(
+            f"executor {name!r} is not one of {', '.join(EXECUTORS)} (--executor / ${ENV_EXECUTOR})."
+        )
+    if name == "local":
+        if ray_address:
+            raise ConfigError(f"a Ray address ({ray_address!r}) needs the Ray executor: add --executor ray.")
+        return LocalExecutor(workers)
+    from tda_explorer.training.ray_executor import RayExecutor  # ray is imported only when used
+
+    return RayExecutor(address=ray_address, workers=workers)
