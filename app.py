@@ -12,6 +12,7 @@ appkit.init_session()
 pages = [
     st.Page("pages/setup.py", title="Setup", icon=":material/settings:", default=True),
     st.Page("pages/attribution.py", title="Attribution", icon=":material/search:"),
+    st.Page("pages/dtda.py", title="d-TDA", icon=":material/bar_chart:"),
     st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
     st.Page("pages/mislabels.py", title="Mislabels", icon=":material/flag:"),
     st.Page("pages/pruning.py", title="Pruning & export", icon=":material/content_cut:"),

@@ -123,6 +123,36 @@ def stored_lds_truth(root: str, run_key: str, n_subsets: int, alpha: float, seed
     return load_lds_truth(ws.key("lds_truth", cfg), ws) if ws.exists("lds_truth", cfg) else None
 
 
+def stored_dtda(root: str, run_key: str, settings: dict):
+    """A stored d-TDA result of the run for these d-TDA settings, or None."""
+    from tda_explorer.attributors.dtda import DTDA, dtda_config, load_dtda
+
+    ws = Workspace(root)
+    cfg = dtda_config(cached_run(root, run_key), DTDA(**settings), "test")
+    return load_dtda(ws, cfg) if ws.exists("dtda", cfg) else None
+
+
+def stored_dtda_validation(root: str, dtda_config: dict):
+    """The newest stored d-TDA validation made from this d-TDA result, or None."""
+    from tda_explorer.evaluation.dtda import VALIDATION_KIND, DTDAValidation
+    from tda_explorer.store import load_array
+
+    ws = Workspace(root)
+    for meta in ws.list(VALIDATION_KIND):
+        if meta["config"].get("dtda") == dtda_config:
+            path = ws.path(VALIDATION_KIND, meta["key"])
+            return DTDAValidation(
+                pairs=tuple(tuple(p) for p in meta["config"]["pairs"]),
+                seeds=tuple(meta["config"]["seeds"]),
+                measurement=dtda_config["method"]["measurement"],
+                with_data=load_array(path / "with_data.npy"),
+                predicted=load_array(path / "predicted.npy"),
+                retrained=load_array(path / "retrained.npy"),
+                key=meta["key"],
+            )
+    return None
+
+
 def ids_from_rows(ids: list[str], rows: list[int]) -> list[str]:
     """Ids of the selected rows of a displayed table (rows are positions in the table as shown)."""
     return [ids[r] for r in rows if 0 <= r < len(ids)]

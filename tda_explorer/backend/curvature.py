@@ -16,6 +16,9 @@ eigenvalues `l_S[o] l_A[i]`; EK-FAC replaces them with the corrected `E_i[(Q_S^T
 Inverse: `(H + (wd + lambda) I)^{-1} g = Q_S [(Q_S^T G Q_A) / (eig + wd + lambda)] Q_A^T`, layer by layer,
 with `wd` the weight-decay coefficient (the L2 term `wd/2 ||theta||^2` adds `wd I` exactly) and damping
 `lambda` per layer: absolute if given, else `damping_factor x mean(eig)` of that layer.
+`apply_spectral(g, fn)` applies any elementwise function of the shifted eigenvalues (Source's
+`exp(-eta K H)` and `(1 - exp(-eta K H)) / H`); `fit_averaged` fits one curvature averaged over several
+models (covariances averaged, one eigenbasis, corrected eigenvalues averaged in it).
 """
 
 from __future__ import annotations
@@ -105,8 +108,8 @@ class KroneckerCurvature:
                 yield store
         self.model.zero_grad(set_to_none=True)
 
-    def fit(self, inputs: torch.Tensor, progress: Progress | None = None) -> KroneckerCurvature:
-        """Fit covariances, eigendecompose, (EK-FAC) correct eigenvalues; `inputs` model-ready `[n, ...]`."""
+    def _covariances(self, inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer the covariances `(A [d_in, d_in], S [d_out, d_out])` (float64) over `inputs`."""
         n = len(inputs)
         if n == 0:
             raise ConfigError("cannot fit curvature on an empty training set.")
@@ -125,24 +128,38 @@ class KroneckerCurvature:
                 cov[name][1] += len(a2)
                 d2 = ds.reshape(-1, ds.shape[-1])
                 cov[name][2] += (d2.T @ d2).double()
+        return {
+            name: (a_sum / count, s_sum / (n * self.fisher_samples))
+            for name, (a_sum, count, s_sum) in cov.items()
+        }
+
+    def _set_basis(self, cov: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Eigendecompose the covariances; K-FAC eigenvalues `l_S[o] l_A[i]` (EK-FAC corrects them later)."""
         for info in self.layers:
-            a_sum, count, s_sum = cov[info.name]
-            l_a, q_a = torch.linalg.eigh(a_sum / count)
-            l_s, q_s = torch.linalg.eigh(s_sum / (n * self.fisher_samples))
+            a, s = cov[info.name]
+            l_a, q_a = torch.linalg.eigh(a)
+            l_s, q_s = torch.linalg.eigh(s)
             eig = torch.outer(l_s.clamp_min(0), l_a.clamp_min(0))
             self.factors_[info.name] = LayerFactors(q_a, q_s, eig)
-        if progress is not None:
-            progress(1, 2 if self.corrected else 1, "curvature: covariances fitted")
-        if self.corrected:
-            self._correct_eigenvalues(inputs)
-            if progress is not None:
-                progress(2, 2, "curvature: eigenvalues corrected")
+
+    def _set_damping(self) -> None:
         for f in self.factors_.values():
             f.damping = (
                 self.damping
                 if self.damping is not None
                 else self.damping_factor * float(f.eigenvalues.mean())
             )
+
+    def fit(self, inputs: torch.Tensor, progress: Progress | None = None) -> KroneckerCurvature:
+        """Fit covariances, eigendecompose, (EK-FAC) correct eigenvalues; `inputs` model-ready `[n, ...]`."""
+        self._set_basis(self._covariances(inputs))
+        if progress is not None:
+            progress(1, 2 if self.corrected else 1, "curvature: covariances fitted")
+        if self.corrected:
+            self._correct_eigenvalues(inputs)
+            if progress is not None:
+                progress(2, 2, "curvature: eigenvalues corrected")
+        self._set_damping()
         return self
 
     def _correct_eigenvalues(self, inputs: torch.Tensor) -> None:
@@ -190,3 +207,66 @@ class KroneckerCurvature:
             rot, denom = self._rotated(grads, info)
             total += (rot.square() / denom).sum((1, 2))
         return total
+
+    def apply_spectral(self, grads: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`fn(H + (wd + lambda) I) g_i` for flat rows `grads [b, p]` -> `[b, p]` (same dtype).
+
+        Per layer `Q_S [(Q_S^T G Q_A) * fn(eig + wd + lambda)] Q_A^T`: `fn` maps the shifted eigenvalues
+        (float64 `[d_out, d_in]`, >= 0) elementwise to multipliers, e.g. `1 / s` gives `inverse_hvp`.
+        """
+        self._check(grads)
+        out = torch.empty_like(grads)
+        for info in self.layers:
+            f = self.factors_[info.name]
+            g = flat_to_layer(grads, info)
+            rot = f.q_s.T.to(g) @ g @ f.q_a.to(g)
+            mult = fn((f.eigenvalues + self.weight_decay + f.damping).clamp_min(0)).to(rot)
+            layer_to_flat(f.q_s.to(rot) @ (rot * mult) @ f.q_a.T.to(rot), info, out)
+        return out
+
+
+def fit_averaged(
+    curvatures: Sequence[KroneckerCurvature],
+    inputs: torch.Tensor | Sequence[torch.Tensor],
+    progress: Progress | None = None,
+) -> KroneckerCurvature:
+    """One curvature averaged over several models (e.g. the checkpoints of a Source segment).
+
+    The covariances `A` and `S` are averaged over the models and eigendecomposed once; EK-FAC then
+    corrects the eigenvalues of every model in that shared basis and averages them (K-FAC keeps
+    `l_S[o] l_A[i]` of the averaged factors). Damping is set from the averaged eigenvalues.
+
+    Args:
+        curvatures: unfitted curvatures of the models, built with the same settings and parameter subset.
+        inputs: model-ready inputs `[n, ...]` the curvature is taken over, one tensor for all models or one
+            per model (text models tokenize per model).
+
+    Returns:
+        `curvatures[0]`, fitted with the averaged factors (its `inverse_hvp`, `apply_spectral`, ... use them).
+    """
+    if not curvatures:
+        raise ConfigError("fit_averaged needs at least one curvature.")
+    first = curvatures[0]
+    names = [i.name for i in first.layers]
+    if any([i.name for i in c.layers] != names or c.corrected != first.corrected for c in curvatures):
+        raise ConfigError("fit_averaged: every curvature must cover the same layers with the same settings.")
+    per_model = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs] * len(curvatures)
+    if len(per_model) != len(curvatures):
+        raise ConfigError(f"fit_averaged: {len(per_model)} input sets for {len(curvatures)} curvatures.")
+    covs = [c._covariances(x) for c, x in zip(curvatures, per_model, strict=True)]
+    mean_cov = {
+        name: (sum(cv[name][0] for cv in covs) / len(covs), sum(cv[name][1] for cv in covs) / len(covs))
+        for name in names
+    }
+    for i, c in enumerate(curvatures):
+        c._set_basis(mean_cov)
+        if first.corrected:
+            c._correct_eigenvalues(per_model[i])
+        if progress is not None:
+            progress(i + 1, len(curvatures), f"curvature: model {i + 1}/{len(curvatures)} fitted")
+    for name in names:
+        first.factors_[name].eigenvalues = sum(c.factors_[name].eigenvalues for c in curvatures) / len(
+            curvatures
+        )
+    first._set_damping()
+    return first

@@ -27,8 +27,9 @@ DEFAULT_MEMORY_BYTES = 512 * 2**20  # budget for one chunk of per-example gradie
 class ParamSubset:
     """An ordered set of trainable parameters, by name.
 
-    `spec` is "all" (every parameter that requires grad), "head" (the final Linear),
-    or a sequence of name prefixes (e.g. ["head.", "body.3."]).
+    `spec` is "all" (every parameter that requires grad), "head" (the final Linear), "lora" (the
+    trainable LoRA adapter matrices, names containing "lora_", plus the head), or a sequence of name
+    prefixes (e.g. ["head.", "body.3."]).
     """
 
     names: tuple[str, ...]
@@ -49,6 +50,13 @@ class ParamSubset:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if spec == "all":
             chosen = named
+        elif spec == "lora":
+            chosen = [(n, p) for n, p in named if "lora_" in n or n.startswith("head.")]
+            if not any("lora_" in n for n, _ in chosen):
+                raise ConfigError(
+                    "parameter subset 'lora' needs a model with trainable LoRA adapters (e.g. the text model "
+                    "with lora_rank > 0, or a LoRA ensemble member); use 'all' or 'head' otherwise."
+                )
         else:
             prefixes = ("head.",) if spec == "head" else tuple(spec)
             chosen = [(n, p) for n, p in named if n.startswith(prefixes) or n in prefixes]
@@ -72,9 +80,15 @@ def example_margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return logits.gather(-1, label.view(1)).squeeze(0) - torch.logsumexp(others, dim=-1)
 
 
+def example_prob(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Probability of class `label` for one example, `softmax(logits)[label]` (scalar; d-TDA measurement)."""
+    return torch.softmax(logits, dim=-1).gather(-1, label.view(1)).squeeze(0)
+
+
 OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "loss": example_loss,
     "margin": example_margin,
+    "prob": example_prob,
 }
 
 
@@ -101,7 +115,7 @@ def iter_example_grads(
         inputs: model-ready tensor `[n, ...]` (tokenized for text models).
         labels: `int64 [n]`.
         params: which parameters to differentiate (see ParamSubset).
-        objective: "loss" (cross-entropy) or "margin" (TRAK's log-odds margin).
+        objective: "loss" (cross-entropy), "margin" (TRAK's log-odds margin) or "prob" (`p(label | x)`).
         chunk_size: examples per chunk (default from `memory_bytes`).
     """
     device = device or get_device()

@@ -81,12 +81,85 @@ class LossHessian:
             yield (x.to(self.dtype) if x.is_floating_point() else x), self.labels[b].to(self.device)
 
     def matrix(self) -> torch.Tensor:
-        """The exact Hessian `[p, p]` (dtype of the object), symmetrised."""
+        """The exact Hessian `[p, p]` (dtype of the object), symmetrised.
+
+        When every chosen parameter belongs to the model's output layer `head` (an `nn.Linear` whose output
+        is the logits: logistic regression, or last-layer influence), the Hessian is assembled in closed
+        form, `H = (1/n) sum_i (diag(p_i) - p_i p_i^T) ⊗ a_i a_i^T` with `a_i = [head input, 1]` (see
+        `_head_matrix`); otherwise by `torch.func.hessian`, batch by batch.
+        """
+        fast = self._head_matrix()
+        if fast is not None:
+            return fast
         h = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
         for x, y in self._batches():
             h += hessian(self.loss_sum)(self.theta, x, y)
         h /= self.n
         return (h + h.T) / 2
+
+    def _head_matrix(self) -> torch.Tensor | None:
+        """The exact Hessian for a subset of `head.weight` / `head.bias` only, else None.
+
+        The cross-entropy's Hessian in the logits is `M_i = diag(p_i) - p_i p_i^T` and the logits are linear
+        in the head's parameters, so block `(c, c')` of the Hessian in the head's augmented weights
+        `[W | b]` is `(1/n) sum_i M_i[c, c'] a_i a_i^T`: C(C+1)/2 weighted Gram matrices over the input
+        coordinates that are non-zero for some example (the others have zero rows and columns), about 10x
+        less work than `torch.func.hessian` on MNIST logistic regression. The head's input is captured by
+        a forward hook; if the model's output is not the head's output, None (the generic path is used).
+        """
+        head = getattr(self.model, "head", None)
+        names = set(self.subset.names)
+        if not isinstance(head, nn.Linear) or not names <= {"head.weight", "head.bias"}:
+            return None
+        seen: dict[str, torch.Tensor] = {}
+
+        def hook(_module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            seen["a"], seen["z"] = args[0].detach(), out
+
+        feats, probs = [], []
+        handle = head.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                for x, _ in self._batches():
+                    params = {**self.frozen, **self._unflatten(self.theta)}
+                    logits = functional_call(self.model, (params, self.buffers), (x,))
+                    if logits is not seen.get("z") or seen["a"].ndim != 2:
+                        return None
+                    feats.append(seen["a"])
+                    probs.append(torch.softmax(logits, dim=-1))
+        finally:
+            handle.remove()
+        a = torch.cat(feats)
+        a = torch.cat([a, torch.ones(len(a), 1, dtype=a.dtype, device=a.device)], dim=1)
+        p = torch.cat(probs)
+        n_cls, d_aug = p.shape[1], a.shape[1]
+        # flat position of augmented coordinate (c, i) (i = d_aug - 1 is the bias), in subset order
+        where = torch.full((n_cls, d_aug), -1, dtype=torch.long, device=a.device)
+        pos = 0
+        for name in self.subset.names:
+            if name == "head.weight":
+                cols = torch.arange(d_aug - 1, device=a.device)
+                where[:, :-1] = pos + torch.arange(n_cls, device=a.device)[:, None] * (d_aug - 1) + cols
+                pos += n_cls * (d_aug - 1)
+            else:
+                where[:, -1] = pos + torch.arange(n_cls, device=a.device)
+                pos += n_cls
+        active = (a != 0).any(0)
+        a = a[:, active]
+        h = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
+        for c in range(n_cls):
+            rows = where[c, active]
+            keep_r = rows >= 0
+            for c2 in range(c, n_cls):
+                w = p[:, c] * (float(c == c2) - p[:, c2])
+                block = (a * w[:, None]).T @ a / self.n
+                cols = where[c2, active]
+                keep_c = cols >= 0
+                sub = block[keep_r][:, keep_c]
+                h[rows[keep_r][:, None], cols[keep_c][None, :]] = sub
+                if c2 != c:
+                    h[cols[keep_c][:, None], rows[keep_r][None, :]] = sub.T
+        return h
 
     def hvp(self, v: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         """`H v` for `v [p]` or `[p, m]` (columns); with `index`, H of the mean loss over those examples."""
@@ -214,27 +287,40 @@ def lissa_solve(
 
 
 class EigenInverse:
-    """`(H + shift I)^{-1}` through `eigh(H)` in float64, for the exact-Hessian path.
+    """`(H + shift I)^{-1}` for the exact-Hessian path, through a float64 Cholesky factor `L L^T = H + shift I`.
+
+    (The name is historical: a Cholesky factorisation costs `p^3 / 3` flops against about `9 p^3` for
+    `eigh`, i.e. minutes instead of a quarter of an hour at p = 7,850, and solves the same system.)
 
     Raises:
         ConfigError: if `H + shift I` is not positive definite (increase damping).
     """
 
     def __init__(self, h: torch.Tensor, shift: float) -> None:
-        evals, self.evecs = torch.linalg.eigh(h.to(torch.float64))
-        self.denominator = evals + shift
-        if float(self.denominator.min()) <= 0:
+        h = h.to(torch.float64)
+        # coordinates whose row of H is zero (e.g. never-lit pixels) decouple: their inverse is 1 / shift
+        self.active = (h != 0).any(0)
+        self.shift = float(shift)
+        a = h[self.active][:, self.active]
+        a.diagonal().add_(shift)
+        self.factor, info = torch.linalg.cholesky_ex(a)
+        if int(info) != 0 or (shift <= 0 and not bool(self.active.all())):
+            smallest = float(torch.linalg.eigvalsh(h)[0])
             raise ConfigError(
-                f"H + {shift:g} I is not positive definite (smallest eigenvalue {float(evals.min()):.3g}); "
+                f"H + {shift:g} I is not positive definite (smallest eigenvalue of H {smallest:.3g}); "
                 "increase `damping`."
             )
 
     def solve(self, g: torch.Tensor) -> torch.Tensor:
         """`(H + shift I)^{-1} g_i` for rows `g [b, p]` -> `[b, p]` float64."""
-        rot = g.to(self.evecs) @ self.evecs
-        return (rot / self.denominator) @ self.evecs.T
+        g = g.to(self.factor)
+        out = g / self.shift if self.shift > 0 else torch.zeros_like(g)
+        out[:, self.active] = torch.cholesky_solve(g[:, self.active].T, self.factor).T
+        return out
 
     def quadratic(self, g: torch.Tensor) -> torch.Tensor:
-        """`g_i^T (H + shift I)^{-1} g_i` for rows `g [b, p]` -> `[b]` float64."""
-        rot = g.to(self.evecs) @ self.evecs
-        return (rot.square() / self.denominator).sum(1)
+        """`g_i^T (H + shift I)^{-1} g_i = ||L^{-1} g_i||^2` (+ the decoupled part) for rows `g [b, p]` -> `[b]`."""
+        g = g.to(self.factor)
+        half = torch.linalg.solve_triangular(self.factor, g[:, self.active].T, upper=False)
+        rest = g[:, ~self.active].square().sum(1) / self.shift if self.shift > 0 else 0.0
+        return half.square().sum(0) + rest

@@ -12,6 +12,14 @@ from tda_explorer.training.runs import (
     run_train_job,
     train_run,
 )
+from tda_explorer.training.stages import (
+    Stage,
+    StagedConfig,
+    load_staged_run,
+    run_training_config,
+    train_staged_model,
+    train_stages,
+)
 from tda_explorer.training.trainer import (
     Checkpoint,
     Progress,
@@ -26,6 +34,8 @@ __all__ = [
     "Executor",
     "LocalExecutor",
     "Progress",
+    "Stage",
+    "StagedConfig",
     "TrainConfig",
     "TrainJob",
     "TrainResult",
@@ -33,9 +43,13 @@ __all__ = [
     "default_train_config",
     "load_model",
     "load_run",
+    "load_staged_run",
     "predict_logits",
     "retrain_on_subsets",
     "run_train_job",
+    "run_training_config",
     "train_model",
     "train_run",
+    "train_staged_model",
+    "train_stages",
 ]

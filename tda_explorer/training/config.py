@@ -86,5 +86,5 @@ def default_train_config(arch: str) -> TrainConfig:
             optimizer="adam", lr=2e-3, momentum=0.0, weight_decay=0.0, epochs=12, batch_size=64
         )
     if arch == "text":
-        return TrainConfig(optimizer="adam", lr=1e-3, momentum=0.0, weight_decay=0.0, epochs=3, batch_size=32)
+        return TrainConfig(optimizer="adam", lr=2e-3, momentum=0.0, weight_decay=0.0, epochs=3, batch_size=32)
     return TrainConfig()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,13 +30,16 @@ from tda_explorer.training.trainer import (
     train_model,
 )
 
+if TYPE_CHECKING:
+    from tda_explorer.training.stages import StagedConfig
+
 
 @dataclass(frozen=True)
 class TrainJob:
-    """One training job for an Executor (picklable)."""
+    """One training job for an Executor (picklable); `train_config` may be a multi-stage `StagedConfig`."""
 
     model_config: ModelConfig
-    train_config: TrainConfig
+    train_config: TrainConfig | StagedConfig
     data: ExampleSet
     seed: int
     mask: np.ndarray | None = None
@@ -45,7 +49,14 @@ class TrainJob:
 
 def run_train_job(job: TrainJob) -> TrainResult:
     """Executor entry point: train; drop the weights when only eval logits are wanted."""
-    result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
+    from tda_explorer.training.stages import StagedConfig, train_staged_model  # stages imports this module
+
+    if isinstance(job.train_config, StagedConfig):  # the whole pipeline, each stage restricted to `mask`
+        result = train_staged_model(
+            job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets
+        )
+    else:
+        result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
     if not job.keep_checkpoints:
         result.checkpoints = []
     return result
@@ -64,6 +75,9 @@ class TrainedRun:
         key: the run's artifact key in the workspace.
         dataset: the dataset spec dict (`DatasetSpec.to_dict()`).
         metrics: per seed {"train_acc", "val_acc", "test_acc", "seconds"}.
+        stages: for a multi-stage run (`training.stages.train_stages`), its stages (configs and training
+            masks); None for a single-stage run. `train_config` is then the last stage's and every
+            checkpoint records its `stage`.
     """
 
     key: str
@@ -75,6 +89,7 @@ class TrainedRun:
     n_classes: int
     checkpoints: dict[int, list[Checkpoint]] = field(repr=False)
     metrics: dict[int, dict]
+    stages: StagedConfig | None = None
 
     def model(self, seed: int | None = None, checkpoint: int = -1) -> nn.Module:
         """The model of `seed` (default: the first) at checkpoint index `checkpoint` (default final), eval mode."""
@@ -196,6 +211,10 @@ def load_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     ws = workspace or Workspace()
     meta = ws.meta("runs", key)
     cfg = meta["config"]
+    if "stages" in cfg:
+        from tda_explorer.training.stages import load_staged_run  # stages imports this module
+
+        return load_staged_run(key, ws)
     model_config = model_config_from_dict(cfg["model"])
     train_config = TrainConfig.from_dict(cfg["train"])
     checkpoints, metrics = {}, {}
@@ -218,7 +237,7 @@ def load_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
 
 def retrain_on_subsets(
     model_config: ModelConfig,
-    train_config: TrainConfig,
+    train_config: TrainConfig | StagedConfig,
     train: ExampleSet,
     masks: np.ndarray,
     seeds: Sequence[int],
@@ -226,7 +245,11 @@ def retrain_on_subsets(
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Retrain on each boolean mask `[M, n_train]` with each seed; return eval logits `[M, R, n_eval, C]`."""
+    """Retrain on each boolean mask `[M, n_train]` with each seed; return eval logits `[M, R, n_eval, C]`.
+
+    With a multi-stage `train_config` (`StagedConfig`) the whole pipeline is retrained, each stage on
+    its own examples that are in the mask.
+    """
     executor = executor or LocalExecutor()
     masks = np.asarray(masks, dtype=bool)
     jobs = [

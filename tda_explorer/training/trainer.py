@@ -39,6 +39,9 @@ class Checkpoint:
         segment_mean_lr: mean learning rate over the steps since the previous checkpoint (or start).
         segment_steps: number of steps since the previous checkpoint (or start).
         state: trainable parameters and buffers (CPU tensors), loadable with `strict=False`.
+        stage: index of the training stage the checkpoint belongs to (0 unless the run has several
+            stages, see `training.stages`; there `step` counts from the start of the first stage and
+            `epoch` within the stage).
     """
 
     step: int
@@ -47,10 +50,12 @@ class Checkpoint:
     segment_mean_lr: float
     segment_steps: int
     state: dict[str, torch.Tensor] = field(repr=False)
+    stage: int = 0
 
     def info(self) -> dict:
         """JSON-able metadata (everything but the weights)."""
-        return {k: getattr(self, k) for k in ("step", "epoch", "lr", "segment_mean_lr", "segment_steps")}
+        keys = ("step", "epoch", "lr", "segment_mean_lr", "segment_steps", "stage")
+        return {k: getattr(self, k) for k in keys}
 
 
 @dataclass

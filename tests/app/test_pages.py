@@ -105,3 +105,13 @@ def test_evaluation_page_lists_attributors(prepared, monkeypatch):
 def test_map_page_draws_umap(prepared, monkeypatch):
     at = app_at(prepared, monkeypatch, "map")
     assert at.get("plotly_chart"), "the map is drawn"
+
+
+def test_dtda_page_computes_and_draws_histograms(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "dtda")
+    assert any("Not computed yet" in c.value for c in at.caption)
+    next(b for b in at.button if b.label.startswith("Compute")).click()
+    rerun(at, "distr")
+    labels = [m.label for m in at.metric]
+    assert labels == ["mean influence", "variance influence", "W2 influence"]
+    assert len(at.get("plotly_chart")) == 2  # the histogram and the violins

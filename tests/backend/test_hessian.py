@@ -78,3 +78,38 @@ def test_eigen_inverse_solves_and_rejects_indefinite():
         assert "damping" in str(e)
     else:
         raise AssertionError("an indefinite H must be refused")
+
+
+def test_head_only_hessian_closed_form_matches_autodiff():
+    """`matrix()` assembles a head-only Hessian in closed form; it must equal torch.func.hessian's."""
+    from torch.func import hessian
+
+    from tda_explorer.models import LogRegConfig
+
+    torch.manual_seed(1)
+    cases = [(LogRegConfig(), (1, 3, 4), "all"), (MLPConfig(hidden=(5,)), (6,), "head")]
+    cases += [(MLPConfig(hidden=(5,)), (6,), ["head.bias"]), (MLPConfig(hidden=(5,)), (6,), ["head.weight"])]
+    for cfg, shape, params in cases:
+        model = build_model(cfg, shape, 3).double()
+        x = torch.randn(30, *shape, dtype=torch.float64)
+        x.view(30, -1)[:, :4] = 0  # never-active inputs: zero rows of H
+        y = torch.randint(0, 3, (30,))
+        hess = LossHessian(model, x, y, params, batch_size=8, device=CPU)
+        fast = hess._head_matrix()
+        assert fast is not None
+        slow = sum(hessian(hess.loss_sum)(hess.theta, xb, yb) for xb, yb in hess._batches()) / hess.n
+        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(hess.matrix(), fast)
+    mlp_all = LossHessian(build_model(MLPConfig(hidden=(5,)), (6,), 3).double(), x, y, device=CPU)
+    assert mlp_all._head_matrix() is None  # hidden-layer parameters: generic path
+
+
+def test_eigen_inverse_with_decoupled_coordinates():
+    a = torch.randn(6, 6, dtype=torch.float64)
+    h = a @ a.T
+    h[2, :] = h[:, 2] = 0  # a coordinate no example touches
+    inv = EigenInverse(h, 0.3)
+    g = torch.randn(4, 6, dtype=torch.float64)
+    want = torch.linalg.solve(h + 0.3 * torch.eye(6, dtype=torch.float64), g.T).T
+    torch.testing.assert_close(inv.solve(g), want)
+    torch.testing.assert_close(inv.quadratic(g), (want * g).sum(1))

@@ -1,0 +1,279 @@
+"""Source and d-TDA benchmark: LDS of Source vs influence vs TRAK, and d-TDA against retraining.
+
+    python -m benchmarks.source_dtda --quick   # N = 1,000 train images, M = 50 LDS subsets (< 10 min)
+    python -m benchmarks.source_dtda --full    # N = 4,000 (all of mnist5k), M = 100 subsets
+
+mnist5k, an MLP (one hidden layer of 64), SGD with momentum. Three training scenarios, each explained by
+the first seed's model(s) and scored by LDS (alpha = 0.5, one retraining seed per subset; the ground
+truth of the two-stage pipeline retrains *both* stages on every subset):
+
+- converged: 30 epochs, cosine schedule to 0, 6 checkpoints;
+- early: stopped after 2 epochs at a constant learning rate (far from a minimum), 6 checkpoints;
+- two-stage: pre-train on a random half A (15 epochs, cosine), then fine-tune on the other half B
+  (5 epochs, lower constant lr), 3 checkpoints per stage; queries are the test images.
+
+Methods: Source (L = 3 segments; segments never cross the stage boundary), Source with L = 1 (the
+"influence with damping 1/(eta K)" limit), EK-FAC influence (default damping) at the final weights, and
+TRAK (one model, 512-d projection). d-TDA (base = EK-FAC influence, measurement = query loss, S seeds
+of the converged run) is validated by retraining the S seeds without each of a handful of training
+examples (pairs with the largest predicted mean shifts, both signs): correlation of predicted vs
+retrained mean shifts, mean error and W2 of the distributions (full mode also scores the same pairs
+and retrainings with d-TDA over Source).
+
+Writes `benchmarks/results/source_dtda.json` and prints a Markdown table. Artifacts (runs, ground truth,
+d-TDA values) are cached in `benchmarks/.workspace`, so a rerun only recomputes what changed; the
+recorded wall times are those of this invocation (a cached step shows its load time). The machine may be
+shared: the 1-minute load average is recorded next to the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = ROOT / "benchmarks" / ".workspace"
+RESULTS = ROOT / "benchmarks" / "results" / "source_dtda.json"
+
+MODES = {
+    "quick": {
+        "n_train": 1000,
+        "n_query": 100,
+        "n_subsets": 50,
+        "converged_epochs": 30,
+        "dtda_seeds": 4,
+        "dtda_pairs": 6,
+        "dtda_source": False,
+    },
+    "full": {
+        "n_train": 4000,
+        "n_query": 300,
+        "n_subsets": 100,
+        "converged_epochs": 30,
+        "dtda_seeds": 6,
+        "dtda_pairs": 8,
+        "dtda_source": True,
+    },
+}
+HIDDEN = (64,)
+METHODS = {
+    "source": ("source", {"segments": 3}),
+    "source (L=1)": ("source", {"segments": 1}),
+    "influence": ("influence", {"solver": "ekfac"}),
+    # k = 512 < N: with k > N the unregularised TRAK kernel interpolates the training set (LDS ~ 0)
+    "trak": ("trak", {"proj_dim": 512, "n_models": 1}),
+}
+
+
+def _progress(desc: str):
+    def report(done: int, total: int, msg: str) -> None:
+        print(f"\r  {desc}: {done}/{total} {msg[:70]:<70}", end="", file=sys.stderr, flush=True)
+        if done >= total:
+            print(file=sys.stderr)
+
+    return report
+
+
+def _load() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        return float("nan")
+
+
+def scenarios(mode: dict, n_train: int) -> dict:
+    """name -> TrainConfig or StagedConfig."""
+    from tda_explorer.training import Stage, StagedConfig, TrainConfig
+
+    base = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-3, "batch_size": 64}
+    part_a = np.random.default_rng(0).permutation(n_train) < n_train // 2
+    return {
+        "converged": TrainConfig(
+            lr=0.05, epochs=mode["converged_epochs"], schedule="cosine", checkpoints=6, **base
+        ),
+        "early": TrainConfig(lr=0.05, epochs=2, schedule="constant", checkpoints=6, **base),
+        "two-stage": StagedConfig(
+            (
+                Stage(
+                    TrainConfig(lr=0.05, epochs=15, schedule="cosine", checkpoints=3, **base),
+                    part_a,
+                    "pretrain",
+                ),
+                Stage(
+                    TrainConfig(lr=0.01, epochs=5, schedule="constant", checkpoints=3, **base),
+                    ~part_a,
+                    "finetune",
+                ),
+            )
+        ),
+    }
+
+
+def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> dict:
+    from tda_explorer.attributors import make_attributor
+    from tda_explorer.attributors.dtda import compute_dtda
+    from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
+    from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
+    from tda_explorer.evaluation.dtda import validate_dtda
+    from tda_explorer.models import MLPConfig
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import LocalExecutor, StagedConfig, train_run, train_stages
+
+    torch.set_num_threads(1)
+    mode = MODES[mode_name]
+    started = time.perf_counter()
+    ws = Workspace(workspace)
+    executor = LocalExecutor(workers)
+    full = load_dataset(DatasetSpec(name="mnist5k"))
+    n = min(mode["n_train"], len(full.train))
+    splits = DatasetSplits(
+        train=full.train.subset(np.arange(n)),
+        val=full.val,
+        test=full.test.subset(np.arange(mode["n_query"])),
+        spec={**full.spec, "options": {**full.spec["options"], "bench_cut": [n, mode["n_query"]]}},
+    )
+    model_cfg = MLPConfig(hidden=HIDDEN)
+    lds_cfg = LDSConfig(n_subsets=mode["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=0, shard_size=10)
+    out: dict = {"scenarios": {}}
+    for name, train_cfg in scenarios(mode, n).items():
+        print(f"== {name}", file=sys.stderr)
+        t0 = time.perf_counter()
+        seeds = range(mode["dtda_seeds"]) if name == "converged" else [0]
+        if isinstance(train_cfg, StagedConfig):
+            run = train_stages(splits, model_cfg, train_cfg, seeds, ws, executor, _progress("train"))
+        else:
+            run = train_run(splits, model_cfg, train_cfg, seeds, ws, executor, _progress("train"))
+        t_train = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        truth = compute_lds_truth(
+            splits.train, splits.test, model_cfg, train_cfg, lds_cfg, ws, executor, _progress("LDS truth")
+        )
+        t_truth = time.perf_counter() - t0
+        rows = {}
+        for label, (method, settings) in METHODS.items():
+            t0 = time.perf_counter()
+            load = _load()
+            attr = make_attributor(method, **settings).fit(run, splits.train)
+            scores = attr.score(splits.test)
+            seconds = time.perf_counter() - t0
+            lds = lds_score(scores, truth)
+            rows[label] = {**lds.to_dict(), "seconds": round(seconds, 2), "load_1m": load}
+            print(
+                f"  {label:<14} LDS {lds.mean:.3f} [{lds.ci_low:.3f}, {lds.ci_high:.3f}] ({seconds:.1f} s)",
+                file=sys.stderr,
+            )
+            del attr
+        out["scenarios"][name] = {
+            "run": run.key,
+            "test_acc": run.mean_metric("test_acc"),
+            "train_acc": run.mean_metric("train_acc"),
+            "train_config": train_cfg.to_dict(),
+            "train_seconds": round(t_train, 1),
+            "truth_seconds": round(t_truth, 1),
+            "methods": rows,
+        }
+        if name == "converged":
+            t0 = time.perf_counter()
+            val = validate_dtda(
+                run,
+                splits,
+                {"base": "influence", "measurement": "loss"},
+                n_pairs=mode["dtda_pairs"],
+                workspace=ws,
+                executor=executor,
+                progress=_progress("d-TDA retraining"),
+            )
+            out["dtda_validation"] = {
+                **val.summary(),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "pairs": val.table(),
+                "run": run.key,
+            }
+            print(f"  d-TDA validation: {val.summary()}", file=sys.stderr)
+            if mode["dtda_source"]:  # the same pairs and retrainings, predicted with Source per seed
+                t0 = time.perf_counter()
+                src = compute_dtda(run, splits, {"base": "source"}, "test", ws, _progress("d-TDA source"))
+                pos = [(splits.test.index_of([q])[0], splits.train.index_of([t])[0]) for q, t in val.pairs]
+                predicted = np.stack([src.pair(q, t)[1] for q, t in pos])
+                alt = dataclasses.replace(val, predicted=predicted, key="")
+                out["dtda_validation_source"] = {
+                    **alt.summary(),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "pairs": alt.table(),
+                }
+                print(f"  d-TDA (source) on the same pairs: {alt.summary()}", file=sys.stderr)
+    out["meta"] = {
+        "mode": mode_name,
+        "settings": mode,
+        "hidden": list(HIDDEN),
+        "lds": {"n_subsets": lds_cfg.n_subsets, "alpha": lds_cfg.alpha, "seeds": list(lds_cfg.seeds)},
+        "workers": workers,
+        "seconds": round(time.perf_counter() - started, 1),
+        "load_1m_end": _load(),
+        "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The LDS table (rows = scenarios, columns = methods) and the d-TDA validation line."""
+    labels = list(METHODS)
+    lines = [
+        "| scenario | test acc | " + " | ".join(labels) + " | Source - influence |",
+        "|---|---|" + "---|" * len(labels) + "---|",
+    ]
+    for name, sc in result["scenarios"].items():
+        m = sc["methods"]
+        cells = [f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]" for k in labels]
+        diff = m["source"]["mean"] - m["influence"]["mean"]
+        lines.append(f"| {name} | {sc['test_acc']:.3f} | " + " | ".join(cells) + f" | {diff:+.3f} |")
+    for key, base in (("dtda_validation", "influence"), ("dtda_validation_source", "source")):
+        v = result.get(key)
+        if v:
+            lines += [
+                "",
+                f"d-TDA validation, base {base} ({v['n_pairs']} pairs x {v['n_seeds']} seeds, measurement "
+                f"{v['measurement']}): Pearson {v['pearson']:.3f}, Spearman {v['spearman']:.3f}, sign agreement "
+                f"{v['sign_agreement']:.2f}, mean error {v['mean_error']:.4f}, W2 {v['w2']:.4f} (vs "
+                f"{v['w2_unchanged']:.4f} predicting no change)",
+            ]
+    lines += ["", f"mode {result['meta']['mode']}, total {result['meta']['seconds']:.0f} s"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_const", dest="mode", const="quick")
+    group.add_argument("--full", action="store_const", dest="mode", const="full")
+    parser.add_argument("--workers", type=int, default=2, help="retraining worker processes (default 2)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--workspace", type=Path, default=WORKSPACE, help="artifact cache (default %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    mode = args.mode or "quick"
+    result = run_benchmark(mode, args.workers, args.workspace)
+    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
+    stored[mode] = result
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(stored, indent=2) + "\n")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

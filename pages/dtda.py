@@ -1,0 +1,106 @@
+"""Distributional TDA: how a test example's measurement varies across training seeds, with and (as
+predicted) without a chosen training example; per-seed scores; mean, variance and W2 influence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import appkit
+from tda_explorer.attributors.dtda import BASES, MEASUREMENTS, compute_dtda
+from tda_explorer.errors import TDAError
+from tda_explorer.viz import example_caption, example_image, example_text
+from tda_explorer.viz.figures import histogram_figure, violin_figure
+
+appkit.page_guard()
+st.title("Distributional attribution (d-TDA)")
+ws = appkit.workspace()
+root = str(ws.root)
+run = appkit.current_run()
+if run is None:
+    st.info("Train a run on the Setup page first.")
+    st.stop()
+if len(run.seeds) < 2:
+    st.info(
+        "d-TDA compares training seeds: train a run with at least 2 seeds (5–10 is better) on the Setup page."
+    )
+    st.stop()
+data = appkit.dataset_of(run)
+test, train = data.test, data.train
+
+with st.form("dtda"):
+    c1, c2 = st.columns(2)
+    measurement = c1.selectbox(
+        "Measurement of the test example", MEASUREMENTS, help="loss, margin or class probability"
+    )
+    base = c2.selectbox("Per-seed attribution", BASES, help="influence (EK-FAC), TRAK or Source at each seed")
+    go = st.form_submit_button("Compute (or reuse) across all seeds", type="primary")
+settings = {"base": base, "measurement": measurement}
+result = None
+try:
+    if go:
+        bar = st.progress(0.0, text="d-TDA…")
+        result = compute_dtda(run, data, settings, "test", ws, appkit.progress_callback(bar))
+        bar.empty()
+    else:
+        result = appkit.stored_dtda(root, run.key, settings)
+except TDAError as e:
+    st.error(str(e))
+if result is None:
+    st.caption("Not computed yet for these settings: press the button.")
+    st.stop()
+
+ids = list(result.query_ids)
+if st.session_state.query_id not in ids:
+    st.session_state.query_id = ids[0]
+st.selectbox("Test example", ids, key="query_id")
+q = ids.index(st.session_state.query_id)
+k = st.slider("Top training examples", 3, 20, 8)
+
+mean_inf = result.mean_influence()[q]
+var_inf = result.variance_influence()[q]
+w2_inf = result.w2_influence()[q]
+tables = {}
+for name, values in (("mean influence", mean_inf), ("variance influence", var_inf), ("W2 influence", w2_inf)):
+    top = np.argsort(-np.abs(values) if name != "W2 influence" else -values, kind="stable")[:k]
+    tables[name] = pd.DataFrame(
+        {"id": [result.train_ids[i] for i in top], "label": [train.class_names[int(train.labels[i])] for i in top],
+         name: values[top]}
+    )  # fmt: skip
+cols = st.columns(3)
+for col, (name, table) in zip(cols, tables.items(), strict=True):
+    col.markdown(f"**Top by |{name}|**" if name != "W2 influence" else f"**Top by {name}**")
+    col.dataframe(table, hide_index=True)
+
+candidates = list(dict.fromkeys(sum((t["id"].tolist() for t in tables.values()), [])))
+z_id = st.selectbox("Training example to remove", candidates)
+z = result.train_ids.index(z_id)
+left, mid, right = st.columns([1, 1, 3])
+for col, examples, i in ((left, test, test.index_of([ids[q]])[0]), (mid, train, train.index_of([z_id])[0])):
+    if examples.kind == "image":
+        col.image(example_image(examples, int(i), size=84), caption=example_caption(examples, int(i)))
+    else:
+        col.markdown(f"{example_text(examples, int(i))}  \n*{example_caption(examples, int(i))}*")
+x, y = result.pair(q, z)
+right.plotly_chart(
+    histogram_figure({"trained with it (each seed)": x, f"predicted without {z_id}": y}, result.measurement),
+    width="stretch",
+)
+m1, m2, m3 = st.columns(3)
+m1.metric("mean influence", f"{mean_inf[z]:+.3g}", help="positive = the example helps this prediction")
+m2.metric("variance influence", f"{var_inf[z]:+.3g}", help="Var without − Var with, over seeds")
+m3.metric("W2 influence", f"{w2_inf[z]:.3g}")
+
+st.markdown("**Each top example's predicted effect across seeds** (change of the measurement on removal)")
+top_mean = tables["mean influence"]["id"].tolist()
+samples = {i: result.deltas[:, q, result.train_ids.index(i)] for i in top_mean}
+st.plotly_chart(violin_figure(samples, f"Δ {result.measurement} on removal"), width="stretch")
+
+validation = appkit.stored_dtda_validation(root, result.config)
+if validation is not None:
+    st.subheader("Validation: predicted vs actually retrained")
+    st.dataframe(pd.DataFrame(validation.table()), hide_index=True)
+    st.caption(
+        f"correlation of predicted and retrained mean shifts over the pairs: {validation.correlation():.3f}"
+    )
