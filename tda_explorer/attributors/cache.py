@@ -70,6 +70,8 @@ def compute_scores(
     ws = workspace or Workspace()
     settings = dict(settings or {})
     attributor = make_attributor(method, progress=progress, **settings)
+    if getattr(attributor, "workspace", False) is None:  # methods that cache artifacts (LoRA ensembles)
+        attributor.workspace = ws
     cfg = score_config(run, method, attributor.settings, split)
     if not ws.exists("scores", cfg):
         queries = getattr(splits, split)
@@ -79,6 +81,7 @@ def compute_scores(
         self_inf = attributor.self_influence().numpy().astype(np.float32)
         seconds = time.perf_counter() - start
         extra = {"query_ids": list(queries.ids), "train_ids": list(splits.train.ids), "seconds": seconds}
+        extra.update(getattr(attributor, "artifact_extra_", {}))  # e.g. ensemble members' seeds and costs
         with ws.write("scores", cfg, extra=extra) as d:
             save_array(d, "scores", scores)
             save_array(d, "self_influence", self_inf)
