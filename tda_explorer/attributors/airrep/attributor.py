@@ -1,0 +1,193 @@
+"""The "airrep" attributor: a learned representation trained inside `fit`, scored by dot products.
+
+`fit(run, train)` (cached in the workspace, with progress):
+1. label queries = the run dataset's validation split (or `label_queries=` given to the constructor),
+   never training examples and never the test queries it is evaluated on;
+2. training data (`data.py`, artifact "airrep_data"): models of `run.model_config` /
+   `run.train_config` retrained on M random subsets (disjoint from the LDS evaluation subsets) and the
+   normalised label `r(x, S)` of every (label query, subset);
+3. the encoder (`train.py`, artifact "airrep_encoder") trained with the pairwise ranking loss;
+4. the training embeddings `Enc(z_i)` `[N, dim]`, computed once and kept.
+
+Scores (rank-only: the scale is learned from normalised ranks, not a loss change):
+- `score(queries)[q, i] = <Enc(x_q), Enc(z_i)>` `[n_query, N]` float32, one matmul per query chunk;
+  positive = z_i helps x_q (the encoder is trained so that subsets with larger `r` — lower query loss
+  after training on them — get larger scores).
+- `score_groups(queries, groups)[q, j] = f(x_q, S_j)` with attention pooling
+  `sum_{i in S_j} softmax_i(s_i) s_i` (setting `pooling="attention"`, the default) or the plain sum
+  (`pooling="sum"`, the ablation; the encoder is then also trained with sum pooling).
+- `self_influence()[i] = <Enc(z_i), Enc(z_i)> = ||Enc(z_i)||^2` `[N]`: the score of z_i with itself as
+  the query, computed directly. It measures how strongly the encoder expects z_i to support an
+  example like itself (always >= 0); it is not a leave-one-out loss change, and training examples were
+  never label queries, so read it as a ranking heuristic (e.g. for mislabel triage), not a calibrated
+  quantity.
+- `top_k(queries, k)`: streaming top-k over the cached embeddings (no `[n_query, N]` matrix).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from tda_explorer.attributors.airrep.data import AirRepData, AirRepDataConfig, generate_airrep_data
+from tda_explorer.attributors.airrep.encoder import EMBED_BATCH, EncoderConfig
+from tda_explorer.attributors.airrep.pooling import POOLINGS, group_scores
+from tda_explorer.attributors.airrep.train import RankTrainConfig, TrainedEncoder, train_encoder
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.backend.features import group_matrix
+from tda_explorer.backend.scoring import TopK, dot_scores, streaming_topk
+from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.errors import ConfigError
+from tda_explorer.store import Workspace
+from tda_explorer.training.executor import Executor
+from tda_explorer.training.runs import TrainedRun
+from tda_explorer.training.trainer import Progress
+
+
+def _complete(cls, given: dict | None, what: str):
+    try:
+        return cls(**(given or {}))
+    except TypeError as e:
+        raise ConfigError(f"bad AirRep {what} settings: {e}") from e
+
+
+@register
+class AirRep(Attributor):
+    """AirRep (Sun et al., 2025); see the module docstring.
+
+    Args:
+        pooling: "attention" (AirRep) or "sum" (ablation) — used both to train and in `score_groups`.
+        encoder: `EncoderConfig` fields (dim, hidden, channels, depth, max_length, freeze_text).
+        data: `AirRepDataConfig` fields (n_subsets, alpha, subset_seed, seeds, shard_size, eval_*).
+        training: `RankTrainConfig` fields (lr, weight_decay, epochs, subsets_per_step, ...).
+        batch_size: examples per forward pass when embedding.
+        progress: `progress(done, total, msg)` for data generation and encoder training.
+        workspace: where data, checkpoints and the encoder are cached (default `Workspace()`); not a
+            setting (it does not change the result).
+        executor: runs the subset retrainings (default `LocalExecutor()`); not a setting.
+        label_queries: label queries to use instead of the run dataset's validation split; not a
+            setting (its fingerprint keys the data artifact).
+    """
+
+    name = "airrep"
+    rank_only = True
+
+    def __init__(
+        self,
+        pooling: str = "attention",
+        encoder: dict | None = None,
+        data: dict | None = None,
+        training: dict | None = None,
+        batch_size: int = EMBED_BATCH,
+        progress: Progress | None = None,
+        workspace: Workspace | None = None,
+        executor: Executor | None = None,
+        label_queries: ExampleSet | None = None,
+    ) -> None:
+        if pooling not in POOLINGS:
+            raise ConfigError(f"AirRep pooling must be one of {POOLINGS}, got {pooling!r}.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        super().__init__(
+            progress=progress,
+            pooling=pooling,
+            encoder=asdict(_complete(EncoderConfig, encoder, "encoder")),
+            data=asdict(_complete(AirRepDataConfig, data, "data")),
+            training=asdict(_complete(RankTrainConfig, training, "training")),
+            batch_size=batch_size,
+        )
+        self.workspace, self.executor, self.label_queries = workspace, executor, label_queries
+
+    # ---------------------------------------------------------------------------------- fitting
+    def _label_queries(self, run: TrainedRun) -> ExampleSet:
+        if self.label_queries is not None:
+            return self.label_queries
+        if not run.dataset:
+            raise ConfigError(
+                "AirRep needs label queries: the run records no dataset spec, so pass "
+                "label_queries=<a held-out ExampleSet, e.g. the validation split> to the constructor."
+            )
+        from tda_explorer.data import DatasetSpec, load_dataset
+
+        return load_dataset(DatasetSpec.from_dict(run.dataset)).val
+
+    def _phase(self, what: str) -> Progress | None:
+        if self.progress is None:
+            return None
+        progress = self.progress
+
+        def report(done: int, total: int, msg: str) -> None:
+            progress(done, total, f"airrep {what}: {msg}")
+
+        return report
+
+    def fit(self, run: TrainedRun, train: ExampleSet) -> AirRep:
+        """Generate (or load) the training data, train (or load) the encoder, embed `train` once."""
+        s = self.settings
+        ws = self.workspace or Workspace()
+        queries = self._label_queries(run)
+        self.data_: AirRepData = generate_airrep_data(
+            train,
+            queries,
+            run.model_config,
+            run.train_config,
+            AirRepDataConfig(**s["data"]),
+            ws,
+            self.executor,
+            self._phase("data"),
+        )
+        self.trained_: TrainedEncoder = train_encoder(
+            self.data_,
+            train,
+            queries,
+            EncoderConfig(**s["encoder"]),
+            RankTrainConfig(**s["training"]),
+            s["pooling"],
+            ws,
+            self._phase("encoder"),
+        )
+        self.encoder_ = self.trained_.encoder
+        self.train_embeddings_ = self.embed(train)
+        self.costs_ = {"data_seconds": self.data_.seconds, "train_seconds": self.trained_.seconds}
+        self.artifact_extra_ = {  # recorded next to cached scores (attributors.cache)
+            "airrep": {
+                **self.costs_,
+                "data_key": self.data_.key,
+                "encoder_key": self.trained_.key,
+                "best_epoch": self.trained_.best_epoch,
+                "label_queries": len(queries),
+            }
+        }
+        self.n_train_ = len(train)
+        self.fitted_ = True
+        return self
+
+    # ---------------------------------------------------------------------------------- scoring
+    def embed(self, examples: ExampleSet) -> torch.Tensor:
+        """`Enc(x)` `[n, dim]` float32 for any ExampleSet of the training kind."""
+        enc = getattr(self, "encoder_", None)
+        if enc is None:
+            self._check_fitted()
+        return enc.embed(enc.prepare(examples), self.settings["batch_size"])
+
+    def score(self, queries: ExampleSet) -> torch.Tensor:
+        """`[n_query, N]` float32, `<Enc(x_q), Enc(z_i)>` (positive = helps; rank-only)."""
+        self._check_fitted()
+        return dot_scores(self.embed(queries), self.train_embeddings_)
+
+    def top_k(self, queries: ExampleSet, k: int = 10, largest: bool = True) -> TopK:
+        """The k most supporting (`largest`) or opposing training examples per query, streamed."""
+        self._check_fitted()
+        return streaming_topk(self.embed(queries), self.train_embeddings_, k, largest)
+
+    def self_influence(self) -> torch.Tensor:
+        """`||Enc(z_i)||^2` `[N]` float32 (see the module docstring for its reading)."""
+        self._check_fitted()
+        return self.train_embeddings_.square().sum(1)
+
+    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
+        """`[n_query, n_groups]` pooled group scores `f(x_q, S_j)` (attention or sum, per `pooling`)."""
+        self._check_fitted()
+        mask = group_matrix(groups, self.n_train_) > 0
+        return group_scores(self.embed(queries), self.train_embeddings_, mask, self.settings["pooling"])
