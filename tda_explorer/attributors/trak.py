@@ -35,9 +35,16 @@ from tda_explorer.training.runs import TrainedRun
 
 
 def kernel_inverse(phi: torch.Tensor, regularization: float) -> torch.Tensor:
-    """`(Phi^T Phi + lambda I)^{-1}` `[k, k]`, float64 (Hermitian pseudo-inverse: lambda = 0 allowed)."""
+    """`(Phi^T Phi + lambda I)^{-1}` `[k, k]`, float64.
+
+    Through a Cholesky factorisation (about 25x cheaper than the eigendecomposition behind `pinv`); when the
+    matrix is singular (lambda = 0 and rank(Phi) < k) it falls back to the Hermitian pseudo-inverse.
+    """
     xtx = phi.T.double() @ phi.double()
-    xtx += regularization * torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device)
+    xtx.diagonal().add_(regularization)
+    factor, info = torch.linalg.cholesky_ex(xtx)
+    if int(info) == 0:
+        return torch.cholesky_inverse(factor)
     return torch.linalg.pinv(xtx, hermitian=True)
 
 

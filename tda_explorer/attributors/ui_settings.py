@@ -22,10 +22,18 @@ class Setting:
 
 
 PARAMS_HEAD = Setting(
-    "params", "choice", "head", ("head", "all"), "gradient over the last layer or all parameters"
+    "params",
+    "choice",
+    "head",
+    ("head", "all"),
+    "gradient over the last layer or all trainable parameters (text model: LoRA + head)",
 )
 PARAMS_ALL = Setting(
-    "params", "choice", "all", ("all", "head"), "gradient over all parameters or the last layer"
+    "params",
+    "choice",
+    "all",
+    ("all", "head"),
+    "gradient over all trainable parameters (text model: LoRA + head) or the last layer",
 )
 
 MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
