@@ -80,7 +80,7 @@ def page(server):
             executable_path=server["chromium"],
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
         )
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1700}, accept_downloads=True)
         pg.set_default_timeout(120_000)
         yield pg
         browser.close()
