@@ -197,6 +197,9 @@ def suite_section(doc: dict) -> str:
     return "\n".join(parts)
 
 
+EXTRA_SECTIONS = ("SCALE.md",)
+
+
 def write_report(results_dir: Path, out: Path) -> Path:
     """Write `out` (RESULTS.md) from every `*.json` in `results_dir`, quick suites last; returns `out`."""
     docs = []
@@ -210,5 +213,9 @@ def write_report(results_dir: Path, out: Path) -> Path:
     text = HEADER + "".join("\n" + suite_section(d) + "\n" for d in docs)
     if not docs:
         text += "\nNo results yet: run `make bench-quick` or `make bench`.\n"
+    for extra in EXTRA_SECTIONS:  # sections other benchmarks write as Markdown (e.g. `make bench-scale`)
+        path = Path(out).parent / extra
+        if path.exists():
+            text += "\n" + path.read_text().strip() + f"\n\n(from `benchmarks/{extra}`)\n"
     Path(out).write_text(text)
     return Path(out)
