@@ -44,7 +44,8 @@ def kernel_inverse(phi: torch.Tensor, regularization: float) -> torch.Tensor:
     xtx.diagonal().add_(regularization)
     factor, info = torch.linalg.cholesky_ex(xtx)
     if int(info) == 0:
-        return torch.cholesky_inverse(factor)
+        # cholesky_solve against I: torch.cholesky_inverse (LAPACK potri) is ~10x slower on CPU here
+        return torch.cholesky_solve(torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device), factor)
     return torch.linalg.pinv(xtx, hermitian=True)
 
 
@@ -55,7 +56,10 @@ class TRAK(Attributor):
     Args:
         proj_dim: projection size k (None = no projection, use raw gradients).
         proj_type: "rademacher" or "gaussian".
-        proj_seed: projection seed (the same projection for every model).
+        proj_seed: projection seed (the same projection for every model unless `proj_per_model`).
+        proj_per_model: draw an independent projection for model i (seed `proj_seed + i`), as dattri does;
+            averaging over models then also averages over projections (on MNIST logistic regression with
+            10 models: LDS 0.75 -> 0.82 at regularization = mean eigenvalue of `Phi^T Phi`).
         regularization: lambda added to `Phi^T Phi` (0 = plain TRAK, pseudo-inverse).
         n_models: number of run seeds used (None = all).
         checkpoints: "final" (one model per seed) or "all" (every checkpoint of each seed is a model).
@@ -73,6 +77,7 @@ class TRAK(Attributor):
         n_models: int | None = None,
         checkpoints: str = "final",
         params: str | Sequence[str] = "all",
+        proj_per_model: bool = False,
         progress=None,
     ) -> None:
         if proj_type not in PROJECTIONS:
@@ -92,13 +97,15 @@ class TRAK(Attributor):
             n_models=n_models,
             checkpoints=checkpoints,
             params=params if isinstance(params, str) else list(params),
+            **({"proj_per_model": True} if proj_per_model else {}),
         )
 
-    def _features(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
+    def _features(
+        self, model: torch.nn.Module, examples: ExampleSet, projector: RandomProjector | None = None
+    ) -> torch.Tensor:
         inputs = prepare_inputs(model, examples.inputs)
-        return gradient_features(
-            model, inputs, examples.labels, self.settings["params"], "margin", self.projector_
-        )
+        projector = self.projector_ if projector is None else projector
+        return gradient_features(model, inputs, examples.labels, self.settings["params"], "margin", projector)
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> TRAK:
         """Per model: `Phi [N, k]`, `(Phi^T Phi + lambda I)^{-1} [k, k]`, and `Q = 1 - p_y` (averaged)."""
@@ -107,15 +114,18 @@ class TRAK(Attributor):
         ckpts = [-1] if s["checkpoints"] == "final" else range(len(run.checkpoints[seeds[0]]))
         models = [(seed, c) for seed in seeds for c in ckpts]
         p = ParamSubset.resolve(run.model(seeds[0]), s["params"]).numel
-        self.projector_ = (
+        per_model = s.get("proj_per_model", False)
+        self.projectors_ = [
             None
             if s["proj_dim"] is None
-            else RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
-        )
+            else RandomProjector(p, s["proj_dim"], s["proj_seed"] + (i if per_model else 0), s["proj_type"])
+            for i in range(len(models) if per_model else 1)
+        ]
+        self.projector_ = self.projectors_[0]
         self.models_, self.phi_, self.kinv_, q = [], [], [], []
         for i, (seed, c) in enumerate(models):
             model = run.model(seed, c)
-            phi = self._features(model, train)
+            phi = self._features(model, train, self._projector(i))
             self.models_.append(model)
             self.phi_.append(phi)
             self.kinv_.append(kernel_inverse(phi, s["regularization"]).to(phi.dtype))
@@ -127,11 +137,20 @@ class TRAK(Attributor):
         self.fitted_ = True
         return self
 
+    def _projector(self, i: int) -> RandomProjector | None:
+        """Model i's projector; with one projector per model, the others' cached blocks are released."""
+        if len(self.projectors_) == 1:
+            return self.projectors_[0]
+        for j, proj in enumerate(self.projectors_):
+            if j != i and proj is not None:
+                proj._cache.clear()
+        return self.projectors_[i]
+
     def _query_vectors(self, queries: ExampleSet) -> list[torch.Tensor]:
         """Per model `x = (Phi^T Phi + lambda I)^{-1} phi(q)` as rows `[n_query, k]`, / number of models."""
         return [
-            self._features(m, queries) @ kinv / len(self.models_)
-            for m, kinv in zip(self.models_, self.kinv_, strict=True)
+            self._features(m, queries, self._projector(i)) @ kinv / len(self.models_)
+            for i, (m, kinv) in enumerate(zip(self.models_, self.kinv_, strict=True))
         ]
 
     def score(self, queries: ExampleSet) -> torch.Tensor:

@@ -27,7 +27,7 @@ from tda_explorer.errors import ConfigError
 
 PROJECTIONS = ("gaussian", "rademacher")
 DEFAULT_BLOCK_ROWS = 1024
-DEFAULT_CACHE_BYTES = 256 * 2**20
+DEFAULT_CACHE_BYTES = 512 * 2**20
 
 
 def block_seed(seed: int, block: int) -> int:
@@ -53,7 +53,9 @@ class RandomProjector:
         seed: projection seed (record it in artifact metadata).
         kind: "gaussian" or "rademacher".
         block_rows: rows of P generated at once; part of P's identity (keep the default).
-        cache_bytes: generated blocks are kept on the device while `p * k * 4 <= cache_bytes`.
+        cache_bytes: generated blocks are kept on the device while P fits in `cache_bytes` (Rademacher
+            blocks are kept as int8, exactly, so `p * k <= cache_bytes`; Gaussian as float32, `4 p k`).
+            Without the cache every `project` call regenerates all of P.
     """
 
     def __init__(
@@ -72,7 +74,7 @@ class RandomProjector:
                 f"projection needs p, k, block_rows >= 1, got p={p}, k={k}, block_rows={block_rows}."
             )
         self.p, self.k, self.seed, self.kind, self.block_rows = p, k, int(seed), kind, block_rows
-        self.cacheable = p * k * 4 <= cache_bytes
+        self.cacheable = p * k * (1 if kind == "rademacher" else 4) <= cache_bytes
         self._cache: dict[tuple[int, str], torch.Tensor] = {}
 
     def config(self) -> dict:
@@ -87,11 +89,11 @@ class RandomProjector:
         """Unscaled rows `[j*B, min(p, (j+1)*B))` of P, float32 on `device`."""
         key = (j, str(device))
         if key in self._cache:
-            return self._cache[key]
+            return self._cache[key].float()
         rows = min(self.p, (j + 1) * self.block_rows) - j * self.block_rows
         out = random_block(rows, self.k, block_seed(self.seed, j), self.kind).to(device)
-        if self.cacheable:
-            self._cache[key] = out
+        if self.cacheable:  # +-1 entries are exact in int8 (4x less memory than float32)
+            self._cache[key] = out.to(torch.int8) if self.kind == "rademacher" else out
         return out
 
     def project(self, x: torch.Tensor) -> torch.Tensor:

@@ -133,3 +133,27 @@ def test_bad_settings_raise_config_errors(tiny_run):
         make_attributor("trak", n_models=5).fit(run, train)
     with pytest.raises(ConfigError):
         make_attributor("repsim").fit(run, train).score_groups(train, torch.ones(2, 3, dtype=torch.bool))
+
+
+def test_trak_per_model_projections_are_seeded_per_model():
+    """`proj_per_model`: model i is projected with seed `proj_seed + i`; scores average the per-model parts."""
+    run, train, queries = tiny_logreg_run(seeds=(0, 1))
+    kw = {"proj_dim": 8, "regularization": 0.01, "proj_seed": 5}
+    both = make_attributor("trak", proj_per_model=True, **kw).fit(run, train)
+    assert [p.seed for p in both.projectors_] == [5, 6]
+    shared = make_attributor("trak", **kw).fit(run, train)
+    assert not torch.allclose(both.score(queries), shared.score(queries))
+    parts, qs = [], []
+    for i, s in enumerate((0, 1)):
+        single = make_run(LogRegConfig(), TrainConfig(), {s: [c.state for c in run.checkpoints[s]]}, (8,), 3)
+        a = make_attributor("trak", **{**kw, "proj_seed": 5 + i}).fit(single, train)
+        parts.append(a.score(queries).double() / a.q_)
+        qs.append(a.q_)
+    want = (parts[0] + parts[1]) / 2 * (qs[0] + qs[1]) / 2
+    torch.testing.assert_close(both.score(queries).double(), want, rtol=1e-5, atol=1e-7)
+    # one model: identical to the shared projection
+    one = make_run(LogRegConfig(), TrainConfig(), {0: [c.state for c in run.checkpoints[0]]}, (8,), 3)
+    torch.testing.assert_close(
+        make_attributor("trak", proj_per_model=True, **kw).fit(one, train).score(queries),
+        make_attributor("trak", **kw).fit(one, train).score(queries),
+    )
