@@ -216,7 +216,8 @@ class DTDA(Attributor):
         target_class: class whose measurement is taken (None = each query's own label).
         seeds: "all" (default), "first", an int n, or a list of run seeds: the empirical distribution.
         base_settings: settings of the base attributor (e.g. {"solver": "ekfac", "params": "head"});
-            the seeds are d-TDA's, so "seeds" / "n_models" are not allowed here.
+            the seeds are d-TDA's, so "seeds" / "n_models" are not allowed here. Stored with the base's
+            defaults filled in (`settings["base_settings"]`), so cached results follow default changes.
     """
 
     name = "dtda"
@@ -240,7 +241,9 @@ class DTDA(Attributor):
         clash = sorted({"seeds", "n_models", "progress"} & set(base_settings))
         if clash:
             raise ConfigError(f"base_settings may not set {clash}: d-TDA fits one base per seed itself.")
-        make_attributor(base, **base_settings)  # validate the base settings now
+        # validate now, and keep the base's full settings (defaults included) so artifact keys change with them
+        full = make_attributor(base, **base_settings).settings
+        base_settings = {k: v for k, v in full.items() if k not in ("seeds", "n_models")}
         super().__init__(
             progress=progress,
             base=base,

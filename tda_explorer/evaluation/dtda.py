@@ -47,6 +47,7 @@ from tda_explorer.training.stages import run_training_config
 from tda_explorer.training.trainer import Progress
 
 VALIDATION_KIND = "dtda_validation"
+RETRAIN_KIND = "dtda_retrain"
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +171,51 @@ def select_pairs(result: DTDAResult, n_pairs: int) -> list[tuple[int, int]]:
     return chosen
 
 
+def leave_one_out_logits(
+    run: TrainedRun,
+    splits: DatasetSplits,
+    removed_ids: Sequence[str],
+    split: str = "test",
+    seeds: Sequence[int] | None = None,
+    workspace: Workspace | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> dict[str, np.ndarray]:
+    """Query logits after retraining the run's pipeline without each training example (cached per example).
+
+    Artifact kind "dtda_retrain", one per (run, removed id, query split, seeds), so any d-TDA setting or
+    pair selection that removes the same example reuses it.
+
+    Returns:
+        `{train id: float32 [S, n_query, C]}`, the `split` queries' logits under each seed's retrained model.
+    """
+    ws = workspace or Workspace()
+    seeds = tuple(run.seeds if seeds is None else seeds)
+    train = splits.train
+
+    def cfg(t: str) -> dict:
+        return {"run": run.key, "removed": t, "queries": split, "seeds": list(seeds)}
+
+    todo = [t for t in dict.fromkeys(removed_ids) if not ws.exists(RETRAIN_KIND, cfg(t))]
+    if todo:
+        masks = np.ones((len(todo), len(train)), dtype=bool)
+        masks[np.arange(len(todo)), train.index_of(todo)] = False
+        logits = retrain_on_subsets(
+            run.model_config,
+            run_training_config(run),
+            train,
+            masks,
+            seeds,
+            getattr(splits, split),
+            executor,
+            progress,
+        )  # [U, S, n_query, C]
+        for i, t in enumerate(todo):
+            with ws.write(RETRAIN_KIND, cfg(t)) as d:
+                save_array(d, "logits", logits[i].numpy())
+    return {t: load_array(ws.open(RETRAIN_KIND, cfg(t)) / "logits.npy") for t in removed_ids}
+
+
 def validate_dtda(
     run: TrainedRun,
     splits: DatasetSplits,
@@ -189,7 +235,8 @@ def validate_dtda(
         n_pairs: pairs chosen by `select_pairs` when `pairs` is None.
         pairs: explicit `(query_id, train_id)` pairs.
         split: query split ("test" or "val").
-        executor, progress: run the `n_unique_train x S` retrainings and report them.
+        executor, progress: run the `n_unique_train x S` retrainings (`leave_one_out_logits`, cached per
+            removed example, so other d-TDA settings on the same pairs retrain nothing) and report them.
 
     Returns:
         DTDAValidation (per pair: with / predicted / retrained samples over the seeds).
@@ -208,22 +255,15 @@ def validate_dtda(
     if not ws.exists(VALIDATION_KIND, cfg):
         start = time.perf_counter()
         removed = sorted({t for _, t in idx})
-        masks = np.ones((len(removed), len(train)), dtype=bool)
-        masks[np.arange(len(removed)), removed] = False
-        q_used = sorted({q for q, _ in idx})
-        logits = retrain_on_subsets(
-            run.model_config,
-            run_training_config(run),
-            train,
-            masks,
-            result.seeds,
-            queries.subset(q_used),
-            executor,
-            progress,
-        )  # [U, S, n_q_used, C]
-        targets = _targets(queries.labels[q_used], result.target_class)
-        values = measurement_values(logits, targets, result.measurement).numpy()  # [U, S, n_q_used]
-        retrained = np.stack([values[removed.index(t), :, q_used.index(q)] for q, t in idx])
+        logits = leave_one_out_logits(
+            run, splits, [train.ids[t] for t in removed], split, result.seeds, ws, executor, progress
+        )
+        targets = _targets(queries.labels, result.target_class)
+        values = {
+            t: measurement_values(torch.from_numpy(logits[train.ids[t]]), targets, result.measurement)
+            for t in removed
+        }
+        retrained = np.stack([values[t][:, q].numpy() for q, t in idx])  # [P, S]
         with_data = np.stack([result.measurements[:, q] for q, _ in idx])
         predicted = np.stack([result.pair(q, t)[1] for q, t in idx])
         with ws.write(VALIDATION_KIND, cfg, extra={"seconds": time.perf_counter() - start}) as d:

@@ -190,3 +190,11 @@ def test_cli_attributes_with_source_and_dtda(tmp_path, capsys):
         args = ["--workspace", ws, "attribute", "--run", run_key, "--method", method]
         assert main([*args, *[x for s in sets for x in ("--set", s)]]) == 0
         assert "250 queries x 1297 train" in capsys.readouterr().out
+
+
+def test_settings_hold_the_base_defaults_and_round_trip():
+    attr = make_attributor("dtda", base="source", base_settings={"segments": 2})
+    base = attr.settings["base_settings"]
+    assert base["segments"] == 2 and base["include_start"] is True and "seeds" not in base
+    again = make_attributor("dtda", **attr.settings)
+    assert again.config() == attr.config()

@@ -116,9 +116,9 @@ def dense_curvature(curv: KroneckerCurvature, p: int, model) -> tuple[torch.Tens
 def test_matches_dense_unrolled_formula(tiny_run):
     """Three segments, one checkpoint each: score = v^T sum_l S_3..S_{l+1} F_l g_l / N with dense matrices."""
     run, train, queries = tiny_run
-    attr = make_attributor("source", segments=3, damping=1e-4).fit(run, train)
+    attr = make_attributor("source", segments=3, damping=1e-4, include_start=False).fit(run, train)
     segs = attr.segments_[0]
-    assert [s["checkpoints"] for s in segs] == [[0], [1], [2]]
+    assert [s["checkpoints"] for s in segs] == [s["averaged"] for s in segs] == [[0], [1], [2]]
     x, y = train.inputs.double(), train.labels
     total = None
     for seg in segs:
@@ -136,6 +136,10 @@ def test_matches_dense_unrolled_formula(tiny_run):
     final = run.model(0).double()
     v = example_grads(final, queries.inputs.double(), queries.labels, dtype=torch.float64, device=CPU)
     torch.testing.assert_close(attr.score(queries).double(), v @ total.T, rtol=1e-5, atol=1e-8)
+    # by default a segment also averages over the checkpoint it starts from (same steps and lr)
+    default = make_attributor("source", segments=3, damping=1e-4).fit(run, train).segments_[0]
+    assert [s["averaged"] for s in default] == [[0], [0, 1], [1, 2]]
+    assert [s["steps"] for s in default] == [s["steps"] for s in segs]
 
 
 def test_fit_averaged_is_one_basis_with_mean_corrected_eigenvalues(tiny_run):
@@ -212,6 +216,7 @@ def test_stage_boundaries_and_absent_examples(staged_case):
     attr = make_attributor("source", segments=2, damping=0.0).fit(run, train)
     seg_a, seg_b = attr.segments_[0]
     assert (seg_a["stage"], seg_b["stage"]) == (0, 1) and seg_a["checkpoints"] == [0, 1]
+    assert seg_b["averaged"] == [1, 2, 3]  # stage B starts from stage A's last weights
     assert (seg_a["n_examples"], seg_b["n_examples"]) == (30, 30)
     assert seg_b["eta"] == pytest.approx(seg_b["lr"] / 0.5) and seg_a["eta"] == pytest.approx(
         seg_a["lr"] / 0.1
@@ -220,14 +225,14 @@ def test_stage_boundaries_and_absent_examples(staged_case):
     keep_a, keep_b = torch.from_numpy(part_a), torch.from_numpy(~part_a)
 
     def curvature(seg, keep):
-        models = [run.model(0, i).double() for i in seg["checkpoints"]]
+        models = [run.model(0, i).double() for i in seg["averaged"]]
         kw = {"damping": 0.0, "weight_decay": seg["weight_decay"], "dtype": torch.float64, "device": CPU}
         return fit_averaged([KroneckerCurvature(m, **kw) for m in models], x[keep]), models
 
     curv_a, models_a = curvature(seg_a, keep_a)
     curv_b, models_b = curvature(seg_b, keep_b)
-    g_a = sum(example_grads(m, x, y, dtype=torch.float64, device=CPU) for m in models_a) / 2
-    g_b = sum(example_grads(m, x, y, dtype=torch.float64, device=CPU) for m in models_b) / 2
+    g_a = sum(example_grads(m, x, y, dtype=torch.float64, device=CPU) for m in models_a) / len(models_a)
+    g_b = sum(example_grads(m, x, y, dtype=torch.float64, device=CPU) for m in models_b) / len(models_b)
     ek_a, ek_b = seg_a["eta_k"], seg_b["eta_k"]
     from_a = curv_a.apply_spectral(g_a, lambda s: segment_response(s, ek_a)) / 30
     r_a = curv_b.apply_spectral(from_a, lambda s: segment_decay(s, ek_b))  # carried through stage B only

@@ -90,10 +90,14 @@ def test_validation_retrains_without_each_example(setup, tiny, model_config, tra
     assert loaded.pairs == val.pairs and loaded.measurement == "loss"
     np.testing.assert_array_equal(loaded.predicted, val.predicted)
     np.testing.assert_array_equal(again.retrained, val.retrained)
-    # explicit pairs
+    # explicit pairs, and another base on them: the per-example retrainings are reused
     one = validate_dtda(run, tiny, SETTINGS, pairs=[val.pairs[0]], workspace=ws, executor=ex)
     np.testing.assert_allclose(one.retrained[0], val.retrained[0])
     assert np.isnan(one.correlation())
+    other = validate_dtda(run, tiny, {"base": "source"}, pairs=val.pairs, workspace=ws, executor=ex)
+    assert not ex.jobs and other.key != val.key
+    np.testing.assert_array_equal(other.retrained, val.retrained)
+    assert not np.allclose(other.predicted, val.predicted)
 
 
 def test_dtda_pruning_compares_averaged_fixed_seed_and_random(setup, tiny):
