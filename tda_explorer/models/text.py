@@ -19,6 +19,12 @@ gradient code that vmaps over dim 0 is the same for text and images):
 `prepare_texts(texts)` picks the cheaper one (frozen states whenever the bottom layers are frozen);
 `tda_explorer.models.prepare_inputs(model, texts)` calls it, so every caller gets it.
 
+Why LoRA on the top 2 layers by default (measured on SST-2's default 2,000 training sentences, 3 epochs
+of Adam, batch 32, one thread, CPU seconds on a shared 2-core machine; test accuracy on 300 dev
+sentences): top 2 with cached states 67-80 s (test 0.800-0.813 over seeds and lr 1e-3 / 2e-3), the
+same without the cache 130 s (identical losses), LoRA on all 6 layers 214 s (0.817), top 3 101 s
+(0.820), top 1 32 s (0.790). Computing the frozen states once costs 11-18 s for 2,500 sentences.
+
 The encoder is called layer by layer with an additive attention mask built here (not through
 `BertModel.forward`, whose mask helper branches on tensor values and so cannot run under `vmap`).
 Padding columns beyond the longest text of a batch are dropped before the encoder (not under

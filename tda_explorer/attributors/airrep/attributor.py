@@ -22,6 +22,12 @@ Scores (rank-only: the scale is learned from normalised ranks, not a loss change
   never label queries, so read it as a ranking heuristic (e.g. for mislabel triage), not a calibrated
   quantity.
 - `top_k(queries, k)`: streaming top-k over the cached embeddings (no `[n_query, N]` matrix).
+
+Cost: `fit` pays once for M subset retrainings (default 256, through the Executor) and the encoder
+training, whose every step re-embeds the subsets' members with gradients (all N training examples for
+half subsets). On a CPU prefer `encoder={"image_backbone": "mlp"}` for images, and for text set
+`training={"members_per_step": 512}` (or `encoder={"freeze_text": True}`). After that, scoring a query is
+one forward pass and one matmul.
 """
 
 from __future__ import annotations

@@ -284,7 +284,7 @@ class AirRepEncoder(nn.Module):
     def embed(
         self, prepared: tuple[torch.Tensor, torch.Tensor], batch_size: int = EMBED_BATCH
     ) -> torch.Tensor:
-        """Embeddings `[n, dim]` float32 on the CPU of `prepare(...)` output, in eval mode, batch by batch."""
+        """Embeddings `[n, out_dim]` float32 on the CPU of `prepare(...)` output, eval mode, batch by batch."""
         x, y = prepared
         was_training = self.training
         self.eval()
