@@ -56,10 +56,10 @@ def _load(*sides: dict | None) -> str:
     return "/".join(f"{v:.1f}" for v in vals) or "–"
 
 
-def _mislabel(ours: dict | None) -> tuple[str, str]:
+def _mislabel(ours: dict | None, method: dict) -> tuple[str, str]:
     mis = (ours or {}).get("mislabel")
     if not mis:
-        return "–", "–"
+        return ("not run", "–") if method.get("mislabel") is False else ("–", "–")
     return _f(mis.get("auc")), _f(mis.get("baseline", {}).get("auc"))
 
 
@@ -74,7 +74,7 @@ def suite_table(doc: dict) -> str:
         ours, peer = row.get("ours"), row.get("dattri")
         method = row.get("method", {})
         peer_name = method.get("peer")
-        auc, base = _mislabel(ours)
+        auc, base = _mislabel(ours, method)
         lines.append(
             "| "
             + " | ".join(
@@ -102,6 +102,30 @@ def suite_table(doc: dict) -> str:
             "| – | – | n/a | n/a | n/a | – | – | – |"
         )
     return "\n".join(lines)
+
+
+def _settings(doc: dict) -> list[str]:
+    """One line per row: our attributor's settings and what dattri was given."""
+    out = []
+    for row in doc.get("rows", []):
+        m = row.get("method", {})
+        ours = ", ".join(f"{k}={v}" for k, v in m.get("settings", {}).items()) or "defaults"
+        line = f"- {row['label']}: `{m.get('name')}` ({ours})"
+        if m.get("models", 1) > 1:
+            line += f", {m['models']} models"
+        peer = row.get("dattri") or {}
+        if m.get("peer"):
+            given = {k: v for k, v in m.get("peer_kwargs", {}).items()}
+            for key in ("damping", "trak_regularization"):
+                if peer.get(key) is not None:
+                    given[key] = f"{peer[key]:.4g}"
+            line += (
+                f"; dattri `{m['peer']}` ({', '.join(f'{k}={v}' for k, v in given.items()) or 'defaults'})"
+            )
+        if m.get("mislabel") is False:
+            line += "; mislabel experiment not run (one iterative solve per training example)"
+        out.append(line)
+    return out
 
 
 def _notes(doc: dict) -> list[str]:
@@ -190,6 +214,7 @@ def suite_section(doc: dict) -> str:
         suite_table(doc),
     ]
     notes, checks = _notes(doc), _checks(doc)
+    parts += ["", "Settings:", "", *_settings(doc)]
     if notes:
         parts += ["", "Notes:", "", *notes]
     if checks:

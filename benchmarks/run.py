@@ -51,7 +51,7 @@ from benchmarks.measure import (
     set_threads,
     warm_up,
 )
-from benchmarks.suites import GROUPS, PEER_DAMPING_OURS, SUITES, Method, Suite
+from benchmarks.suites import GROUPS, PEER_DAMPING_OURS, PEER_TRAK_REG_OURS, SUITES, Method, Suite
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -300,6 +300,9 @@ def step_dattri(task: dict) -> dict:
     kwargs = dict(method.peer_kwargs)
     if kwargs.get("damping") == PEER_DAMPING_OURS:
         kwargs["damping"] = task["damping"]
+    if kwargs.get("trak_regularization") == PEER_TRAK_REG_OURS:
+        n_params = sum(p.numel() for p in run.model().parameters() if p.requires_grad)
+        kwargs["trak_regularization"] = float(method.settings.get("regularization", 0.0)) / n_params
     train_x, train_y = splits.train.inputs, splits.train.labels
     test_x, test_y = splits.test.inputs, splits.test.labels
 
@@ -316,7 +319,11 @@ def step_dattri(task: dict) -> dict:
         res = run_dattri(method.peer, factory, ckpts, train_x, train_y, tx, ty, lrs=lrs, **kw)
         return res, load
 
-    out: dict[str, Any] = {"status": "ok", "damping": kwargs.get("damping")}
+    out: dict[str, Any] = {
+        "status": "ok",
+        "damping": kwargs.get("damping"),
+        "trak_regularization": kwargs.get("trak_regularization"),
+    }
     if method.peer_probe is not None and method.peer_budget_s is not None:
         probe = method.peer_probe
         points = []
@@ -433,7 +440,7 @@ def run_suite(
     only: Sequence[str] | None = None,
     force: bool = False,
     threads: int | None = None,
-    isolate: bool = True,
+    isolate: bool | None = None,
     peers: bool = True,
     timeout: float | None = DEFAULT_TIMEOUT_S,
     workers: int | None = None,
@@ -448,13 +455,15 @@ def run_suite(
         only: row labels to (re)compute; others keep their cached results (None = all rows).
         force: recompute the selected rows even if cached.
         threads: torch intra-op threads for every measured step (default `default_threads()`).
-        isolate: run every step in a fresh worker process (clean RSS baseline, hard timeout).
+        isolate: run every step in a fresh worker process (clean RSS baseline, hard timeout); None = the
+            suite's own choice (`Suite.isolate`).
         peers: also run the dattri counterparts.
         timeout: per-step time limit in seconds (isolated steps only).
         workers: training processes for the runs and the ground truth (None: `LocalExecutor` default).
         log: progress messages.
     """
     threads = threads or default_threads()
+    isolate = suite.isolate if isolate is None else isolate
     results_dir, workspace = Path(results_dir), Path(workspace)
     path = results_dir / f"{suite.name}.json"
     unknown = sorted(set(only or ()) - {m.label for m in suite.methods})
@@ -565,7 +574,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], help="row label(s), comma-separated; repeatable")
     p.add_argument("--force", action="store_true", help="recompute the selected rows even if cached")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: CPUs, at most 4)")
-    p.add_argument("--no-isolate", action="store_true", help="run steps in this process")
+    p.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run each step in a fresh process (default: the suite's choice; quick runs in-process)",
+    )
     p.add_argument("--no-peers", action="store_true", help="skip the dattri counterparts")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per-step limit (s)")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -598,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 only=labels,
                 force=args.force,
                 threads=args.threads,
-                isolate=not args.no_isolate,
+                isolate=args.isolate,
                 peers=not args.no_peers,
                 timeout=args.timeout,
             )

@@ -29,7 +29,6 @@ shared: the 1-minute load average is recorded next to the timings.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -121,7 +120,6 @@ def scenarios(mode: dict, n_train: int) -> dict:
 
 def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> dict:
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.attributors.dtda import compute_dtda
     from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
     from tda_explorer.evaluation.dtda import validate_dtda
@@ -143,7 +141,8 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
         spec={**full.spec, "options": {**full.spec["options"], "bench_cut": [n, mode["n_query"]]}},
     )
     model_cfg = MLPConfig(hidden=HIDDEN)
-    lds_cfg = LDSConfig(n_subsets=mode["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=0, shard_size=10)
+    # one shard = one worker pool (spawning one costs ~10-20 s on a busy box); shards do not change the key
+    lds_cfg = LDSConfig(n_subsets=mode["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=0, shard_size=50)
     out: dict = {"scenarios": {}}
     for name, train_cfg in scenarios(mode, n).items():
         print(f"== {name}", file=sys.stderr)
@@ -200,12 +199,17 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
                 "run": run.key,
             }
             print(f"  d-TDA validation: {val.summary()}", file=sys.stderr)
-            if mode["dtda_source"]:  # the same pairs and retrainings, predicted with Source per seed
+            if mode["dtda_source"]:  # the same pairs (and cached retrainings), predicted with Source per seed
                 t0 = time.perf_counter()
-                src = compute_dtda(run, splits, {"base": "source"}, "test", ws, _progress("d-TDA source"))
-                pos = [(splits.test.index_of([q])[0], splits.train.index_of([t])[0]) for q, t in val.pairs]
-                predicted = np.stack([src.pair(q, t)[1] for q, t in pos])
-                alt = dataclasses.replace(val, predicted=predicted, key="")
+                alt = validate_dtda(
+                    run,
+                    splits,
+                    {"base": "source", "measurement": "loss"},
+                    pairs=val.pairs,
+                    workspace=ws,
+                    executor=executor,
+                    progress=_progress("d-TDA source"),
+                )
                 out["dtda_validation_source"] = {
                     **alt.summary(),
                     "seconds": round(time.perf_counter() - t0, 1),

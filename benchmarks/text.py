@@ -7,16 +7,18 @@ Setting: the built-in `sst2` at its defaults (2,000 training sentences of >= 8 w
 300 test from the GLUE dev file), the default text model (`TextConfig()`: MiniLM, masked mean pooling,
 linear head; LoRA rank 8, alpha 16 on query/value of the top 2 of 6 layers; the bottom 4 layers' states
 cached as an artifact) and `default_train_config("text")`. Every artifact (runs, frozen text states, LDS
-shards, LoRA members) lives in `benchmarks/.workspace` and is reused on a rerun.
+shards) lives in `benchmarks/.workspace` and is reused on a rerun.
 
 Rows:
 - fine-tune: per seed the recorded training wall seconds and test accuracy (target >= 0.80);
 - LDS ground truth: M random half subsets, one retraining seed each, query loss of the first n_query
   test sentences (`compute_lds_truth`), with its wall time;
 - per method: LDS (mean, bootstrap 95% interval) and the wall / CPU seconds of fit + score. Gradients
-  are over LoRA + head (`params="lora"`). TRAK over all seeds (and over 1 model), influence functions
-  with EK-FAC over the LoRA Linear layers (lora_A / lora_B; the frozen base Linear does not count),
-  Grad-Dot, RepSim, and the LoRA ensemble (Deng et al.) wrapping TRAK when `ensemble` is registered;
+  are over LoRA + head (`params="lora"`). TRAK on one model (regularized, and with TRAK's default
+  lambda = 0 to show why not), influence functions with EK-FAC over the LoRA Linear layers
+  (lora_A / lora_B; the frozen base Linear does not count), Grad-Dot, RepSim, and LoRA ensembles
+  (Deng et al.) of TRAK and of influence over the run's seeds, which for the text model are LoRA
+  fine-tunes of one shared frozen MiniLM (with the ensemble's cost report: storage = adapters + heads);
 - mislabel detection: 10% of the training labels flipped (seeded), one model trained on them,
   ROC-AUC and recall in the top 10% of self-influence (influence, TRAK) and of the training-loss baseline.
 
@@ -41,11 +43,14 @@ WORKSPACE = ROOT / "benchmarks" / ".workspace"
 RESULTS = ROOT / "benchmarks" / "results" / "text.json"
 
 MODES = {
-    "quick": {"seeds": 2, "n_subsets": 24, "n_query": 100, "adapters": 2},
-    "full": {"seeds": 4, "n_subsets": 48, "n_query": 300, "adapters": 4},
+    "quick": {"seeds": 2, "n_subsets": 24, "n_query": 100},
+    "full": {"seeds": 4, "n_subsets": 48, "n_query": 300},
 }
 NOISE = {"fraction": 0.1, "seed": 0}
-LORA_ENSEMBLE = {"rank": 4, "lora_epochs": 1}
+#: TRAK's lambda. With proj_dim 2048 >= 2,000 training sentences, `Phi^T Phi` is singular and lambda = 0
+#: (TRAK's default, a pseudo-inverse) gives LDS ~0 here; 30 is ~0.1 x the mean diagonal of `Phi^T Phi`
+#: measured on these models (260-300), the same relative rule as influence's damping.
+TRAK_REG = 30.0
 
 
 def log(msg: str) -> None:
@@ -61,53 +66,69 @@ def _progress(desc: str):
     return report
 
 
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 class Timer:
-    """Wall and process-CPU seconds of a block, with the 1-minute load average before and after."""
+    """Wall and CPU seconds of a block, with the 1-minute load average before and after.
+
+    `cpu` is this process's CPU time; `workers_cpu` the CPU time of worker processes that ended inside
+    the block (executor pools are shut down at the end of each `map`, so their CPU is counted).
+    """
 
     def __enter__(self) -> Timer:
         self.load_before = os.getloadavg()[0]
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self._wall, self._cpu, self._children = time.perf_counter(), time.process_time(), _children_cpu()
         return self
 
     def __exit__(self, *exc) -> None:
         self.wall = time.perf_counter() - self._wall
         self.cpu = time.process_time() - self._cpu
+        self.workers_cpu = _children_cpu() - self._children
         self.load_after = os.getloadavg()[0]
 
     def to_dict(self) -> dict:
         return {
             "wall_seconds": round(self.wall, 2),
             "cpu_seconds": round(self.cpu, 2),
+            "workers_cpu_seconds": round(self.workers_cpu, 2),
             "load_before": round(self.load_before, 2),
             "load_after": round(self.load_after, 2),
         }
 
 
-def methods(n_seeds: int, adapters: int) -> list[tuple[str, str, dict]]:
-    """(label, attributor name, settings) rows; gradients over LoRA + head."""
+def methods(n_seeds: int) -> list[tuple[str, str, dict]]:
+    """(label, attributor name, settings) rows; gradients over LoRA + head.
+
+    TRAK uses `regularization=TRAK_REG` (see its comment). The LoRA ensemble rows wrap TRAK and influence
+    with the ensemble attributor over the run's seeds: for the text model every seed *is* a LoRA
+    fine-tune (adapters + head) of the one shared, frozen MiniLM, i.e. Deng et al.'s LoRA ensemble
+    (`kind="independent"`; the ensemble refuses to add a second set of adapters to the text model).
+    """
     from tda_explorer.attributors import ATTRIBUTORS
 
+    trak = {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora"}
+    influence = {"solver": "ekfac", "params": "lora"}
     rows = [
-        (f"TRAK ({n_seeds} models)", "trak", {"n_models": n_seeds, "proj_dim": 2048, "params": "lora"}),
-        ("TRAK (1 model)", "trak", {"n_models": 1, "proj_dim": 2048, "params": "lora"}),
-        ("influence (EK-FAC)", "influence", {"solver": "ekfac", "params": "lora"}),
+        ("TRAK, 1 model", "trak", {**trak, "n_models": 1}),
+        ("TRAK, 1 model, regularization 0 (default)", "trak", {**trak, "regularization": 0.0, "n_models": 1}),
+        ("influence (EK-FAC), 1 model", "influence", influence),
         ("Grad-Dot", "grad_dot", {"params": "lora"}),
         ("RepSim", "repsim", {}),
     ]
     if "ensemble" in ATTRIBUTORS:
-        rows.append(
-            (
-                f"LoRA ensemble ({adapters} adapters, TRAK)",
-                "ensemble",
-                {
-                    "base": "trak",
-                    "base_settings": {"proj_dim": 2048, "params": "lora"},
-                    "kind": "lora",
-                    "n_adapters": adapters,
-                    **LORA_ENSEMBLE,
-                },
+        for label, base, settings in (("TRAK", "trak", trak), ("influence (EK-FAC)", "influence", influence)):
+            rows.append(
+                (
+                    f"LoRA ensemble of {n_seeds}: {label}",
+                    "ensemble",
+                    {"base": base, "base_settings": settings, "kind": "independent", "n_models": n_seeds},
+                )
             )
-        )
+    else:
+        rows.append((f"TRAK, {n_seeds} models", "trak", {**trak, "n_models": n_seeds}))
     return rows
 
 
@@ -154,9 +175,8 @@ def run_benchmark(mode: str, workers: int) -> dict:
     log(f"LDS truth: {t_truth.wall:.1f}s now, {meta['extra']['seconds']:.1f}s when computed")
 
     rows = []
-    for label, name, settings in methods(cfg["seeds"], cfg["adapters"]):
-        kwargs = {"workspace": ws} if name == "ensemble" else {}
-        attributor = make_attributor(name, progress=_progress(label), **settings, **kwargs)
+    for label, name, settings in methods(cfg["seeds"]):
+        attributor = make_attributor(name, progress=_progress(label), **settings)
         with Timer() as t_fit:
             attributor.fit(run, splits.train)
         with Timer() as t_score:
@@ -212,7 +232,7 @@ def run_benchmark(mode: str, workers: int) -> dict:
             "LDS ground truth seconds_when_computed: wall time of its computation (shards reused from an "
             "interrupted run are not counted); retraining runs in `workers` processes.",
             "method seconds: fit (train-side features) + score of the n_query queries, wall, measured now; "
-            "LoRA ensemble fit includes training its adapters unless they were cached (see cost).",
+            "a LoRA ensemble's members are the run's seeds (their training time is in cost.train_seconds).",
             "the machine is shared: see load_before/after next to every timing.",
         ],
     }
@@ -237,7 +257,7 @@ def mislabel_rows(splits, model_cfg, train_cfg, ws, executor) -> dict:
     )
     for label, name, settings in (
         ("influence (EK-FAC) self-influence", "influence", {"solver": "ekfac", "params": "lora"}),
-        ("TRAK self-influence", "trak", {"proj_dim": 2048, "params": "lora"}),
+        ("TRAK self-influence", "trak", {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora"}),
     ):
         with Timer() as t:
             scores = make_attributor(name, **settings).fit(run, noisy.train).self_influence()
@@ -257,11 +277,18 @@ def markdown(result: dict) -> str:
         f"| {s} | {m['seconds']:.0f} | {m['test_acc']:.3f} | {m['val_acc']:.3f} |" for s, m in ft.items()
     ]
     truth = result["lds_truth"]
+    worker_cpu = truth["now"].get("workers_cpu_seconds", 0.0)
+    cpu_note = (
+        f" (worker CPU {worker_cpu:.0f} s = {worker_cpu / truth['n_subsets']:.0f} s per retraining)"
+        if worker_cpu > 0
+        else ""
+    )
     lines += [
         "",
         f"LDS ground truth: {truth['n_subsets']} subsets of {truth['alpha']:.0%}, "
         f"{len(truth['seeds'])} seed, {result['dataset']['n_query']} queries, "
-        f"{truth['seconds_when_computed']:.0f} s with {truth['workers']} workers.",
+        f"{truth['seconds_when_computed']:.0f} s wall with {truth['workers']} workers at load "
+        f"{truth['now']['load_before']:.1f}{cpu_note}.",
         "",
         "| method | LDS | 95% CI | fit + score s | CPU s | load |",
         "| --- | --- | --- | --- | --- | --- |",
