@@ -7,7 +7,7 @@ import streamlit as st
 
 import appkit
 from tda_explorer.attributors import ATTRIBUTORS
-from tda_explorer.attributors.ui_settings import main_settings
+from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
 from tda_explorer.models import default_model_config
@@ -91,9 +91,10 @@ st.write(
     f"Current run **{run.key}** — {run.dataset['name']} · {run.model_config.arch} · seeds {list(run.seeds)} · "
     f"mean test accuracy {run.mean_metric('test_acc'):.3f}"
 )
+default = ["grad_dot"] if "grad_dot" in ATTRIBUTORS else []
+# outside the form, so picking an attributor reruns the page and shows its settings below
+methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
 with st.form("attribute"):
-    default = ["grad_dot"] if "grad_dot" in ATTRIBUTORS else []
-    methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
     chosen_settings: dict[str, dict] = {}
     for method in methods:
         specs = main_settings(method)
@@ -116,10 +117,15 @@ with st.form("attribute"):
                 else:
                     values[s.name] = float(
                         st.number_input(
-                            label, value=float(s.default), min_value=s.minimum, help=s.help, key=key
+                            label,
+                            value=float(s.default),
+                            min_value=s.minimum,
+                            help=s.help,
+                            key=key,
+                            format="%g",
                         )
                     )
-            chosen_settings[method] = values
+            chosen_settings[method] = settings_kwargs(values)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 if go:
     for method in methods:

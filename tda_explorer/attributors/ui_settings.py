@@ -1,7 +1,9 @@
 """The main settings of each attributor as the app offers them (name, kind, default, choices, help).
 
 The app renders these generically; anything not listed keeps the attributor's own default, and the
-full resolved settings still go into the score artifact's key.
+full resolved settings still go into the score artifact's key. A dotted name ("data.n_subsets") is a
+field of a nested settings dict (AirRep's `data={...}`); `settings_kwargs` turns the values the app
+collected into the keyword arguments of `make_attributor`.
 """
 
 from __future__ import annotations
@@ -54,9 +56,80 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("n_models", "int", 1, help="models (seeds of the run) averaged", minimum=1),
     ),
     "repsim": (),
+    "ensemble": (
+        Setting(
+            "base",
+            "choice",
+            "trak",
+            ("trak", "grad_dot", "grad_cos", "tracin", "influence"),
+            "the gradient attributor averaged over the ensemble members",
+        ),
+        Setting(
+            "kind",
+            "choice",
+            "independent",
+            ("independent", "dropout", "lora"),
+            "members: the run's seeds, fixed dropout masks of each seed, or LoRA fine-tunes of one seed",
+        ),
+        Setting(
+            "combine",
+            "choice",
+            "native",
+            ("native", "mean"),
+            "the base's own multi-model average, or one fit per member with the scores averaged",
+        ),
+    ),
+    "source": (
+        Setting("segments", "int", 3, help="training segments, each with its own curvature", minimum=1),
+        Setting(
+            "damping_factor", "float", 1e-3, help="damping as a multiple of the mean eigenvalue", minimum=0.0
+        ),
+    ),
+    "dtda": (
+        Setting("base", "choice", "influence", ("influence", "trak", "source"), "per-seed attribution"),
+        Setting(
+            "measurement",
+            "choice",
+            "loss",
+            ("loss", "margin", "prob"),
+            "what is measured on the test example",
+        ),
+    ),
+    "airrep": (
+        Setting(
+            "data.n_subsets",
+            "int",
+            256,
+            help="subset retrainings the encoder learns from (the cost)",
+            minimum=2,
+        ),
+        Setting(
+            "encoder.image_backbone",
+            "choice",
+            "cnn",
+            ("cnn", "mlp"),
+            "image encoder backbone (mlp is cheaper on a CPU; ignored for text and tables)",
+        ),
+        Setting("training.epochs", "int", 30, help="maximum encoder training epochs", minimum=1),
+    ),
 }
 
 
 def main_settings(name: str) -> tuple[Setting, ...]:
     """The settings the app shows for attributor `name` (none for an unlisted attributor)."""
     return MAIN_SETTINGS.get(name, ())
+
+
+def settings_kwargs(values: dict[str, object]) -> dict[str, object]:
+    """Keyword arguments for `make_attributor` from `{setting name: value}`; dotted names are nested.
+
+    `{"pooling": "sum", "data.n_subsets": 32}` -> `{"pooling": "sum", "data": {"n_subsets": 32}}`.
+    """
+    out: dict[str, object] = {}
+    for name, value in values.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})  # type: ignore[assignment]
+        node[leaf] = value  # type: ignore[index]
+    return out

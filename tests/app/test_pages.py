@@ -115,3 +115,16 @@ def test_dtda_page_computes_and_draws_histograms(prepared, monkeypatch):
     labels = [m.label for m in at.metric]
     assert labels == ["mean influence", "variance influence", "W2 influence"]
     assert len(at.get("plotly_chart")) == 2  # the histogram and the violins
+
+
+def test_setup_page_shows_the_main_settings_of_each_picked_attributor(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch)
+    picker = next(m for m in at.multiselect if m.label == "Attributors")
+    picker.set_value(["airrep", "dtda", "ensemble", "source"])
+    rerun(at, "setup")
+    expanders = {e.label for e in at.expander}
+    assert {"airrep settings", "dtda settings", "ensemble settings", "source settings"} <= expanders
+    numbers = {n.label: n.value for n in at.number_input}
+    assert numbers["segments"] == 3 and numbers["data.n_subsets"] == 256
+    choices = {s.label for s in at.selectbox}
+    assert {"measurement", "kind", "combine", "encoder.image_backbone"} <= choices
