@@ -7,6 +7,7 @@ the measured numbers. Every number comes from the JSON; nothing is computed here
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -224,6 +225,35 @@ def suite_section(doc: dict) -> str:
 
 EXTRA_SECTIONS = ("SCALE.md",)
 
+#: Per-method benchmarks (`{mode: result}` JSON files), rendered by their own module's `markdown(result)`.
+METHOD_SECTIONS = (
+    ("ensembles.json", "benchmarks.ensembles", "Efficient ensembles (Deng et al.): dropout and LoRA members"),
+    ("source_dtda.json", "benchmarks.source_dtda", "Source (unrolled differentiation) and d-TDA validation"),
+    ("airrep.json", "benchmarks.airrep", "AirRep: learned representations with attention pooling"),
+    ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
+    ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),
+)
+
+
+def method_sections(results_dir: Path) -> str:
+    """One section per per-method benchmark found in `results_dir` (full mode first, then quick)."""
+    text = ""
+    for filename, module, title in METHOD_SECTIONS:
+        path = Path(results_dir) / filename
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        modes = [m for m in ("full", "quick") if isinstance(doc.get(m), dict)] or [None]
+        render = getattr(importlib.import_module(module), "markdown", None)
+        for mode in modes:
+            result = doc if mode is None else doc[mode]
+            body = (render(result) if render is not None else result.get("markdown", "")).strip()
+            if not body:
+                continue
+            text += f"\n## {title}{'' if mode is None else f' ({mode})'}\n\n{body}\n\n(`python -m {module}"
+            text += f"{'' if mode is None else f' --{mode}'}`, results in `benchmarks/results/{filename}`)\n"
+    return text
+
 
 def write_report(results_dir: Path, out: Path) -> Path:
     """Write `out` (RESULTS.md) from every `*.json` in `results_dir`, quick suites last; returns `out`."""
@@ -238,6 +268,7 @@ def write_report(results_dir: Path, out: Path) -> Path:
     text = HEADER + "".join("\n" + suite_section(d) + "\n" for d in docs)
     if not docs:
         text += "\nNo results yet: run `make bench-quick` or `make bench`.\n"
+    text += method_sections(results_dir)
     for extra in EXTRA_SECTIONS:  # sections other benchmarks write as Markdown (e.g. `make bench-scale`)
         path = Path(out).parent / extra
         if path.exists():

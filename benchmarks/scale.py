@@ -139,7 +139,12 @@ def markdown(r: dict) -> str:
         f"## Scale: top-k over {r['n_train']:,} x {r['dim']:,} memory-mapped features",
         "",
         f"`make bench-scale` (`benchmarks/scale.py`), {r['machine']['cpus']} CPUs, load average "
-        f"{r['machine']['loadavg_start'][0]:.1f} at the start (a shared, busy machine: treat times as upper bounds).",
+        f"{r['machine']['loadavg_start'][0]:.1f} at the start"
+        + (
+            " (a shared, busy machine: treat times as upper bounds)."
+            if r["machine"]["loadavg_start"][0] > 0.5 * r["machine"]["cpus"]
+            else " (an otherwise idle machine)."
+        ),
         "",
         f"Top-{r['k']} for {r['n_query']:,} queries over {r['n_train']:,} training examples of {r['dim']:,} float32 "
         'features, read from the workspace with `np.load(mmap_mode="r")` in chunks of '

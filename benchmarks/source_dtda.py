@@ -53,6 +53,7 @@ MODES = {
         "dtda_seeds": 4,
         "dtda_pairs": 6,
         "dtda_source": False,
+        "pruning_fractions": (0.0, 0.1, 0.2, 0.3),
     },
     "full": {
         "n_train": 4000,
@@ -62,6 +63,7 @@ MODES = {
         "dtda_seeds": 6,
         "dtda_pairs": 8,
         "dtda_source": True,
+        "pruning_fractions": (0.0, 0.1, 0.2),
     },
 }
 HIDDEN = (64,)
@@ -122,7 +124,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
     from tda_explorer.attributors import make_attributor
     from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
-    from tda_explorer.evaluation.dtda import validate_dtda
+    from tda_explorer.evaluation.dtda import dtda_pruning, validate_dtda
     from tda_explorer.models import MLPConfig
     from tda_explorer.store import Workspace
     from tda_explorer.training import LocalExecutor, StagedConfig, train_run, train_stages
@@ -216,6 +218,23 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
                     "pairs": alt.table(),
                 }
                 print(f"  d-TDA (source) on the same pairs: {alt.summary()}", file=sys.stderr)
+            t0 = time.perf_counter()
+            pruning = dtda_pruning(
+                run,
+                splits,
+                {"base": "influence", "measurement": "loss"},
+                fractions=mode["pruning_fractions"],
+                workspace=ws,
+                executor=executor,
+                progress=_progress("d-TDA pruning"),
+            )
+            out["dtda_pruning"] = {
+                "rows": pruning.table(),
+                "seed_used": pruning.seed_used,
+                "seeds": list(run.seeds),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+            print(f"  d-TDA pruning: {pruning.table()}", file=sys.stderr)
     out["meta"] = {
         "mode": mode_name,
         "settings": mode,
@@ -254,6 +273,23 @@ def markdown(result: dict) -> str:
                 f"{v['sign_agreement']:.2f}, mean error {v['mean_error']:.4f}, W2 {v['w2']:.4f} (vs "
                 f"{v['w2_unchanged']:.4f} predicting no change)",
             ]
+    pruning = result.get("dtda_pruning")
+    if pruning:
+        lines += [
+            "",
+            f"d-TDA pruning (converged run; usefulness to the validation set; retrained on the run's "
+            f"{len(pruning['seeds'])} seeds, test accuracy mean over seeds; fixed seed = seed "
+            f"{pruning['seed_used']}'s scores only):",
+            "",
+            "| fraction removed | test acc: d-TDA mean over seeds | fixed seed | random "
+            "| test loss: d-TDA mean | fixed seed | random |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['fraction']:.2f} | {r['dtda_acc']:.4f} | {r['fixed_seed_acc']:.4f} | {r['random_acc']:.4f} "
+                f"| {r['dtda_loss']:.4f} | {r['fixed_seed_loss']:.4f} | {r['random_loss']:.4f} |"
+                for r in pruning["rows"]
+            ),
+        ]
     lines += ["", f"mode {result['meta']['mode']}, total {result['meta']['seconds']:.0f} s"]
     return "\n".join(lines)
 
