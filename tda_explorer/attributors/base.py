@@ -62,6 +62,56 @@ class Attributor(ABC):
         return self.score(queries) @ groups.to(torch.float32).T
 
 
+class FeatureDotAttributor(Attributor):
+    """Scores that are inner products of per-example feature vectors, averaged over models.
+
+    `score[q, t] = mean_m <f_m(q), f_m(t)>` (TracIn, RepSim, Grad-Dot/Cos). Subclasses implement
+    `_features(examples) -> list of [n, d]` (one per model) and in `fit` set `train_features_` (that list
+    for the training set) and `n_train_`. Self-influence is the mean squared norm, group scores use
+    summed member features (no `[n_query, n_train]` matrix).
+    """
+
+    @abstractmethod
+    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
+        """Per model, the features `[n, d]` of `examples`."""
+
+    def _pairs(self, queries: ExampleSet):
+        return zip(self._features(queries), self.train_features_, strict=True)
+
+    def score(self, queries: ExampleSet) -> torch.Tensor:
+        """`[n_query, N]` float32, the mean over models of feature inner products."""
+        from tda_explorer.backend.scoring import dot_scores
+
+        self._check_fitted()
+        return torch.stack([dot_scores(q, t) for q, t in self._pairs(queries)]).mean(0)
+
+    def self_influence(self) -> torch.Tensor:
+        """`[N]` float32: mean over models of each training example's squared feature norm."""
+        self._check_fitted()
+        return torch.stack([f.square().sum(1).float().cpu() for f in self.train_features_]).mean(0)
+
+    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
+        """`[n_query, n_groups]` = sum of member scores, through summed group features."""
+        from tda_explorer.backend.features import group_matrix
+
+        self._check_fitted()
+        mask = group_matrix(groups, self.n_train_)
+        return torch.stack([q @ (mask.to(t) @ t).T for q, t in self._pairs(queries)]).mean(0).float().cpu()
+
+
+def check_damping(damping: float | None, damping_factor: float, weight_decay: float | None) -> None:
+    """ConfigError unless damping (absolute, or None = relative), its factor and weight decay are >= 0."""
+    if (damping is not None and damping < 0) or damping_factor < 0:
+        raise ConfigError(f"damping and damping_factor must be >= 0, got {damping}, {damping_factor}.")
+    if weight_decay is not None and weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")
+
+
+def as_setting(value: Any) -> Any:
+    """A str/int setting as is, any other sequence (parameter names, seeds) as a JSON-able list."""
+    return value if isinstance(value, (str, int)) or value is None else list(value)
+
+
 ATTRIBUTORS: dict[str, type[Attributor]] = {}
 
 

@@ -13,21 +13,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.base import FeatureDotAttributor, as_setting, register
 from tda_explorer.backend.grads import example_grads
-from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
 
 
-class _GradientSimilarity(Attributor):
+class _GradientSimilarity(FeatureDotAttributor):
     normalize: bool = False
 
     def __init__(self, params: str | Sequence[str] = "head", seeds: str = "first", progress=None) -> None:
-        super().__init__(
-            progress=progress, params=params if isinstance(params, str) else list(params), seeds=seeds
-        )
+        super().__init__(progress=progress, params=as_setting(params), seeds=seeds)
 
     def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
         feats = []
@@ -42,19 +39,11 @@ class _GradientSimilarity(Attributor):
         seeds = run.seeds if self.settings["seeds"] == "all" else run.seeds[:1]
         self.models_ = [run.model(s) for s in seeds]
         self.train_features_ = self._features(train)
+        self.n_train_ = len(train)
         if self.progress is not None:
             self.progress(1, 1, f"{self.name}: {len(train)} train gradients")
         self.fitted_ = True
         return self
-
-    def score(self, queries: ExampleSet) -> torch.Tensor:
-        self._check_fitted()
-        q = self._features(queries)
-        return torch.stack([dot_scores(a, b) for a, b in zip(q, self.train_features_, strict=True)]).mean(0)
-
-    def self_influence(self) -> torch.Tensor:
-        self._check_fitted()
-        return torch.stack([(g * g).sum(1).float() for g in self.train_features_]).mean(0)
 
 
 @register

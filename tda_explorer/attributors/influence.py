@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
 from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
@@ -88,17 +88,14 @@ class Influence(Attributor):
     ) -> None:
         if solver not in SOLVERS:
             raise ConfigError(f"influence solver {solver!r} is not one of {SOLVERS}.")
-        if (damping is not None and damping < 0) or damping_factor < 0:
-            raise ConfigError(f"damping and damping_factor must be >= 0, got {damping}, {damping_factor}.")
-        if weight_decay is not None and weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")
+        check_damping(damping, damping_factor, weight_decay)
         super().__init__(
             progress=progress,
             solver=solver,
             damping=damping,
             damping_factor=damping_factor,
-            params=params if isinstance(params, str) else list(params),
-            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
+            params=as_setting(params),
+            seeds=as_setting(seeds),
             weight_decay=weight_decay,
             seed=seed,
             fisher_samples=fisher_samples,

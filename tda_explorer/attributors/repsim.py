@@ -11,16 +11,15 @@ from collections.abc import Sequence
 
 import torch
 
-from tda_explorer.attributors.base import Attributor, register
-from tda_explorer.backend.features import group_matrix, representations, select_seeds
-from tda_explorer.backend.scoring import dot_scores
+from tda_explorer.attributors.base import FeatureDotAttributor, register
+from tda_explorer.backend.features import representations, select_seeds
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
 
 
 @register
-class RepSim(Attributor):
+class RepSim(FeatureDotAttributor):
     """RepSim (see module docstring).
 
     Args:
@@ -51,21 +50,3 @@ class RepSim(Attributor):
         self.n_train_ = len(train)
         self.fitted_ = True
         return self
-
-    def score(self, queries: ExampleSet) -> torch.Tensor:
-        """`[n_query, N]` float32 cosine similarities (rank-only)."""
-        self._check_fitted()
-        pairs = zip(self._features(queries), self.train_features_, strict=True)
-        return torch.stack([dot_scores(q, t) for q, t in pairs]).mean(0)
-
-    def self_influence(self) -> torch.Tensor:
-        """`cos(h(t), h(t))` `[N]` (1, or 0 for a zero representation), computed per example."""
-        self._check_fitted()
-        return torch.stack([f.square().sum(1).float().cpu() for f in self.train_features_]).mean(0)
-
-    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
-        """`[n_query, n_groups]` = sum of member cosines."""
-        self._check_fitted()
-        mask = group_matrix(groups, self.n_train_)
-        pairs = zip(self._features(queries), self.train_features_, strict=True)
-        return torch.stack([q @ (mask.to(t) @ t).T for q, t in pairs]).mean(0).float().cpu()

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
 from tda_explorer.backend.curvature import KroneckerCurvature, fit_averaged
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
@@ -230,10 +230,7 @@ class Source(Attributor):
     ) -> None:
         if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
             raise ConfigError(f"segments must be an integer >= 1, got {segments!r}.")
-        if (damping is not None and damping < 0) or damping_factor < 0:
-            raise ConfigError(f"damping and damping_factor must be >= 0, got {damping}, {damping_factor}.")
-        if weight_decay is not None and weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")
+        check_damping(damping, damping_factor, weight_decay)
         if momentum is not None and not 0 <= momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {momentum}.")
         if chunk_size < 1:
@@ -243,8 +240,8 @@ class Source(Attributor):
             segments=segments,
             damping=damping,
             damping_factor=damping_factor,
-            params=params if isinstance(params, str) else list(params),
-            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
+            params=as_setting(params),
+            seeds=as_setting(seeds),
             weight_decay=weight_decay,
             momentum=momentum,
             seed=seed,

@@ -17,11 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
-from tda_explorer.attributors.base import Attributor, register
-from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
+from tda_explorer.attributors.base import FeatureDotAttributor, register
+from tda_explorer.backend.features import gradient_features, select_seeds
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
-from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
@@ -29,7 +28,7 @@ from tda_explorer.training.runs import TrainedRun
 
 
 @register
-class TracIn(Attributor):
+class TracIn(FeatureDotAttributor):
     """TracIn-CP (see module docstring).
 
     Args:
@@ -102,21 +101,3 @@ class TracIn(Attributor):
             self.progress(1, 1, f"tracin: {len(train)} train gradients x {len(self.models_[0])} checkpoints")
         self.fitted_ = True
         return self
-
-    def score(self, queries: ExampleSet) -> torch.Tensor:
-        """`[n_query, N]` float32 (positive = helps the query)."""
-        self._check_fitted()
-        pairs = zip(self._features(queries), self.train_features_, strict=True)
-        return torch.stack([dot_scores(q, t) for q, t in pairs]).mean(0)
-
-    def self_influence(self) -> torch.Tensor:
-        """`sum_c lr_c ||g_c(t)||^2` `[N]` float32, averaged over seeds."""
-        self._check_fitted()
-        return torch.stack([f.square().sum(1).float().cpu() for f in self.train_features_]).mean(0)
-
-    def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
-        """`[n_query, n_groups]` = sum of member scores (summed group features)."""
-        self._check_fitted()
-        mask = group_matrix(groups, self.n_train_)
-        pairs = zip(self._features(queries), self.train_features_, strict=True)
-        return torch.stack([q @ (mask.to(t) @ t).T for q, t in pairs]).mean(0).float().cpu()
