@@ -1,5 +1,6 @@
-"""Map: UMAP of the training set (and optionally the test set), coloured by label, prediction or score;
-lasso or box selection lists the selected examples and can flag them."""
+"""Map: UMAP of the training set (and optionally the test set) from penultimate features, head
+gradients or AirRep embeddings, coloured by label, prediction or score; hovering shows the id and label
+(and the sentence for text); lasso or box selection previews the selected examples and can flag them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import streamlit as st
 import appkit
 from tda_explorer.errors import TDAError
 from tda_explorer.selection import ids_from_selection
+from tda_explorer.viz import example_caption, example_features, example_image, example_markdown
 from tda_explorer.viz.figures import scatter_map
-from tda_explorer.viz.maps import REPRESENTATIONS, compute_map
+from tda_explorer.viz.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
+
+PREVIEW_MAX = 24
 
 appkit.page_guard()
 st.title("Map")
@@ -28,12 +32,24 @@ representation = c1.selectbox("Representation", REPRESENTATIONS)
 include_test = c2.toggle("Include test examples", value=False)
 mislabel = appkit.mislabel_scores(root, run)
 color_by = c3.selectbox("Colour by", ["label", "prediction", "flagged", *mislabel])
+airrep_settings = None
+if representation == "airrep":
+    sources = airrep_sources(ws, run.key)
+    if not sources:
+        st.info(
+            "AirRep embeddings come from a fitted AirRep encoder: compute AirRep for this run on the Setup page first."
+        )
+        st.stop()
+    encoders = {i: f"AirRep scores {src['score_key'][:8]}" for i, src in enumerate(sources)}
+    pick = st.selectbox("AirRep encoder", list(encoders), format_func=encoders.get) if len(sources) > 1 else 0
+    airrep_settings = sources[pick]["settings"]
 
 try:
     bar = st.progress(0.0, text="map…")
     result = compute_map(
-        run, data, representation, include_test, workspace=ws, progress=appkit.progress_callback(bar)
-    )
+        run, data, representation, include_test, workspace=ws, progress=appkit.progress_callback(bar),
+        airrep_settings=airrep_settings,
+    )  # fmt: skip
     bar.empty()
 except TDAError as e:
     st.error(str(e))
@@ -59,13 +75,25 @@ else:
     categorical = False
     values = np.asarray(mislabel[color_by], dtype=np.float64)
     color = np.concatenate([values, np.full(len(result.ids) - n_train, np.nan)])
-hover = [f"{i} · {s} · label {n}" for i, s, n in zip(result.ids, result.split, names, strict=True)]
+hover = map_hover(data, result.ids, result.split)
 fig = scatter_map(result.coords, result.ids, color, color_by, hover, categorical, flagged)
 event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box", "points"), key="map_chart")
 
 selected = ids_from_selection(event)
 fallback = st.multiselect("Selected examples (or pick ids here)", list(result.ids), default=selected[:200])
-chosen = [i for i in fallback if i in set(train.ids)]
+if fallback:
+    st.markdown(f"**Preview** ({min(len(fallback), PREVIEW_MAX)} of {len(fallback)})")
+    cols = st.columns(2 if train.kind == "text" else 8)
+    for j, (es, pos) in enumerate(locate_examples(data, fallback[:PREVIEW_MAX])):
+        col, is_flagged = cols[j % len(cols)], es is train and es.ids[pos] in flags
+        if es.kind == "image":
+            col.image(example_image(es, pos, size=84), caption=example_caption(es, pos, flagged=is_flagged))
+        elif es.kind == "text":
+            col.markdown(example_markdown(es, pos, flagged=is_flagged))
+        else:
+            col.markdown(f"*{example_caption(es, pos, flagged=is_flagged)}*  \n{example_features(es, pos)}")
+train_ids = set(train.ids)
+chosen = [i for i in fallback if i in train_ids]
 if chosen:
     st.caption(f"{len(chosen)} training example(s) selected")
     pos = train.index_of(chosen)

@@ -1,13 +1,20 @@
 """2-D maps of the training set (and optionally the test set): UMAP over a chosen representation.
 
 Representations: "penultimate" (the model's `features`, unit rows), "head_gradients" (per-example
-loss gradients of the last layer — examples the model treats alike for learning sit together).
-A map is an artifact (kind "map") keyed by run, representation, test inclusion and UMAP settings,
-so it is computed once and shared by the app and the CLI.
+loss gradients of the last layer — examples the model treats alike for learning sit together),
+"airrep" (the embeddings `Enc(x, y)` of a fitted AirRep encoder; only when AirRep was computed for
+the run, see `airrep_sources` — the encoder and its training data are then loaded from the
+workspace, nothing is retrained). A map is an artifact (kind "map") keyed by run, representation
+(with the AirRep settings), test inclusion and UMAP settings, so it is computed once and shared by
+the app and the CLI.
+
+Helpers for the map page: `map_hover` (hover lines; text datasets show the sentence) and
+`locate_examples` (selected ids -> the ExampleSet and position to render a preview from).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass
 
@@ -16,14 +23,14 @@ import torch
 
 from tda_explorer.backend.features import representations
 from tda_explorer.backend.grads import example_grads
-from tda_explorer.data.example_set import DatasetSplits
+from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
 from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
-REPRESENTATIONS = ("penultimate", "head_gradients")
+REPRESENTATIONS = ("penultimate", "head_gradients", "airrep")
 
 
 @dataclass
@@ -36,12 +43,60 @@ class MapResult:
     key: str
 
 
-def example_representation(
-    run: TrainedRun, splits: DatasetSplits, name: str, include_test: bool
+def airrep_sources(workspace: Workspace, run_key: str) -> list[dict]:
+    """Fitted AirRep encoders of a run: one `{"score_key", "settings", "encoder_key"}` per stored AirRep
+    score artifact whose encoder is still in the workspace, newest first."""
+    from tda_explorer.attributors.airrep.train import ENCODER_KIND
+    from tda_explorer.attributors.cache import list_scores
+
+    out = []
+    for meta in list_scores(workspace, run_key):
+        method = meta["config"]["method"]
+        encoder_key = meta.get("extra", {}).get("airrep", {}).get("encoder_key")
+        if method.get("method") != "airrep" or not encoder_key:
+            continue
+        if workspace.path(ENCODER_KIND, encoder_key).exists():
+            settings = {k: v for k, v in method.items() if k != "method"}
+            out.append({"score_key": meta["key"], "settings": settings, "encoder_key": encoder_key})
+    return out
+
+
+def airrep_embeddings(
+    run: TrainedRun, splits: DatasetSplits, settings: dict, include_test: bool, workspace: Workspace
 ) -> np.ndarray:
-    """Features `[n, d]` float32 of train (+ test) examples under the run's first model."""
+    """AirRep embeddings `[n, out_dim]` float32 of train (+ test) examples from a stored encoder.
+
+    ConfigError unless AirRep with these `settings` was computed for the run (see `airrep_sources`), so
+    drawing a map never starts AirRep's subset retrainings.
+    """
+    as_stored = json.loads(json.dumps(settings))  # tuples -> lists, as in the artifact's metadata
+    if not any(src["settings"] == as_stored for src in airrep_sources(workspace, run.key)):
+        raise ConfigError(
+            "no fitted AirRep encoder with these settings: compute AirRep on the Setup page first."
+        )
+    from tda_explorer.attributors.base import make_attributor
+
+    airrep = make_attributor("airrep", workspace=workspace, **settings).fit(run, splits.train)
+    parts = [airrep.train_embeddings_] + ([airrep.embed(splits.test)] if include_test else [])
+    return torch.cat(parts).float().numpy()
+
+
+def example_representation(
+    run: TrainedRun,
+    splits: DatasetSplits,
+    name: str,
+    include_test: bool,
+    airrep_settings: dict | None = None,
+    workspace: Workspace | None = None,
+) -> np.ndarray:
+    """Features `[n, d]` float32 of train (+ test) examples under the run's first model (or AirRep's
+    encoder for `name="airrep"`, which needs `airrep_settings` of a stored AirRep result)."""
     if name not in REPRESENTATIONS:
         raise ConfigError(f"representation {name!r} is not one of {REPRESENTATIONS}.")
+    if name == "airrep":
+        if airrep_settings is None:
+            raise ConfigError("the airrep representation needs the settings of a computed AirRep.")
+        return airrep_embeddings(run, splits, airrep_settings, include_test, workspace or Workspace())
     model = run.model()
     parts = [splits.train] + ([splits.test] if include_test else [])
     out = []
@@ -64,12 +119,14 @@ def compute_map(
     seed: int = 0,
     workspace: Workspace | None = None,
     progress: Progress | None = None,
+    airrep_settings: dict | None = None,
 ) -> MapResult:
     """UMAP coordinates of the run's examples (cached; see module docstring)."""
     ws = workspace or Workspace()
     cfg = {
         "run": run.key,
         "representation": representation,
+        **({"airrep": airrep_settings} if representation == "airrep" else {}),
         "include_test": bool(include_test),
         "n_neighbors": int(n_neighbors),
         "seed": int(seed),
@@ -79,7 +136,7 @@ def compute_map(
     if not ws.exists("map", cfg):
         if progress:
             progress(0, 2, f"{representation} features")
-        feats = example_representation(run, splits, representation, include_test)
+        feats = example_representation(run, splits, representation, include_test, airrep_settings, ws)
         if progress:
             progress(1, 2, "UMAP layout (first use compiles numba code: ~30 s)")
         import umap  # heavy import (numba), only when a map is computed
@@ -95,3 +152,54 @@ def compute_map(
     path = ws.open("map", cfg)
     meta = ws.meta("map", path.name)
     return MapResult(load_array(path / "coords.npy"), meta["extra"]["ids"], meta["extra"]["split"], path.name)
+
+
+def _hover_snippet(text: str, width: int = 60, lines: int = 4) -> str:
+    """`text` escaped for plotly hover HTML and wrapped at `width` characters, at most `lines` lines."""
+    import html
+    import textwrap
+
+    wrapped = textwrap.wrap(" ".join(text.split()), width)[:lines]
+    if len(wrapped) == lines:
+        wrapped[-1] += " …"
+    return "<br>".join(html.escape(line) for line in wrapped)
+
+
+def map_hover(splits: DatasetSplits, ids: list[str], split: list[str]) -> list[str]:
+    """One hover text per map point (`ids[i]` from `split[i]`): `id · split · label y`, and for text
+    datasets the (wrapped, escaped, shortened) sentence below it."""
+    from tda_explorer.viz.render import example_text
+
+    out = []
+    for es, pos in locate_examples(splits, ids, split):
+        line = f"{es.ids[pos]} · {'train' if es is splits.train else 'test'} · label {es.class_names[int(es.labels[pos])]}"
+        if es.kind == "text":
+            line += "<br>" + _hover_snippet(example_text(es, pos, 240))
+        out.append(line)
+    return out
+
+
+def locate_examples(
+    splits: DatasetSplits, ids: list[str], split: list[str] | None = None
+) -> list[tuple[ExampleSet, int]]:
+    """`(ExampleSet, position)` of each id, from the training set or the test set.
+
+    `split[i]` ("train"/"test") says where `ids[i]` lives; without it an id is looked up in the training
+    set first, then the test set. ConfigError for an id in neither.
+    """
+    where = {"train": splits.train, "test": splits.test}
+    train_pos = {i: p for p, i in enumerate(splits.train.ids)}
+    test_pos = {i: p for p, i in enumerate(splits.test.ids)}
+    out = []
+    for j, example_id in enumerate(ids):
+        if split is not None:
+            es = where[split[j]]
+            pos = (train_pos if es is splits.train else test_pos).get(example_id)
+        elif example_id in train_pos:
+            es, pos = splits.train, train_pos[example_id]
+        else:
+            es, pos = splits.test, test_pos.get(example_id)
+        if pos is None:
+            raise ConfigError(f"example id {example_id!r} is in neither the training nor the test set.")
+        out.append((es, pos))
+    return out

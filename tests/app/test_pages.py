@@ -105,6 +105,21 @@ def test_evaluation_page_lists_attributors(prepared, monkeypatch):
 def test_map_page_draws_umap(prepared, monkeypatch):
     at = app_at(prepared, monkeypatch, "map")
     assert at.get("plotly_chart"), "the map is drawn"
+    # the fallback of a lasso selection: pick ids, see their thumbnails with labels in the preview
+    picker = next(m for m in at.multiselect if m.label.startswith("Selected examples"))
+    chosen = picker.options[3:6]
+    picker.set_value(chosen)
+    rerun(at, "map")
+    assert any(m.value.startswith("**Preview** (3 of 3)") for m in at.markdown)
+    captions = [c for img in at.get("image") for c in img.captions]
+    train = prepared["splits"].train
+    for example_id in chosen:
+        label = train.class_names[int(train.labels[train.index_of([example_id])[0]])]
+        assert f"{example_id} · label {label}" in captions
+    # AirRep embeddings are offered, but only drawn once AirRep was computed for the run
+    next(s for s in at.selectbox if s.label == "Representation").set_value("airrep")
+    rerun(at, "map")
+    assert any("compute AirRep" in i.value for i in at.info)
 
 
 def test_dtda_page_computes_and_draws_histograms(prepared, monkeypatch):
