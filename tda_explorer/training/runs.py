@@ -7,7 +7,7 @@ finished; the run artifact (kind "runs") is written last and lists them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -146,6 +146,55 @@ def _load_seed(ws: Workspace, cfg: dict) -> tuple[list[Checkpoint], dict]:
     return ckpts, meta["extra"]["metrics"]
 
 
+def train_seeds(
+    splits: DatasetSplits,
+    model_config: ModelConfig,
+    config,
+    seeds: tuple[int, ...],
+    seed_config: Callable[[int], dict],
+    ws: Workspace,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[int, list[Checkpoint]], dict[int, dict]]:
+    """Train the seeds not yet in the workspace (artifact "models" keyed by `seed_config(seed)`), saving
+    each as soon as it finishes so an interrupted run resumes from the finished seeds; load all.
+
+    `config` is what a TrainJob runs (a TrainConfig, or a staged pipeline). Metrics per seed: accuracy on
+    train/val/test (`<split>_acc`) and the training wall `seconds`. `progress` counts seeds.
+
+    Returns:
+        `({seed: checkpoints}, {seed: metrics})`.
+    """
+    executor = executor or LocalExecutor()
+    todo = [s for s in seeds if not ws.exists("models", seed_config(s))]
+    evals = {"train": splits.train, "val": splits.val, "test": splits.test}
+    jobs = [TrainJob(model_config, config, splits.train, s, eval_sets=evals) for s in todo]
+    done_before = len(seeds) - len(todo)
+    if progress is not None and done_before:
+        progress(done_before, len(seeds), f"{done_before} seed(s) reused from the workspace")
+
+    def save_as_done(result: TrainResult) -> None:
+        metrics = {f"{k}_acc": accuracy(result.eval_logits[k], es.labels) for k, es in evals.items()}
+        _save_seed(ws, seed_config(result.seed), result, metrics | {"seconds": result.seconds})
+
+    def seed_progress(done: int, total: int, msg: str) -> None:
+        if progress is not None:
+            progress(done_before + done, len(seeds), msg)
+
+    executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
+    loaded = {s: _load_seed(ws, seed_config(s)) for s in seeds}
+    return {s: c for s, (c, _) in loaded.items()}, {s: m for s, (_, m) in loaded.items()}
+
+
+def run_summary(splits: DatasetSplits, metrics: dict[int, dict]) -> dict:
+    """The "runs" artifact's extra metadata: per-seed metrics, input shape and class count."""
+    return {
+        "metrics": {str(s): m for s, m in metrics.items()},
+        "input_shape": list(splits.train.input_shape),
+        "n_classes": splits.train.n_classes,
+    }
+
+
 def train_run(
     splits: DatasetSplits,
     model_config: ModelConfig,
@@ -160,37 +209,20 @@ def train_run(
     Seeds already in the workspace are loaded, not retrained; `progress(done, total, msg)` counts seeds.
     """
     ws = workspace or Workspace()
-    executor = executor or LocalExecutor()
     seeds = tuple(int(s) for s in seeds)
-    todo = [s for s in seeds if not ws.exists("models", _seed_config(splits, model_config, train_config, s))]
-    evals = {"train": splits.train, "val": splits.val, "test": splits.test}
-    jobs = [TrainJob(model_config, train_config, splits.train, s, eval_sets=evals) for s in todo]
-    done_before = len(seeds) - len(todo)
-    if progress is not None and done_before:
-        progress(done_before, len(seeds), f"{done_before} seed(s) reused from the workspace")
-
-    def save_as_done(result: TrainResult) -> None:
-        metrics = {name: accuracy(result.eval_logits[name], es.labels) for name, es in evals.items()}
-        metrics = {f"{k}_acc": v for k, v in metrics.items()} | {"seconds": result.seconds}
-        _save_seed(ws, _seed_config(splits, model_config, train_config, result.seed), result, metrics)
-
-    def seed_progress(done: int, total: int, msg: str) -> None:
-        if progress is not None:
-            progress(done_before + done, len(seeds), msg)
-
-    # Save each seed as soon as it finishes so an interrupted run resumes from the finished seeds.
-    executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
-    checkpoints, metrics = {}, {}
-    for s in seeds:
-        checkpoints[s], metrics[s] = _load_seed(ws, _seed_config(splits, model_config, train_config, s))
+    checkpoints, metrics = train_seeds(
+        splits,
+        model_config,
+        train_config,
+        seeds,
+        lambda s: _seed_config(splits, model_config, train_config, s),
+        ws,
+        executor,
+        progress,
+    )
     cfg = run_config(splits, model_config, train_config, seeds)
-    summary = {
-        "metrics": {str(s): m for s, m in metrics.items()},
-        "input_shape": list(splits.train.input_shape),
-        "n_classes": splits.train.n_classes,
-    }
     if not ws.exists("runs", cfg):
-        with ws.write("runs", cfg, extra=summary):
+        with ws.write("runs", cfg, extra=run_summary(splits, metrics)):
             pass
     key = ws.key("runs", cfg)
     return TrainedRun(

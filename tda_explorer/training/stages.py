@@ -31,14 +31,12 @@ from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict
 from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.config import TrainConfig
-from tda_explorer.training.executor import Executor, LocalExecutor
+from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import (
     TrainedRun,
-    TrainJob,
     _load_seed,
-    _save_seed,
-    accuracy,
-    run_train_job,
+    run_summary,
+    train_seeds,
 )
 from tda_explorer.training.trainer import Checkpoint, Progress, TrainResult, train_model
 
@@ -231,34 +229,20 @@ def train_stages(
     staged = stages if isinstance(stages, StagedConfig) else StagedConfig(tuple(stages))
     masks = staged.masks(len(splits.train))
     ws = workspace or Workspace()
-    executor = executor or LocalExecutor()
     seeds = tuple(int(s) for s in seeds)
-    todo = [s for s in seeds if not ws.exists("models", _staged_seed_config(splits, model_config, staged, s))]
-    evals = {"train": splits.train, "val": splits.val, "test": splits.test}
-    jobs = [TrainJob(model_config, staged, splits.train, s, eval_sets=evals) for s in todo]
-    done_before = len(seeds) - len(todo)
-
-    def save_as_done(result: TrainResult) -> None:
-        metrics = {f"{k}_acc": accuracy(result.eval_logits[k], es.labels) for k, es in evals.items()}
-        metrics["seconds"] = result.seconds
-        _save_seed(ws, _staged_seed_config(splits, model_config, staged, result.seed), result, metrics)
-
-    def seed_progress(done: int, total: int, msg: str) -> None:
-        if progress is not None:
-            progress(done_before + done, len(seeds), msg)
-
-    executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
-    checkpoints, metrics = {}, {}
-    for s in seeds:
-        checkpoints[s], metrics[s] = _load_seed(ws, _staged_seed_config(splits, model_config, staged, s))
+    checkpoints, metrics = train_seeds(
+        splits,
+        model_config,
+        staged,
+        seeds,
+        lambda s: _staged_seed_config(splits, model_config, staged, s),
+        ws,
+        executor,
+        progress,
+    )
     cfg = staged_run_config(splits, model_config, staged, seeds)
     if not ws.exists("runs", cfg):
-        summary = {
-            "metrics": {str(s): m for s, m in metrics.items()},
-            "input_shape": list(splits.train.input_shape),
-            "n_classes": splits.train.n_classes,
-        }
-        with ws.write("runs", cfg, extra=summary) as d:
+        with ws.write("runs", cfg, extra=run_summary(splits, metrics)) as d:
             save_array(d, "stage_masks", masks)
     return TrainedRun(
         ws.key("runs", cfg),
