@@ -1,5 +1,6 @@
 """Pruning & export: remove the training examples an attributor marks least useful to the validation
-set, preview the removal per class, export the kept and removed lists (CSV, JSON, Parquet)."""
+set, preview the removal per class, the pruning curve (retrained accuracy vs fraction removed, against
+random removal; computed on demand and cached), export the kept and removed lists (CSV, JSON, Parquet)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import streamlit as st
 
 import appkit
 from tda_explorer.errors import TDAError
-from tda_explorer.selection import removal_mask, usefulness
+from tda_explorer.evaluation import compute_pruning_curve, stored_pruning_curve
+from tda_explorer.selection import curve_fractions, removal_mask, usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
+from tda_explorer.training import LocalExecutor
+from tda_explorer.viz.figures import pruning_figure
 
 appkit.page_guard()
 st.title("Pruning & export")
@@ -76,6 +80,36 @@ c1, c2 = st.columns([1, 2])
 c1.metric("Removed", f"{int(removed.sum())} of {len(train)}")
 c2.bar_chart(per_class.set_index("class")["removed"])
 st.dataframe(per_class, hide_index=True)
+
+st.subheader("Pruning curve")
+c1, c2 = st.columns(2)
+largest = c1.select_slider("Largest fraction removed", [0.3, 0.5, 0.7, 0.9], value=0.5)
+n_seeds = int(c2.number_input("Retraining seeds", min_value=1, max_value=5, value=1))
+fractions, seeds = curve_fractions(largest), tuple(range(n_seeds))
+curve_args = (useful, train, data.test, run.model_config, run.train_config, fractions, seeds)
+curve = stored_pruning_curve(*curve_args, workspace=ws)
+if curve is None:
+    n_models = (2 * len(fractions) - 1) * n_seeds
+    st.caption(f"Not computed yet: retrains {n_models} models (pruned by {result.method} and at random).")
+    if st.button("Compute the pruning curve", type="primary"):
+        try:
+            bar = st.progress(0.0, text="retraining without the pruned examples…")
+            # in process: a process pool would move the cached dataset's tensors to shared memory in
+            # place, leaving the numpy views this page already holds (labels) dangling
+            curve = compute_pruning_curve(
+                *curve_args, workspace=ws, executor=LocalExecutor(1), progress=appkit.progress_callback(bar),
+                source=key,
+            )  # fmt: skip
+            bar.empty()
+        except TDAError as e:
+            st.error(str(e))
+if curve is not None:
+    chosen = float(removed.mean())
+    st.plotly_chart(
+        pruning_figure(curve.fractions, curve.method_acc, curve.random_acc, result.method, chosen),
+        width="stretch",
+    )
+    st.dataframe(pd.DataFrame(curve.table()).round(4), hide_index=True)
 
 table = export_table(train.ids, labels, train.class_names, useful, removed, appkit.flags_for(run.key))
 name = f"{run.key}-{result.method}-{int(removed.sum())}removed"

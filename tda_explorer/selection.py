@@ -65,6 +65,14 @@ def removal_mask(
     return mask
 
 
+def curve_fractions(largest: float, step: float = 0.1) -> tuple[float, ...]:
+    """Removed fractions `0, step, 2*step, ..., largest` (rounded to 1e-6) for a pruning curve."""
+    if not 0.0 < step <= largest < 1.0:
+        raise ConfigError(f"need 0 < step <= largest < 1, got step={step}, largest={largest}.")
+    n = int(round(largest / step))
+    return tuple(round(min(i * step, largest), 6) for i in range(n + 1))
+
+
 def rank_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:
     """Agreement of two attributors' score rows for one query (both `[n_train]`).
 

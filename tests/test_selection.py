@@ -53,3 +53,12 @@ def test_rank_agreement_matches_scipy_and_overlaps():
     assert rank_agreement(a, a, k=5) == pytest.approx(
         {"spearman": 1.0, "top_k_overlap": 1.0, "bottom_k_overlap": 1.0}
     )
+
+
+def test_curve_fractions_start_at_zero_and_end_at_the_largest():
+    from tda_explorer.selection import curve_fractions
+
+    assert curve_fractions(0.5) == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+    assert curve_fractions(0.3, step=0.15) == (0.0, 0.15, 0.3)
+    with pytest.raises(ConfigError):
+        curve_fractions(1.0)

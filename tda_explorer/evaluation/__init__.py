@@ -25,7 +25,13 @@ from tda_explorer.evaluation.mislabel import (
     recall_at_fraction,
     training_loss_scores,
 )
-from tda_explorer.evaluation.pruning import PruningCurve, pruning_curve, usefulness_from_scores
+from tda_explorer.evaluation.pruning import (
+    PruningCurve,
+    compute_pruning_curve,
+    pruning_curve,
+    stored_pruning_curve,
+    usefulness_from_scores,
+)
 from tda_explorer.evaluation.stats import bootstrap_mean_ci, spearman_rows
 
 __all__ = [
@@ -38,6 +44,7 @@ __all__ = [
     "PruningCurve",
     "bootstrap_mean_ci",
     "compute_lds_truth",
+    "compute_pruning_curve",
     "counterfactual_test",
     "lds_groups",
     "lds_score",
@@ -48,6 +55,7 @@ __all__ = [
     "pruning_curve",
     "recall_at_fraction",
     "spearman_rows",
+    "stored_pruning_curve",
     "subset_masks",
     "training_loss_scores",
     "usefulness_from_scores",

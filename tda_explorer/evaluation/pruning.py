@@ -4,10 +4,15 @@ Usefulness is `[n_train]`, higher = more useful to held-out data; `usefulness_fr
 matrix over validation queries (positive score = helps, so the most harmful examples have the lowest sum
 and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
 the method (by usefulness, lowest first) and for the random baseline (one seeded permutation).
+
+`compute_pruning_curve` is the cached form (artifact kind "pruning_curve", keyed by a digest of the
+usefulness, the data fingerprints, model, training, fractions and seeds) that the app and the CLI share;
+`stored_pruning_curve` returns it only when already computed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -16,14 +21,24 @@ import torch
 
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
-from tda_explorer.evaluation._common import as_float64, check_fractions, check_int, check_seeds, cross_entropy
+from tda_explorer.evaluation._common import (
+    as_float64,
+    check_fractions,
+    check_int,
+    check_seeds,
+    cross_entropy,
+    fingerprint,
+)
 from tda_explorer.models import ModelConfig
+from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
 from tda_explorer.training.trainer import Progress
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+PRUNING_KIND = "pruning_curve"
+_CURVE_ARRAYS = ("method_acc", "random_acc", "method_loss", "random_loss")
 
 
 def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -127,4 +142,96 @@ def pruning_curve(
         method_loss=loss[:k],
         random_loss=loss[k:],
         removal_order=tuple(train.ids[i] for i in order),
+    )
+
+
+def pruning_curve_config(
+    usefulness: torch.Tensor | np.ndarray,
+    train: ExampleSet,
+    test: ExampleSet,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0,),
+    random_seed: int = 0,
+) -> dict:
+    """The config dict keying a "pruning_curve" artifact; `usefulness` `[n_train]` enters as a digest."""
+    use = as_float64(usefulness, "usefulness", (len(train),))
+    return {
+        "usefulness": hashlib.sha256(np.ascontiguousarray(use).tobytes()).hexdigest()[:16],
+        "train": {"fingerprint": fingerprint(train), "n": len(train)},
+        "test": {"fingerprint": fingerprint(test), "n": len(test)},
+        "model": model_config.to_dict(),
+        "training": train_config.to_dict(),
+        "fractions": list(check_fractions(fractions, "pruning fractions")),
+        "seeds": list(check_seeds(seeds)),
+        "random_seed": check_int(random_seed, "random_seed"),
+    }
+
+
+def compute_pruning_curve(
+    usefulness: torch.Tensor | np.ndarray,
+    train: ExampleSet,
+    test: ExampleSet,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0,),
+    random_seed: int = 0,
+    workspace: Workspace | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    source: str = "",
+) -> PruningCurve:
+    """`pruning_curve(...)`, computed once and stored in the workspace (reused when the config matches).
+
+    Args: as `pruning_curve`; `workspace` (default `Workspace()`) holds the artifact; `source` is a
+    free-form note of where the usefulness came from (e.g. the score artifact key), kept in the metadata.
+    """
+    ws = workspace or Workspace()
+    cfg = pruning_curve_config(
+        usefulness, train, test, model_config, train_config, fractions, seeds, random_seed
+    )
+    if not ws.exists(PRUNING_KIND, cfg):
+        curve = pruning_curve(
+            usefulness, train, test, model_config, train_config, fractions, seeds, random_seed,
+            executor, progress,
+        )  # fmt: skip
+        extra = {"n_removed": list(curve.n_removed), "source": source}
+        with ws.write(PRUNING_KIND, cfg, extra=extra) as d:
+            for name in _CURVE_ARRAYS:
+                save_array(d, name, getattr(curve, name))
+            save_array(d, "removal_order", np.asarray(curve.removal_order, dtype=str))
+    return _load_curve(ws, cfg)
+
+
+def stored_pruning_curve(
+    usefulness: torch.Tensor | np.ndarray,
+    train: ExampleSet,
+    test: ExampleSet,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0,),
+    random_seed: int = 0,
+    workspace: Workspace | None = None,
+) -> PruningCurve | None:
+    """The stored pruning curve for exactly these inputs, or None (nothing is retrained)."""
+    ws = workspace or Workspace()
+    cfg = pruning_curve_config(
+        usefulness, train, test, model_config, train_config, fractions, seeds, random_seed
+    )
+    return _load_curve(ws, cfg) if ws.exists(PRUNING_KIND, cfg) else None
+
+
+def _load_curve(ws: Workspace, cfg: dict) -> PruningCurve:
+    path = ws.open(PRUNING_KIND, cfg)
+    extra = ws.meta(PRUNING_KIND, path.name)["extra"]
+    arrays = {name: load_array(path / f"{name}.npy") for name in _CURVE_ARRAYS}
+    return PruningCurve(
+        fractions=tuple(cfg["fractions"]),
+        n_removed=tuple(int(k) for k in extra["n_removed"]),
+        seeds=tuple(cfg["seeds"]),
+        removal_order=tuple(str(i) for i in load_array(path / "removal_order.npy")),
+        **arrays,
     )

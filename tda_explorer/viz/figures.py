@@ -151,3 +151,44 @@ def bar_with_interval(
     )
     fig.update_layout(yaxis_title=title, height=360)
     return fig
+
+
+def pruning_figure(
+    fractions: np.ndarray,
+    method_acc: np.ndarray,
+    random_acc: np.ndarray,
+    method_name: str,
+    chosen_fraction: float | None = None,
+) -> go.Figure:
+    """Test accuracy vs fraction of the training set removed: by attribution (least useful first) and at
+    random, each the mean over retraining seeds with ±1 std error bars.
+
+    Args:
+        fractions: removed fractions `[K]`.
+        method_acc, random_acc: accuracies `[K, R]` (R retraining seeds).
+        method_name: legend name of the attribution curve.
+        chosen_fraction: draw a dotted vertical line there (the fraction picked on the page), if given.
+    """
+    x = np.asarray(fractions, dtype=np.float64)
+    fig = go.Figure()
+    for name, acc, color in ((method_name, method_acc, PALETTE[0]), ("random removal", random_acc, "gray")):
+        acc = np.asarray(acc, dtype=np.float64).reshape(len(x), -1)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=acc.mean(1),
+                error_y={"type": "data", "array": acc.std(1), "visible": acc.shape[1] > 1},
+                mode="lines+markers",
+                name=name,
+                line={"color": color, "dash": "dash" if color == "gray" else "solid"},
+            )
+        )
+    if chosen_fraction is not None:
+        fig.add_vline(x=float(chosen_fraction), line={"dash": "dot", "color": PALETTE[3]})
+    fig.update_layout(
+        xaxis_title="fraction of the training set removed",
+        yaxis_title="test accuracy after retraining",
+        xaxis={"tickformat": ".0%"},
+        height=380,
+    )
+    return fig

@@ -143,3 +143,24 @@ def test_setup_page_shows_the_main_settings_of_each_picked_attributor(prepared, 
     assert numbers["segments"] == 3 and numbers["data.n_subsets"] == 256
     choices = {s.label for s in at.selectbox}
     assert {"measurement", "kind", "combine", "encoder.image_backbone"} <= choices
+
+
+def test_pruning_page_computes_and_then_shows_the_cached_pruning_curve(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "pruning")
+    assert not at.get("plotly_chart")
+    assert any(c.value.startswith("Not computed yet: retrains 11 models") for c in at.caption)
+    next(s for s in at.select_slider if s.label == "Largest fraction removed").set_value(0.3)
+    rerun(at, "pruning")
+    next(b for b in at.button if b.label == "Compute the pruning curve").click()
+    rerun(at, "pruning")
+    chart = at.get("plotly_chart")
+    assert len(chart) == 1
+    assert "random removal" in chart[0].proto.spec
+    # the next visit reads the stored curve: no button, same chart
+    at = app_at(prepared, monkeypatch, "pruning")
+    next(s for s in at.select_slider if s.label == "Largest fraction removed").set_value(0.3)
+    rerun(at, "pruning")
+    assert len(at.get("plotly_chart")) == 1
+    assert not [b for b in at.button if b.label == "Compute the pruning curve"]
+    curve = next(d.value for d in at.dataframe if "method_acc" in d.value.columns)
+    assert curve["fraction"].tolist() == [0.0, 0.1, 0.2, 0.3]
