@@ -196,10 +196,24 @@ def progress_callback(bar):
 
 
 def current_run() -> TrainedRun | None:
+    """The run picked in the sidebar (session key `run_key`), or None when there is none yet."""
     key = st.session_state.get("run_key")
     if not key:
         return None
     return cached_run(str(workspace().root), key)
+
+
+NO_RUN_MESSAGE = "Train a run on the Setup page first."
+
+
+def require_run(message: str | None = NO_RUN_MESSAGE) -> TrainedRun:
+    """The current run; without one, show `message` (if any) as an info box and stop the page here."""
+    run = current_run()
+    if run is None:
+        if message:
+            st.info(message)
+        st.stop()
+    return run
 
 
 __all__ = [
@@ -219,5 +233,6 @@ __all__ = [
     "list_scores",
     "mislabel_scores",
     "progress_callback",
+    "require_run",
     "workspace",
 ]

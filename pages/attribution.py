@@ -16,10 +16,7 @@ appkit.page_guard()
 st.title("Attribution")
 ws = appkit.workspace()
 root = str(ws.root)
-run = appkit.current_run()
-if run is None:
-    st.info("Train a run on the Setup page first.")
-    st.stop()
+run = appkit.require_run()
 stored = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "test"]
 if not stored:
     st.info("Compute an attributor for this run on the Setup page first.")

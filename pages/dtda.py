@@ -17,10 +17,7 @@ appkit.page_guard()
 st.title("Distributional attribution (d-TDA)")
 ws = appkit.workspace()
 root = str(ws.root)
-run = appkit.current_run()
-if run is None:
-    st.info("Train a run on the Setup page first.")
-    st.stop()
+run = appkit.require_run()
 if len(run.seeds) < 2:
     st.info(
         "d-TDA compares training seeds: train a run with at least 2 seeds (5–10 is better) on the Setup page."

@@ -17,10 +17,7 @@ from tda_explorer.viz.figures import bar_with_interval
 appkit.page_guard()
 st.title("Evaluation")
 ws = appkit.workspace()
-run = appkit.current_run()
-if run is None:
-    st.info("Train a run on the Setup page first.")
-    st.stop()
+run = appkit.require_run()
 data = appkit.dataset_of(run)
 
 st.caption(

@@ -20,10 +20,7 @@ appkit.page_guard()
 st.title("Map")
 ws = appkit.workspace()
 root = str(ws.root)
-run = appkit.current_run()
-if run is None:
-    st.info("Train a run on the Setup page first.")
-    st.stop()
+run = appkit.require_run()
 data = appkit.dataset_of(run)
 train, test = data.train, data.test
 

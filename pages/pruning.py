@@ -21,10 +21,7 @@ from tda_explorer.viz.figures import pruning_figure
 appkit.page_guard()
 st.title("Pruning & export")
 ws = appkit.workspace()
-run = appkit.current_run()
-if run is None:
-    st.info("Train a run on the Setup page first.")
-    st.stop()
+run = appkit.require_run()
 data = appkit.dataset_of(run)
 train = data.train
 stored = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "val"]

@@ -82,9 +82,7 @@ if submitted:
         except TDAError as e:
             st.error(str(e))
 
-run = appkit.current_run()
-if run is None:
-    st.stop()
+run = appkit.require_run(message=None)  # the forms above are how a run is made
 
 st.subheader("2 · Attribute")
 st.write(

@@ -24,6 +24,22 @@ def test_app_loads_with_empty_workspace(app):
     assert any("No run yet" in i.value for i in app.sidebar.info)
 
 
+@pytest.mark.parametrize("page", ["attribution", "dtda", "map", "mislabels", "pruning", "evaluation"])
+def test_every_page_asks_for_a_run_when_there_is_none(app, page):
+    app.run()
+    app.switch_page(f"pages/{page}.py")
+    app.run()
+    assert not app.exception, app.exception
+    assert [i.value for i in app.main.info] == ["Train a run on the Setup page first."]
+    assert not app.get("plotly_chart") and not app.dataframe
+
+
+def test_setup_page_without_a_run_shows_only_the_training_form(app):
+    app.run()
+    assert not app.main.info  # no "train first" box on the page where you train
+    assert not [m for m in app.multiselect if m.label == "Attributors"]
+
+
 @pytest.mark.slow
 def test_train_attribute_and_view(app):
     app.run()
