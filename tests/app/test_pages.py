@@ -120,6 +120,17 @@ def test_map_page_draws_umap(prepared, monkeypatch):
     next(s for s in at.selectbox if s.label == "Representation").set_value("airrep")
     rerun(at, "map")
     assert any("compute AirRep" in i.value for i in at.info)
+    tiny_airrep = {
+        "encoder": {"dim": 4, "hidden": 8, "image_backbone": "mlp"},
+        "data": {"n_subsets": 4, "shard_size": 4},
+        "training": {"epochs": 1, "subsets_per_step": 4, "queries_per_step": 16, "patience": 1},
+    }
+    compute_scores(prepared["run"], prepared["splits"], "airrep", tiny_airrep, "test", prepared["ws"])
+    rerun(at, "map")
+    assert not any("compute AirRep" in i.value for i in at.info)
+    assert at.get("plotly_chart"), "the AirRep map is drawn"
+    maps = prepared["ws"].list("map")
+    assert any(m["config"]["representation"] == "airrep" for m in maps)
 
 
 def test_dtda_page_computes_and_draws_histograms(prepared, monkeypatch):

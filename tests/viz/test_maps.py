@@ -20,6 +20,7 @@ from tda_explorer.training import LocalExecutor, TrainConfig, train_run
 from tda_explorer.viz.maps import (
     airrep_embeddings,
     airrep_sources,
+    compute_map,
     example_representation,
     locate_examples,
     map_hover,
@@ -89,6 +90,19 @@ def test_airrep_source_disappears_with_its_encoder(airrep_run, tmp_path):
         assert airrep_sources(ws, run.key) == []
     finally:
         moved.rename(path)
+
+
+@pytest.mark.slow
+def test_airrep_map_is_keyed_by_the_airrep_settings(airrep_run):
+    ws, run, splits, _ = airrep_run
+    settings = airrep_sources(ws, run.key)[0]["settings"]
+    result = compute_map(run, splits, "airrep", workspace=ws, airrep_settings=settings)
+    assert result.coords.shape == (len(splits.train), 2) and np.isfinite(result.coords).all()
+    assert ws.meta("map", result.key)["config"]["airrep"] == settings
+    assert compute_map(run, splits, "airrep", workspace=ws, airrep_settings=settings).key == result.key
+    other = {**settings, "pooling": "sum"}
+    with pytest.raises(ConfigError, match="compute AirRep"):
+        compute_map(run, splits, "airrep", workspace=ws, airrep_settings=other)
 
 
 def text_splits() -> DatasetSplits:
