@@ -227,6 +227,9 @@ def step_ours(task: dict) -> dict:
         "score_seconds": t2 - t1,
         "finite": bool(np.isfinite(scores).all()),
     }
+    lambdas = getattr(attributor, "regularization_", None)
+    if lambdas:  # TRAK: the lambda each model used (absolute, or relative to its mean eigenvalue)
+        out["trak_regularization"] = float(np.mean(lambdas))
     info = getattr(attributor, "solve_info_", None)
     if info is not None:
         out["solve_info"] = _summarize_solve_info(info)
@@ -302,7 +305,7 @@ def step_dattri(task: dict) -> dict:
         kwargs["damping"] = task["damping"]
     if kwargs.get("trak_regularization") == PEER_TRAK_REG_OURS:
         n_params = sum(p.numel() for p in run.model().parameters() if p.requires_grad)
-        kwargs["trak_regularization"] = float(method.settings.get("regularization", 0.0)) / n_params
+        kwargs["trak_regularization"] = float(task["trak_regularization"]) / n_params
     train_x, train_y = splits.train.inputs, splits.train.labels
     test_x, test_y = splits.test.inputs, splits.test.labels
 
@@ -527,6 +530,15 @@ def run_suite(
                 task["damping"] = _our_shift(row.get("ours") or {})
                 if task["damping"] is None:
                     row["dattri"] = {"status": "failed", "reason": "needs our damping, but our row failed"}
+                    write_json(path, doc)
+                    continue
+            if method.peer_kwargs.get("trak_regularization") == PEER_TRAK_REG_OURS:
+                task["trak_regularization"] = (row.get("ours") or {}).get("trak_regularization")
+                if task["trak_regularization"] is None:
+                    row["dattri"] = {
+                        "status": "failed",
+                        "reason": "needs our TRAK lambda, but our row failed",
+                    }
                     write_json(path, doc)
                     continue
             log(f"{suite.name}: dattri {method.label} ({method.peer}) ...")

@@ -139,9 +139,9 @@ def test_trak_per_model_projections_are_seeded_per_model():
     """`proj_per_model`: model i is projected with seed `proj_seed + i`; scores average the per-model parts."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
     kw = {"proj_dim": 8, "regularization": 0.01, "proj_seed": 5}
-    both = make_attributor("trak", proj_per_model=True, **kw).fit(run, train)
+    both = make_attributor("trak", **kw).fit(run, train)  # per-model projections are the default
     assert [p.seed for p in both.projectors_] == [5, 6]
-    shared = make_attributor("trak", **kw).fit(run, train)
+    shared = make_attributor("trak", proj_per_model=False, **kw).fit(run, train)
     assert not torch.allclose(both.score(queries), shared.score(queries))
     parts, qs = [], []
     for i, s in enumerate((0, 1)):
@@ -154,6 +154,20 @@ def test_trak_per_model_projections_are_seeded_per_model():
     # one model: identical to the shared projection
     one = make_run(LogRegConfig(), TrainConfig(), {0: [c.state for c in run.checkpoints[0]]}, (8,), 3)
     torch.testing.assert_close(
-        make_attributor("trak", proj_per_model=True, **kw).fit(one, train).score(queries),
         make_attributor("trak", **kw).fit(one, train).score(queries),
+        make_attributor("trak", proj_per_model=False, **kw).fit(one, train).score(queries),
     )
+
+
+def test_trak_default_lambda_is_relative_to_the_mean_eigenvalue():
+    """regularization=None: lambda_m = factor x trace(Phi_m^T Phi_m) / k, i.e. the same as that absolute lambda."""
+    run, train, queries = tiny_logreg_run(seeds=(0, 1))
+    auto = make_attributor("trak", proj_dim=8, regularization_factor=0.5).fit(run, train)
+    want = [0.5 * float(phi.double().square().sum()) / 8 for phi in auto.phi_]
+    assert auto.regularization_ == pytest.approx(want) and want[0] != pytest.approx(want[1])
+    for m in range(2):  # each model's kernel inverse equals the one with that absolute lambda
+        phi = auto.phi_[m].double()
+        inv = torch.linalg.inv(phi.T @ phi + want[m] * torch.eye(8, dtype=torch.float64))
+        torch.testing.assert_close(auto.kinv_[m].double(), inv, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ConfigError):
+        make_attributor("trak", regularization_factor=-1.0)
