@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.console import log
 from tda_explorer.attributors import make_attributor
 from tda_explorer.attributors.airrep.data import (
     SHARD_KIND,
@@ -91,10 +91,6 @@ MODES = {
         "repeats": 5,
     },
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr, flush=True)
 
 
 def progress_printer(what: str, every: float = 20.0):

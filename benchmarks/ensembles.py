@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.console import progress_line
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
 RESULTS = ROOT / "benchmarks" / "results" / "ensembles.json"
@@ -55,15 +57,6 @@ BASES = {
     "trak": ({"proj_dim": 512, "params": ["body.4.", "head."]}, {"proj_dim": 512, "params": "all"}),
     "grad_dot": ({"params": "head"}, {"params": "all"}),
 }
-
-
-def _progress(desc: str):
-    def report(done: int, total: int, msg: str) -> None:
-        print(f"\r  {desc}: {done}/{total} {msg[:70]:<70}", end="", file=sys.stderr, flush=True)
-        if done >= total:
-            print(file=sys.stderr)
-
-    return report
 
 
 def _variants(base: str, members: int, dropout_models: int) -> list[tuple[str, dict, dict | None]]:
@@ -112,11 +105,11 @@ def run_benchmark(mode: str, workers: int) -> dict:
     started = time.perf_counter()
     print(f"ensembles benchmark ({mode}): load {os.getloadavg()}", file=sys.stderr)
     run = train_run(
-        splits, model_cfg, train_cfg, range(cfg["members"]), ws, executor, _progress("train seeds")
+        splits, model_cfg, train_cfg, range(cfg["members"]), ws, executor, progress_line("train seeds")
     )
     lds_cfg = LDSConfig(n_subsets=cfg["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=cfg["subset_seed"])
     truth = compute_lds_truth(
-        splits.train, queries, model_cfg, train_cfg, lds_cfg, ws, executor, _progress("LDS ground truth")
+        splits.train, queries, model_cfg, train_cfg, lds_cfg, ws, executor, progress_line("LDS ground truth")
     )
     rows = []
     for base, (settings, _) in BASES.items():
@@ -126,7 +119,7 @@ def run_benchmark(mode: str, workers: int) -> dict:
                 "ensemble",
                 base=base,
                 base_settings=base_settings,
-                progress=_progress(f"{base} / {label}"),
+                progress=progress_line(f"{base} / {label}"),
                 workspace=ws,
                 **ens_settings,
             )

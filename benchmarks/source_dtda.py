@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.console import load_1m, progress_line
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
 RESULTS = ROOT / "benchmarks" / "results" / "source_dtda.json"
@@ -74,22 +76,6 @@ METHODS = {
     # k = 512 < N: with k > N the unregularised TRAK kernel interpolates the training set (LDS ~ 0)
     "trak": ("trak", {"proj_dim": 512, "n_models": 1}),
 }
-
-
-def _progress(desc: str):
-    def report(done: int, total: int, msg: str) -> None:
-        print(f"\r  {desc}: {done}/{total} {msg[:70]:<70}", end="", file=sys.stderr, flush=True)
-        if done >= total:
-            print(file=sys.stderr)
-
-    return report
-
-
-def _load() -> float:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:  # pragma: no cover
-        return float("nan")
 
 
 def scenarios(mode: dict, n_train: int) -> dict:
@@ -151,19 +137,19 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
         t0 = time.perf_counter()
         seeds = range(mode["dtda_seeds"]) if name == "converged" else [0]
         if isinstance(train_cfg, StagedConfig):
-            run = train_stages(splits, model_cfg, train_cfg, seeds, ws, executor, _progress("train"))
+            run = train_stages(splits, model_cfg, train_cfg, seeds, ws, executor, progress_line("train"))
         else:
-            run = train_run(splits, model_cfg, train_cfg, seeds, ws, executor, _progress("train"))
+            run = train_run(splits, model_cfg, train_cfg, seeds, ws, executor, progress_line("train"))
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
         truth = compute_lds_truth(
-            splits.train, splits.test, model_cfg, train_cfg, lds_cfg, ws, executor, _progress("LDS truth")
+            splits.train, splits.test, model_cfg, train_cfg, lds_cfg, ws, executor, progress_line("LDS truth")
         )
         t_truth = time.perf_counter() - t0
         rows = {}
         for label, (method, settings) in METHODS.items():
             t0 = time.perf_counter()
-            load = _load()
+            load = load_1m()
             attr = make_attributor(method, **settings).fit(run, splits.train)
             scores = attr.score(splits.test)
             seconds = time.perf_counter() - t0
@@ -192,7 +178,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
                 n_pairs=mode["dtda_pairs"],
                 workspace=ws,
                 executor=executor,
-                progress=_progress("d-TDA retraining"),
+                progress=progress_line("d-TDA retraining"),
             )
             out["dtda_validation"] = {
                 **val.summary(),
@@ -210,7 +196,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
                     pairs=val.pairs,
                     workspace=ws,
                     executor=executor,
-                    progress=_progress("d-TDA source"),
+                    progress=progress_line("d-TDA source"),
                 )
                 out["dtda_validation_source"] = {
                     **alt.summary(),
@@ -226,7 +212,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
                 fractions=mode["pruning_fractions"],
                 workspace=ws,
                 executor=executor,
-                progress=_progress("d-TDA pruning"),
+                progress=progress_line("d-TDA pruning"),
             )
             out["dtda_pruning"] = {
                 "rows": pruning.table(),
@@ -242,7 +228,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
         "lds": {"n_subsets": lds_cfg.n_subsets, "alpha": lds_cfg.alpha, "seeds": list(lds_cfg.seeds)},
         "workers": workers,
         "seconds": round(time.perf_counter() - started, 1),
-        "load_1m_end": _load(),
+        "load_1m_end": load_1m(),
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -38,6 +38,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.console import log, progress_line
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
 RESULTS = ROOT / "benchmarks" / "results" / "text.json"
@@ -51,19 +53,6 @@ NOISE = {"fraction": 0.1, "seed": 0}
 #: (TRAK's default, a pseudo-inverse) gives LDS ~0 here; 30 is ~0.1 x the mean diagonal of `Phi^T Phi`
 #: measured on these models (260-300), the same relative rule as influence's damping.
 TRAK_REG = 30.0
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.1f}] {msg}", file=sys.stderr, flush=True)
-
-
-def _progress(desc: str):
-    def report(done: int, total: int, msg: str) -> None:
-        print(f"\r  {desc}: {done}/{total} {msg[:70]:<70}", end="", file=sys.stderr, flush=True)
-        if done >= total:
-            print(file=sys.stderr)
-
-    return report
 
 
 def _children_cpu() -> float:
@@ -159,7 +148,9 @@ def run_benchmark(mode: str, workers: int) -> dict:
     log(f"frozen states: {t_states.wall:.1f}s")
 
     with Timer() as t_run:
-        run = train_run(splits, model_cfg, train_cfg, range(cfg["seeds"]), ws, executor, _progress("seeds"))
+        run = train_run(
+            splits, model_cfg, train_cfg, range(cfg["seeds"]), ws, executor, progress_line("seeds")
+        )
     finetune = {
         str(s): {"seconds": round(m["seconds"], 1), "test_acc": m["test_acc"], "val_acc": m["val_acc"]}
         for s, m in run.metrics.items()
@@ -169,14 +160,14 @@ def run_benchmark(mode: str, workers: int) -> dict:
     lds_cfg = LDSConfig(n_subsets=cfg["n_subsets"], alpha=0.5, seeds=(0,), shard_size=4)
     with Timer() as t_truth:
         truth = compute_lds_truth(
-            splits.train, queries, model_cfg, train_cfg, lds_cfg, ws, executor, _progress("LDS truth")
+            splits.train, queries, model_cfg, train_cfg, lds_cfg, ws, executor, progress_line("LDS truth")
         )
     meta = ws.meta("lds_truth", truth.key)
     log(f"LDS truth: {t_truth.wall:.1f}s now, {meta['extra']['seconds']:.1f}s when computed")
 
     rows = []
     for label, name, settings in methods(cfg["seeds"]):
-        attributor = make_attributor(name, progress=_progress(label), **settings)
+        attributor = make_attributor(name, progress=progress_line(label), **settings)
         with Timer() as t_fit:
             attributor.fit(run, splits.train)
         with Timer() as t_score:
@@ -247,7 +238,7 @@ def mislabel_rows(splits, model_cfg, train_cfg, ws, executor) -> dict:
     from tda_explorer.training import train_run
 
     noisy = inject_label_noise(splits, NOISE["fraction"], NOISE["seed"])
-    run = train_run(noisy, model_cfg, train_cfg, [0], ws, executor, _progress("noisy run"))
+    run = train_run(noisy, model_cfg, train_cfg, [0], ws, executor, progress_line("noisy run"))
     ids = noisy.train.ids
     out = {"noise": NOISE, "n_flipped": len(noisy.flipped_ids), "run_key": run.key, "rows": []}
     with Timer() as t:
