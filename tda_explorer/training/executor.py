@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
@@ -37,6 +38,12 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def _call_pickled(payload: bytes) -> Any:
+    """Worker side of `LocalExecutor`: `fn(job)` from `pickle.dumps((fn, job))`."""
+    fn, job = pickle.loads(payload)
+    return fn(job)
 
 
 class LocalExecutor:
@@ -74,7 +81,13 @@ class LocalExecutor:
         with ProcessPoolExecutor(
             min(self.workers, len(jobs)), mp_context=ctx, initializer=_init_worker
         ) as pool:
-            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+            # Jobs go to the workers as plain pickles (tensors copied). Submitted directly, multiprocessing's
+            # pickler would move every CPU tensor of a job into shared memory in place (torch's reduction),
+            # leaving numpy views of it taken earlier (e.g. a cached dataset's labels) on freed memory.
+            futures = {
+                pool.submit(_call_pickled, pickle.dumps((fn, job), protocol=pickle.HIGHEST_PROTOCOL)): i
+                for i, job in enumerate(jobs)
+            }
             for done, fut in enumerate(as_completed(futures), start=1):
                 i = futures[fut]
                 results[i] = fut.result()
