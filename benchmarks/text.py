@@ -102,7 +102,11 @@ def methods(n_seeds: int) -> list[tuple[str, str, dict]]:
     influence = {"solver": "ekfac", "params": "lora"}
     rows = [
         ("TRAK, 1 model", "trak", {**trak, "n_models": 1}),
-        ("TRAK, 1 model, regularization 0 (default)", "trak", {**trak, "regularization": 0.0, "n_models": 1}),
+        (
+            "TRAK, 1 model, regularization 0 (plain TRAK)",
+            "trak",
+            {**trak, "regularization": 0.0, "n_models": 1},
+        ),
         ("influence (EK-FAC), 1 model", "influence", influence),
         ("Grad-Dot", "grad_dot", {"params": "lora"}),
         ("RepSim", "repsim", {}),
@@ -203,6 +207,7 @@ def run_benchmark(mode: str, workers: int) -> dict:
             "seeds": list(lds_cfg.seeds),
             "key": truth.key,
             "seconds_when_computed": round(meta["extra"]["seconds"], 1),
+            "created": meta.get("created"),
             "now": t_truth.to_dict(),
             "workers": workers,
         },
@@ -278,8 +283,12 @@ def markdown(result: dict) -> str:
         "",
         f"LDS ground truth: {truth['n_subsets']} subsets of {truth['alpha']:.0%}, "
         f"{len(truth['seeds'])} seed, {result['dataset']['n_query']} queries, "
-        f"{truth['seconds_when_computed']:.0f} s wall with {truth['workers']} workers at load "
-        f"{truth['now']['load_before']:.1f}{cpu_note}.",
+        f"{truth['seconds_when_computed']:.0f} s wall with {truth['workers']} workers"
+        + (
+            f" at load {truth['now']['load_before']:.1f}{cpu_note}."
+            if truth["now"]["wall_seconds"] > 1
+            else f" (computed at {truth.get('created', 'an earlier run')}; reused here, load then not recorded)."
+        ),
         "",
         "| method | LDS | 95% CI | fit + score s | CPU s | load |",
         "| --- | --- | --- | --- | --- | --- |",
