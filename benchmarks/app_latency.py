@@ -133,3 +133,22 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+
+
+def markdown(result: dict) -> str:
+    """The measurement as a short Markdown table (rendered into RESULTS.md by `benchmarks.report`)."""
+    return "\n".join(
+        [
+            f"{result['what']}: {result['dataset']} + {result['model']}, {result['method']} scores computed, "
+            f"{result['n']} selections of another test prediction, measured at {result['measured_at']} "
+            f"({result['cpu_count']} CPUs, load {result['load_average_before'][0]:.2f} -> "
+            f"{result['load_average_after'][0]:.2f}).",
+            "",
+            "| measure | median ms | min ms | max ms | budget ms |",
+            "|---|---|---|---|---|",
+            f"| whole page rerun | {result['median_ms']:.0f} | {result['min_ms']:.0f} | {result['max_ms']:.0f} "
+            f"| {result['budget_ms']:.0f} |",
+            f"| the explanation section alone | {result['fragment_median_ms']:.1f} | "
+            f"{min(result['fragment_samples_ms']):.1f} | {max(result['fragment_samples_ms']):.1f} | – |",
+        ]
+    )
