@@ -9,9 +9,9 @@ a cluster); `make_executor` picks one by name (`--executor` / `$TDA_EXECUTOR`).
 
 from __future__ import annotations
 
+import copy
 import multiprocessing as mp
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
@@ -38,12 +38,6 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-
-
-def _call_pickled(payload: bytes) -> Any:
-    """Worker side of `LocalExecutor`: `fn(job)` from `pickle.dumps((fn, job))`."""
-    fn, job = pickle.loads(payload)
-    return fn(job)
 
 
 class LocalExecutor:
@@ -81,13 +75,12 @@ class LocalExecutor:
         with ProcessPoolExecutor(
             min(self.workers, len(jobs)), mp_context=ctx, initializer=_init_worker
         ) as pool:
-            # Jobs go to the workers as plain pickles (tensors copied). Submitted directly, multiprocessing's
-            # pickler would move every CPU tensor of a job into shared memory in place (torch's reduction),
-            # leaving numpy views of it taken earlier (e.g. a cached dataset's labels) on freed memory.
-            futures = {
-                pool.submit(_call_pickled, pickle.dumps((fn, job), protocol=pickle.HIGHEST_PROTOCOL)): i
-                for i, job in enumerate(jobs)
-            }
+            # multiprocessing's pickler moves every CPU tensor it sends into shared memory in place (torch's
+            # reduction), which would leave numpy views of the caller's tensors (e.g. a cached dataset's
+            # labels) on freed memory. The workers get one deep copy of all jobs instead: a tensor shared
+            # by the jobs is copied (and moved to shared memory) once.
+            sent = copy.deepcopy(jobs)
+            futures = {pool.submit(fn, job): i for i, job in enumerate(sent)}
             for done, fut in enumerate(as_completed(futures), start=1):
                 i = futures[fut]
                 results[i] = fut.result()
