@@ -15,11 +15,17 @@ calling `score` before `fit` raises NotFittedError.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from tda_explorer.backend.device import get_dtype
+from tda_explorer.backend.features import group_matrix
+from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError, NotFittedError
 from tda_explorer.training.runs import TrainedRun
@@ -62,41 +68,84 @@ class Attributor(ABC):
         return self.score(queries) @ groups.to(torch.float32).T
 
 
-class FeatureDotAttributor(Attributor):
-    """Scores that are inner products of per-example feature vectors, averaged over models.
+#: Train features of a FeatureDotAttributor larger than this are not cached: scoring streams them.
+FEATURE_CACHE_BYTES = int(os.environ.get("TDA_FEATURE_CACHE_BYTES", 2 * 2**30))
+#: Bytes of train features computed at once when streaming.
+STREAM_CHUNK_BYTES = 256 * 2**20
 
-    `score[q, t] = mean_m <f_m(q), f_m(t)>` (TracIn, RepSim, Grad-Dot/Cos). Subclasses implement
-    `_features(examples) -> list of [n, d]` (one per model) and in `fit` set `train_features_` (that list
-    for the training set) and `n_train_`. Self-influence is the mean squared norm, group scores use
-    summed member features (no `[n_query, n_train]` matrix).
+
+@dataclass(frozen=True)
+class FeatureUnit:
+    """One term of a feature-dot score: `weight * <features(q), features(t)>`; `width` = feature size d."""
+
+    weight: float
+    features: Callable[[ExampleSet], torch.Tensor]
+    width: int
+
+
+class FeatureDotAttributor(Attributor):
+    """Scores that are weighted sums of inner products of per-example features.
+
+    `score[q, t] = sum_u w_u <f_u(q), f_u(t)>` over units u (TracIn: a seed's checkpoints, weight
+    lr / n_seeds; RepSim, Grad-Dot/Cos: one per seed, weight 1 / n_seeds). Subclasses load their models in
+    `fit`, then call `_fit_units(train)`, and implement `_units()`. The train features are cached when
+    they fit in `FEATURE_CACHE_BYTES` (env `TDA_FEATURE_CACHE_BYTES`); otherwise (e.g. full gradients of
+    a 235k-parameter MLP over several checkpoints) every call recomputes them chunk by chunk, so memory
+    stays at one chunk plus the query features and the score matrix.
     """
 
     @abstractmethod
-    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
-        """Per model, the features `[n, d]` of `examples`."""
+    def _units(self) -> list[FeatureUnit]:
+        """The score's terms (available once the models are loaded in `fit`)."""
 
-    def _pairs(self, queries: ExampleSet):
-        return zip(self._features(queries), self.train_features_, strict=True)
+    def _fit_units(self, train: ExampleSet) -> None:
+        units = self._units()
+        itemsize = torch.finfo(get_dtype()).bits // 8
+        self._train = train  # kept for streaming (not a fitted tensor: no trailing underscore)
+        self.n_train_ = len(train)
+        self.streaming_ = len(train) * sum(u.width for u in units) * itemsize > FEATURE_CACHE_BYTES
+        self.train_features_ = None if self.streaming_ else [u.features(train) for u in units]
+        self.fitted_ = True
+
+    def _train_blocks(self, u: int, unit: FeatureUnit):
+        """Yield `(start, features [b, d])` of the training set for unit u (cached, or computed in chunks)."""
+        if not self.streaming_:
+            yield 0, self.train_features_[u]
+            return
+        itemsize = torch.finfo(get_dtype()).bits // 8
+        chunk = max(1, STREAM_CHUNK_BYTES // max(1, unit.width * itemsize))
+        for a in range(0, self.n_train_, chunk):
+            yield a, unit.features(self._train.subset(range(a, min(a + chunk, self.n_train_))))
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
-        """`[n_query, N]` float32, the mean over models of feature inner products."""
-        from tda_explorer.backend.scoring import dot_scores
-
+        """`[n_query, N]` float32: `sum_u w_u <f_u(q), f_u(t)>`."""
         self._check_fitted()
-        return torch.stack([dot_scores(q, t) for q, t in self._pairs(queries)]).mean(0)
+        out = torch.zeros(len(queries), self.n_train_, dtype=torch.float32)
+        for u, unit in enumerate(self._units()):
+            q = unit.features(queries)
+            for a, t in self._train_blocks(u, unit):
+                out[:, a : a + len(t)] += unit.weight * dot_scores(q, t)
+        return out
 
     def self_influence(self) -> torch.Tensor:
-        """`[N]` float32: mean over models of each training example's squared feature norm."""
+        """`[N]` float32: `sum_u w_u ||f_u(t)||^2`."""
         self._check_fitted()
-        return torch.stack([f.square().sum(1).float().cpu() for f in self.train_features_]).mean(0)
+        out = torch.zeros(self.n_train_, dtype=torch.float32)
+        for u, unit in enumerate(self._units()):
+            for a, t in self._train_blocks(u, unit):
+                out[a : a + len(t)] += unit.weight * t.square().sum(1).float().cpu()
+        return out
 
     def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
         """`[n_query, n_groups]` = sum of member scores, through summed group features."""
-        from tda_explorer.backend.features import group_matrix
-
         self._check_fitted()
         mask = group_matrix(groups, self.n_train_)
-        return torch.stack([q @ (mask.to(t) @ t).T for q, t in self._pairs(queries)]).mean(0).float().cpu()
+        out = torch.zeros(len(queries), len(mask), dtype=torch.float64)
+        for u, unit in enumerate(self._units()):
+            q = unit.features(queries)
+            summed = sum(mask[:, a : a + len(t)].to(t) @ t for a, t in self._train_blocks(u, unit))
+            out += unit.weight * (q @ summed.T).double().cpu()
+        return out.float()
 
 
 def check_damping(damping: float | None, damping_factor: float, weight_decay: float | None) -> None:

@@ -9,12 +9,13 @@ raw dot (not divided by N); Grad-Cos is rank-only (cosine in [-1, 1]).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from tda_explorer.attributors.base import FeatureDotAttributor, as_setting, register
-from tda_explorer.backend.grads import example_grads
+from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, as_setting, register
+from tda_explorer.backend.grads import ParamSubset, example_grads
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
@@ -26,23 +27,26 @@ class _GradientSimilarity(FeatureDotAttributor):
     def __init__(self, params: str | Sequence[str] = "head", seeds: str = "first", progress=None) -> None:
         super().__init__(progress=progress, params=as_setting(params), seeds=seeds)
 
-    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
-        feats = []
-        for model in self.models_:
-            g = example_grads(
-                model, prepare_inputs(model, examples.inputs), examples.labels, params=self.settings["params"]
-            )
-            feats.append(F.normalize(g, dim=1) if self.normalize else g)
-        return feats
+    def _gradients(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
+        g = example_grads(
+            model, prepare_inputs(model, examples.inputs), examples.labels, params=self.settings["params"]
+        )
+        return F.normalize(g, dim=1) if self.normalize else g
+
+    def _units(self) -> list[FeatureUnit]:
+        width = ParamSubset.resolve(self.models_[0], self.settings["params"]).numel
+        return [
+            FeatureUnit(1 / len(self.models_), partial(self._gradients, model), width)
+            for model in self.models_
+        ]
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> _GradientSimilarity:
+        """Load the final model(s); cache the train gradients `[N, p]` (or stream them when too large)."""
         seeds = run.seeds if self.settings["seeds"] == "all" else run.seeds[:1]
         self.models_ = [run.model(s) for s in seeds]
-        self.train_features_ = self._features(train)
-        self.n_train_ = len(train)
+        self._fit_units(train)
         if self.progress is not None:
             self.progress(1, 1, f"{self.name}: {len(train)} train gradients")
-        self.fitted_ = True
         return self
 
 

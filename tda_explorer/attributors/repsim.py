@@ -8,10 +8,11 @@ Rank-only: the cosine in [-1, 1] has no loss scale; positive = similar represent
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
-from tda_explorer.attributors.base import FeatureDotAttributor, register
+from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
 from tda_explorer.backend.features import representations, select_seeds
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
@@ -39,14 +40,18 @@ class RepSim(FeatureDotAttributor):
             batch_size=batch_size,
         )
 
-    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
-        b = self.settings["batch_size"]
-        return [representations(m, prepare_inputs(m, examples.inputs), b) for m in self.models_]
+    def _representations(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
+        return representations(model, prepare_inputs(model, examples.inputs), self.settings["batch_size"])
+
+    def _units(self) -> list[FeatureUnit]:
+        width = self.width_
+        return [
+            FeatureUnit(1 / len(self.models_), partial(self._representations, m), width) for m in self.models_
+        ]
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> RepSim:
         """Cache unit-norm train representations `[N, d]` per seed; returns self."""
         self.models_ = [run.model(s) for s in select_seeds(run, self.settings["seeds"])]
-        self.train_features_ = self._features(train)
-        self.n_train_ = len(train)
-        self.fitted_ = True
+        self.width_ = self._representations(self.models_[0], train.subset(range(min(1, len(train))))).shape[1]
+        self._fit_units(train)
         return self

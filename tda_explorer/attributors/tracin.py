@@ -3,8 +3,8 @@
 `g_c` is the cross-entropy gradient at checkpoint c over the chosen parameters (optionally randomly
 projected to `proj_dim`, which preserves the dot products in expectation), `lr_c` the checkpoint's
 `Checkpoint.lr` (learning rate of the step before it; `lr_source="segment_mean_lr"` uses the mean over
-the segment instead). Implemented as one dot product of the concatenated features
-`[sqrt(lr_c) g_c]_c`; scores average over the chosen seeds.
+the segment instead). One `FeatureDotAttributor` unit per (seed, checkpoint), weight `lr_c / n_seeds`;
+the train gradients are cached when they fit in memory, else recomputed chunk by chunk when scoring.
 
 Sign: a step on t moves the weights by `-lr g(t)`, changing the query loss by about `-lr g(q).g(t)`,
 so positive = t helps the query. Scale: TracIn's own (lr-weighted dot, no 1/N, no batch size).
@@ -12,12 +12,12 @@ so positive = t helps the query. Scale: TracIn's own (lr-weighted dot, no 1/N, n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 
-from tda_explorer.attributors.base import FeatureDotAttributor, register
+from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
 from tda_explorer.backend.features import gradient_features, select_seeds
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
@@ -67,19 +67,19 @@ class TracIn(FeatureDotAttributor):
             proj_seed=proj_seed,
         )
 
-    def _features(self, examples: ExampleSet) -> list[torch.Tensor]:
-        """Per seed `[n, C * width]`: `sqrt(lr_c) g_c` concatenated over checkpoints."""
-        out = []
-        for models in self.models_:
-            feats = []
-            for lr, model in models:
-                inputs = prepare_inputs(model, examples.inputs)
-                g = gradient_features(
-                    model, inputs, examples.labels, self.settings["params"], "loss", self.projector_
-                )
-                feats.append(math.sqrt(lr) * g)
-            out.append(torch.cat(feats, dim=1))
-        return out
+    def _gradients(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
+        inputs = prepare_inputs(model, examples.inputs)
+        return gradient_features(
+            model, inputs, examples.labels, self.settings["params"], "loss", self.projector_
+        )
+
+    def _units(self) -> list[FeatureUnit]:
+        """One unit per (seed, checkpoint): weight `lr_c / n_seeds`, features `g_c`."""
+        return [
+            FeatureUnit(lr / len(self.models_), partial(self._gradients, model), self.width_)
+            for models in self.models_
+            for lr, model in models
+        ]
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> TracIn:
         """Load every checkpoint of the chosen seeds and cache the train features; returns self."""
@@ -95,9 +95,8 @@ class TracIn(FeatureDotAttributor):
             if s["proj_dim"] is None
             else RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
         )
-        self.train_features_ = self._features(train)
-        self.n_train_ = len(train)
+        self.width_ = p if self.projector_ is None else s["proj_dim"]
+        self._fit_units(train)
         if self.progress is not None:
             self.progress(1, 1, f"tracin: {len(train)} train gradients x {len(self.models_[0])} checkpoints")
-        self.fitted_ = True
         return self

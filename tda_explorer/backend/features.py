@@ -56,15 +56,18 @@ def gradient_features(
 
     The projection is applied chunk by chunk (its result does not depend on `chunk_size`).
     """
-    chunks = []
-    for _, g in iter_example_grads(
+    out = None  # filled chunk by chunk: peak memory is the result plus one chunk, not twice the result
+    for start, g in iter_example_grads(
         model, inputs, labels, params, objective, chunk_size=chunk_size, dtype=dtype
     ):
-        chunks.append(g if projector is None else projector(g))
-    if not chunks:
+        g = g if projector is None else projector(g)
+        if out is None:
+            out = torch.empty(len(labels), g.shape[1], dtype=g.dtype, device=g.device)
+        out[start : start + len(g)] = g
+    if out is None:
         width = projector.k if projector is not None else ParamSubset.resolve(model, params).numel
         return torch.empty(0, width, dtype=dtype or get_dtype(), device=get_device())
-    return torch.cat(chunks)
+    return out
 
 
 @torch.no_grad()

@@ -148,5 +148,11 @@ def iter_example_grads(
 
 def example_grads(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, **kwargs) -> torch.Tensor:
     """All per-example gradients at once, `[n, p]` (see `iter_example_grads` for the arguments)."""
-    chunks = [g for _, g in iter_example_grads(model, inputs, labels, **kwargs)]
-    return torch.cat(chunks, dim=0)
+    out = None  # filled chunk by chunk (no list + cat: that would hold the gradients twice)
+    for start, g in iter_example_grads(model, inputs, labels, **kwargs):
+        if out is None:
+            out = torch.empty(len(labels), g.shape[1], dtype=g.dtype, device=g.device)
+        out[start : start + len(g)] = g
+    if out is None:
+        raise ConfigError("example_grads needs at least one example.")
+    return out

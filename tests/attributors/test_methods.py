@@ -171,3 +171,27 @@ def test_trak_default_lambda_is_relative_to_the_mean_eigenvalue():
         torch.testing.assert_close(auto.kinv_[m].double(), inv, rtol=1e-4, atol=1e-8)
     with pytest.raises(ConfigError):
         make_attributor("trak", regularization_factor=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "settings"),
+    [("grad_dot", {}), ("grad_cos", {"seeds": "all"}), ("tracin", {"seeds": "all"}), ("repsim", {})],
+    ids=str,
+)
+def test_feature_dot_streams_train_features_when_they_do_not_fit(tiny_run, monkeypatch, method, settings):
+    """Above the cache limit the train features are recomputed in chunks: same scores, nothing cached."""
+    import tda_explorer.attributors.base as base
+
+    run, train, queries = tiny_run
+    cached = make_attributor(method, **settings).fit(run, train)
+    assert not cached.streaming_ and cached.train_features_ is not None
+    monkeypatch.setattr(base, "FEATURE_CACHE_BYTES", 0)
+    monkeypatch.setattr(base, "STREAM_CHUNK_BYTES", 7 * 8 * 16)  # a few examples per chunk
+    streamed = make_attributor(method, **settings).fit(run, train)
+    assert streamed.streaming_ and streamed.train_features_ is None
+    groups = torch.rand(3, len(train)) > 0.5
+    torch.testing.assert_close(streamed.score(queries), cached.score(queries), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(streamed.self_influence(), cached.self_influence(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        streamed.score_groups(queries, groups), cached.score_groups(queries, groups), rtol=1e-5, atol=1e-5
+    )
