@@ -25,6 +25,7 @@ import torch
 
 from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import group_matrix
+from tda_explorer.backend.ghost import GhostFactors
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError, NotFittedError
@@ -74,13 +75,31 @@ FEATURE_CACHE_BYTES = int(os.environ.get("TDA_FEATURE_CACHE_BYTES", 2 * 2**30))
 STREAM_CHUNK_BYTES = 256 * 2**20
 
 
+#: Use ghost dot products (`backend.ghost`) for gradient features of Linear-only models; tests turn it off
+#: to compare with materialised gradients.
+USE_GHOST = True
+
+
 @dataclass(frozen=True)
 class FeatureUnit:
-    """One term of a feature-dot score: `weight * <features(q), features(t)>`; `width` = feature size d."""
+    """One term of a feature-dot score: `weight * <features(q), features(t)>`.
+
+    `features(examples)` returns a `[n, width]` tensor or `GhostFactors` (layer factors whose `dot` gives
+    the same inner products); `width` = floats stored per example (for the memory estimate).
+    """
 
     weight: float
-    features: Callable[[ExampleSet], torch.Tensor]
+    features: Callable[[ExampleSet], torch.Tensor | GhostFactors]
     width: int
+
+
+def _dot(q: torch.Tensor | GhostFactors, t: torch.Tensor | GhostFactors) -> torch.Tensor:
+    """`[len(q), len(t)]` float32 inner products, dense or ghost."""
+    return q.dot(t) if isinstance(q, GhostFactors) else dot_scores(q, t)
+
+
+def _sqnorm(t: torch.Tensor | GhostFactors) -> torch.Tensor:
+    return (t.sqnorm() if isinstance(t, GhostFactors) else t.square().sum(1)).float().cpu()
 
 
 class FeatureDotAttributor(Attributor):
@@ -124,7 +143,7 @@ class FeatureDotAttributor(Attributor):
         for u, unit in enumerate(self._units()):
             q = unit.features(queries)
             for a, t in self._train_blocks(u, unit):
-                out[:, a : a + len(t)] += unit.weight * dot_scores(q, t)
+                out[:, a : a + len(t)] += unit.weight * _dot(q, t)
         return out
 
     def self_influence(self) -> torch.Tensor:
@@ -133,7 +152,7 @@ class FeatureDotAttributor(Attributor):
         out = torch.zeros(self.n_train_, dtype=torch.float32)
         for u, unit in enumerate(self._units()):
             for a, t in self._train_blocks(u, unit):
-                out[a : a + len(t)] += unit.weight * t.square().sum(1).float().cpu()
+                out[a : a + len(t)] += unit.weight * _sqnorm(t)
         return out
 
     def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
@@ -143,8 +162,12 @@ class FeatureDotAttributor(Attributor):
         out = torch.zeros(len(queries), len(mask), dtype=torch.float64)
         for u, unit in enumerate(self._units()):
             q = unit.features(queries)
-            summed = sum(mask[:, a : a + len(t)].to(t) @ t for a, t in self._train_blocks(u, unit))
-            out += unit.weight * (q @ summed.T).double().cpu()
+            for a, t in self._train_blocks(u, unit):
+                block = mask[:, a : a + len(t)]
+                if isinstance(q, GhostFactors):  # no feature sums for factors: go through the scores
+                    out += unit.weight * (q.dot(t).double() @ block.T)
+                else:
+                    out += unit.weight * (q @ (block.to(t) @ t).T).double().cpu()
         return out.float()
 
 

@@ -14,8 +14,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from tda_explorer.attributors import base
 from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, as_setting, register
+from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset, example_grads
+from tda_explorer.backend.layers import find_layers
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
@@ -33,17 +36,26 @@ class _GradientSimilarity(FeatureDotAttributor):
         )
         return F.normalize(g, dim=1) if self.normalize else g
 
+    def _ghost(self, model: torch.nn.Module, examples: ExampleSet) -> GhostFactors:
+        f = ghost_factors(
+            model, prepare_inputs(model, examples.inputs), examples.labels, self.settings["params"]
+        )
+        return f.normalized() if self.normalize else f
+
     def _units(self) -> list[FeatureUnit]:
-        width = ParamSubset.resolve(self.models_[0], self.settings["params"]).numel
-        return [
-            FeatureUnit(1 / len(self.models_), partial(self._gradients, model), width)
-            for model in self.models_
-        ]
+        """One unit per model, weight 1 / n_models; ghost factors for Linear-only models (same scores)."""
+        model, params = self.models_[0], self.settings["params"]
+        if self.ghost_:
+            width = sum(i.d_in + i.d_out for i in find_layers(model, ParamSubset.resolve(model, params)))
+            return [FeatureUnit(1 / len(self.models_), partial(self._ghost, m), width) for m in self.models_]
+        width = ParamSubset.resolve(model, params).numel
+        return [FeatureUnit(1 / len(self.models_), partial(self._gradients, m), width) for m in self.models_]
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> _GradientSimilarity:
         """Load the final model(s); cache the train gradients `[N, p]` (or stream them when too large)."""
         seeds = run.seeds if self.settings["seeds"] == "all" else run.seeds[:1]
         self.models_ = [run.model(s) for s in seeds]
+        self.ghost_ = base.USE_GHOST and ghost_supported(self.models_[0], self.settings["params"])
         self._fit_units(train)
         if self.progress is not None:
             self.progress(1, 1, f"{self.name}: {len(train)} train gradients")

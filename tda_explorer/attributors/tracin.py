@@ -17,9 +17,12 @@ from functools import partial
 
 import torch
 
+from tda_explorer.attributors import base
 from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
 from tda_explorer.backend.features import gradient_features, select_seeds
+from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
+from tda_explorer.backend.layers import find_layers
 from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
@@ -73,12 +76,23 @@ class TracIn(FeatureDotAttributor):
             model, inputs, examples.labels, self.settings["params"], "loss", self.projector_
         )
 
+    def _ghost(self, model: torch.nn.Module, examples: ExampleSet) -> GhostFactors:
+        return ghost_factors(
+            model, prepare_inputs(model, examples.inputs), examples.labels, self.settings["params"]
+        )
+
     def _units(self) -> list[FeatureUnit]:
-        """One unit per (seed, checkpoint): weight `lr_c / n_seeds`, features `g_c`."""
+        """One unit per (seed, checkpoint): weight `lr_c / n_seeds`, features `g_c` (ghost factors for
+        Linear-only models without projection: the same inner products, no `[n, p]` gradients)."""
+        model, params = self.models_[0][0][1], self.settings["params"]
+        features, width = self._gradients, self.width_
+        if self.ghost_:
+            features = self._ghost
+            width = sum(i.d_in + i.d_out for i in find_layers(model, ParamSubset.resolve(model, params)))
         return [
-            FeatureUnit(lr / len(self.models_), partial(self._gradients, model), self.width_)
+            FeatureUnit(lr / len(self.models_), partial(features, m), width)
             for models in self.models_
-            for lr, model in models
+            for lr, m in models
         ]
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> TracIn:
@@ -96,6 +110,8 @@ class TracIn(FeatureDotAttributor):
             else RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
         )
         self.width_ = p if self.projector_ is None else s["proj_dim"]
+        model = self.models_[0][0][1]
+        self.ghost_ = self.projector_ is None and base.USE_GHOST and ghost_supported(model, s["params"])
         self._fit_units(train)
         if self.progress is not None:
             self.progress(1, 1, f"tracin: {len(train)} train gradients x {len(self.models_[0])} checkpoints")

@@ -272,4 +272,5 @@ def test_cost_report_counts_training_and_storage(dropout_run):
     assert b["train_seconds"] == pytest.approx(run.metrics[0]["seconds"])
     assert b["storage_bytes"] * 3 == a["storage_bytes"]
     assert a["score_seconds"] > 0 and a["serve_seconds"] >= a["fit_seconds"]
-    assert a["feature_bytes"] == 3 * 40 * (HIDDEN[-1] * 3 + 3) * 8  # head gradients, float64
+    # head gradients as ghost factors (layer input + bias column, output gradient), float64
+    assert a["feature_bytes"] == 3 * 40 * ((HIDDEN[-1] + 1) + 3) * 8

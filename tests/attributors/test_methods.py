@@ -195,3 +195,22 @@ def test_feature_dot_streams_train_features_when_they_do_not_fit(tiny_run, monke
     torch.testing.assert_close(
         streamed.score_groups(queries, groups), cached.score_groups(queries, groups), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("method", ["grad_dot", "grad_cos", "tracin"])
+def test_ghost_path_equals_materialised_gradients(tiny_run, monkeypatch, method):
+    """Linear-only models use ghost dot products; the scores equal those of materialised gradients."""
+    import tda_explorer.attributors.base as base
+
+    run, train, queries = tiny_run
+    ghost = make_attributor(method, params="all", seeds="all").fit(run, train)
+    assert not isinstance(ghost.train_features_[0], torch.Tensor)  # factors, not [N, p] gradients
+    monkeypatch.setattr(base, "USE_GHOST", False)
+    dense = make_attributor(method, params="all", seeds="all").fit(run, train)
+    assert isinstance(dense.train_features_[0], torch.Tensor)
+    groups = torch.rand(4, len(train)) > 0.5
+    torch.testing.assert_close(ghost.score(queries), dense.score(queries), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ghost.self_influence(), dense.self_influence(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        ghost.score_groups(queries, groups), dense.score_groups(queries, groups), rtol=1e-4, atol=1e-5
+    )
