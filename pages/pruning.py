@@ -91,10 +91,8 @@ if curve is None:
     if st.button("Compute the pruning curve", type="primary"):
         try:
             bar = st.progress(0.0, text="retraining without the pruned examples…")
-            # in process: a process pool would move the cached dataset's tensors to shared memory in
-            # place, leaving the numpy views this page already holds (labels) dangling
             curve = compute_pruning_curve(
-                *curve_args, workspace=ws, executor=LocalExecutor(1), progress=appkit.progress_callback(bar),
+                *curve_args, workspace=ws, executor=LocalExecutor(), progress=appkit.progress_callback(bar),
                 source=key,
             )  # fmt: skip
             bar.empty()

@@ -171,32 +171,23 @@ def pruning_curve_config(
 
 def compute_pruning_curve(
     usefulness: torch.Tensor | np.ndarray,
-    train: ExampleSet,
-    test: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seeds: Sequence[int] = (0,),
-    random_seed: int = 0,
+    *curve_args,
     workspace: Workspace | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
     source: str = "",
+    **curve_kwargs,
 ) -> PruningCurve:
-    """`pruning_curve(...)`, computed once and stored in the workspace (reused when the config matches).
+    """`pruning_curve(usefulness, train, test, model_config, train_config, fractions, seeds, random_seed)`,
+    computed once and stored in the workspace (reused when the config matches).
 
-    Args: as `pruning_curve`; `workspace` (default `Workspace()`) holds the artifact; `source` is a
-    free-form note of where the usefulness came from (e.g. the score artifact key), kept in the metadata.
+    `workspace` (default `Workspace()`) holds the artifact; `source` is a free-form note of where the
+    usefulness came from (e.g. the score artifact key), kept in the metadata.
     """
     ws = workspace or Workspace()
-    cfg = pruning_curve_config(
-        usefulness, train, test, model_config, train_config, fractions, seeds, random_seed
-    )
+    cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
     if not ws.exists(PRUNING_KIND, cfg):
-        curve = pruning_curve(
-            usefulness, train, test, model_config, train_config, fractions, seeds, random_seed,
-            executor, progress,
-        )  # fmt: skip
+        curve = pruning_curve(usefulness, *curve_args, **curve_kwargs, executor=executor, progress=progress)
         extra = {"n_removed": list(curve.n_removed), "source": source}
         with ws.write(PRUNING_KIND, cfg, extra=extra) as d:
             for name in _CURVE_ARRAYS:
@@ -206,21 +197,11 @@ def compute_pruning_curve(
 
 
 def stored_pruning_curve(
-    usefulness: torch.Tensor | np.ndarray,
-    train: ExampleSet,
-    test: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seeds: Sequence[int] = (0,),
-    random_seed: int = 0,
-    workspace: Workspace | None = None,
+    usefulness: torch.Tensor | np.ndarray, *curve_args, workspace: Workspace | None = None, **curve_kwargs
 ) -> PruningCurve | None:
-    """The stored pruning curve for exactly these inputs, or None (nothing is retrained)."""
+    """The stored curve for exactly these `pruning_curve` arguments, or None (nothing is retrained)."""
     ws = workspace or Workspace()
-    cfg = pruning_curve_config(
-        usefulness, train, test, model_config, train_config, fractions, seeds, random_seed
-    )
+    cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
     return _load_curve(ws, cfg) if ws.exists(PRUNING_KIND, cfg) else None
 
 
