@@ -274,3 +274,17 @@ def test_cost_report_counts_training_and_storage(dropout_run):
     assert a["score_seconds"] > 0 and a["serve_seconds"] >= a["fit_seconds"]
     # head gradients as ghost factors (layer input + bias column, output gradient), float64
     assert a["feature_bytes"] == 3 * 40 * ((HIDDEN[-1] + 1) + 3) * 8
+
+
+def test_lora_member_ghost_factors_equal_its_gradients(lora_ensemble, dropout_run):
+    """peft's LoRA layers are Linear submodules: their ghost factors give the materialised gradients' dots."""
+    from tda_explorer.backend.ghost import ghost_factors, ghost_supported
+
+    ens, _, _ = lora_ensemble
+    run, train, _ = dropout_run
+    member = ens.bases_[0].models_[0]
+    assert ghost_supported(member, "all")
+    x, y = train.inputs[:7], train.labels[:7]
+    g = example_grads(member, x, y, params="all")
+    f = ghost_factors(member, x, y, "all")
+    torch.testing.assert_close(f.dot(f).double(), (g @ g.T).float().double(), rtol=1e-4, atol=1e-6)
