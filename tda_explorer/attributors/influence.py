@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tda_explorer.attributors import base
 from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
 from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
+from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.hessian import EigenInverse, LossHessian, cg_solve, lissa_solve
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
@@ -42,13 +44,33 @@ SELF_CHUNK = 1024
 
 @dataclass
 class _Member:
-    """One seed's model, train gradients `[N, p]` and the damped inverse-Hessian operators."""
+    """One seed's model, train gradients and the damped inverse-Hessian operators.
+
+    The train gradients are `[N, p]`, or their ghost factors for Linear-only models (`backend.ghost`:
+    the per-layer inputs and output gradients, 25 MB instead of 3.8 GB on the MNIST MLP); `dot`, `rows`
+    and `group_sum` work on either.
+    """
 
     model: torch.nn.Module
-    train_grads: torch.Tensor
+    train_grads: torch.Tensor | GhostFactors
     inverse: Callable[[torch.Tensor], torch.Tensor]  # rows g [b, p] -> (H + shift I)^{-1} g  [b, p]
     quadratic: Callable[[torch.Tensor], torch.Tensor]  # rows g [b, p] -> g^T (H + shift I)^{-1} g  [b]
     info: dict = field(default_factory=dict)
+
+    def dot(self, v: torch.Tensor) -> torch.Tensor:
+        """`v [m, p] @ train_grads.T`: float32 `[m, N]` on the CPU."""
+        g = self.train_grads
+        return g.dot_dense(v) if isinstance(g, GhostFactors) else dot_scores(v, g)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Dense train gradients `[stop - start, p]` of examples `start:stop`."""
+        g = self.train_grads
+        return g.dense(start, min(stop, len(g))) if isinstance(g, GhostFactors) else g[start:stop]
+
+    def group_sum(self, mask: torch.Tensor) -> torch.Tensor:
+        """Summed train gradients of each group, `[n_groups, p]` (mask `[n_groups, N]`)."""
+        g = self.train_grads
+        return g.group_sum(mask) if isinstance(g, GhostFactors) else mask.to(g) @ g
 
 
 @register
@@ -111,7 +133,10 @@ class Influence(Attributor):
     def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float) -> _Member:
         s = self.settings
         inputs = prepare_inputs(model, train.inputs)
-        grads = gradient_features(model, inputs, train.labels, s["params"], dtype=self._dtype())
+        if base.USE_GHOST and ghost_supported(model, s["params"]):
+            grads = ghost_factors(model, inputs, train.labels, s["params"], dtype=self._dtype())
+        else:
+            grads = gradient_features(model, inputs, train.labels, s["params"], dtype=self._dtype())
         if s["solver"] in ("ekfac", "kfac"):
             curv = KroneckerCurvature(
                 model,
@@ -204,18 +229,15 @@ class Influence(Attributor):
         """`[n_query, N]` float32: predicted increase of each query's loss when a train example is removed."""
         self._check_fitted()
         vecs = self._query_vectors(queries)
-        return torch.stack(
-            [dot_scores(v, m.train_grads) for v, m in zip(vecs, self.members_, strict=True)]
-        ).mean(0)
+        return torch.stack([m.dot(v) for v, m in zip(vecs, self.members_, strict=True)]).mean(0)
 
     def self_influence(self) -> torch.Tensor:
         """`g(t)^T (H + shift I)^{-1} g(t) / N` `[N]` float32, computed per example (quadratic form)."""
         self._check_fitted()
         per_seed = []
         for m in self.members_:
-            parts = [
-                m.quadratic(m.train_grads[s : s + SELF_CHUNK]) for s in range(0, self.n_train_, SELF_CHUNK)
-            ]
+            step = m.train_grads.chunk_rows() if isinstance(m.train_grads, GhostFactors) else SELF_CHUNK
+            parts = [m.quadratic(m.rows(s, s + step)) for s in range(0, self.n_train_, step)]
             per_seed.append(torch.cat(parts).float().cpu() / self.n_train_)
         return torch.stack(per_seed).mean(0)
 
@@ -224,7 +246,5 @@ class Influence(Attributor):
         self._check_fitted()
         mask = group_matrix(groups, self.n_train_)
         vecs = self._query_vectors(queries)
-        out = [
-            v @ (mask.to(m.train_grads) @ m.train_grads).T for v, m in zip(vecs, self.members_, strict=True)
-        ]
+        out = [v @ m.group_sum(mask).to(v).T for v, m in zip(vecs, self.members_, strict=True)]
         return torch.stack(out).mean(0).float().cpu()

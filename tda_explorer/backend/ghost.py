@@ -24,21 +24,34 @@ from torch import nn
 
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.grads import ParamSubset
-from tda_explorer.backend.layers import batch_objective, capture_layers, find_layers
+from tda_explorer.backend.layers import (
+    LayerInfo,
+    batch_objective,
+    capture_layers,
+    find_layers,
+    layer_to_flat,
+)
 from tda_explorer.errors import ConfigError
 
 GHOST_BATCH = 512
+
+
+#: Bytes of dense gradients materialised at once from the factors.
+DENSE_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass
 class GhostFactors:
     """Per layer `(a [n, d_in_aug], ds [n, d_out])`, optionally with per-example scales `[n]`.
 
-    Example i's gradient over the subset is `concat_l (ds_l[i] a_l[i]^T) * scale[i]` (scale 1 when None).
+    Example i's gradient over the subset is `concat_l (ds_l[i] a_l[i]^T) * scale[i]` (scale 1 when None);
+    `layers` (from `find_layers`, same order) place each block in the flat `[n, p]` gradient.
     """
 
     factors: list[tuple[torch.Tensor, torch.Tensor]]
     scale: torch.Tensor | None = None
+    layers: list[LayerInfo] | None = None
+    numel: int = 0
 
     def __len__(self) -> int:
         return len(self.factors[0][0])
@@ -63,7 +76,55 @@ class GhostFactors:
     def normalized(self) -> GhostFactors:
         """The same gradients scaled to unit norm (zero gradients stay zero)."""
         norm = self.sqnorm().sqrt()
-        return GhostFactors(self.factors, torch.where(norm > 0, 1 / norm, torch.zeros_like(norm)))
+        scale = torch.where(norm > 0, 1 / norm, torch.zeros_like(norm))
+        return GhostFactors(self.factors, scale, self.layers, self.numel)
+
+    def _scaled(self, a: int, b: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if self.scale is None:
+            return [(x[a:b], d[a:b]) for x, d in self.factors]
+        return [(x[a:b], d[a:b] * self.scale[a:b, None].to(d)) for x, d in self.factors]
+
+    def dense(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The flat gradients `[stop - start, p]` of examples `start:stop` (materialise a chunk at a time)."""
+        stop = len(self) if stop is None else stop
+        first = self.factors[0][0]
+        out = torch.zeros(stop - start, self.numel, dtype=first.dtype, device=first.device)
+        for info, (a, d) in zip(self._layers(), self._scaled(start, stop), strict=True):
+            layer_to_flat(d[:, :, None] * a[:, None, :], info, out)
+        return out
+
+    def dot_dense(self, v: torch.Tensor) -> torch.Tensor:
+        """`v [m, p] @ g.T`: float32 `[m, n]` on the CPU, materialising the gradients one chunk at a time.
+
+        (A rank-1 contraction per layer would avoid the chunks but builds an `[m, d_out, chunk]` block
+        and is memory-bound; the chunked GEMM is faster.)
+        """
+        n = len(self)
+        out = torch.empty(len(v), n, dtype=torch.float32)
+        for s in range(0, n, self.chunk_rows()):
+            block = self.dense(s, min(n, s + self.chunk_rows()))
+            out[:, s : s + len(block)] = (v.to(block) @ block.T).float().cpu()
+        return out
+
+    def chunk_rows(self) -> int:
+        """Rows of dense gradients per chunk so that one chunk takes about `DENSE_CHUNK_BYTES`."""
+        itemsize = self.factors[0][0].element_size()
+        return max(1, DENSE_CHUNK_BYTES // max(1, self.numel * itemsize))
+
+    def group_sum(self, mask: torch.Tensor) -> torch.Tensor:
+        """`mask [g, n] @ gradients`: the summed gradient of each group, `[g, p]`."""
+        first = self.factors[0][0]
+        out = torch.zeros(len(mask), self.numel, dtype=first.dtype, device=first.device)
+        w = mask.to(first)
+        for info, (a, d) in zip(self._layers(), self._scaled(0, len(self)), strict=True):
+            mats = torch.stack([(d * w[g][:, None]).T @ a for g in range(len(w))])  # [g, o, i]
+            layer_to_flat(mats, info, out)
+        return out
+
+    def _layers(self) -> list[LayerInfo]:
+        if self.layers is None:
+            raise ConfigError("these ghost factors carry no layer layout (build them with ghost_factors).")
+        return self.layers
 
 
 def ghost_supported(model: nn.Module, params: str | Sequence[str] | ParamSubset) -> bool:
@@ -96,6 +157,7 @@ def ghost_factors(
     params: str | Sequence[str] | ParamSubset = "all",
     objective: str = "loss",
     batch_size: int = GHOST_BATCH,
+    dtype: torch.dtype | None = None,
 ) -> GhostFactors:
     """The layer factors of the per-example gradients of `objective` (see module docstring).
 
@@ -105,7 +167,7 @@ def ghost_factors(
     """
     if not ghost_supported(model, params):
         raise ConfigError("ghost dot products need a subset of nn.Linear layers with flat inputs.")
-    device, dtype = get_device(), get_dtype()
+    device, dtype = get_device(), dtype or get_dtype()
     subset = params if isinstance(params, ParamSubset) else ParamSubset.resolve(model, params)
     layers = find_layers(model, subset)
     model = copy.deepcopy(model).to(device, dtype)  # a copy: .to() and .backward() would touch the caller's
@@ -127,4 +189,5 @@ def ghost_factors(
                 )
             parts[info.name][0].append(a[:, 0])
             parts[info.name][1].append(ds[:, 0])
-    return GhostFactors([(torch.cat(parts[i.name][0]), torch.cat(parts[i.name][1])) for i in layers])
+    factors = [(torch.cat(parts[i.name][0]), torch.cat(parts[i.name][1])) for i in layers]
+    return GhostFactors(factors, layers=layers, numel=subset.numel)

@@ -85,3 +85,24 @@ def test_influence_settings_and_fit_errors(digits_case):
         make_attributor("influence").score(digits_case.queries)
     with pytest.raises(ConfigError):
         make_attributor("influence", seeds=[7]).fit(digits_case.run, digits_case.train)
+
+
+@pytest.mark.parametrize("solver", ["ekfac", "exact", "cg"])
+def test_ghost_train_gradients_give_the_same_influence(tiny_run, monkeypatch, solver):
+    """Linear-only models keep ghost factors of the train gradients; scores match materialised ones."""
+    import tda_explorer.attributors.base as base
+    from tda_explorer.backend.ghost import GhostFactors
+
+    run, train, queries = tiny_run
+    settings = {"solver": solver, "damping": 0.5, "seeds": "all"}
+    ghost = make_attributor("influence", **settings).fit(run, train)
+    assert isinstance(ghost.members_[0].train_grads, GhostFactors)
+    monkeypatch.setattr(base, "USE_GHOST", False)
+    dense = make_attributor("influence", **settings).fit(run, train)
+    assert isinstance(dense.members_[0].train_grads, torch.Tensor)
+    groups = torch.rand(3, len(train)) > 0.5
+    torch.testing.assert_close(ghost.score(queries), dense.score(queries), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ghost.self_influence(), dense.self_influence(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        ghost.score_groups(queries, groups), dense.score_groups(queries, groups), rtol=1e-4, atol=1e-6
+    )

@@ -43,3 +43,22 @@ def test_ghost_is_refused_for_convolutions():
     cnn = build_model(CNNConfig(), (1, 8, 8), 3)
     assert not ghost_supported(cnn, "all")
     assert ghost_supported(build_model(MLPConfig(hidden=(7,)), (1, 4, 4), 3), "all")
+
+
+def test_dense_chunks_dot_with_dense_vectors_and_group_sums(monkeypatch):
+    import tda_explorer.backend.ghost as ghost
+
+    torch.manual_seed(1)
+    model = build_model(MLPConfig(hidden=(7, 5)), (1, 4, 4), 3).double().eval()
+    x, y = torch.randn(11, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (11,))
+    g = example_grads(model, x, y, params="all", device=CPU)
+    f = ghost_factors(model, x, y, "all")
+    torch.testing.assert_close(f.dense(), g)
+    torch.testing.assert_close(f.dense(3, 8), g[3:8])
+    torch.testing.assert_close(f.normalized().dense(), torch.nn.functional.normalize(g, dim=1))
+    v = torch.randn(4, g.shape[1], dtype=torch.float64)
+    monkeypatch.setattr(ghost, "DENSE_CHUNK_BYTES", g.shape[1] * 8 * 3)  # three train examples per chunk
+    assert f.chunk_rows() == 3
+    torch.testing.assert_close(f.dot_dense(v).double(), (v @ g.T).float().double())
+    mask = torch.rand(3, 11) > 0.5
+    torch.testing.assert_close(f.group_sum(mask), mask.double() @ g)
