@@ -55,6 +55,7 @@ class LossHessian:
         self.theta = torch.cat([named[n].reshape(-1) for n in self.subset.names])
         self.inputs, self.labels, self.batch_size = inputs, labels, batch_size
         self.n = len(labels)
+        self._explicit: torch.Tensor | None | bool = None  # the closed-form H once built; False = unavailable
 
     @property
     def p(self) -> int:
@@ -161,9 +162,25 @@ class LossHessian:
                     h[cols[keep_c][:, None], rows[keep_r][None, :]] = sub.T
         return h
 
+    def _explicit_matrix(self) -> torch.Tensor | None:
+        """The closed-form Hessian (head-only subsets, e.g. logistic regression) when it fits in
+        `EXPLICIT_HVP_BYTES`, built once; None otherwise (HVPs then go through double backward)."""
+        if self._explicit is None:
+            small = self.p**2 * torch.finfo(self.dtype).bits // 8 <= EXPLICIT_HVP_BYTES
+            h = self._head_matrix() if small else None
+            self._explicit = False if h is None else h
+        return None if self._explicit is False else self._explicit
+
     def hvp(self, v: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """`H v` for `v [p]` or `[p, m]` (columns); with `index`, H of the mean loss over those examples."""
+        """`H v` for `v [p]` or `[p, m]` (columns); with `index`, H of the mean loss over those examples.
+
+        Over all examples with a closed-form Hessian (see `_explicit_matrix`) this is one matmul: CG on
+        MNIST logistic regression (p = 7,850, 500 right-hand sides) went from 650 s to seconds.
+        """
         cols = v.reshape(self.p, -1).to(self.device, self.dtype)
+        h = self._explicit_matrix() if index is None else None
+        if h is not None:
+            return (h @ cols).reshape(v.shape)
         rows = cols.T.contiguous()  # one grad_outputs row per column of v (batched double backward)
         out = torch.zeros_like(cols)
         for x, y in self._batches(index):
@@ -179,6 +196,10 @@ class LossHessian:
         gen = torch.Generator().manual_seed(seed)
         z = (torch.randint(0, 2, (self.p, probes), generator=gen) * 2 - 1).to(self.device, self.dtype)
         return float((z * self.hvp(z)).sum() / (probes * self.p))
+
+
+#: Largest closed-form Hessian kept for HVPs (bytes).
+EXPLICIT_HVP_BYTES = 1 * 2**30
 
 
 @dataclass

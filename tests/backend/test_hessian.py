@@ -113,3 +113,26 @@ def test_eigen_inverse_with_decoupled_coordinates():
     want = torch.linalg.solve(h + 0.3 * torch.eye(6, dtype=torch.float64), g.T).T
     torch.testing.assert_close(inv.solve(g), want)
     torch.testing.assert_close(inv.quadratic(g), (want * g).sum(1))
+
+
+def test_hvp_uses_the_closed_form_hessian_when_it_exists(monkeypatch):
+    """Head-only subsets: HVPs are matmuls with the closed-form H, equal to the double-backward ones."""
+    import tda_explorer.backend.hessian as hessian_module
+    from tda_explorer.models import LogRegConfig
+
+    torch.manual_seed(2)
+    model = build_model(LogRegConfig(), (1, 3, 4), 3).double()
+    x, y = torch.randn(30, 1, 3, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
+    v = torch.randn(39, 5, dtype=torch.float64)
+    fast = LossHessian(model, x, y, batch_size=8, device=CPU)
+    got = fast.hvp(v)
+    assert isinstance(fast._explicit, torch.Tensor)
+    monkeypatch.setattr(hessian_module, "EXPLICIT_HVP_BYTES", 0)  # too small: double backward
+    slow = LossHessian(model, x, y, batch_size=8, device=CPU)
+    torch.testing.assert_close(got, slow.hvp(v), rtol=1e-9, atol=1e-12)
+    assert slow._explicit is False
+    idx = torch.arange(10)  # a minibatch HVP never uses the full-data matrix
+    torch.testing.assert_close(fast.hvp(v, idx), slow.hvp(v, idx), rtol=1e-9, atol=1e-12)
+    mlp = LossHessian(build_model(MLPConfig(hidden=(5,)), (6,), 3).double(), *tiny_problem()[1:], device=CPU)
+    mlp.hvp(torch.randn(mlp.p, dtype=torch.float64))
+    assert mlp._explicit is False  # hidden layers: no closed form
