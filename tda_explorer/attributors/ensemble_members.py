@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tda_explorer.data.example_set import ExampleSet
@@ -40,7 +39,14 @@ from tda_explorer.models import prepare_inputs
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import TrainedRun
-from tda_explorer.training.trainer import Checkpoint, Progress, make_optimizer, model_state, single_thread
+from tda_explorer.training.trainer import (
+    Checkpoint,
+    Progress,
+    make_optimizer,
+    model_state,
+    sgd_steps,
+    single_thread,
+)
 
 MEMBER_KINDS = ("independent", "dropout", "lora")
 LORA_KIND = "lora_members"
@@ -343,29 +349,18 @@ def finetune_lora(
             model.head.reset_parameters()
         inputs, labels = prepare_inputs(model, train.inputs), train.labels
         shuffle = torch.Generator().manual_seed(seed * 1_000_003 + 17)
-        steps_per_epoch = -(-len(labels) // cfg.batch_size)
-        total = steps_per_epoch * cfg.epochs
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-        model.train()
-        step, lr_sum, losses = 0, 0.0, []
-        for epoch in range(cfg.epochs):
-            order, loss_sum = torch.randperm(len(labels), generator=shuffle), 0.0
-            for b in range(steps_per_epoch):
-                batch = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                lr = cfg.lr_at(step, total)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss = F.cross_entropy(model(inputs[batch]), labels[batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step, lr_sum = step + 1, lr_sum + lr
-                loss_sum += loss.item() * len(batch)
-            losses.append(loss_sum / len(labels))
-            if progress is not None:
-                progress(
-                    epoch + 1, cfg.epochs, f"LoRA member seed {seed}: epoch {epoch + 1} loss {losses[-1]:.4f}"
-                )
+        step, lr, lr_sum, losses = 0, 0.0, 0.0, []
+        for it in sgd_steps(model, opt, cfg, inputs, labels, torch.arange(len(labels)), shuffle):
+            step, lr, lr_sum = it.step, it.lr, lr_sum + it.lr
+            if it.epoch_loss is not None:
+                losses.append(it.epoch_loss)
+                if progress is not None:
+                    progress(
+                        it.epoch + 1,
+                        cfg.epochs,
+                        f"LoRA member seed {seed}: epoch {it.epoch + 1} loss {it.epoch_loss:.4f}",
+                    )
         state = model_state(model)
     ckpt = {
         "step": step,

@@ -165,7 +165,7 @@ class TRAK(Attributor):
             return self.projectors_[0]
         for j, proj in enumerate(self.projectors_):
             if j != i and proj is not None:
-                proj._cache.clear()
+                proj.release()
         return self.projectors_[i]
 
     def _query_vectors(self, queries: ExampleSet) -> list[torch.Tensor]:

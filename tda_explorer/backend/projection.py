@@ -96,6 +96,10 @@ class RandomProjector:
             self._cache[key] = out.to(torch.int8) if self.kind == "rademacher" else out
         return out
 
+    def release(self) -> None:
+        """Drop the cached blocks of P (they are regenerated, identically, on the next use)."""
+        self._cache.clear()
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """`x [b, p] @ P / sqrt(k)` -> `[b, k]` in x's dtype and device."""
         if x.ndim != 2 or x.shape[1] != self.p:

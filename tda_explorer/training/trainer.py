@@ -113,6 +113,52 @@ def predict_logits(model: nn.Module, inputs: torch.Tensor, batch: int = EVAL_BAT
     return torch.cat(out) if out else torch.empty(0)
 
 
+@dataclass(frozen=True)
+class StepInfo:
+    """After one optimizer step: its 1-based `step`, the `lr` used, the 0-based `epoch`, and `epoch_loss`
+    (mean training cross-entropy of the epoch, nats) on the epoch's last step, else None."""
+
+    step: int
+    lr: float
+    epoch: int
+    epoch_loss: float | None
+
+
+def sgd_steps(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    config: TrainConfig,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    idx: torch.Tensor,
+    shuffle: torch.Generator,
+) -> Iterator[StepInfo]:
+    """Minibatch training over the examples `idx`: `config.epochs` epochs, each in an order drawn from
+    `shuffle`, the learning rate of every step from `config`'s schedule; yields after each step (the
+    model is in train mode). The one training loop of the package (runs, subset retraining, LoRA members).
+    """
+    steps_per_epoch = -(-len(idx) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    step = 0
+    model.train()
+    for epoch in range(config.epochs):
+        order = idx[torch.randperm(len(idx), generator=shuffle)]
+        loss_sum = 0.0
+        for b in range(steps_per_epoch):
+            batch = order[b * config.batch_size : (b + 1) * config.batch_size]
+            lr = config.lr_at(step, total)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += loss.item() * len(batch)
+            last = b == steps_per_epoch - 1
+            yield StepInfo(step, lr, epoch, loss_sum / len(idx) if last else None)
+
+
 def train_model(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -158,43 +204,30 @@ def train_model(
         opt = make_optimizer(train_config, params)
         checkpoints: list[Checkpoint] = []
         epoch_losses: list[float] = []
-        step, seg_lr_sum, seg_steps = 0, 0.0, 0
-        model.train()
-        for epoch in range(train_config.epochs):
-            order = idx[torch.randperm(len(idx), generator=shuffle)]
-            loss_sum = 0.0
-            for b in range(steps_per_epoch):
-                batch = order[b * train_config.batch_size : (b + 1) * train_config.batch_size]
-                lr = train_config.lr_at(step, total)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                loss = F.cross_entropy(model(inputs[batch]), labels[batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                seg_lr_sum += lr
-                seg_steps += 1
-                loss_sum += loss.item() * len(batch)
-                if step in keep:
-                    checkpoints.append(
-                        Checkpoint(
-                            step,
-                            step / steps_per_epoch,
-                            lr,
-                            seg_lr_sum / seg_steps,
-                            seg_steps,
-                            model_state(model),
-                        )
+        seg_lr_sum, seg_steps = 0.0, 0
+        for it in sgd_steps(model, opt, train_config, inputs, labels, idx, shuffle):
+            seg_lr_sum += it.lr
+            seg_steps += 1
+            if it.step in keep:
+                checkpoints.append(
+                    Checkpoint(
+                        it.step,
+                        it.step / steps_per_epoch,
+                        it.lr,
+                        seg_lr_sum / seg_steps,
+                        seg_steps,
+                        model_state(model),
                     )
-                    seg_lr_sum, seg_steps = 0.0, 0
-            epoch_losses.append(loss_sum / len(idx))
-            if progress is not None:
-                progress(
-                    epoch + 1,
-                    train_config.epochs,
-                    f"seed {seed}: epoch {epoch + 1} loss {epoch_losses[-1]:.4f}",
                 )
+                seg_lr_sum, seg_steps = 0.0, 0
+            if it.epoch_loss is not None:
+                epoch_losses.append(it.epoch_loss)
+                if progress is not None:
+                    progress(
+                        it.epoch + 1,
+                        train_config.epochs,
+                        f"seed {seed}: epoch {it.epoch + 1} loss {it.epoch_loss:.4f}",
+                    )
         eval_logits = {
             name: predict_logits(model, prepare_inputs(model, es.inputs))
             for name, es in (eval_sets or {}).items()
