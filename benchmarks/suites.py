@@ -226,6 +226,10 @@ TUNED: dict[str, dict[str, Any]] = {
     "mlp": {"damping": None},
 }
 
+#: Feature width of the Kronecker-projected TRAK row: its features cost one backward pass, so it can be
+#: much wider than the dense rows' k (the kernel is then solved in the N-space).
+KRONECKER_DIM = 24_576
+
 #: dattri's TRAK divides gradients by sqrt(n_params) and its projection preserves norms, so its kernel is
 #: ours / n_params: this peer keyword asks for the mean lambda our row used / n_params (the same estimator).
 PEER_TRAK_REG_OURS = "ours"
@@ -258,6 +262,12 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         Method("grad_cos", "grad_cos", {"params": "all"}, peer="grad_cos"),
         Method("tracin", "tracin", {}, peer="tracin", peer_checkpoints="trajectory"),
         Method("influence/ekfac", "influence", {"solver": "ekfac"}, peer="if_ekfac", peer_kwargs=peer_if),
+        Method(  # influence averaged over the run's seeds, like TRAK's models (no dattri counterpart)
+            f"influence/ekfac ({trak_models} seeds)",
+            "influence",
+            {"solver": "ekfac", "seeds": "all"},
+            models=trak_models,
+        ),
         Method("influence/kfac", "influence", {"solver": "kfac"}),
         Method(
             "influence/cg",
@@ -280,6 +290,15 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
             mislabel=iterative_mislabel,
         ),
     ]
+    if kind == "logreg":  # the same CG preconditioned by EK-FAC (on the MLP every HVP costs minutes)
+        rows.append(
+            Method(
+                "influence/cg (ekfac-preconditioned)",
+                "influence",
+                {"solver": "cg", **damping, **cg, "preconditioner": "ekfac"},
+                mislabel=iterative_mislabel,
+            )
+        )
     if exact:
         rows += [
             Method(
@@ -310,6 +329,12 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
             peer="trak",
             peer_kwargs={"proj_dim": proj_dim},
             peer_checkpoints="models",
+        ),
+        Method(  # per-layer Kronecker projection (no dattri counterpart; compare with the trak row's peer)
+            f"trak-{trak_models} (kronecker)",
+            "trak",
+            {**trak, "proj_dim": KRONECKER_DIM, "proj_layout": "kronecker"},
+            models=trak_models,
         ),
         Method("repsim", "repsim", {}),
     ]

@@ -128,11 +128,7 @@ def _source_effects(base: Source, queries: ExampleSet, targets: torch.Tensor, ob
 
 
 def _trak_effects(base: TRAK, queries: ExampleSet, targets: torch.Tensor, objective: str):
-    total = 0
-    for model, kinv, phi in zip(base.models_, base.kinv_, base.phi_, strict=True):
-        inputs = prepare_inputs(model, queries.inputs)
-        v = gradient_features(model, inputs, targets, base.settings["params"], objective, base.projector_)
-        total = total + dot_scores(v @ kinv / len(base.models_), phi)
+    total = base.kernel_scores(queries, targets, objective)
     return -(total * base.q_.float().cpu())  # dtheta = -K^{-1} phi(z) Q(z): TRAK's score is the margin *gain*
 
 

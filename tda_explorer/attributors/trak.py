@@ -5,11 +5,18 @@ Per model m (a seed's final checkpoint, or every checkpoint with `checkpoints="a
 `f = log p_y / (1 - p_y)` and `P` a seeded random projection (k = `proj_dim`; no projection when None),
 `Q_m = 1 - p_y(train)` `[N]`, and the kernel part `K_m(q) = phi_m(q) (Phi_m^T Phi_m + lambda I)^{-1} Phi_m^T`
 (pseudo-inverse when lambda = 0 and the matrix is singular). By default lambda = `regularization_factor`
-x the mean eigenvalue of `Phi_m^T Phi_m` (its trace / k), like influence's relative damping: with k close
-to or above N the unregularised kernel interpolates the training set and the scores lose their ranking
-(measured LDS, lambda = 0 -> 1 x mean eigenvalue: MNIST 5k logistic regression, 10 models, k = 2048:
-0.47 -> 0.82; digits, 5 models, k = 512: 0.02 -> 0.78; factors 0.3 and 3 gave 0.70-0.81). As in the
-paper's Algorithm 1:
+x the mean nonzero eigenvalue of `Phi_m^T Phi_m` (its trace / min(k, N)), like influence's relative
+damping: with k close to or above N the unregularised kernel interpolates the training set and the
+scores lose their ranking (measured LDS, lambda = 0 -> 1 x mean eigenvalue: MNIST 5k logistic
+regression, 10 models, k = 2048: 0.47 -> 0.82; digits, 5 models, k = 512: 0.02 -> 0.78; factors 0.3 and
+3 gave 0.70-0.81). Dividing by min(k, N) rather than k keeps the best factor near 1 when k > N: on the
+MNIST 5k MLP (N = 4,000, 10 models) with the Kronecker layout at k = 24,576, relative-to-trace/k factors
+1 / 3 / 10 gave LDS 0.43 / 0.48 / 0.51, i.e. the best lambda stayed near trace / 2,000 as at k = 2,048.
+
+The kernel inverse is taken in the smaller space: `(Phi^T Phi + lambda I)^{-1}` `[k, k]` when k <= N,
+else `(Phi Phi^T + lambda I)^{-1}` `[N, N]` (the same scores, since
+`(Phi^T Phi + lambda I)^{-1} Phi^T = Phi^T (Phi Phi^T + lambda I)^{-1}`), so a wide Kronecker projection
+costs `O(N^2 k)`, not `O(k^3)`. As in the paper's Algorithm 1:
 
     score[q, t] = (mean_m K_m(q))[t] * (mean_m Q_m)[t]
 
@@ -20,10 +27,12 @@ helps it. Scale: TRAK's own (a margin change, no 1/N) — compare within a metho
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import (
     gradient_features,
     group_matrix,
@@ -31,27 +40,61 @@ from tda_explorer.backend.features import (
     true_class_probability,
 )
 from tda_explorer.backend.grads import ParamSubset
-from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
+from tda_explorer.backend.layers import find_layers
+from tda_explorer.backend.projection import PROJECTIONS, RandomProjector, kronecker_features, kronecker_sizes
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
 
+#: "dense": one seeded projection of the flat gradient; "kronecker": per layer `P_out ⊗ P_in` (LoGra).
+LAYOUTS = ("dense", "kronecker")
 
-def kernel_inverse(phi: torch.Tensor, regularization: float) -> torch.Tensor:
-    """`(Phi^T Phi + lambda I)^{-1}` `[k, k]`, float64.
+
+def regularized_inverse(gram: torch.Tensor, regularization: float) -> torch.Tensor:
+    """`(gram + lambda I)^{-1}` float64 for a PSD Gram matrix `[n, n]`.
 
     Through a Cholesky factorisation (about 25x cheaper than the eigendecomposition behind `pinv`); when the
-    matrix is singular (lambda = 0 and rank(Phi) < k) it falls back to the Hermitian pseudo-inverse.
+    matrix is singular (lambda = 0 and rank deficient) it falls back to the Hermitian pseudo-inverse.
     """
-    xtx = phi.T.double() @ phi.double()
-    xtx.diagonal().add_(regularization)
-    factor, info = torch.linalg.cholesky_ex(xtx)
+    gram = gram.to(torch.float64, copy=True)
+    gram.diagonal().add_(regularization)
+    factor, info = torch.linalg.cholesky_ex(gram)
     if int(info) == 0:
         # cholesky_solve against I: torch.cholesky_inverse (LAPACK potri) is ~10x slower on CPU here
-        return torch.cholesky_solve(torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device), factor)
-    return torch.linalg.pinv(xtx, hermitian=True)
+        return torch.cholesky_solve(torch.eye(len(gram), dtype=gram.dtype, device=gram.device), factor)
+    return torch.linalg.pinv(gram, hermitian=True)
+
+
+def kernel_inverse(phi: torch.Tensor, regularization: float) -> torch.Tensor:
+    """`(Phi^T Phi + lambda I)^{-1}` `[k, k]`, float64 (the primal TRAK kernel inverse)."""
+    phi = phi.double()
+    return regularized_inverse(phi.T @ phi, regularization)
+
+
+def mean_nonzero_eigenvalue(phi: torch.Tensor) -> float:
+    """`trace(Phi^T Phi) / min(k, N)`: the mean of the (at most min(k, N)) nonzero eigenvalues."""
+    return float(phi.double().square().sum()) / max(1, min(phi.shape))
+
+
+@dataclass
+class _Model:
+    """One TRAK model: the network, its projection, and its kernel inverse in the smaller space.
+
+    `dual` False: `inverse = (Phi^T Phi + lambda I)^{-1}` `[k, k]` (k <= N); True:
+    `inverse = (Phi Phi^T + lambda I)^{-1}` `[N, N]` (k > N). Both give the same scores
+    (`(Phi^T Phi + lambda I)^{-1} Phi^T = Phi^T (Phi Phi^T + lambda I)^{-1}`). `phi` is the stored
+    `[N, k]` train features, or None when they are recomputed on use (the Kronecker layout: cheap).
+    """
+
+    model: torch.nn.Module
+    projector: RandomProjector | None
+    seed: int
+    phi: torch.Tensor | None
+    inverse: torch.Tensor
+    dual: bool
+    regularization: float
 
 
 @register
@@ -72,6 +115,10 @@ class TRAK(Attributor):
         n_models: number of run seeds used (None = all).
         checkpoints: "final" (one model per seed) or "all" (every checkpoint of each seed is a model).
         params: parameter subset ("all", "head", or name prefixes).
+        proj_layout: "dense" (default; one projection of the flat gradient, features stored) or
+            "kronecker" (per nn.Linear / nn.Conv2d layer `P_out ⊗ P_in` with the per-layer sizes of
+            `backend.projection.kronecker_sizes` summing to about `proj_dim`; the features cost one
+            backward pass, so they are recomputed on use instead of stored).
     """
 
     name = "trak"
@@ -87,6 +134,7 @@ class TRAK(Attributor):
         checkpoints: str = "final",
         params: str | Sequence[str] = "all",
         proj_per_model: bool = True,
+        proj_layout: str = "dense",
         progress=None,
     ) -> None:
         if proj_type not in PROJECTIONS:
@@ -100,6 +148,10 @@ class TRAK(Attributor):
             )
         if checkpoints not in ("final", "all"):
             raise ConfigError(f"checkpoints must be 'final' or 'all', got {checkpoints!r}.")
+        if proj_layout not in LAYOUTS:
+            raise ConfigError(f"proj_layout must be one of {LAYOUTS}, got {proj_layout!r}.")
+        if proj_layout == "kronecker" and proj_dim is None:
+            raise ConfigError("proj_layout='kronecker' needs a proj_dim (the total feature width).")
         super().__init__(
             progress=progress,
             proj_dim=proj_dim,
@@ -111,39 +163,75 @@ class TRAK(Attributor):
             checkpoints=checkpoints,
             params=params if isinstance(params, str) else list(params),
             proj_per_model=bool(proj_per_model),
+            proj_layout=proj_layout,
         )
 
     def _features(
-        self, model: torch.nn.Module, examples: ExampleSet, projector: RandomProjector | None = None
+        self, m: _Model, examples: ExampleSet, targets: torch.Tensor | None = None, objective: str = "margin"
     ) -> torch.Tensor:
-        inputs = prepare_inputs(model, examples.inputs)
-        projector = self.projector_ if projector is None else projector
-        return gradient_features(model, inputs, examples.labels, self.settings["params"], "margin", projector)
+        """Model m's projected gradients of `objective` at `targets` (default: the labels), `[n, k]`."""
+        s = self.settings
+        targets = examples.labels if targets is None else targets
+        inputs = prepare_inputs(m.model, examples.inputs)
+        if s["proj_layout"] == "kronecker":
+            model = m.model.to(get_device(), get_dtype()).eval()
+            sizes = kronecker_sizes(
+                find_layers(model, ParamSubset.resolve(model, s["params"])), s["proj_dim"]
+            )
+            return kronecker_features(
+                model,
+                inputs,
+                targets,
+                s["params"],
+                seed=m.seed,
+                kind=s["proj_type"],
+                objective=objective,
+                sizes=sizes,
+            )
+        if m.projector is not None and len(self.models_) > 1:  # keep one model's cached blocks at a time
+            for other in self.models_:
+                if other is not m and other.projector is not None and other.projector is not m.projector:
+                    other.projector.release()
+        return gradient_features(
+            model=m.model,
+            inputs=inputs,
+            labels=targets,
+            params=s["params"],
+            objective=objective,
+            projector=m.projector,
+        )
+
+    def _train_features(self, m: _Model) -> torch.Tensor:
+        return m.phi if m.phi is not None else self._features(m, self.train_)
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> TRAK:
-        """Per model: `Phi [N, k]`, `(Phi^T Phi + lambda I)^{-1} [k, k]`, and `Q = 1 - p_y` (averaged)."""
+        """Per model: features, the kernel inverse in the smaller of the k / N spaces, and `Q = 1 - p_y`."""
         s = self.settings
         seeds = select_seeds(run, "all" if s["n_models"] is None else s["n_models"])
         ckpts = [-1] if s["checkpoints"] == "final" else range(len(run.checkpoints[seeds[0]]))
         models = [(seed, c) for seed in seeds for c in ckpts]
         p = ParamSubset.resolve(run.model(seeds[0]), s["params"]).numel
         per_model = s["proj_per_model"]
-        self.projectors_ = [
-            None
-            if s["proj_dim"] is None
-            else RandomProjector(p, s["proj_dim"], s["proj_seed"] + (i if per_model else 0), s["proj_type"])
-            for i in range(len(models) if per_model else 1)
-        ]
-        self.projector_ = self.projectors_[0]
-        self.models_, self.phi_, self.kinv_, self.regularization_, q = [], [], [], [], []
+        shared = None
+        if s["proj_dim"] is not None and s["proj_layout"] == "dense" and not per_model:
+            shared = RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
+        self.train_, self.models_, q = train, [], []
         for i, (seed, c) in enumerate(models):
             model = run.model(seed, c)
-            phi = self._features(model, train, self._projector(i))
-            self.models_.append(model)
-            self.phi_.append(phi)
-            lam = self._lambda(phi)
-            self.regularization_.append(lam)
-            self.kinv_.append(kernel_inverse(phi, lam).to(phi.dtype))
+            proj_seed = s["proj_seed"] + (i if per_model else 0)
+            projector = shared
+            if s["proj_dim"] is not None and s["proj_layout"] == "dense" and per_model:
+                projector = RandomProjector(p, s["proj_dim"], proj_seed, s["proj_type"])
+            m = _Model(model, projector, proj_seed, None, torch.empty(0), False, 0.0)
+            self.models_.append(m)
+            phi = self._features(m, train)
+            m.regularization = self._lambda(phi)
+            m.dual = phi.shape[1] > phi.shape[0]
+            gram = phi.T @ phi if not m.dual else phi @ phi.T
+            m.phi, dtype = (phi if s["proj_layout"] == "dense" else None), phi.dtype
+            del phi  # the Kronecker features are recomputed on use: not held while inverting
+            m.inverse = regularized_inverse(gram, m.regularization).to(dtype)
+            del gram
             q.append(1 - true_class_probability(model, prepare_inputs(model, train.inputs), train.labels))
             if self.progress is not None:
                 self.progress(i + 1, len(models), f"trak: model {i + 1}/{len(models)} featurized")
@@ -152,48 +240,52 @@ class TRAK(Attributor):
         self.fitted_ = True
         return self
 
+    @property
+    def regularization_(self) -> list[float]:
+        """The lambda each model used (absolute)."""
+        return [m.regularization for m in self.models_]
+
     def _lambda(self, phi: torch.Tensor) -> float:
-        """The lambda for one model's features `phi [N, k]` (absolute, or relative to trace / k)."""
+        """One model's lambda: absolute, or `factor x trace(Phi^T Phi) / min(k, N)` (mean nonzero eigenvalue)."""
         s = self.settings
         if s["regularization"] is not None:
             return float(s["regularization"])
-        return s["regularization_factor"] * float(phi.double().square().sum()) / phi.shape[1]
+        return s["regularization_factor"] * mean_nonzero_eigenvalue(phi)
 
-    def _projector(self, i: int) -> RandomProjector | None:
-        """Model i's projector; with one projector per model, the others' cached blocks are released."""
-        if len(self.projectors_) == 1:
-            return self.projectors_[0]
-        for j, proj in enumerate(self.projectors_):
-            if j != i and proj is not None:
-                proj.release()
-        return self.projectors_[i]
+    def kernel_scores(
+        self, queries: ExampleSet, targets: torch.Tensor | None = None, objective: str = "margin"
+    ) -> torch.Tensor:
+        """`mean_m phi_m(q) (Phi_m^T Phi_m + lambda I)^{-1} Phi_m^T` `[n_query, N]` float32, without Q.
 
-    def _query_vectors(self, queries: ExampleSet) -> list[torch.Tensor]:
-        """Per model `x = (Phi^T Phi + lambda I)^{-1} phi(q)` as rows `[n_query, k]`, / number of models."""
-        return [
-            self._features(m, queries, self._projector(i)) @ kinv / len(self.models_)
-            for i, (m, kinv) in enumerate(zip(self.models_, self.kinv_, strict=True))
-        ]
+        `phi_m(q)` is the projected gradient of `objective` ("margin", or "loss") at `targets`.
+        """
+        self._check_fitted()
+        total = 0
+        for m in self.models_:
+            v = self._features(m, queries, targets, objective)
+            phi = self._train_features(m)
+            if m.dual:
+                total = total + (dot_scores(v, phi).to(m.inverse) @ m.inverse).float().cpu()
+            else:
+                total = total + dot_scores(v @ m.inverse, phi)
+        return total / len(self.models_)
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32 (positive = helps the query; TRAK scale)."""
-        self._check_fitted()
-        total = sum(
-            dot_scores(x, phi) for x, phi in zip(self._query_vectors(queries), self.phi_, strict=True)
-        )
-        return total * self.q_.float().cpu()
+        return self.kernel_scores(queries) * self.q_.float().cpu()
 
     def self_influence(self) -> torch.Tensor:
         """`mean_m(phi_t^T (Phi^T Phi + lambda I)^{-1} phi_t) * mean_m(Q)_t` `[N]`, per example."""
         self._check_fitted()
-        quad = torch.stack(
-            [((phi @ kinv) * phi).sum(1) for phi, kinv in zip(self.phi_, self.kinv_, strict=True)]
-        ).mean(0)
-        return (quad * self.q_).float().cpu()
+        quad = 0
+        for m in self.models_:
+            phi = self._train_features(m)
+            # primal: rowsum(Phi K^-1 * Phi); dual: diag(Phi Phi^T D) = rowsum(Phi * (D Phi))
+            quad = quad + ((phi @ m.inverse) if not m.dual else (m.inverse @ phi)).mul(phi).sum(1)
+        return (quad / len(self.models_) * self.q_).float().cpu()
 
     def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
-        """`[n_query, n_groups]` = sum of member scores, via Q-weighted summed train features."""
+        """`[n_query, n_groups]` = sum of member scores (Q-weighted group sums of the kernel scores)."""
         self._check_fitted()
-        mask = group_matrix(groups, self.n_train_).to(self.q_) * self.q_
-        vecs = self._query_vectors(queries)
-        return sum(x @ (mask.to(phi) @ phi).T for x, phi in zip(vecs, self.phi_, strict=True)).float().cpu()
+        mask = group_matrix(groups, self.n_train_).float().cpu() * self.q_.float().cpu()
+        return self.kernel_scores(queries) @ mask.T

@@ -54,6 +54,14 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
     "trak": (
         Setting("proj_dim", "int", 2048, help="random projection dimension", minimum=1),
         Setting("n_models", "int", 1, help="models (seeds of the run) averaged", minimum=1),
+        Setting(
+            "proj_layout",
+            "choice",
+            "dense",
+            ("dense", "kronecker"),
+            "one projection of the whole gradient, or a per-layer Kronecker projection (Linear/Conv "
+            "models: far faster, allows a wider proj_dim)",
+        ),
     ),
     "repsim": (),
     "ensemble": (

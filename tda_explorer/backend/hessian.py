@@ -228,31 +228,40 @@ def _residual(hvp: HVP, x: torch.Tensor, b: torch.Tensor, damping: float) -> flo
 
 
 def cg_solve(
-    hvp: HVP, b: torch.Tensor, damping: float, max_iter: int = 200, tol: float = 1e-8
+    hvp: HVP,
+    b: torch.Tensor,
+    damping: float,
+    max_iter: int = 200,
+    tol: float = 1e-8,
+    precondition: HVP | None = None,
 ) -> SolveResult:
-    """Conjugate gradients for `(H + damping I) x = b`, all columns of `b [p, m]` at once.
+    """(Preconditioned) conjugate gradients for `(H + damping I) x = b`, all columns of `b [p, m]` at once.
 
     Stops when every column's relative residual `||r|| / ||b||` is below `tol` or after `max_iter`.
-    Needs `H + damping I` positive definite (raise damping for non-convex models).
+    Needs `H + damping I` positive definite (raise damping for non-convex models). `precondition` maps
+    columns `r [p, m]` to `M^{-1} r` for a symmetric positive definite `M` close to `H + damping I`
+    (e.g. the EK-FAC inverse): the same solution in fewer iterations when `M` captures the spectrum.
     """
     b2 = b.reshape(b.shape[0], -1)
     x = torch.zeros_like(b2)
     r = b2.clone()
-    d = r.clone()
-    rs = (r * r).sum(0)
+    z = r if precondition is None else precondition(r)
+    d = z.clone()
+    rz = (r * z).sum(0)
     bnorm = b2.norm(dim=0).clamp_min(1e-300)
-    converged, it = bool((rs.sqrt() / bnorm).max() < tol) if b2.numel() else True, 0
+    converged, it = bool((r.norm(dim=0) / bnorm).max() < tol) if b2.numel() else True, 0
     while not converged and it < max_iter:
         it += 1
         ad = hvp(d) + damping * d
         dad = (d * ad).sum(0)
-        alpha = torch.where(dad > 0, rs / dad.clamp_min(1e-300), torch.zeros_like(dad))
+        alpha = torch.where(dad > 0, rz / dad.clamp_min(1e-300), torch.zeros_like(dad))
         x += alpha * d
         r -= alpha * ad
-        rs_new = (r * r).sum(0)
-        converged = bool((rs_new.sqrt() / bnorm).max() < tol)
-        d = r + torch.where(rs > 0, rs_new / rs.clamp_min(1e-300), torch.zeros_like(rs)) * d
-        rs = rs_new
+        converged = bool((r.norm(dim=0) / bnorm).max() < tol)
+        z = r if precondition is None else precondition(r)
+        rz_new = (r * z).sum(0)
+        d = z + torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz)) * d
+        rz = rz_new
     return SolveResult(x.reshape(b.shape), it, _residual(hvp, x, b2, damping), converged)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from tda_explorer.backend.grads import ParamSubset
-from tda_explorer.backend.layers import batch_objective, capture_layers, find_layers
+from tda_explorer.backend.layers import LayerInfo, batch_objective, capture_layers, find_layers
 from tda_explorer.errors import ConfigError
 
 PROJECTIONS = ("gaussian", "rademacher")
@@ -148,6 +148,28 @@ class KroneckerProjector:
         return torch.kron(self.proj_out.matrix(dtype).T, self.proj_in.matrix(dtype).T)
 
 
+def kronecker_sizes(layers: list[LayerInfo], proj_dim: int) -> list[tuple[int, int]]:
+    """Per-layer `(k_in, k_out)` sharing a total budget of about `proj_dim` feature columns.
+
+    Each of the L layers gets `b = proj_dim // L` columns split as evenly as its shape allows:
+    `k_out = min(d_out, round(sqrt(b)))`, `k_in = min(d_in, b // k_out)` (a side is never projected to
+    more dimensions than it has, so a 10-class head keeps all 10 outputs and takes a wider input side).
+
+    Raises:
+        ConfigError: when `proj_dim` is smaller than the number of layers.
+    """
+    if proj_dim < len(layers):
+        raise ConfigError(
+            f"a Kronecker projection needs proj_dim >= the number of layers ({len(layers)}), got {proj_dim}."
+        )
+    budget = proj_dim // max(len(layers), 1)
+    sizes = []
+    for info in layers:
+        k_out = max(1, min(info.d_out, round(math.sqrt(budget))))
+        sizes.append((max(1, min(info.d_in, budget // k_out)), k_out))
+    return sizes
+
+
 def kronecker_features(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -159,6 +181,7 @@ def kronecker_features(
     kind: str = "rademacher",
     objective: str = "loss",
     batch_size: int = 256,
+    sizes: list[tuple[int, int]] | None = None,
 ) -> torch.Tensor:
     """LoGra features: per-example gradients of every supported layer projected with `P_out ⊗ P_in`.
 
@@ -168,6 +191,8 @@ def kronecker_features(
         params: parameter subset; every parameter must sit in an nn.Linear / nn.Conv2d layer.
         k_in / k_out: per-layer projection sizes (feature width `k_out * k_in` per layer).
         seed: projection seed; layer i uses `block_seed(seed, i)`.
+        objective: "loss" (cross-entropy) or "margin" (TRAK's).
+        sizes: per-layer `(k_in, k_out)` overriding `k_in` / `k_out` (e.g. from `kronecker_sizes`).
 
     Returns:
         `[n, sum_layers k_out * k_in]`, layers in flat-gradient order; inner products of two rows
@@ -175,9 +200,12 @@ def kronecker_features(
     """
     subset = ParamSubset.resolve(model, params)
     layers = find_layers(model, subset)
+    sizes = [(k_in, k_out)] * len(layers) if sizes is None else list(sizes)
+    if len(sizes) != len(layers):
+        raise ConfigError(f"sizes has {len(sizes)} entries for {len(layers)} layers.")
     projectors = [
-        KroneckerProjector(i.d_in, i.d_out, k_in, k_out, block_seed(seed, j), kind)
-        for j, i in enumerate(layers)
+        KroneckerProjector(i.d_in, i.d_out, ki, ko, block_seed(seed, j), kind)
+        for j, (i, (ki, ko)) in enumerate(zip(layers, sizes, strict=True))
     ]
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

@@ -76,6 +76,24 @@ def test_iterative_influence_matches_exact(digits_case, solver):
     assert info["converged"] and info["residual"] < 1e-6
 
 
+def test_ekfac_preconditioned_cg_matches_exact_in_fewer_iterations(digits_case):
+    queries = digits_case.queries.subset(range(3))
+    exact = make_attributor("influence", solver="exact", damping=0.05).fit(digits_case.run, digits_case.train)
+    iterations = {}
+    for pre in (None, "ekfac"):
+        attr = make_attributor("influence", solver="cg", damping=0.05, tol=1e-10, preconditioner=pre)
+        scores = attr.fit(digits_case.run, digits_case.train).score(queries).double()
+        torch.testing.assert_close(scores, exact.score(queries).double(), rtol=1e-5, atol=1e-8)
+        info = attr.solve_info_[0]["solves"][-1]
+        assert info["converged"]
+        iterations[pre] = info["iterations"]
+    assert iterations["ekfac"] < iterations[None], iterations
+    with pytest.raises(ConfigError, match="preconditioner"):
+        make_attributor("influence", solver="lissa", preconditioner="ekfac")
+    with pytest.raises(ConfigError, match="preconditioner"):
+        make_attributor("influence", solver="cg", preconditioner="jacobi")
+
+
 def test_influence_settings_and_fit_errors(digits_case):
     with pytest.raises(ConfigError):
         make_attributor("influence", solver="newton")

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from tda_explorer.attributors import make_attributor
-from tda_explorer.backend.grads import example_grads
+from tda_explorer.backend.grads import ParamSubset, example_grads
+from tda_explorer.backend.layers import LayerInfo, find_layers
+from tda_explorer.backend.projection import kronecker_features, kronecker_sizes
 from tda_explorer.errors import ConfigError, NotFittedError
 from tda_explorer.models import LogRegConfig, build_model
 from tda_explorer.training import TrainConfig
@@ -24,6 +26,9 @@ ALL_METHODS = [
     ("influence", {"solver": "ekfac", "params": "head", "seeds": "all"}),
     ("trak", {"proj_dim": 16}),
     ("trak", {"proj_dim": None, "regularization": 0.1, "checkpoints": "all"}),
+    ("trak", {"proj_dim": 96}),  # k > N = 48: the kernel inverse is taken in the N-space (dual)
+    ("trak", {"proj_dim": 24, "proj_layout": "kronecker"}),
+    ("trak", {"proj_dim": 200, "proj_layout": "kronecker"}),
     ("tracin", {}),
     ("tracin", {"proj_dim": 32, "seeds": "all", "lr_source": "segment_mean_lr"}),
     ("repsim", {"seeds": "all"}),
@@ -140,7 +145,7 @@ def test_trak_per_model_projections_are_seeded_per_model():
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
     kw = {"proj_dim": 8, "regularization": 0.01, "proj_seed": 5}
     both = make_attributor("trak", **kw).fit(run, train)  # per-model projections are the default
-    assert [p.seed for p in both.projectors_] == [5, 6]
+    assert [m.projector.seed for m in both.models_] == [5, 6]
     shared = make_attributor("trak", proj_per_model=False, **kw).fit(run, train)
     assert not torch.allclose(both.score(queries), shared.score(queries))
     parts, qs = [], []
@@ -159,18 +164,64 @@ def test_trak_per_model_projections_are_seeded_per_model():
     )
 
 
-def test_trak_default_lambda_is_relative_to_the_mean_eigenvalue():
-    """regularization=None: lambda_m = factor x trace(Phi_m^T Phi_m) / k, i.e. the same as that absolute lambda."""
+@pytest.mark.parametrize("proj_dim", [8, 120])
+def test_trak_default_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_dim):
+    """lambda_m = factor x trace(Phi_m^T Phi_m) / min(k, N); k > N (= 80) solves in the N-space, same scores."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
-    auto = make_attributor("trak", proj_dim=8, regularization_factor=0.5).fit(run, train)
-    want = [0.5 * float(phi.double().square().sum()) / 8 for phi in auto.phi_]
+    auto = make_attributor("trak", proj_dim=proj_dim, regularization_factor=0.5).fit(run, train)
+    phis = [m.phi.double() for m in auto.models_]
+    want = [0.5 * float(phi.square().sum()) / min(proj_dim, len(train)) for phi in phis]
     assert auto.regularization_ == pytest.approx(want) and want[0] != pytest.approx(want[1])
-    for m in range(2):  # each model's kernel inverse equals the one with that absolute lambda
-        phi = auto.phi_[m].double()
-        inv = torch.linalg.inv(phi.T @ phi + want[m] * torch.eye(8, dtype=torch.float64))
-        torch.testing.assert_close(auto.kinv_[m].double(), inv, rtol=1e-4, atol=1e-8)
+    assert [m.dual for m in auto.models_] == [proj_dim > len(train)] * 2
+    kernel = 0
+    for m, phi, lam in zip(auto.models_, phis, want, strict=True):  # the primal formula, directly
+        k = phi.shape[1]
+        inv = torch.linalg.inv(phi.T @ phi + lam * torch.eye(k, dtype=torch.float64))
+        if not m.dual:
+            torch.testing.assert_close(m.inverse.double(), inv, rtol=1e-4, atol=1e-8)
+        pq = auto._features(m, queries).double()
+        kernel = kernel + pq @ inv @ phi.T / 2
+    torch.testing.assert_close(auto.score(queries).double(), kernel * auto.q_, rtol=1e-4, atol=1e-7)
     with pytest.raises(ConfigError):
         make_attributor("trak", regularization_factor=-1.0)
+
+
+def test_trak_kronecker_layout_uses_per_layer_kronecker_features():
+    """proj_layout="kronecker": phi = kronecker_features(margin) with `kronecker_sizes`, seed proj_seed + i."""
+    run, train, queries = tiny_logreg_run(seeds=(0, 1))
+    attr = make_attributor("trak", proj_dim=12, proj_layout="kronecker", proj_seed=3, regularization=0.05)
+    attr.fit(run, train)
+    assert all(m.phi is None for m in attr.models_)  # recomputed on use, never stored
+    kernel = 0
+    for i, seed in enumerate((0, 1)):
+        model = run.model(seed).double()
+        sizes = kronecker_sizes(find_layers(model, ParamSubset.resolve(model, "all")), 12)
+        assert sizes == [(4, 3)]  # one layer: k_out = round(sqrt(12)) = 3 (<= 3 classes), k_in = 12 // 3
+        feats = [
+            kronecker_features(model, ex.inputs, ex.labels, seed=3 + i, objective="margin", sizes=sizes)
+            for ex in (train, queries)
+        ]
+        phi, pq = (f.double() for f in feats)
+        kernel = (
+            kernel + pq @ torch.linalg.solve(phi.T @ phi + 0.05 * torch.eye(12, dtype=phi.dtype), phi.T) / 2
+        )
+    torch.testing.assert_close(attr.score(queries).double(), kernel * attr.q_, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ConfigError, match="proj_layout"):
+        make_attributor("trak", proj_layout="sparse")
+    with pytest.raises(ConfigError, match="kronecker"):
+        make_attributor("trak", proj_dim=None, proj_layout="kronecker")
+
+
+def test_kronecker_sizes_share_the_budget_and_never_exceed_a_side():
+    layers = [
+        LayerInfo("a", "linear", 785, 256, True, (0, 1), None),
+        LayerInfo("b", "linear", 129, 10, True, (0, 1), None),
+    ]
+    # 1,024 columns per layer: 32 x 32; the 10-class head keeps its 10 outputs and takes 102 inputs
+    assert kronecker_sizes(layers, 2048) == [(32, 32), (102, 10)]
+    assert kronecker_sizes(layers[1:], 100_000) == [(129, 10)]  # never more than a side has
+    with pytest.raises(ConfigError):
+        kronecker_sizes(layers, 1)
 
 
 @pytest.mark.parametrize(

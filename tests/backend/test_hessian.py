@@ -64,6 +64,28 @@ def test_cg_and_lissa_converge_to_exact_solve():
     assert not short.converged and short.iterations == 2 and short.residual > 1e-12
 
 
+def test_preconditioned_cg_reaches_the_same_solution_in_fewer_iterations():
+    """An exact preconditioner solves in one step; a diagonal one (Jacobi) beats plain CG on a skewed H."""
+    gen = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(40, 40, generator=gen, dtype=torch.float64))
+    h = q @ torch.diag(torch.logspace(-3, 2, 40, dtype=torch.float64)) @ q.T
+    h = h + torch.diag(torch.logspace(0, 3, 40, dtype=torch.float64))  # a strong diagonal part
+    b = torch.randn(40, 3, generator=gen, dtype=torch.float64)
+    damping = 1e-2
+    a = h + damping * torch.eye(40, dtype=torch.float64)
+    exact = torch.linalg.solve(a, b)
+    plain = cg_solve(lambda v: h @ v, b, damping, max_iter=500, tol=1e-10)
+    a_inv = torch.linalg.inv(a)
+    perfect = cg_solve(lambda v: h @ v, b, damping, max_iter=500, tol=1e-10, precondition=lambda r: a_inv @ r)
+    jacobi = cg_solve(
+        lambda v: h @ v, b, damping, max_iter=500, tol=1e-10, precondition=lambda r: r / a.diagonal()[:, None]
+    )
+    for res in (plain, perfect, jacobi):
+        assert res.converged
+        torch.testing.assert_close(res.x, exact, rtol=1e-7, atol=1e-8)
+    assert perfect.iterations == 1 and jacobi.iterations < plain.iterations
+
+
 def test_eigen_inverse_solves_and_rejects_indefinite():
     a = torch.randn(6, 6, dtype=torch.float64)
     h = a @ a.T
