@@ -246,22 +246,17 @@ class Influence(Attributor):
         return [m.info for m in self.members_]
 
     # ----------------------------------------------------------------------------------- scoring
-    def _query_vectors(self, queries: ExampleSet) -> list[torch.Tensor]:
-        """Per seed `(H + shift I)^{-1} g(q) / N` `[n_query, p]`."""
-        out = []
-        for m in self.members_:
-            inputs = prepare_inputs(m.model, queries.inputs)
-            g = gradient_features(
-                m.model, inputs, queries.labels, self.settings["params"], dtype=self._dtype()
-            )
-            out.append(m.inverse(g) / self.n_train_)
-        return out
+    def _query_vector(self, m: _Member, queries: ExampleSet) -> torch.Tensor:
+        """One seed's `(H + shift I)^{-1} g(q) / N` `[n_query, p]` (one seed at a time: these are dense)."""
+        inputs = prepare_inputs(m.model, queries.inputs)
+        g = gradient_features(m.model, inputs, queries.labels, self.settings["params"], dtype=self._dtype())
+        return m.inverse(g) / self.n_train_
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32: predicted increase of each query's loss when a train example is removed."""
         self._check_fitted()
-        vecs = self._query_vectors(queries)
-        return torch.stack([m.dot(v) for v, m in zip(vecs, self.members_, strict=True)]).mean(0)
+        total = sum(m.dot(self._query_vector(m, queries)) for m in self.members_)
+        return total / len(self.members_)
 
     def self_influence(self) -> torch.Tensor:
         """`g(t)^T (H + shift I)^{-1} g(t) / N` `[N]` float32, computed per example (quadratic form)."""
@@ -277,6 +272,8 @@ class Influence(Attributor):
         """`[n_query, n_groups]`: sum of member scores, via summed group gradients (no `[n_query, N]`)."""
         self._check_fitted()
         mask = group_matrix(groups, self.n_train_)
-        vecs = self._query_vectors(queries)
-        out = [v @ m.group_sum(mask).to(v).T for v, m in zip(vecs, self.members_, strict=True)]
-        return torch.stack(out).mean(0).float().cpu()
+        total = 0
+        for m in self.members_:
+            v = self._query_vector(m, queries)
+            total = total + (v @ m.group_sum(mask).to(v).T).float().cpu()
+        return total / len(self.members_)
