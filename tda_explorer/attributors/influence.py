@@ -41,6 +41,8 @@ from tda_explorer.training.runs import TrainedRun
 SOLVERS = ("ekfac", "kfac", "cg", "lissa", "exact")
 PRECONDITIONERS = (None, "ekfac")
 SELF_CHUNK = 1024
+#: Queries whose dense inverse-HVP vectors are held at once (score / score_groups).
+QUERY_CHUNK = 128
 
 
 @dataclass
@@ -247,16 +249,36 @@ class Influence(Attributor):
 
     # ----------------------------------------------------------------------------------- scoring
     def _query_vector(self, m: _Member, queries: ExampleSet) -> torch.Tensor:
-        """One seed's `(H + shift I)^{-1} g(q) / N` `[n_query, p]` (one seed at a time: these are dense)."""
+        """One seed's `(H + shift I)^{-1} g(q) / N` `[n_query, p]` (dense: callers pass QUERY_CHUNK rows)."""
         inputs = prepare_inputs(m.model, queries.inputs)
         g = gradient_features(m.model, inputs, queries.labels, self.settings["params"], dtype=self._dtype())
         return m.inverse(g) / self.n_train_
 
+    def _per_query(
+        self, queries: ExampleSet, train_side: Callable[[_Member, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Mean over seeds of `train_side(member, query vectors)`, one seed and QUERY_CHUNK queries at a time.
+
+        The inverse-HVP query vectors are dense `[n, p]` (p = 235k on the MNIST MLP: 0.5 GB for 500
+        queries per seed); chunking bounds them to `QUERY_CHUNK x p` whatever the number of queries/seeds.
+        """
+        total = 0
+        for m in self.members_:
+            parts = [
+                train_side(
+                    m, self._query_vector(m, queries.subset(range(a, min(a + QUERY_CHUNK, len(queries)))))
+                )
+                .float()
+                .cpu()
+                for a in range(0, len(queries), QUERY_CHUNK)
+            ]
+            total = total + torch.cat(parts)
+        return total / len(self.members_)
+
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32: predicted increase of each query's loss when a train example is removed."""
         self._check_fitted()
-        total = sum(m.dot(self._query_vector(m, queries)) for m in self.members_)
-        return total / len(self.members_)
+        return self._per_query(queries, lambda m, v: m.dot(v))
 
     def self_influence(self) -> torch.Tensor:
         """`g(t)^T (H + shift I)^{-1} g(t) / N` `[N]` float32, computed per example (quadratic form)."""
@@ -272,8 +294,6 @@ class Influence(Attributor):
         """`[n_query, n_groups]`: sum of member scores, via summed group gradients (no `[n_query, N]`)."""
         self._check_fitted()
         mask = group_matrix(groups, self.n_train_)
-        total = 0
-        for m in self.members_:
-            v = self._query_vector(m, queries)
-            total = total + (v @ m.group_sum(mask).to(v).T).float().cpu()
-        return total / len(self.members_)
+        sums = [m.group_sum(mask) for m in self.members_]  # [n_groups, p] per seed
+        by_member = {id(m): g for m, g in zip(self.members_, sums, strict=True)}
+        return self._per_query(queries, lambda m, v: v @ by_member[id(m)].to(v).T)

@@ -124,3 +124,16 @@ def test_ghost_train_gradients_give_the_same_influence(tiny_run, monkeypatch, so
     torch.testing.assert_close(
         ghost.score_groups(queries, groups), dense.score_groups(queries, groups), rtol=1e-4, atol=1e-6
     )
+
+
+def test_scores_do_not_depend_on_the_query_chunk(tiny_run, monkeypatch):
+    """score / score_groups process QUERY_CHUNK queries per seed at a time; the result is the same."""
+    import tda_explorer.attributors.influence as influence
+
+    run, train, queries = tiny_run
+    attr = make_attributor("influence", solver="ekfac", seeds="all").fit(run, train)
+    groups = torch.rand(3, len(train), generator=torch.Generator().manual_seed(0)) > 0.5
+    whole, whole_groups = attr.score(queries), attr.score_groups(queries, groups)
+    monkeypatch.setattr(influence, "QUERY_CHUNK", 5)  # 12 queries -> chunks of 5, 5, 2
+    torch.testing.assert_close(attr.score(queries), whole)
+    torch.testing.assert_close(attr.score_groups(queries, groups), whole_groups)
