@@ -73,9 +73,10 @@ def kernel_inverse(phi: torch.Tensor, regularization: float) -> torch.Tensor:
     return regularized_inverse(phi.T @ phi, regularization)
 
 
-def mean_nonzero_eigenvalue(phi: torch.Tensor) -> float:
-    """`trace(Phi^T Phi) / min(k, N)`: the mean of the (at most min(k, N)) nonzero eigenvalues."""
-    return float(phi.double().square().sum()) / max(1, min(phi.shape))
+def mean_nonzero_eigenvalue(gram: torch.Tensor, rank_bound: int) -> float:
+    """`trace(gram) / rank_bound`: with `gram` = `Phi^T Phi` or `Phi Phi^T` and `rank_bound` = min(k, N), the
+    mean of the (at most min(k, N)) nonzero eigenvalues of `Phi^T Phi`."""
+    return float(gram.diagonal().sum(dtype=torch.float64)) / max(1, rank_bound)
 
 
 @dataclass
@@ -225,9 +226,9 @@ class TRAK(Attributor):
             m = _Model(model, projector, proj_seed, None, torch.empty(0), False, 0.0)
             self.models_.append(m)
             phi = self._features(m, train)
-            m.regularization = self._lambda(phi)
             m.dual = phi.shape[1] > phi.shape[0]
-            gram = phi.T @ phi if not m.dual else phi @ phi.T
+            gram = phi.T @ phi if not m.dual else phi @ phi.T  # both have trace(Phi^T Phi)
+            m.regularization = self._lambda(gram, min(phi.shape))
             m.phi, dtype = (phi if s["proj_layout"] == "dense" else None), phi.dtype
             del phi  # the Kronecker features are recomputed on use: not held while inverting
             m.inverse = regularized_inverse(gram, m.regularization).to(dtype)
@@ -245,12 +246,12 @@ class TRAK(Attributor):
         """The lambda each model used (absolute)."""
         return [m.regularization for m in self.models_]
 
-    def _lambda(self, phi: torch.Tensor) -> float:
+    def _lambda(self, gram: torch.Tensor, rank_bound: int) -> float:
         """One model's lambda: absolute, or `factor x trace(Phi^T Phi) / min(k, N)` (mean nonzero eigenvalue)."""
         s = self.settings
         if s["regularization"] is not None:
             return float(s["regularization"])
-        return s["regularization_factor"] * mean_nonzero_eigenvalue(phi)
+        return s["regularization_factor"] * mean_nonzero_eigenvalue(gram, rank_bound)
 
     def kernel_scores(
         self, queries: ExampleSet, targets: torch.Tensor | None = None, objective: str = "margin"

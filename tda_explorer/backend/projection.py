@@ -209,15 +209,18 @@ def kronecker_features(
     ]
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    out = []
+    width = sum(ki * ko for ki, ko in sizes)
+    out = torch.empty(len(labels), width, dtype=dtype, device=device)  # filled in place: no concat copy
     for s in range(0, len(labels), batch_size):
         x = inputs[s : s + batch_size].to(device)
         x = x.to(dtype) if x.is_floating_point() else x
         with capture_layers(model, layers) as store:
             model.zero_grad(set_to_none=True)
             batch_objective(model(x), labels[s : s + batch_size].to(device), objective).backward()
-        out.append(
-            torch.cat([pr.project(*store[i.name]) for pr, i in zip(projectors, layers, strict=True)], 1)
-        )
+        col = 0
+        for pr, info in zip(projectors, layers, strict=True):
+            block = pr.project(*store[info.name])
+            out[s : s + len(x), col : col + block.shape[1]] = block
+            col += block.shape[1]
     model.zero_grad(set_to_none=True)
-    return torch.cat(out)
+    return out
