@@ -31,6 +31,7 @@ from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
+from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.hessian import EigenInverse, LossHessian, cg_solve, lissa_solve
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
@@ -41,8 +42,10 @@ from tda_explorer.training.runs import TrainedRun
 SOLVERS = ("ekfac", "kfac", "cg", "lissa", "exact")
 PRECONDITIONERS = (None, "ekfac")
 SELF_CHUNK = 1024
-#: Queries whose dense inverse-HVP vectors are held at once (score / score_groups).
-QUERY_CHUNK = 128
+#: Bytes of dense inverse-HVP query vectors held at once (score / score_groups): 256 MiB is 285 queries
+#: on the MNIST MLP (p = 235k, float32) and every query at once on small models, where iterative solvers
+#: need the whole batch (a CG iteration costs about the same for 128 right-hand sides as for 500).
+QUERY_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -249,7 +252,7 @@ class Influence(Attributor):
 
     # ----------------------------------------------------------------------------------- scoring
     def _query_vector(self, m: _Member, queries: ExampleSet) -> torch.Tensor:
-        """One seed's `(H + shift I)^{-1} g(q) / N` `[n_query, p]` (dense: callers pass QUERY_CHUNK rows)."""
+        """One seed's `(H + shift I)^{-1} g(q) / N` `[n_query, p]` (dense: callers pass QUERY_BYTES of rows)."""
         inputs = prepare_inputs(m.model, queries.inputs)
         g = gradient_features(m.model, inputs, queries.labels, self.settings["params"], dtype=self._dtype())
         return m.inverse(g) / self.n_train_
@@ -257,21 +260,19 @@ class Influence(Attributor):
     def _per_query(
         self, queries: ExampleSet, train_side: Callable[[_Member, torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
-        """Mean over seeds of `train_side(member, query vectors)`, one seed and QUERY_CHUNK queries at a time.
+        """Mean over seeds of `train_side(member, query vectors)`, one seed and QUERY_BYTES of queries at a time.
 
         The inverse-HVP query vectors are dense `[n, p]` (p = 235k on the MNIST MLP: 0.5 GB for 500
-        queries per seed); chunking bounds them to `QUERY_CHUNK x p` whatever the number of queries/seeds.
+        queries per seed); chunking bounds them to QUERY_BYTES whatever the number of queries or seeds.
         """
         total = 0
         for m in self.members_:
-            parts = [
-                train_side(
-                    m, self._query_vector(m, queries.subset(range(a, min(a + QUERY_CHUNK, len(queries)))))
-                )
-                .float()
-                .cpu()
-                for a in range(0, len(queries), QUERY_CHUNK)
-            ]
+            p = ParamSubset.resolve(m.model, self.settings["params"]).numel
+            step = max(1, QUERY_BYTES // (p * torch.finfo(self._dtype()).bits // 8))
+            parts = []
+            for a in range(0, len(queries), step):
+                chunk = queries.subset(range(a, min(a + step, len(queries))))
+                parts.append(train_side(m, self._query_vector(m, chunk)).float().cpu())
             total = total + torch.cat(parts)
         return total / len(self.members_)
 

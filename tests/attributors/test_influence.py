@@ -127,13 +127,17 @@ def test_ghost_train_gradients_give_the_same_influence(tiny_run, monkeypatch, so
 
 
 def test_scores_do_not_depend_on_the_query_chunk(tiny_run, monkeypatch):
-    """score / score_groups process QUERY_CHUNK queries per seed at a time; the result is the same."""
+    """score / score_groups hold QUERY_BYTES of query vectors per seed at a time; the result is the same."""
     import tda_explorer.attributors.influence as influence
 
     run, train, queries = tiny_run
     attr = make_attributor("influence", solver="ekfac", seeds="all").fit(run, train)
     groups = torch.rand(3, len(train), generator=torch.Generator().manual_seed(0)) > 0.5
     whole, whole_groups = attr.score(queries), attr.score_groups(queries, groups)
-    monkeypatch.setattr(influence, "QUERY_CHUNK", 5)  # 12 queries -> chunks of 5, 5, 2
+    p = sum(t.numel() for t in run.model().parameters())
+    monkeypatch.setattr(influence, "QUERY_BYTES", 5 * p * 8)  # float64 here: 12 queries -> chunks of 5, 5, 2
+    sizes, inner = [], attr._query_vector
+    monkeypatch.setattr(attr, "_query_vector", lambda m, q: sizes.append(len(q)) or inner(m, q))
     torch.testing.assert_close(attr.score(queries), whole)
+    assert sizes == [5, 5, 2] * 2  # per seed
     torch.testing.assert_close(attr.score_groups(queries, groups), whole_groups)
