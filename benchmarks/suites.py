@@ -338,6 +338,16 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         ),
         Method("repsim", "repsim", {}),
     ]
+    if kind == "mlp":  # the same over each model's saved training checkpoints (TRAK's multi-checkpoint use)
+        rows.insert(
+            -1,
+            Method(
+                f"trak-{trak_models} (kronecker + checkpoints)",
+                "trak",
+                {**trak, "proj_dim": KRONECKER_DIM, "proj_layout": "kronecker", "checkpoints": "all"},
+                models=trak_models,
+            ),
+        )
     return tuple(rows)
 
 
