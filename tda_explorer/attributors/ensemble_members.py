@@ -351,16 +351,14 @@ def finetune_lora(
         shuffle = torch.Generator().manual_seed(seed * 1_000_003 + 17)
         opt = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
         step, lr, lr_sum, losses = 0, 0.0, 0.0, []
-        for it in sgd_steps(model, opt, cfg, inputs, labels, torch.arange(len(labels)), shuffle):
+        everyone = torch.arange(len(labels))
+        steps = sgd_steps(
+            model, opt, cfg, inputs, labels, everyone, shuffle, progress, f"LoRA member seed {seed}"
+        )
+        for it in steps:
             step, lr, lr_sum = it.step, it.lr, lr_sum + it.lr
             if it.epoch_loss is not None:
                 losses.append(it.epoch_loss)
-                if progress is not None:
-                    progress(
-                        it.epoch + 1,
-                        cfg.epochs,
-                        f"LoRA member seed {seed}: epoch {it.epoch + 1} loss {it.epoch_loss:.4f}",
-                    )
         state = model_state(model)
     ckpt = {
         "step": step,

@@ -67,12 +67,6 @@ def regularized_inverse(gram: torch.Tensor, regularization: float) -> torch.Tens
     return torch.linalg.pinv(gram, hermitian=True)
 
 
-def kernel_inverse(phi: torch.Tensor, regularization: float) -> torch.Tensor:
-    """`(Phi^T Phi + lambda I)^{-1}` `[k, k]`, float64 (the primal TRAK kernel inverse)."""
-    phi = phi.double()
-    return regularized_inverse(phi.T @ phi, regularization)
-
-
 def mean_nonzero_eigenvalue(gram: torch.Tensor, rank_bound: int) -> float:
     """`trace(gram) / rank_bound`: with `gram` = `Phi^T Phi` or `Phi Phi^T` and `rank_bound` = min(k, N), the
     mean of the (at most min(k, N)) nonzero eigenvalues of `Phi^T Phi`."""

@@ -132,10 +132,13 @@ def sgd_steps(
     labels: torch.Tensor,
     idx: torch.Tensor,
     shuffle: torch.Generator,
+    progress: Progress | None = None,
+    label: str = "",
 ) -> Iterator[StepInfo]:
     """Minibatch training over the examples `idx`: `config.epochs` epochs, each in an order drawn from
     `shuffle`, the learning rate of every step from `config`'s schedule; yields after each step (the
     model is in train mode). The one training loop of the package (runs, subset retraining, LoRA members).
+    After each epoch, `progress(epoch, epochs, "<label>: epoch e loss l")` when given.
     """
     steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
@@ -155,8 +158,10 @@ def sgd_steps(
             opt.step()
             step += 1
             loss_sum += loss.item() * len(batch)
-            last = b == steps_per_epoch - 1
-            yield StepInfo(step, lr, epoch, loss_sum / len(idx) if last else None)
+            epoch_loss = loss_sum / len(idx) if b == steps_per_epoch - 1 else None
+            if epoch_loss is not None and progress is not None:
+                progress(epoch + 1, config.epochs, f"{label}: epoch {epoch + 1} loss {epoch_loss:.4f}")
+            yield StepInfo(step, lr, epoch, epoch_loss)
 
 
 def train_model(
@@ -205,7 +210,8 @@ def train_model(
         checkpoints: list[Checkpoint] = []
         epoch_losses: list[float] = []
         seg_lr_sum, seg_steps = 0.0, 0
-        for it in sgd_steps(model, opt, train_config, inputs, labels, idx, shuffle):
+        steps = sgd_steps(model, opt, train_config, inputs, labels, idx, shuffle, progress, f"seed {seed}")
+        for it in steps:
             seg_lr_sum += it.lr
             seg_steps += 1
             if it.step in keep:
@@ -222,12 +228,6 @@ def train_model(
                 seg_lr_sum, seg_steps = 0.0, 0
             if it.epoch_loss is not None:
                 epoch_losses.append(it.epoch_loss)
-                if progress is not None:
-                    progress(
-                        it.epoch + 1,
-                        train_config.epochs,
-                        f"seed {seed}: epoch {it.epoch + 1} loss {it.epoch_loss:.4f}",
-                    )
         eval_logits = {
             name: predict_logits(model, prepare_inputs(model, es.inputs))
             for name, es in (eval_sets or {}).items()
