@@ -240,7 +240,8 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
 
     Our settings are the attributors' defaults, except (1) Grad-Dot/Cos over all parameters, like dattri's
     full-parameter TracInAttributor; (2) CG / LiSSA iteration limits (cost); (3) the `TUNED` damping and
-    TRAK regularization, with a "defaults" row beside each tuned one. dattri gets the same damping (the
+    TRAK regularization, with a "defaults" row beside each tuned one; (4) the main TRAK row projects with a
+    count sketch (`proj_type="sjlt"`, same k; the dense Rademacher projection is its own row). dattri gets the same damping (the
     total shift ours used), checkpoints, projection size and TRAK regularization, and otherwise its
     shipped defaults (CG: 10 iterations; LiSSA: depth 5000, scaling 50, batch 1).
     """
@@ -312,14 +313,20 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         ]
     trak = {"proj_dim": proj_dim, "n_models": trak_models}
     rows += [
-        Method(  # our defaults (lambda relative to the kernel); dattri given the same lambda
-            f"trak-{trak_models}",
+        Method(  # count-sketch projection of the same size (lambda relative to the kernel); dattri given
+            f"trak-{trak_models}",  # the same lambda and its dense Rademacher projection
             "trak",
-            trak,
+            {**trak, "proj_type": "sjlt"},
             models=trak_models,
             peer="trak",
             peer_kwargs={"proj_dim": proj_dim, "trak_regularization": PEER_TRAK_REG_OURS},
             peer_checkpoints="models",
+        ),
+        Method(  # the same with a dense Rademacher projection, like dattri's (compare with the row above's peer)
+            f"trak-{trak_models} (rademacher)",
+            "trak",
+            trak,
+            models=trak_models,
         ),
         Method(  # plain TRAK (lambda = 0, pseudo-inverse) against dattri's shipped default
             f"trak-{trak_models} (reg 0)",

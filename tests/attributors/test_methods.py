@@ -27,10 +27,13 @@ ALL_METHODS = [
     ("trak", {"proj_dim": 16}),
     ("trak", {"proj_dim": None, "regularization": 0.1, "checkpoints": "all"}),
     ("trak", {"proj_dim": 96}),  # k > N = 48: the kernel inverse is taken in the N-space (dual)
+    ("trak", {"proj_dim": 16, "proj_type": "sjlt"}),  # features recomputed on use
+    ("trak", {"proj_dim": 96, "proj_type": "sjlt"}),  # dual
     ("trak", {"proj_dim": 24, "proj_layout": "kronecker"}),
     ("trak", {"proj_dim": 200, "proj_layout": "kronecker"}),
     ("tracin", {}),
     ("tracin", {"proj_dim": 32, "seeds": "all", "lr_source": "segment_mean_lr"}),
+    ("tracin", {"proj_dim": 32, "proj_type": "sjlt"}),
     ("repsim", {"seeds": "all"}),
     ("grad_dot", {}),
 ]
@@ -178,7 +181,7 @@ def test_trak_default_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_dim
         k = phi.shape[1]
         inv = torch.linalg.inv(phi.T @ phi + lam * torch.eye(k, dtype=torch.float64))
         if not m.dual:
-            torch.testing.assert_close(m.inverse.double(), inv, rtol=1e-4, atol=1e-8)
+            torch.testing.assert_close(m.kernel.solve(torch.eye(k)).double(), inv, rtol=1e-4, atol=1e-8)
         pq = auto._features(m, queries).double()
         kernel = kernel + pq @ inv @ phi.T / 2
     torch.testing.assert_close(auto.score(queries).double(), kernel * auto.q_, rtol=1e-4, atol=1e-7)
@@ -246,6 +249,19 @@ def test_feature_dot_streams_train_features_when_they_do_not_fit(tiny_run, monke
     torch.testing.assert_close(
         streamed.score_groups(queries, groups), cached.score_groups(queries, groups), rtol=1e-5, atol=1e-5
     )
+
+
+def test_trak_sjlt_ghost_sketch_equals_materialised_gradients(tiny_run, monkeypatch):
+    """TRAK with a count-sketch projection sketches Linear layers from their factors: same scores."""
+    import tda_explorer.attributors.base as base
+
+    run, train, queries = tiny_run
+    kw = {"proj_dim": 16, "proj_type": "sjlt", "n_models": 2}
+    ghost = make_attributor("trak", **kw).fit(run, train)
+    monkeypatch.setattr(base, "USE_GHOST", False)
+    dense = make_attributor("trak", **kw).fit(run, train)
+    torch.testing.assert_close(ghost.score(queries), dense.score(queries), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ghost.self_influence(), dense.self_influence(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["grad_dot", "grad_cos", "tracin"])

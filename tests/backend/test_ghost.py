@@ -62,3 +62,23 @@ def test_dense_chunks_dot_with_dense_vectors_and_group_sums(monkeypatch):
     torch.testing.assert_close(f.dot_dense(v).double(), (v @ g.T).float().double())
     mask = torch.rand(3, 11) > 0.5
     torch.testing.assert_close(f.group_sum(mask), mask.double() @ g)
+
+
+@pytest.mark.parametrize("params", ["all", "head"])
+def test_sketch_of_factors_equals_sjlt_of_materialised_gradients(monkeypatch, params):
+    """`factors.sketch(P)` = `P(dense gradients)` for a count-sketch projector, also in small chunks."""
+    import tda_explorer.backend.ghost as ghost
+    from tda_explorer.backend.projection import RandomProjector
+
+    torch.manual_seed(2)
+    model = build_model(MLPConfig(hidden=(7, 5)), (1, 4, 4), 3).double().eval()
+    x, y = torch.randn(13, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (13,))
+    g = example_grads(model, x, y, params=params, objective="margin", device=CPU)
+    f = ghost_factors(model, x, y, params, "margin")
+    proj = RandomProjector(g.shape[1], 10, seed=4, kind="sjlt", block_rows=30)
+    want = proj(g)
+    monkeypatch.setattr(ghost, "DENSE_CHUNK_BYTES", 8 * 17 * 3)  # a few examples per chunk
+    torch.testing.assert_close(f.sketch(proj), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(f.normalized().sketch(proj), proj(torch.nn.functional.normalize(g, dim=1)))
+    with pytest.raises(Exception, match="sjlt"):
+        f.sketch(RandomProjector(g.shape[1], 10, kind="gaussian"))

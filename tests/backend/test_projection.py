@@ -12,7 +12,7 @@ from tda_explorer.errors import ConfigError
 from tda_explorer.models import CNNConfig, MLPConfig, build_model
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "sjlt"])
 def test_projection_is_seeded_and_chunk_independent(kind):
     x = torch.randn(37, 2500, dtype=torch.float64)
     proj = RandomProjector(2500, 64, seed=3, kind=kind, block_rows=700)
@@ -26,9 +26,12 @@ def test_projection_is_seeded_and_chunk_independent(kind):
     torch.testing.assert_close(whole, x @ proj.matrix(torch.float64), rtol=1e-10, atol=1e-10)
     if kind == "rademacher":
         assert set(torch.unique(proj.matrix() * 8).tolist()) == {-1.0, 1.0}
+    if kind == "sjlt":  # a count sketch: exactly one +-1 per input coordinate
+        dense = proj.matrix()
+        assert (dense.abs().sum(1) == 1).all() and set(torch.unique(dense).tolist()) == {-1.0, 0.0, 1.0}
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher", "sjlt"])
 def test_projection_preserves_inner_products_for_large_k(kind):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, 3000, generator=gen, dtype=torch.float64)
@@ -36,6 +39,19 @@ def test_projection_preserves_inner_products_for_large_k(kind):
     px = RandomProjector(3000, 8192, seed=1, kind=kind)(x)
     # Johnson-Lindenstrauss: error ~ 1/sqrt(k) ~ 0.011 for unit vectors
     assert (px @ px.T - x @ x.T).abs().max() < 0.06
+
+
+def test_sjlt_is_unbiased_over_seeds():
+    """E[<xP, yP>] = <x, y>: the mean over 400 seeds of a small (k = 16) sketch is within 4 standard errors."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 200, generator=gen, dtype=torch.float64)
+    est = torch.stack(
+        [
+            (lambda P: (x @ P) @ (y @ P))(RandomProjector(200, 16, seed=s, kind="sjlt").matrix(torch.float64))
+            for s in range(400)
+        ]
+    )
+    assert abs(est.mean() - x @ y) < 4 * est.std() / 20
 
 
 def test_projection_rejects_bad_input():
