@@ -89,6 +89,8 @@ class Influence(Attributor):
         damping_factor: relative damping used when `damping` is None.
         params: parameter subset ("all", "head", or name prefixes).
         seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
+        checkpoints: "final" (each seed's final model) or "all" (every saved checkpoint of each seed is a
+            member, with its own curvature; scores averaged over all members, like TRAK's checkpoints).
         weight_decay: L2 coefficient added to H; None = the run's `train_config.weight_decay`.
         seed: seed of the Fisher label sampling (ekfac/kfac) and of Hutchinson/power-iteration probes.
         fisher_samples: sampled labels per example for the K-FAC/EK-FAC factors.
@@ -108,6 +110,7 @@ class Influence(Attributor):
         damping_factor: float = 0.1,
         params: str | Sequence[str] = "all",
         seeds: str | int | Sequence[int] = "first",
+        checkpoints: str = "final",
         weight_decay: float | None = None,
         seed: int = 0,
         fisher_samples: int = 1,
@@ -124,6 +127,8 @@ class Influence(Attributor):
                 f"preconditioner must be one of {PRECONDITIONERS} and is only used by solver='cg'; "
                 f"got preconditioner={preconditioner!r} with solver={solver!r}."
             )
+        if checkpoints not in ("final", "all"):
+            raise ConfigError(f"checkpoints must be 'final' or 'all', got {checkpoints!r}.")
         check_damping(damping, damping_factor, weight_decay)
         super().__init__(
             progress=progress,
@@ -132,6 +137,7 @@ class Influence(Attributor):
             damping_factor=damping_factor,
             params=as_setting(params),
             seeds=as_setting(seeds),
+            checkpoints=checkpoints,
             weight_decay=weight_decay,
             seed=seed,
             fisher_samples=fisher_samples,
@@ -227,7 +233,8 @@ class Influence(Attributor):
         return res.x.T.to(g.dtype)
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> Influence:
-        """Per seed: train gradients `[N, p]` and the damped inverse-Hessian operator; returns self."""
+        """Per member (seed, or seed x checkpoint): train gradients `[N, p]` and the damped inverse-Hessian
+        operator; returns self."""
         seeds = select_seeds(run, self.settings["seeds"])
         wd = (
             run.train_config.weight_decay
@@ -237,10 +244,18 @@ class Influence(Attributor):
         self.n_train_ = len(train)
         self.weight_decay_ = float(wd)
         self.members_ = []
-        for i, seed in enumerate(seeds):
-            self.members_.append(self._member(run.model(seed), train, float(wd)))
+        final = self.settings["checkpoints"] == "final"
+        members = [
+            (seed, c) for seed in seeds for c in ([-1] if final else range(len(run.checkpoints[seed])))
+        ]
+        for i, (seed, c) in enumerate(members):
+            self.members_.append(self._member(run.model(seed, c), train, float(wd)))
             if self.progress is not None:
-                self.progress(i + 1, len(seeds), f"influence/{self.settings['solver']}: seed {seed} fitted")
+                self.progress(
+                    i + 1,
+                    len(members),
+                    f"influence/{self.settings['solver']}: seed {seed} checkpoint {c} fitted",
+                )
         self.fitted_ = True
         return self
 

@@ -141,3 +141,24 @@ def test_scores_do_not_depend_on_the_query_chunk(tiny_run, monkeypatch):
     torch.testing.assert_close(attr.score(queries), whole)
     assert sizes == [5, 5, 2] * 2  # per seed
     torch.testing.assert_close(attr.score_groups(queries, groups), whole_groups)
+
+
+def test_checkpoints_all_averages_one_member_per_checkpoint(tiny_run):
+    """checkpoints="all": one member per (seed, checkpoint), scores = mean of the per-checkpoint scores."""
+    from .conftest import make_run
+
+    run, train, queries = tiny_run
+    kw = {"solver": "ekfac", "damping": 0.05}
+    both = make_attributor("influence", checkpoints="all", seeds="all", **kw).fit(run, train)
+    n_ckpt = len(run.checkpoints[0])
+    assert len(both.members_) == 2 * n_ckpt
+    parts = []
+    for seed in (0, 1):
+        for c in range(n_ckpt):
+            single = make_run(
+                run.model_config, run.train_config, {seed: [run.checkpoints[seed][c].state]}, (6,), 3
+            )
+            parts.append(make_attributor("influence", **kw).fit(single, train).score(queries))
+    torch.testing.assert_close(both.score(queries), torch.stack(parts).mean(0), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ConfigError, match="checkpoints"):
+        make_attributor("influence", checkpoints="last")
