@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -137,24 +138,25 @@ def test_eigen_inverse_with_decoupled_coordinates():
     torch.testing.assert_close(inv.quadratic(g), (want * g).sum(1))
 
 
-def test_hvp_uses_the_closed_form_hessian_when_it_exists(monkeypatch):
-    """Head-only subsets: HVPs are matmuls with the closed-form H, equal to the double-backward ones."""
+@pytest.mark.parametrize("params", ["all", ["head.weight"], ["head.bias"]])
+def test_hvp_uses_the_closed_form_head_hessian_when_it_exists(monkeypatch, params):
+    """Head-only subsets: HVPs in closed form (no [p, p] matrix), equal to double backward and to H @ v."""
     import tda_explorer.backend.hessian as hessian_module
     from tda_explorer.models import LogRegConfig
 
     torch.manual_seed(2)
     model = build_model(LogRegConfig(), (1, 3, 4), 3).double()
     x, y = torch.randn(30, 1, 3, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
-    v = torch.randn(39, 5, dtype=torch.float64)
-    fast = LossHessian(model, x, y, batch_size=8, device=CPU)
+    x.view(30, -1)[:, :2] = 0  # never-active inputs
+    monkeypatch.setattr(hessian_module, "HVP_CHUNK", 7)  # several chunks
+    fast = LossHessian(model, x, y, params, batch_size=8, device=CPU)
+    v = torch.randn(fast.p, 5, dtype=torch.float64)
     got = fast.hvp(v)
-    assert isinstance(fast._explicit, torch.Tensor)
-    monkeypatch.setattr(hessian_module, "EXPLICIT_HVP_BYTES", 0)  # too small: double backward
-    slow = LossHessian(model, x, y, batch_size=8, device=CPU)
-    torch.testing.assert_close(got, slow.hvp(v), rtol=1e-9, atol=1e-12)
-    assert slow._explicit is False
-    idx = torch.arange(10)  # a minibatch HVP never uses the full-data matrix
-    torch.testing.assert_close(fast.hvp(v, idx), slow.hvp(v, idx), rtol=1e-9, atol=1e-12)
+    assert fast._head_parts() is not None
+    every = torch.arange(30)  # through `index`: the generic double-backward path over all examples
+    torch.testing.assert_close(got, fast.hvp(v, every), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got, fast.matrix() @ v, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fast.hvp(v[:, 0]), got[:, 0])
     mlp = LossHessian(build_model(MLPConfig(hidden=(5,)), (6,), 3).double(), *tiny_problem()[1:], device=CPU)
     mlp.hvp(torch.randn(mlp.p, dtype=torch.float64))
-    assert mlp._explicit is False  # hidden layers: no closed form
+    assert mlp._head_parts() is None  # hidden layers: no closed form
