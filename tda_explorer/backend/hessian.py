@@ -190,15 +190,16 @@ class LossHessian:
         valid = where >= 0
         w = cols.new_zeros(n_cls, d, cols.shape[1])  # [C, d, m]
         w[valid] = cols[where[valid]]
-        w = w.permute(2, 0, 1)  # [m, C, d]
-        acc = cols.new_zeros(cols.shape[1], n_cls, d)
+        m = cols.shape[1]
+        w = w.permute(2, 0, 1).reshape(m * n_cls, d).contiguous()  # row (j, c): column j's class-c weights
+        acc = cols.new_zeros(m * n_cls, d)
         for s in range(0, len(a), HVP_CHUNK):
-            ab, pb = a[s : s + HVP_CHUNK].to(cols.dtype), p[s : s + HVP_CHUNK]
-            z = torch.einsum("bd,mcd->bmc", ab, w)
-            u = pb[:, None, :] * (z - (z * pb[:, None, :]).sum(2, keepdim=True))
-            acc += torch.einsum("bmc,bd->mcd", u, ab)
+            ab, pb = a[s : s + HVP_CHUNK].to(cols.dtype), p[s : s + HVP_CHUNK, None, :]
+            z = (ab @ w.T).view(len(ab), m, n_cls)  # logit directions [b, m, C]
+            u = pb * (z - (z * pb).sum(2, keepdim=True))
+            acc.addmm_(u.view(len(ab), m * n_cls).T, ab)
         out = torch.zeros_like(cols)
-        out[where[valid]] = acc.permute(1, 2, 0)[valid] / self.n
+        out[where[valid]] = acc.view(m, n_cls, d).permute(1, 2, 0)[valid] / self.n
         return out
 
     def hvp(self, v: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
@@ -231,7 +232,7 @@ class LossHessian:
 
 
 #: Examples per chunk of the closed-form head HVP (`LossHessian._head_hvp`).
-HVP_CHUNK = 256
+HVP_CHUNK = 512
 
 
 @dataclass
