@@ -345,6 +345,11 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         ),
         Method("repsim", "repsim", {}),
     ]
+    if kind == "mlp":  # EK-FAC influence averaged over the first seed's saved checkpoints (like TRAK's)
+        rows.insert(
+            5,
+            Method("influence/ekfac (checkpoints)", "influence", {"solver": "ekfac", "checkpoints": "all"}),
+        )
     if kind == "mlp":  # the same over each model's saved training checkpoints (TRAK's multi-checkpoint use)
         rows.insert(
             -1,

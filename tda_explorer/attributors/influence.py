@@ -91,6 +91,8 @@ class Influence(Attributor):
         seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
         checkpoints: "final" (each seed's final model) or "all" (every saved checkpoint of each seed is a
             member, with its own curvature; scores averaged over all members, like TRAK's checkpoints).
+            Measured LDS (M = 100): MNIST MLP one seed's 5 checkpoints 0.508 vs 0.395 for its final model
+            alone (3 seeds x 5 checkpoints: 0.550); MNIST logistic regression 0.808 vs 0.806 (converged).
         weight_decay: L2 coefficient added to H; None = the run's `train_config.weight_decay`.
         seed: seed of the Fisher label sampling (ekfac/kfac) and of Hutchinson/power-iteration probes.
         fisher_samples: sampled labels per example for the K-FAC/EK-FAC factors.
