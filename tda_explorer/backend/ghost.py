@@ -38,10 +38,12 @@ from tda_explorer.errors import ConfigError
 GHOST_BATCH = 512
 
 
-#: Bytes of dense gradients materialised at once from the factors. 32 MiB: MNIST-MLP EK-FAC scoring
-#: (500 queries x 4,000 train, 1 thread) took 32.9 s / 1,127 MB vs 31.6 s / 1,230 MB at 256 MiB; on
-#: MNIST logistic regression the 4,000 x 7,850 train gradients (126 MB) are now 4 chunks instead of 1.
-DENSE_CHUNK_BYTES = 32 * 2**20
+#: Bytes of dense gradients materialised at once from the factors. MNIST logistic regression, EK-FAC
+#: fit + score peak: 224 MB at 32 MiB, 141 MB at 8 MiB (496 MB at 256 MiB together with 256 MiB query
+#: chunks); MNIST-MLP EK-FAC scoring (1 thread) 32.9 s / 1,127 MB at 32 MiB vs 31.6 s / 1,230 MB at 256.
+DENSE_CHUNK_BYTES = 8 * 2**20
+#: ... but at least this many rows, so that a chunk's GEMM stays efficient for wide models (MNIST MLP).
+MIN_CHUNK_ROWS = 32
 
 
 @dataclass
@@ -111,9 +113,9 @@ class GhostFactors:
         return out
 
     def chunk_rows(self) -> int:
-        """Rows of dense gradients per chunk so that one chunk takes about `DENSE_CHUNK_BYTES`."""
+        """Rows of dense gradients per chunk: about `DENSE_CHUNK_BYTES`, at least `MIN_CHUNK_ROWS`."""
         itemsize = self.factors[0][0].element_size()
-        return max(1, DENSE_CHUNK_BYTES // max(1, self.numel * itemsize))
+        return max(MIN_CHUNK_ROWS, DENSE_CHUNK_BYTES // max(1, self.numel * itemsize))
 
     def group_sum(self, mask: torch.Tensor) -> torch.Tensor:
         """`mask [g, n] @ gradients`: the summed gradient of each group, `[g, p]`."""
@@ -139,7 +141,7 @@ class GhostFactors:
         for info, (a, d) in zip(self._layers(), self.factors, strict=True):
             pos = flat_to_layer(positions, info)[0]  # [d_out, d_in] flat coordinate of each entry
             bucket, sign = buckets[pos].flatten(), signs[pos].to(first.dtype)
-            rows = max(1, DENSE_CHUNK_BYTES // max(1, pos.numel() * first.element_size()))
+            rows = max(MIN_CHUNK_ROWS, DENSE_CHUNK_BYTES // max(1, pos.numel() * first.element_size()))
             for s in range(0, len(self), rows):
                 block = torch.bmm(d[s : s + rows, :, None], a[s : s + rows, None, :]).mul_(sign)
                 out[s : s + rows].index_add_(1, bucket, block.reshape(len(block), -1))

@@ -58,6 +58,7 @@ def test_dense_chunks_dot_with_dense_vectors_and_group_sums(monkeypatch):
     torch.testing.assert_close(f.normalized().dense(), torch.nn.functional.normalize(g, dim=1))
     v = torch.randn(4, g.shape[1], dtype=torch.float64)
     monkeypatch.setattr(ghost, "DENSE_CHUNK_BYTES", g.shape[1] * 8 * 3)  # three train examples per chunk
+    monkeypatch.setattr(ghost, "MIN_CHUNK_ROWS", 1)
     assert f.chunk_rows() == 3
     torch.testing.assert_close(f.dot_dense(v).double(), (v @ g.T).float().double())
     mask = torch.rand(3, 11) > 0.5
@@ -78,6 +79,7 @@ def test_sketch_of_factors_equals_sjlt_of_materialised_gradients(monkeypatch, pa
     proj = RandomProjector(g.shape[1], 10, seed=4, kind="sjlt", block_rows=30)
     want = proj(g)
     monkeypatch.setattr(ghost, "DENSE_CHUNK_BYTES", 8 * 17 * 3)  # a few examples per chunk
+    monkeypatch.setattr(ghost, "MIN_CHUNK_ROWS", 1)
     torch.testing.assert_close(f.sketch(proj), want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(f.normalized().sketch(proj), proj(torch.nn.functional.normalize(g, dim=1)))
     with pytest.raises(Exception, match="sjlt"):
