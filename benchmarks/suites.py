@@ -391,7 +391,7 @@ def _quick() -> Suite:
             Method(
                 "trak-5",
                 "trak",
-                {"proj_dim": 128, "n_models": 5},
+                {"proj_dim": 128, "n_models": 5, "proj_type": "sjlt"},
                 models=5,
                 peer="trak",
                 peer_kwargs={"proj_dim": 128, "trak_regularization": PEER_TRAK_REG_OURS},
