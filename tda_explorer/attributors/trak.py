@@ -79,9 +79,6 @@ class KernelSolver:
         x = x.to(self.matrix)
         return torch.cholesky_solve(x, self.matrix) if self.cholesky else self.matrix @ x
 
-    def numel(self) -> int:
-        return self.matrix.numel()
-
 
 def mean_nonzero_eigenvalue(gram: torch.Tensor, rank_bound: int) -> float:
     """`trace(gram) / rank_bound`: with `gram` = `Phi^T Phi` or `Phi Phi^T` and `rank_bound` = min(k, N), the
@@ -185,8 +182,8 @@ class TRAK(Attributor):
         s = self.settings
         targets = examples.labels if targets is None else targets
         inputs = prepare_inputs(m.model, examples.inputs)
+        model = m.model.to(get_device(), get_dtype()).eval()
         if s["proj_layout"] == "kronecker":
-            model = m.model.to(get_device(), get_dtype()).eval()
             sizes = kronecker_sizes(
                 find_layers(model, ParamSubset.resolve(model, s["params"])), s["proj_dim"]
             )
@@ -206,7 +203,6 @@ class TRAK(Attributor):
             and base.USE_GHOST
             and ghost_supported(m.model, s["params"])
         ):  # Linear-only model: sketch each layer's ds a^T from its factors, no per-example backward
-            model = m.model.to(get_device(), get_dtype()).eval()
             return ghost_factors(model, inputs, targets, s["params"], objective=objective).sketch(m.projector)
         if m.projector is not None and len(self.models_) > 1:  # keep one model's cached blocks at a time
             for other in self.models_:
