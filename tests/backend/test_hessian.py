@@ -148,7 +148,8 @@ def test_hvp_uses_the_closed_form_head_hessian_when_it_exists(monkeypatch, param
     model = build_model(LogRegConfig(), (1, 3, 4), 3).double()
     x, y = torch.randn(30, 1, 3, 4, dtype=torch.float64), torch.randint(0, 3, (30,))
     x.view(30, -1)[:, :2] = 0  # never-active inputs
-    monkeypatch.setattr(hessian_module, "HVP_CHUNK", 7)  # several chunks
+    monkeypatch.setattr(hessian_module, "HVP_CHUNK", 7)  # several chunks of examples
+    monkeypatch.setattr(hessian_module, "HVP_COLUMNS", 2)  # and of columns (the last one partial)
     fast = LossHessian(model, x, y, params, batch_size=8, device=CPU)
     v = torch.randn(fast.p, 5, dtype=torch.float64)
     got = fast.hvp(v)
