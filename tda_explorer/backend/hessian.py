@@ -291,33 +291,44 @@ def cg_solve(
 ) -> SolveResult:
     """(Preconditioned) conjugate gradients for `(H + damping I) x = b`, all columns of `b [p, m]` at once.
 
-    Stops when every column's relative residual `||r|| / ||b||` is below `tol` or after `max_iter`.
-    Needs `H + damping I` positive definite (raise damping for non-convex models). `precondition` maps
-    columns `r [p, m]` to `M^{-1} r` for a symmetric positive definite `M` close to `H + damping I`
-    (e.g. the EK-FAC inverse): the same solution in fewer iterations when `M` captures the spectrum.
+    Each column's recursion is independent of the others, so a column whose relative residual
+    `||r|| / ||b||` is below `tol` is retired (its solution kept, its state dropped) and the later
+    Hessian-vector products run over the remaining columns only; stops when every column is retired or
+    after `max_iter`. Needs `H + damping I` positive definite (raise damping for non-convex models).
+    `precondition` maps columns `r [p, m]` to `M^{-1} r` for a symmetric positive definite `M` close to
+    `H + damping I` (e.g. the EK-FAC inverse): the same solution in fewer iterations when `M` captures the
+    spectrum. Memory: the solution and three `[p, active]` state buffers besides `hvp`'s own.
     """
     b2 = b.reshape(b.shape[0], -1)
-    x = torch.zeros_like(b2)
+    x = torch.zeros_like(b2)  # the solution of every column; active columns are updated in place
+    active = torch.arange(b2.shape[1], device=b2.device)  # column of b2 of each state column
     r = b2.clone()
     z = r if precondition is None else precondition(r)
     d = z.clone()
-    scratch = torch.empty_like(b2)  # the one [p, m] temporary of the column-wise dot products
+    scratch = torch.empty_like(b2)  # the one [p, active] temporary of the column-wise products
     rz = _column_dot(r, z, scratch)
     bnorm = torch.linalg.vector_norm(b2, dim=0).clamp_min(1e-300)
-    converged, it = bool((r.norm(dim=0) / bnorm).max() < tol) if b2.numel() else True, 0
-    while not converged and it < max_iter:
+    it = 0
+    while True:
+        done = torch.linalg.vector_norm(r, dim=0) / bnorm < tol
+        if bool(done.any()):  # retire the converged columns
+            keep = ~done
+            active, r, d, rz, bnorm = active[keep], r[:, keep], d[:, keep], rz[keep], bnorm[keep]
+            scratch, z = torch.empty_like(r), None
+        if active.numel() == 0 or it >= max_iter:
+            break
         it += 1
         ad = hvp(d).add_(d, alpha=damping)
         dad = _column_dot(d, ad, scratch)
         alpha = torch.where(dad > 0, rz / dad.clamp_min(1e-300), torch.zeros_like(dad))
-        x.addcmul_(d, alpha)
+        x.index_add_(1, active, torch.mul(d, alpha, out=scratch))
         r.addcmul_(ad, alpha, value=-1.0)
         del ad
-        converged = bool((torch.linalg.vector_norm(r, dim=0) / bnorm).max() < tol)
         z = r if precondition is None else precondition(r)
         rz_new = _column_dot(r, z, scratch)
         d.mul_(torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))).add_(z)
         rz = rz_new
+    converged = active.numel() == 0
     del r, z, d, scratch  # before the residual's HVP
     return SolveResult(x.reshape(b.shape), it, _residual(hvp, x, b2, damping), converged)
 

@@ -87,6 +87,27 @@ def test_preconditioned_cg_reaches_the_same_solution_in_fewer_iterations():
     assert perfect.iterations == 1 and jacobi.iterations < plain.iterations
 
 
+def test_cg_retires_converged_columns_and_keeps_their_solutions():
+    """Columns converge at different rates (an eigenvector converges in one step): the HVPs then run over
+    the remaining columns only, every column still meets the tolerance, and a zero column stays zero."""
+    gen = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(30, 30, generator=gen, dtype=torch.float64))
+    h = q @ torch.diag(torch.logspace(-2, 2, 30, dtype=torch.float64)) @ q.T
+    b = torch.cat([q[:, :1], torch.randn(30, 2, generator=gen, dtype=torch.float64), torch.zeros(30, 1)], 1)
+    widths: list[int] = []
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        widths.append(v.shape[1])
+        return h @ v
+
+    res = cg_solve(hvp, b, 1e-3, max_iter=500, tol=1e-10)
+    assert res.converged and res.residual < 1e-9
+    exact = torch.linalg.solve(h + 1e-3 * torch.eye(30, dtype=torch.float64), b)
+    torch.testing.assert_close(res.x, exact, rtol=1e-7, atol=1e-8)
+    assert widths[0] == 3 and widths[1] == 2 and widths[-2] <= 2  # the zero column never entered
+    assert res.iterations == len(widths) - 1  # the last HVP is the reported residual's, over all 4
+
+
 def test_eigen_inverse_solves_and_rejects_indefinite():
     a = torch.randn(6, 6, dtype=torch.float64)
     h = a @ a.T
