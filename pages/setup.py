@@ -113,16 +113,15 @@ with st.form("attribute"):
                         )
                     )
                 else:
-                    values[s.name] = float(
-                        st.number_input(
-                            label,
-                            value=float(s.default),
-                            min_value=s.minimum,
-                            help=s.help,
-                            key=key,
-                            format="%g",
-                        )
+                    value = st.number_input(
+                        label,
+                        value=None if s.default is None else float(s.default),
+                        min_value=s.minimum,
+                        help=s.help,
+                        key=key,
+                        format="%g",
                     )
+                    values[s.name] = None if value is None else float(value)
             chosen_settings[method] = settings_kwargs(values)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 if go:

@@ -171,9 +171,10 @@ class FeatureDotAttributor(Attributor):
         return out.float()
 
 
-def check_damping(damping: float | None, damping_factor: float, weight_decay: float | None) -> None:
-    """ConfigError unless damping (absolute, or None = relative), its factor and weight decay are >= 0."""
-    if (damping is not None and damping < 0) or damping_factor < 0:
+def check_damping(damping: float | None, damping_factor: float | None, weight_decay: float | None) -> None:
+    """ConfigError unless damping (absolute, or None = relative), its factor (None = the method's default)
+    and weight decay are >= 0."""
+    if (damping is not None and damping < 0) or (damping_factor is not None and damping_factor < 0):
         raise ConfigError(f"damping and damping_factor must be >= 0, got {damping}, {damping_factor}.")
     if weight_decay is not None and weight_decay < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Setting:
-    """One user-facing setting: `kind` is "choice", "int" or "float"; `choices` for "choice"."""
+    """One user-facing setting: `kind` is "choice", "int" or "float"; `choices` for "choice"; a "float" whose
+    default is None may be left empty (None: the attributor picks the value)."""
 
     name: str
     kind: str
@@ -48,7 +49,12 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
         ),
         PARAMS_ALL,
         Setting(
-            "damping_factor", "float", 0.1, help="damping as a multiple of the mean eigenvalue", minimum=0.0
+            "damping_factor",
+            "float",
+            None,
+            help="damping as a multiple of the mean eigenvalue; empty = the solver's default (0.1 for "
+            "ekfac / kfac, 1 for exact / cg / lissa)",
+            minimum=0.0,
         ),
     ),
     "trak": (

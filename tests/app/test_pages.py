@@ -156,6 +156,18 @@ def test_setup_page_shows_the_main_settings_of_each_picked_attributor(prepared, 
     assert {"measurement", "kind", "combine", "encoder.image_backbone"} <= choices
 
 
+def test_setup_page_leaves_an_empty_damping_factor_to_the_solver(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch)
+    next(m for m in at.multiselect if m.label == "Attributors").set_value(["influence"])
+    rerun(at, "setup")
+    damping = next(n for n in at.number_input if n.label == "damping_factor")
+    assert damping.value is None  # empty: the solver's own default (1 x mean eigenvalue for exact)
+    next(s for s in at.selectbox if s.label == "solver").set_value("exact")
+    next(b for b in at.button if b.label.startswith("Compute")).click()
+    rerun(at, "setup")
+    assert any(m.value.startswith("influence:") for m in at.success), [m.value for m in at.success]
+
+
 def test_pruning_page_computes_and_then_shows_the_cached_pruning_curve(prepared, monkeypatch):
     at = app_at(prepared, monkeypatch, "pruning")
     assert not at.get("plotly_chart")

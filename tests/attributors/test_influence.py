@@ -162,3 +162,21 @@ def test_checkpoints_all_averages_one_member_per_checkpoint(tiny_run):
     torch.testing.assert_close(both.score(queries), torch.stack(parts).mean(0), rtol=1e-4, atol=1e-7)
     with pytest.raises(ConfigError, match="checkpoints"):
         make_attributor("influence", checkpoints="last")
+
+
+def test_default_damping_factor_depends_on_the_solver(digits_case):
+    """Unset, the relative damping is 1 x the mean eigenvalue for the true-Hessian solvers and 0.1 x
+    each layer's mean eigenvalue for the Kronecker ones (`DEFAULT_DAMPING_FACTOR`)."""
+
+    def damping(solver, **kw):
+        attr = make_attributor("influence", solver=solver, **kw).fit(digits_case.run, digits_case.train)
+        return attr.settings["damping_factor"], attr.solve_info_[0]["damping"]
+
+    factor, exact = damping("exact")
+    assert factor is None
+    assert exact == pytest.approx(damping("exact", damping_factor=1.0)[1], rel=1e-12)
+    assert exact == pytest.approx(10 * damping("exact", damping_factor=0.1)[1], rel=1e-12)
+    assert damping("ekfac")[1] == damping("ekfac", damping_factor=0.1)[1]
+    assert damping("ekfac")[1] != damping("ekfac", damping_factor=1.0)[1]
+    with pytest.raises(ConfigError, match="damping_factor"):
+        make_attributor("influence", damping_factor=-0.1)
