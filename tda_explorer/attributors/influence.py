@@ -44,7 +44,7 @@ SOLVERS = ("ekfac", "kfac", "cg", "lissa", "exact")
 #: `damping_factor` when none is given, per solver. The Kronecker solvers keep kronfluence's 0.1 (x each
 #: layer's mean eigenvalue): measured LDS on MNIST 5k logistic regression 0.806 / 0.807 / 0.797 / 0.768
 #: at factors 0.1 / 0.3 / 1 / 2.5. The solvers of the true H want about 10x more: exact influence on the
-#: same model 0.862 / 0.879 / 0.905 / 0.908 / 0.885 at 0.1 / 0.3 / 1 / 2.5 / 5, on sklearn digits
+#: same model 0.861 / 0.879 / 0.905 / 0.908 / 0.885 at 0.1 / 0.3 / 1 / 2.5 / 5, on sklearn digits
 #: 0.809 / 0.839 / 0.859 / 0.824 at 0.1 / 0.3 / 1 / 2.5 (the models are trained for a finite number of
 #: steps, so the curvature's smallest directions never reach the minimiser the undamped inverse assumes).
 DEFAULT_DAMPING_FACTOR = {"ekfac": 0.1, "kfac": 0.1, "exact": 1.0, "cg": 1.0, "lissa": 1.0}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tda_explorer.attributors.influence import DEFAULT_DAMPING_FACTOR
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -22,6 +24,14 @@ class Setting:
     choices: tuple = ()
     help: str = ""
     minimum: float | None = None
+
+
+def _per_solver(values: dict[str, float]) -> str:
+    """`{"ekfac": 0.1, "kfac": 0.1, "exact": 1.0}` -> "0.1 for ekfac / kfac, 1 for exact"."""
+    groups: dict[float, list[str]] = {}
+    for solver, value in values.items():
+        groups.setdefault(value, []).append(solver)
+    return ", ".join(f"{value:g} for {' / '.join(names)}" for value, names in groups.items())
 
 
 PARAMS_HEAD = Setting(
@@ -52,8 +62,9 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
             "damping_factor",
             "float",
             None,
-            help="damping as a multiple of the mean eigenvalue; empty = the solver's default (0.1 for "
-            "ekfac / kfac, 1 for exact / cg / lissa)",
+            help="damping as a multiple of the mean eigenvalue; empty = the solver's default ("
+            + _per_solver(DEFAULT_DAMPING_FACTOR)
+            + ")",
             minimum=0.0,
         ),
     ),
