@@ -7,6 +7,7 @@ import torch
 from tda_explorer.models.configs import (
     MODEL_CONFIGS,
     CNNConfig,
+    HFConfig,
     LogRegConfig,
     MLPConfig,
     ModelConfig,
@@ -32,6 +33,7 @@ def prepare_inputs(model: torch.nn.Module, inputs) -> torch.Tensor:
 __all__ = [
     "MODEL_CONFIGS",
     "CNNConfig",
+    "HFConfig",
     "LogRegConfig",
     "MLPConfig",
     "ModelConfig",

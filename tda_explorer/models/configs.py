@@ -8,6 +8,7 @@ fresh, randomly initialised `TDAModel` (seed the global RNG before calling).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from tda_explorer.errors import ConfigError
@@ -110,8 +111,49 @@ class TextConfig:
         return {"arch": self.arch, **asdict(self)}
 
 
-ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig
-MODEL_CONFIGS: dict[str, type] = {c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig)}
+@dataclass(frozen=True)
+class HFConfig:
+    """A local Hugging Face `AutoModelForSequenceClassification` folder (see `models.hf`).
+
+    Args:
+        folder: absolute path of the folder written by `save_pretrained` (config + weights).
+        adapter: absolute path of a `peft` adapter folder applied on top, or None.
+        max_length: token limit (incl. special tokens); longer texts are truncated.
+        tokenizer: folder of the tokenizer; None = `folder`.
+        fingerprint: content hash of the folder(s) at import (`models.hf.folder_fingerprint`); when set,
+            building the model refuses a folder whose files changed since. Empty = not checked.
+    """
+
+    arch: ClassVar[str] = "hf"
+    folder: str = ""
+    adapter: str | None = None
+    max_length: int = 128
+    tokenizer: str | None = None
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.folder:
+            raise ConfigError("hf model needs `folder`: the path of a save_pretrained folder.")
+        for name in ("folder", "adapter", "tokenizer"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, str(Path(str(value)).expanduser().resolve()))
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 4:
+            raise ConfigError(f"hf max_length must be an integer >= 4, got {self.max_length!r}.")
+
+    @property
+    def tokenizer_folder(self) -> str:
+        """Where the tokenizer is loaded from."""
+        return self.tokenizer or self.folder
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig | HFConfig
+MODEL_CONFIGS: dict[str, type] = {
+    c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig, HFConfig)
+}
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from tda_explorer.errors import ConfigError
-from tda_explorer.models.configs import CNNConfig, LogRegConfig, MLPConfig, ModelConfig, TextConfig
+from tda_explorer.models.configs import (
+    CNNConfig,
+    HFConfig,
+    LogRegConfig,
+    MLPConfig,
+    ModelConfig,
+    TextConfig,
+)
 
 
 class TDAModel(nn.Module):
@@ -89,4 +96,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) 
         from tda_explorer.models.text import TextClassifier
 
         return TextClassifier(cfg, n_classes)
+    if isinstance(cfg, HFConfig):
+        from tda_explorer.models.hf import HFClassifier
+
+        return HFClassifier(cfg, n_classes)
     raise ConfigError(f"no model for config {cfg!r}.")
