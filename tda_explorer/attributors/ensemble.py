@@ -208,10 +208,10 @@ class Ensemble(Attributor):
     def _members(self, run: TrainedRun, train: ExampleSet) -> tuple[MemberRun, dict]:
         """The member run and the training cost `{seconds, models, adapters, detail}` of what it needs."""
         s = self.settings
-        if s["kind"] != "independent" and getattr(run.model_config, "arch", "") == "text":
+        if s["kind"] == "dropout" and getattr(run.model_config, "arch", "") == "text":
             raise ConfigError(
-                f"{s['kind']} ensembles support image / tabular models (mlp, cnn); for the text model use "
-                "kind='independent'."
+                "dropout ensembles support image / tabular models (mlp, cnn); the text model has no dropout: "
+                "use kind='lora' or kind='independent'."
             )
 
         def seed_seconds(seeds: Sequence[int]) -> float:

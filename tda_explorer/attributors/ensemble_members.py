@@ -10,9 +10,11 @@ A member is one model the wrapped attributor sees. Three kinds:
   by `member_mask_seed(mask_seed, run_seed, j)` (recorded in `MemberSpec.mask_seed`), layer k of the model
   using `block_seed(member seed, k)`; they do not depend on the checkpoint.
 - **lora**: `peft` LoRA adapters (`inject_adapter_in_model`, rank r, on the Linear/Conv2d layers of the
-  model's `body`) on one base model (a run seed's final weights, frozen), plus the head, fine-tuned with
-  a member seed (adapter init, dropout draws and data order). Only LoRA + head parameters require grad,
-  so gradient attributors with `params="all"` differentiate exactly those. Fine-tunes are artifacts of
+  model's `body`; the text model: the not-yet-adapted Linear layers of its top LoRA layers) on one base
+  model (a run seed's final weights, frozen, including any adapters the model already has), plus the
+  head, fine-tuned with a member seed (adapter init, dropout draws and data order). Only the member's
+  LoRA + head parameters require grad, so gradient attributors with `params="all"` or `"lora"`
+  differentiate exactly those. Fine-tunes are artifacts of
   kind "lora_members" (one per member seed), keyed by the run key, the training data fingerprint, the
   base seed and the LoRA / fine-tuning settings.
 
@@ -276,10 +278,22 @@ def lora_targets(model: nn.Module) -> list[str]:
 def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], init_seed: int) -> nn.Module:
     """Freeze `model`, inject peft LoRA adapters on `targets` (init from `init_seed`), unfreeze the head.
 
-    Returns the same model; its trainable parameters are the LoRA A/B matrices and `head.*`.
+    Adapters the model already has (the text model's own LoRA, an imported peft adapter) are part of the
+    shared base: they stay frozen, and a target that already carries one is refused (peft would
+    re-initialise it in place).
+
+    Returns the same model; its trainable parameters are the new LoRA A/B matrices and `head.*`.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
+    modules = dict(model.named_modules())
+    adapted = [t for t in targets if t in modules and hasattr(modules[t], "lora_A")]
+    if adapted:
+        raise ConfigError(
+            f"LoRA member targets {adapted[:3]} already carry the run's own adapters; choose other layers "
+            "(or leave lora_targets unset for the model's default)."
+        )
+    base_lora = {n for n, _ in model.named_parameters() if "lora_" in n}
     for p in model.parameters():
         p.requires_grad_(False)
     config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0)
@@ -287,7 +301,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], 
         torch.manual_seed(init_seed)
         model = inject_adapter_in_model(config, model)
     for n, p in model.named_parameters():
-        p.requires_grad_("lora_" in n or n.startswith("head."))
+        p.requires_grad_(("lora_" in n and n not in base_lora) or n.startswith("head."))
     return model
 
 
