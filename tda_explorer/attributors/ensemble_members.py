@@ -37,7 +37,7 @@ from torch import nn
 
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
-from tda_explorer.models import prepare_inputs
+from tda_explorer.models import head_prefix, prepare_inputs
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import TrainedRun
@@ -301,7 +301,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], 
         torch.manual_seed(init_seed)
         model = inject_adapter_in_model(config, model)
     for n, p in model.named_parameters():
-        p.requires_grad_(("lora_" in n and n not in base_lora) or n.startswith("head."))
+        p.requires_grad_(("lora_" in n and n not in base_lora) or n.startswith(head_prefix(model)))
     return model
 
 

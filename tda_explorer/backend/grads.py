@@ -19,6 +19,7 @@ from torch.func import functional_call, grad, vmap
 
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.errors import ConfigError
+from tda_explorer.models.networks import head_prefix
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # budget for one chunk of per-example gradients and their intermediates
 
@@ -51,14 +52,15 @@ class ParamSubset:
         if spec == "all":
             chosen = named
         elif spec == "lora":
-            chosen = [(n, p) for n, p in named if "lora_" in n or n.startswith("head.")]
+            head = head_prefix(model)
+            chosen = [(n, p) for n, p in named if "lora_" in n or n.startswith(head)]
             if not any("lora_" in n for n, _ in chosen):
                 raise ConfigError(
                     "parameter subset 'lora' needs a model with trainable LoRA adapters (e.g. the text model "
                     "with lora_rank > 0, or a LoRA ensemble member); use 'all' or 'head' otherwise."
                 )
         else:
-            prefixes = ("head.",) if spec == "head" else tuple(spec)
+            prefixes = (head_prefix(model),) if spec == "head" else tuple(spec)
             chosen = [(n, p) for n, p in named if n.startswith(prefixes) or n in prefixes]
         if not chosen:
             available = ", ".join(n for n, _ in named[:12])

@@ -20,6 +20,7 @@ from tda_explorer.backend.device import get_device
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import batch_objective
 from tda_explorer.errors import ConfigError
+from tda_explorer.models.networks import head_prefix, model_head
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 
@@ -111,9 +112,10 @@ class LossHessian:
         if self._head is not None:
             return self._head or None
         self._head = False
-        head = getattr(self.model, "head", None)
+        prefix = head_prefix(self.model)
+        head = model_head(self.model)
         names = set(self.subset.names)
-        if not isinstance(head, nn.Linear) or not names <= {"head.weight", "head.bias"}:
+        if not isinstance(head, nn.Linear) or not names <= {prefix + "weight", prefix + "bias"}:
             return None
         seen: dict[str, torch.Tensor] = {}
 
@@ -141,7 +143,7 @@ class LossHessian:
         where = torch.full((n_cls, d_aug), -1, dtype=torch.long, device=a.device)
         pos = 0
         for name in self.subset.names:
-            if name == "head.weight":
+            if name == prefix + "weight":
                 cols = torch.arange(d_aug - 1, device=a.device)
                 where[:, :-1] = pos + torch.arange(n_cls, device=a.device)[:, None] * (d_aug - 1) + cols
                 pos += n_cls * (d_aug - 1)

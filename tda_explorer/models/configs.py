@@ -112,6 +112,29 @@ class TextConfig:
 
 
 @dataclass(frozen=True)
+class ImportedConfig:
+    """A model built by the user's own factory (`tda_explorer.import_run`; see `models.imported`).
+
+    Args:
+        factory: the factory's name, `"package.module:function"` (found by import or `register_factory`).
+        head: path of the final `nn.Linear` inside the user's module whose output is the logits, or None.
+        structure: short hash of the module's parameter names and shapes (tells two same-named factories apart).
+    """
+
+    arch: ClassVar[str] = "imported"
+    factory: str = ""
+    head: str | None = None
+    structure: str = ""
+
+    def __post_init__(self) -> None:
+        if ":" not in self.factory:
+            raise ConfigError(f"imported model factory must be 'module:function', got {self.factory!r}.")
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+@dataclass(frozen=True)
 class HFConfig:
     """A local Hugging Face `AutoModelForSequenceClassification` folder (see `models.hf`).
 
@@ -150,9 +173,9 @@ class HFConfig:
         return {"arch": self.arch, **asdict(self)}
 
 
-ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig | HFConfig
+ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig | ImportedConfig | HFConfig
 MODEL_CONFIGS: dict[str, type] = {
-    c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig, HFConfig)
+    c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig, ImportedConfig, HFConfig)
 }
 
 

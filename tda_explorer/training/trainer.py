@@ -42,15 +42,29 @@ class Checkpoint:
         stage: index of the training stage the checkpoint belongs to (0 unless the run has several
             stages, see `training.stages`; there `step` counts from the start of the first stage and
             `epoch` within the stage).
+
+    The training fields are None for a model imported without them (`import_run`): methods that need the
+    schedule (TracIn's learning rates, Source's segments) then refuse with `require_schedule`.
     """
 
-    step: int
-    epoch: float
-    lr: float
-    segment_mean_lr: float
-    segment_steps: int
-    state: dict[str, torch.Tensor] = field(repr=False)
+    step: int | None = None
+    epoch: float | None = None
+    lr: float | None = None
+    segment_mean_lr: float | None = None
+    segment_steps: int | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     stage: int = 0
+
+    def require_schedule(self, method: str) -> None:
+        """Raise ConfigError unless the checkpoint records its step and learning rates (`method` needs them)."""
+        fields = ("step", "lr", "segment_mean_lr", "segment_steps")
+        missing = [k for k in fields if getattr(self, k) is None]
+        if missing:
+            raise ConfigError(
+                f"{method} needs each checkpoint's {', '.join(missing)}; this run's checkpoints do not record "
+                "them. Import the checkpoints with their metadata, e.g. weights=[[{'state': sd, 'step': 100, "
+                "'lr': 0.01}, ...]], or use a method that needs only weights (grad_dot, influence, trak)."
+            )
 
     def info(self) -> dict:
         """JSON-able metadata (everything but the weights)."""
