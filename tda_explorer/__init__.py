@@ -4,7 +4,7 @@ The compute core. It never imports streamlit; the app in `app.py`/`pages/` is a
 thin layer over it, and everything here is usable from Python and the CLI alone.
 
 Entry points for your own model (imported lazily, so `import tda_explorer` stays light):
-`import_run`, `load_run`, `register_factory` (see README, "Your own model").
+`import_run`, `import_hf_run`, `load_run`, `register_factory` (see README, "Your own model").
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "import_run": "tda_explorer.training.imported",
+    "import_hf_run": "tda_explorer.training.imported_hf",
     "load_run": "tda_explorer.training.loading",
     "register_factory": "tda_explorer.models.imported",
     "UserTrainFn": "tda_explorer.training.imported",

@@ -245,7 +245,13 @@ class LoraSettings:
 
     def finetune_config(self, run: TrainedRun) -> TrainConfig:
         """The run's training config with this fine-tuning's epochs / lr, one checkpoint, no warm-up."""
-        d = run.train_config.to_dict()
+        recipe = run.require_recipe("a LoRA ensemble (its members are fine-tuned)")
+        if not isinstance(recipe, TrainConfig):
+            raise ConfigError(
+                "a LoRA ensemble fine-tunes its members with the package's trainer, and this run's recipe is "
+                "a user train_fn; import the run with train_config=TrainConfig(...) instead."
+            )
+        d = recipe.to_dict()
         d.update(epochs=self.epochs, checkpoints=1, warmup_steps=0)
         if self.lr is not None:
             d["lr"] = float(self.lr)

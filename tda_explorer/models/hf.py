@@ -210,6 +210,19 @@ class HFClassifier(TDAModel):
         """The Hugging Face `PretrainedConfig` of the wrapped model."""
         return self.body.config
 
+    def lora_member_targets(self) -> list[str]:
+        """Default targets of LoRA-ensemble members (`attributors.ensemble_members`): every `nn.Linear` of
+        the model that the forward pass uses and that has no adapter yet (never peft's own matrices)."""
+        names = []
+        for name, module in self.body.named_modules():
+            parts = name.split(".")
+            if not isinstance(module, nn.Linear) or "original_module" in parts:
+                continue
+            if "lora_" in name or parts[-1] == "base_layer" or hasattr(module, "lora_A"):
+                continue
+            names.append(f"body.{name}")
+        return names
+
     def tokenize(self, texts: tuple[str, ...] | list[str]) -> torch.Tensor:
         """Token tensor `int64 [B, 2, max_length]`: ids and attention mask, padded / truncated."""
         enc = load_tokenizer(self.cfg.tokenizer_folder)(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from tda_explorer.training.config import TrainConfig, default_train_config
 from tda_explorer.training.executor import Executor, LocalExecutor
 from tda_explorer.training.imported import UserTrainFn, import_run
+from tda_explorer.training.imported_hf import import_hf_run
 from tda_explorer.training.loading import load_run
 from tda_explorer.training.runs import (
     TrainedRun,
@@ -43,6 +44,7 @@ __all__ = [
     "TrainedRun",
     "UserTrainFn",
     "default_train_config",
+    "import_hf_run",
     "import_run",
     "load_model",
     "load_run",

@@ -28,7 +28,7 @@ from torch import nn
 
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ConfigError
-from tda_explorer.models import ImportedConfig, prepare_inputs
+from tda_explorer.models import ImportedConfig, model_config_from_dict, prepare_inputs
 from tda_explorer.models.imported import (
     ImportedModel,
     call_factory,
@@ -375,8 +375,8 @@ def load_imported_run(
     not importable: pass them again (`model_factory=`, `train_fn=`) or `register_factory` them."""
     cfg, extra = meta["config"], meta["extra"]
     info = cfg["imported"]
-    model_cfg = ImportedConfig(**{k: v for k, v in cfg["model"].items() if k != "arch"})
-    if model_factory is not None:
+    model_cfg = model_config_from_dict(cfg["model"])  # an ImportedConfig, or an HFConfig (`imported_hf`)
+    if model_factory is not None and isinstance(model_cfg, ImportedConfig):
         register_factory(model_factory, model_cfg.factory)
     train = cfg.get("train")
     if train is None:
