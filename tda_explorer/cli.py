@@ -146,6 +146,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     if os.getcwd() not in sys.path:  # "mymodels:build" in the current folder, as `python -m` would find it
         sys.path.insert(0, os.getcwd())
+    if args.hf_model:
+        return _import_hf(args)
+    if args.adapter:
+        raise TDAError("--adapter applies to --hf-model folders; give the base folder with --hf-model.")
+    if not args.factory:
+        raise TDAError(
+            "give --factory pkg.mod:build with --weights, or --hf-model DIR for a Hugging Face folder."
+        )
     if not args.weights:
         raise TDAError(
             "give the weights: --weights seed0.pt [--weights seed1.pt ...] (a,b,c = checkpoints of one seed)."
@@ -161,6 +169,36 @@ def cmd_import(args: argparse.Namespace) -> int:
         train_fn=args.train_fn,
         weight_decay=args.weight_decay,
         workspace=ws,
+        progress=update,
+    )
+    bar.close()
+    accs = [m["test_acc"] for m in run.metrics.values()]
+    print(
+        f"imported {len(run.seeds)} seed(s), mean test accuracy {sum(accs) / len(accs):.4f}", file=sys.stderr
+    )
+    print(run.key)
+    return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    """`import --hf-model DIR [--hf-model DIR ...] [--adapter DIR ...]`: Hugging Face folders, one per seed."""
+    from tda_explorer.data import load_dataset
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import import_hf_run
+
+    if args.factory or args.weights or args.train_fn:
+        raise TDAError("--hf-model takes no --factory / --weights / --train-fn: the folder holds the model.")
+    folders = args.hf_model[0] if len(args.hf_model) == 1 else args.hf_model
+    adapters = None if not args.adapter else args.adapter[0] if len(args.adapter) == 1 else args.adapter
+    splits = load_dataset(_dataset_spec(args))
+    update, bar = _progress_bar("import")
+    run = import_hf_run(
+        folders,
+        splits,
+        adapter=adapters,
+        max_length=args.max_length,
+        weight_decay=args.weight_decay,
+        workspace=Workspace(args.workspace),
         progress=update,
     )
     bar.close()
@@ -226,9 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
-    i = sub.add_parser("import", help="import a model trained anywhere (your factory + weights per seed)")
+    i = sub.add_parser(
+        "import",
+        help="import a model trained anywhere (your factory + weights per seed, or Hugging Face folders)",
+    )
     _add_data_args(i, DATASET_NAMES)
-    i.add_argument("--factory", required=True, help="'package.module:function' returning your nn.Module")
+    i.add_argument("--factory", help="'package.module:function' returning your nn.Module")
+    i.add_argument(
+        "--hf-model",
+        action="append",
+        metavar="DIR",
+        help="a Hugging Face save_pretrained folder (sequence classifier + tokenizer); repeat = one per seed",
+    )
+    i.add_argument(
+        "--adapter", action="append", metavar="DIR", help="a peft adapter folder on --hf-model (one per seed)"
+    )
+    i.add_argument("--max-length", type=int, default=128, help="--hf-model: token limit per text")
     i.add_argument(
         "--weights",
         action="append",
