@@ -208,10 +208,11 @@ class Ensemble(Attributor):
     def _members(self, run: TrainedRun, train: ExampleSet) -> tuple[MemberRun, dict]:
         """The member run and the training cost `{seconds, models, adapters, detail}` of what it needs."""
         s = self.settings
-        if s["kind"] == "dropout" and getattr(run.model_config, "arch", "") == "text":
+        if s["kind"] == "dropout" and getattr(run.model_config, "arch", "") in ("text", "hf"):
             raise ConfigError(
-                "dropout ensembles support image / tabular models (mlp, cnn); the text model has no dropout: "
-                "use kind='lora' or kind='independent'."
+                "dropout ensembles support image / tabular models (mlp, cnn); text models have no dropout "
+                "masks of a fixed shape (their activations follow each text's length): use kind='lora' or "
+                "kind='independent'."
             )
 
         def seed_seconds(seeds: Sequence[int]) -> float:

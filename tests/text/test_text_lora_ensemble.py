@@ -83,5 +83,5 @@ def test_targets_with_the_runs_own_adapters_are_refused(text_lora):
     own = next(n for n, m in model.named_modules() if hasattr(m, "lora_A"))
     with pytest.raises(ConfigError, match="already carry"):
         add_lora(model, 2, 4.0, [own], 0)
-    with pytest.raises(ConfigError, match="no dropout"):
+    with pytest.raises(ConfigError, match="kind=.lora."):
         make_attributor("ensemble", base="grad_dot", kind="dropout").fit(run, text_lora[2].train)

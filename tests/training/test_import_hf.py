@@ -192,6 +192,8 @@ def test_refusals_name_what_is_wrong(hf, tmp_path):
         tda_explorer.import_hf_run(tmp_path / "missing", splits, workspace=ws)
     copy = shutil.copytree(hf["bert"][0], tmp_path / "copy")
     run = tda_explorer.import_hf_run(copy, splits, max_length=16, workspace=ws)
+    with pytest.raises(ConfigError, match="kind=.lora."):
+        make_attributor("ensemble", base="grad_dot", kind="dropout").fit(run, splits.train)
     (copy / "model.safetensors").write_bytes(b"changed")
     with pytest.raises(ConfigError, match="changed since"):
         run.model()
