@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tda_explorer.backend.device import get_device, get_dtype
-from tda_explorer.backend.grads import ParamSubset
+from tda_explorer.backend.grads import (
+    ACTIVATION_COPIES,
+    DEFAULT_MEMORY_BYTES,
+    ParamSubset,
+    forward_saved_bytes,
+)
 from tda_explorer.backend.layers import LayerInfo, capture_layers, find_layers, flat_to_layer, layer_to_flat
 from tda_explorer.errors import ConfigError, NotFittedError
 
@@ -92,21 +97,52 @@ class KroneckerCurvature:
         self.fisher_samples = fisher_samples
         self.factors_: dict[str, LayerFactors] = {}
 
+    def _sub_batch(self, inputs: torch.Tensor) -> int:
+        """Examples per forward + backward: `batch_size`, or fewer when the activations a batch keeps for
+        backward would exceed `DEFAULT_MEMORY_BYTES` (the text models' long inputs)."""
+        if len(inputs) <= 1:
+            return self.batch_size
+        with torch.random.fork_rng(devices=[]):
+            saved = forward_saved_bytes(self.model, inputs)
+        return max(1, min(self.batch_size, DEFAULT_MEMORY_BYTES // max(1, ACTIVATION_COPIES * saved)))
+
     def _passes(self, inputs: torch.Tensor):
-        """Yield per batch the captured `{layer: [a, ds]}` with labels sampled from the model (seeded)."""
+        """Yield per batch the captured `{layer: [a, ds]}` with labels sampled from the model (seeded).
+
+        Labels are sampled per batch of `batch_size` examples whatever the memory, so the result does not
+        depend on it; a batch whose activations would not fit is sampled from a no-grad forward first and
+        then differentiated in sub-batches (one store yielded per sub-batch)."""
         gen = torch.Generator().manual_seed(self.seed)
+        sub = self._sub_batch(inputs)
         for s in range(0, len(inputs), self.batch_size):
             x = inputs[s : s + self.batch_size].to(self.device)
             x = x.to(self.dtype) if x.is_floating_point() else x
             for _ in range(self.fisher_samples):
-                with capture_layers(self.model, self.layers) as store:
-                    logits = self.model(x)
-                    probs = torch.softmax(logits.detach().double(), dim=-1).cpu()
-                    y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(self.device)
-                    self.model.zero_grad(set_to_none=True)
-                    F.cross_entropy(logits, y, reduction="sum").backward()
-                yield store
+                if sub >= len(x):
+                    with capture_layers(self.model, self.layers) as store:
+                        logits = self.model(x)
+                        y = self._sample(logits.detach(), gen)
+                        self.model.zero_grad(set_to_none=True)
+                        F.cross_entropy(logits, y, reduction="sum").backward()
+                    yield store
+                    continue
+                with torch.no_grad():
+                    y = self._sample(
+                        torch.cat([self.model(x[i : i + sub]) for i in range(0, len(x), sub)]), gen
+                    )
+                for i in range(0, len(x), sub):
+                    with capture_layers(self.model, self.layers) as store:
+                        self.model.zero_grad(set_to_none=True)
+                        F.cross_entropy(
+                            self.model(x[i : i + sub]), y[i : i + sub], reduction="sum"
+                        ).backward()
+                    yield store
         self.model.zero_grad(set_to_none=True)
+
+    def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """One label per row of `logits [b, C]` drawn from the model's softmax with `gen` (int64 `[b]`)."""
+        probs = torch.softmax(logits.double(), dim=-1).cpu()
+        return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(self.device)
 
     def _covariances(self, inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per layer the covariances `(A [d_in, d_in], S [d_out, d_out])` (float64) over `inputs`."""

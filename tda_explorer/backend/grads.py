@@ -94,9 +94,55 @@ OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def chunk_size_for(numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
-    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient fit in `memory_bytes`."""
-    return max(1, int(memory_bytes // max(1, 4 * numel * itemsize)))
+ACTIVATION_COPIES = 4
+"""Memory of one example under `vmap(grad(...))` ~ this many times what its forward saves for backward
+(the saved activations, their gradients and transients: 9 MB per example for 2.3 MB saved on the text model)."""
+
+
+def chunk_size_for(
+    numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES, activation_bytes: int = 0
+) -> int:
+    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient plus `ACTIVATION_COPIES` x the
+    per-example `activation_bytes` fit in `memory_bytes`."""
+    per_example = 4 * numel * itemsize + ACTIVATION_COPIES * activation_bytes
+    return max(1, int(memory_bytes // max(1, per_example)))
+
+
+def activation_bytes(loss_fn: Callable, params: dict, shared: Sequence[torch.Tensor], *args) -> int:
+    """Bytes of the tensors autograd saves for backward in `loss_fn(params, *args)` (one example), not
+    counting those sharing storage with `shared` (weights, buffers: not per-example under vmap)."""
+    skip = {t.untyped_storage().data_ptr() for t in shared}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if t.untyped_storage().data_ptr() not in skip:
+            total += t.numel() * t.element_size()
+        return t
+
+    live = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss_fn(live, *args)
+    return total
+
+
+def forward_saved_bytes(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Bytes autograd saves for backward per example in a plain `model(x)` forward (the example of `inputs`
+    with the most non-zero entries, in the model's parameter dtype; weights and buffers not counted)."""
+    x = inputs[_largest_example(inputs)].unsqueeze(0)
+    first = next(model.parameters(), None)
+    if first is not None:
+        x = x.to(first.device)
+        x = x.to(first.dtype) if x.is_floating_point() else x
+    shared = [*model.parameters(), *model.buffers()]
+    return activation_bytes(lambda _params, xb: model(xb), {}, shared, x)
+
+
+def _largest_example(inputs: torch.Tensor) -> int:
+    """Index of the example with the most non-zero input entries (the longest text: padding is zero)."""
+    if len(inputs) == 1:
+        return 0
+    return int(inputs.reshape(len(inputs), -1).ne(0).sum(1).argmax())
 
 
 def iter_example_grads(
@@ -118,7 +164,11 @@ def iter_example_grads(
         labels: `int64 [n]`.
         params: which parameters to differentiate (see ParamSubset).
         objective: "loss" (cross-entropy), "margin" (TRAK's log-odds margin) or "prob" (`p(label | x)`).
-        chunk_size: examples per chunk (default from `memory_bytes`).
+        chunk_size: examples per chunk (default from `memory_bytes`: the gradients and the activations one
+            example's forward saves for backward, measured on the input with the most non-zero entries).
+
+    A model with a `trim_padding(x)` method (the text models) gets each chunk trimmed by it first, so short
+    texts are not differentiated at the full token limit.
     """
     device = device or get_device()
     dtype = dtype or get_dtype()
@@ -137,10 +187,24 @@ def iter_example_grads(
         return fn(logits.squeeze(0), y)
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0), randomness="same")
-    b = chunk_size or chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes)
+    trim = getattr(
+        model, "trim_padding", None
+    )  # text models: drop padding columns no example of a chunk uses
     n = len(labels)
+    b = chunk_size
+    if b is None:
+        acts = 0
+        if n > 1:
+            i = _largest_example(inputs)
+            x1 = inputs[i].to(device)
+            x1 = x1.to(dtype) if x1.is_floating_point() else x1
+            shared = [*all_params.values(), *buffers.values()]
+            acts = activation_bytes(one, chosen, shared, x1, labels[i].to(device))
+        b = chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes, acts)
     for start in range(0, n, b):
         x = inputs[start : start + b].to(device)
+        if trim is not None:
+            x = trim(x)
         if x.is_floating_point():
             x = x.to(dtype)
         y = labels[start : start + b].to(device)

@@ -234,6 +234,11 @@ class HFClassifier(TDAModel):
         )
         return torch.stack([enc["input_ids"], enc["attention_mask"]], dim=1).long()
 
+    def trim_padding(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens `[B, 2, L]` without the padding columns none of the batch uses (`backend.grads` trims each
+        chunk with it before `vmap`; the outputs are the same)."""
+        return x[..., : used_length(x[:, 1])]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Input of the classification Linear, `[B, d]`, from tokens `int64 [B, 2, L]`."""
         if x.dtype not in (torch.int32, torch.int64) or x.dim() != 3 or x.shape[1] != 2:
