@@ -107,42 +107,27 @@ class KroneckerCurvature:
         return max(1, min(self.batch_size, DEFAULT_MEMORY_BYTES // max(1, ACTIVATION_COPIES * saved)))
 
     def _passes(self, inputs: torch.Tensor):
-        """Yield per batch the captured `{layer: [a, ds]}` with labels sampled from the model (seeded).
+        """Yield per forward + backward the captured `{layer: [a, ds]}` with labels sampled from the model
+        (seeded).
 
-        Labels are sampled per batch of `batch_size` examples whatever the memory, so the result does not
-        depend on it; a batch whose activations would not fit is sampled from a no-grad forward first and
-        then differentiated in sub-batches (one store yielded per sub-batch)."""
+        A batch of `batch_size` examples whose activations would not fit in memory is differentiated in
+        sub-batches (`_sub_batch`), one store each; labels are drawn row by row from one generator, so the
+        draws are those of the whole batch and the result does not depend on the sub-batch size."""
         gen = torch.Generator().manual_seed(self.seed)
         sub = self._sub_batch(inputs)
         for s in range(0, len(inputs), self.batch_size):
             x = inputs[s : s + self.batch_size].to(self.device)
             x = x.to(self.dtype) if x.is_floating_point() else x
             for _ in range(self.fisher_samples):
-                if sub >= len(x):
+                for i in range(0, len(x), sub):
                     with capture_layers(self.model, self.layers) as store:
-                        logits = self.model(x)
-                        y = self._sample(logits.detach(), gen)
+                        logits = self.model(x[i : i + sub])
+                        probs = torch.softmax(logits.detach().double(), dim=-1).cpu()
+                        y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(self.device)
                         self.model.zero_grad(set_to_none=True)
                         F.cross_entropy(logits, y, reduction="sum").backward()
                     yield store
-                    continue
-                with torch.no_grad():
-                    y = self._sample(
-                        torch.cat([self.model(x[i : i + sub]) for i in range(0, len(x), sub)]), gen
-                    )
-                for i in range(0, len(x), sub):
-                    with capture_layers(self.model, self.layers) as store:
-                        self.model.zero_grad(set_to_none=True)
-                        F.cross_entropy(
-                            self.model(x[i : i + sub]), y[i : i + sub], reduction="sum"
-                        ).backward()
-                    yield store
         self.model.zero_grad(set_to_none=True)
-
-    def _sample(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """One label per row of `logits [b, C]` drawn from the model's softmax with `gen` (int64 `[b]`)."""
-        probs = torch.softmax(logits.double(), dim=-1).cpu()
-        return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(self.device)
 
     def _covariances(self, inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per layer the covariances `(A [d_in, d_in], S [d_out, d_out])` (float64) over `inputs`."""
