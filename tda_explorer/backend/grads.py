@@ -13,13 +13,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.errors import ConfigError
 from tda_explorer.models.networks import head_prefix
+from tda_explorer.models.tasks import (  # noqa: F401  (re-exported: the per-example objectives)
+    TASK_OBJECTIVES,
+    example_loss,
+    example_margin,
+    example_prob,
+    objective_fn,
+    task_of,
+)
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # budget for one chunk of per-example gradients and their intermediates
 
@@ -70,28 +77,10 @@ class ParamSubset:
         return cls(tuple(n for n, _ in chosen), tuple(tuple(p.shape) for _, p in chosen))
 
 
-def example_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one example: logits `[C]`, label scalar -> scalar (nats)."""
-    return F.cross_entropy(logits.unsqueeze(0), label.unsqueeze(0))
-
-
-def example_margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """TRAK margin of one example, `log p_y / (1 - p_y) = z_y - logsumexp_{c != y} z_c` (scalar)."""
-    is_label = torch.arange(logits.shape[-1], device=logits.device) == label
-    others = logits.masked_fill(is_label, float("-inf"))
-    return logits.gather(-1, label.view(1)).squeeze(0) - torch.logsumexp(others, dim=-1)
-
-
-def example_prob(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Probability of class `label` for one example, `softmax(logits)[label]` (scalar; d-TDA measurement)."""
-    return torch.softmax(logits, dim=-1).gather(-1, label.view(1)).squeeze(0)
-
-
-OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "loss": example_loss,
-    "margin": example_margin,
-    "prob": example_prob,
-}
+OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = TASK_OBJECTIVES[
+    "classification"
+]
+"""The classification objectives by name (every task's are in `models.tasks.TASK_OBJECTIVES`)."""
 
 
 def chunk_size_for(numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
@@ -115,16 +104,15 @@ def iter_example_grads(
     Args:
         model: a module mapping `inputs[i:i+1]` to logits `[1, C]`.
         inputs: model-ready tensor `[n, ...]` (tokenized for text models).
-        labels: `int64 [n]`.
+        labels: the targets `[n]` (int64 classes, or floats for a regression model; see `models.tasks`).
         params: which parameters to differentiate (see ParamSubset).
-        objective: "loss" (cross-entropy), "margin" (TRAK's log-odds margin) or "prob" (`p(label | x)`).
+        objective: "loss" (the task's training loss: cross-entropy), "margin" (TRAK's log-odds margin; the
+            output for regression) or "prob" (`p(label | x)`), per `models.tasks`.
         chunk_size: examples per chunk (default from `memory_bytes`).
     """
     device = device or get_device()
     dtype = dtype or get_dtype()
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"objective {objective!r} is not one of {sorted(OBJECTIVES)}.")
-    fn = OBJECTIVES[objective]
+    fn = objective_fn(task_of(model), objective)
     subset = params if isinstance(params, ParamSubset) else ParamSubset.resolve(model, params)
     model = model.to(device)
     all_params = {n: p.detach().to(dtype) for n, p in model.named_parameters()}

@@ -20,6 +20,7 @@ from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict, prepare_inputs
 from tda_explorer.models.imported import importable
+from tda_explorer.models.tasks import task_of
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor
@@ -162,9 +163,11 @@ class TrainedRun:
         return load_model(self.model_config, self.input_shape, self.n_classes, state)
 
     def predict(self, examples: ExampleSet, seed: int | None = None) -> torch.Tensor:
-        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first)."""
+        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first); the
+        outputs themselves for a regression model."""
         model = self.model(seed)
-        return torch.softmax(predict_logits(model, prepare_inputs(model, examples.inputs)), dim=1)
+        outputs = predict_logits(model, prepare_inputs(model, examples.inputs))
+        return outputs if task_of(model) == "regression" else torch.softmax(outputs, dim=1)
 
     def mean_metric(self, name: str) -> float:
         return float(np.mean([m[name] for m in self.metrics.values()]))
@@ -253,7 +256,7 @@ def run_summary(splits: DatasetSplits, metrics: dict[int, dict]) -> dict:
     return {
         "metrics": {str(s): m for s, m in metrics.items()},
         "input_shape": list(splits.train.input_shape),
-        "n_classes": splits.train.n_classes,
+        "n_classes": splits.train.n_outputs,
     }
 
 

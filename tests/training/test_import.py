@@ -166,7 +166,7 @@ def test_bad_imports_name_the_problem(tmp_path, digits, user_states):
     def three_classes() -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
 
-    with pytest.raises(ConfigError, match=r"expected logits \[8, 10\]"):
+    with pytest.raises(ConfigError, match=r"expected outputs \[8, 10\] \(logits"):
         import_run(three_classes, [three_classes().state_dict()], digits, workspace=ws)
     with pytest.raises(ConfigError, match="must take no arguments"):
         import_run(lambda width: build_net(), [user_states[0]], digits, workspace=ws)
@@ -178,7 +178,7 @@ def test_bad_imports_name_the_problem(tmp_path, digits, user_states):
 
 def test_methods_that_need_a_recipe_say_what_to_provide(tmp_path, digits, user_states):
     run = import_run(build_net, user_states, digits, workspace=Workspace(tmp_path))
-    with pytest.raises(ConfigError, match="tracin needs each checkpoint's step"):
+    with pytest.raises(ConfigError, match="tracin needs each checkpoint's lr"):
         make_attributor("tracin").fit(run, digits.train.subset(range(20)))
     with pytest.raises(ConfigError, match="train_config=TrainConfig"):
         run.require_recipe("LDS")
