@@ -243,7 +243,7 @@ class LoraSettings:
 
     def finetune_config(self, run: TrainedRun) -> TrainConfig:
         """The run's training config with this fine-tuning's epochs / lr, one checkpoint, no warm-up."""
-        d = run.train_config.to_dict()
+        d = run.require_recipe("a LoRA ensemble").to_dict()
         d.update(epochs=self.epochs, checkpoints=1, warmup_steps=0)
         if self.lr is not None:
             d["lr"] = float(self.lr)
