@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -33,8 +33,14 @@ from tda_explorer.training.trainer import (
     train_model,
 )
 
-if TYPE_CHECKING:
-    from tda_explorer.training.stages import StagedConfig
+
+class JobRunner(Protocol):
+    """A training recipe that runs a `TrainJob` itself (`training.stages.StagedConfig`, the user's
+    `training.imported.UserTrainFn`); a plain `TrainConfig` runs the package's trainer."""
+
+    def to_dict(self) -> dict: ...
+
+    def train_job(self, job: TrainJob) -> TrainResult: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,7 @@ class TrainJob:
     """One training job for an Executor (picklable); `train_config` may be a multi-stage `StagedConfig`."""
 
     model_config: ModelConfig
-    train_config: TrainConfig | StagedConfig
+    train_config: TrainConfig | JobRunner
     data: ExampleSet
     seed: int
     mask: np.ndarray | None = None
@@ -51,15 +57,13 @@ class TrainJob:
 
 
 def run_train_job(job: TrainJob) -> TrainResult:
-    """Executor entry point: train; drop the weights when only eval logits are wanted."""
-    from tda_explorer.training.stages import StagedConfig, train_staged_model  # stages imports this module
+    """Executor entry point: train; drop the weights when only eval logits are wanted.
 
-    if hasattr(job.train_config, "train_job"):  # a user's own loop (`training.imported.UserTrainFn`)
-        return job.train_config.train_job(job)
-    if isinstance(job.train_config, StagedConfig):  # the whole pipeline, each stage restricted to `mask`
-        result = train_staged_model(
-            job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets
-        )
+    A `train_config` with its own `train_job(job)` (a multi-stage `StagedConfig`, a user's `UserTrainFn`)
+    runs the job itself; a `TrainConfig` runs the package's trainer.
+    """
+    if hasattr(job.train_config, "train_job"):
+        result = job.train_config.train_job(job)
     else:
         result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
     if not job.keep_checkpoints:
@@ -118,7 +122,7 @@ class TrainedRun:
     n_classes: int
     checkpoints: dict[int, list[Checkpoint]] = field(repr=False)
     metrics: dict[int, dict]
-    stages: StagedConfig | None = None
+    stages: Any = None  # a `training.stages.StagedConfig` for multi-stage runs
     imported: dict | None = None
 
     @property
@@ -153,6 +157,26 @@ class TrainedRun:
             cached = weights_hash([c.state for s in self.seeds for c in self.checkpoints[s]])
             self._fingerprint = cached
         return cached
+
+    def select_seeds(self, seeds: str | int | Sequence[int]) -> tuple[int, ...]:
+        """The run seeds chosen by `seeds`: "first", "all", an int n (first n), or explicit seeds."""
+        if seeds == "first":
+            return self.seeds[:1]
+        if seeds == "all" or seeds is None:
+            return tuple(self.seeds)
+        if isinstance(seeds, int):
+            if not 1 <= seeds <= len(self.seeds):
+                raise ConfigError(
+                    f"asked for {seeds} models but the run has {len(self.seeds)} seeds {list(self.seeds)}."
+                )
+            return tuple(self.seeds[:seeds])
+        chosen = tuple(int(s) for s in seeds)
+        unknown = [s for s in chosen if s not in self.seeds]
+        if unknown or not chosen:
+            raise ConfigError(
+                f"seeds {unknown or chosen} are not in the run; its seeds are {list(self.seeds)}."
+            )
+        return chosen
 
     def model(self, seed: int | None = None, checkpoint: int = -1) -> nn.Module:
         """The model of `seed` (default: the first) at checkpoint index `checkpoint` (default final), eval mode."""
@@ -308,10 +332,6 @@ def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     ws = workspace or Workspace()
     meta = ws.meta("runs", key)
     cfg = meta["config"]
-    if "stages" in cfg:
-        from tda_explorer.training.stages import load_staged_run  # stages imports this module
-
-        return load_staged_run(key, ws)
     model_config = model_config_from_dict(cfg["model"])
     train_config = TrainConfig.from_dict(cfg["train"])
     checkpoints, metrics = {}, {}
@@ -334,7 +354,7 @@ def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
 
 def retrain_on_subsets(
     model_config: ModelConfig,
-    train_config: TrainConfig | StagedConfig,
+    train_config: TrainConfig | JobRunner,
     train: ExampleSet,
     masks: np.ndarray,
     seeds: Sequence[int],

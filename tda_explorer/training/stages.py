@@ -34,6 +34,7 @@ from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import (
     TrainedRun,
+    TrainJob,
     _load_seed,
     run_summary,
     train_seeds,
@@ -96,6 +97,10 @@ class StagedConfig:
 
     def __len__(self) -> int:
         return len(self.stages)
+
+    def train_job(self, job: TrainJob) -> TrainResult:
+        """Run one `TrainJob` through the whole pipeline, each stage restricted to the job's mask."""
+        return train_staged_model(job.model_config, self, job.data, job.seed, job.mask, job.eval_sets)
 
     def masks(self, n_train: int) -> np.ndarray:
         """Bool `[n_stages, n_train]`: row k = examples stage k trains on (None masks become all True)."""

@@ -17,7 +17,7 @@ from tda_explorer.errors import ConfigError
 from tda_explorer.models import LogRegConfig
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainConfig, train_run
-from tda_explorer.viz.maps import (
+from tda_explorer.maps import (
     airrep_embeddings,
     airrep_sources,
     compute_map,
