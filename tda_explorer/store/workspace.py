@@ -6,7 +6,8 @@ Layout:
     <root>/<kind>/<key>/meta.json {"kind", "key", "config", "created", "extra", "version": 1,
                                    "checksums": {"sha256": {file: digest}}, "meta_sha256": digest}
     <root>/exports/               user-facing exports (CSV, Parquet, ...)
-    <root>/flags.sqlite           user flags on examples (see `FlagStore`)
+    <root>/flags.sqlite           user flags on examples (see `FlagStore`), with its journal
+    <root>/flags.sqlite.journal.jsonl  every flag operation, to rebuild a damaged database
 
 An artifact directory is built under a temp name and renamed into place when complete, with
 `meta.json` written last, so an artifact that is visible is complete (see `store.atomic`). The app
