@@ -40,6 +40,8 @@ _MAX_CACHE = 4096
 _KEY_NAME = re.compile(r"[0-9a-f]{16}")
 
 _cache: dict[tuple[int, ...], str] = {}
+_sound_metas: set[tuple[int, ...]] = set()
+"""Versions (stat keys) of meta files whose `meta_sha256` was already checked in this process."""
 _lock = threading.Lock()
 
 _RECOMPUTE = {
@@ -201,12 +203,21 @@ def read_meta(file: Path, *, strict: bool = True) -> dict[str, Any] | None:
             from its digest.
     """
     try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
+        with open(file, "rb") as f:
+            key = _stat_key(os.fstat(f.fileno()))
+            meta = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"Cannot read {file} ({exc}). {how_to_recompute(file.parent)}") from exc
     if not isinstance(meta, dict) or "config" not in meta:
         if not strict:
             return None
         raise ArtifactError(f"{file} is not an artifact meta file. {how_to_recompute(file.parent)}")
-    check_meta(meta, file)
+    with _lock:
+        known = key in _sound_metas
+    if not known:
+        check_meta(meta, file)
+        with _lock:
+            if len(_sound_metas) >= _MAX_CACHE:
+                _sound_metas.clear()
+            _sound_metas.add(key)
     return meta

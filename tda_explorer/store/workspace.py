@@ -181,10 +181,11 @@ class Workspace:
         return ArtifactWrite(self, kind, config, extra)
 
     def meta(self, kind: str, key: str) -> dict[str, Any]:
-        """Read the `meta.json` of artifact `kind/key`.
+        """Read the `meta.json` of artifact `kind/key` (checked against its `meta_sha256`).
 
         Raises:
-            ArtifactError: The artifact is missing or its meta file is unreadable.
+            ArtifactError: The artifact is missing, or its meta file is unreadable or damaged (the
+                message says which folder to delete and how to recompute it).
         """
         file = self.path(kind, key) / META_FILE
         if not file.is_file():
