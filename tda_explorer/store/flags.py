@@ -285,7 +285,13 @@ class FlagStore:
         if fcntl is None:
             yield
             return
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ArtifactError(
+                f"Flags database {self.path}: cannot open its lock file {self._lock_path.name} ({exc}); "
+                "the workspace folder must be writable."
+            ) from exc
         try:
             mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
             deadline = time.monotonic() + max(self.lock_wait_s, 1.0)
@@ -321,7 +327,7 @@ class FlagStore:
             with contextlib.closing(self._connect(self.lock_wait_s)) as con:
                 result = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
                 if result != ["ok"]:
-                    return "PRAGMA quick_check: " + "; ".join(map(str, result[:3]))
+                    return "PRAGMA quick_check: " + "; ".join(" ".join(str(r).split()) for r in result[:3])
                 tables = con.execute("SELECT name FROM sqlite_master WHERE name = 'flags'").fetchall()
                 if not tables:
                     return "the flags table is missing"
