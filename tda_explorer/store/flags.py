@@ -368,11 +368,18 @@ class FlagStore:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{self.path}{suffix}", f"{backup}{suffix}")
         had_journal = self.journal.exists()
-        with contextlib.closing(self._connect(self.lock_wait_s)) as con:
-            self._init_schema(con)
-            applied, skipped = self.journal.replay(con)
-            salvaged = 0 if had_journal or backup is None else salvage(backup, con)
-            n_rows = con.execute("SELECT COUNT(*) FROM flags").fetchone()[0]
+        try:
+            with contextlib.closing(self._connect(self.lock_wait_s)) as con:
+                self._init_schema(con)
+                applied, skipped = self.journal.replay(con)
+                salvaged = 0 if had_journal or backup is None else salvage(backup, con)
+                n_rows = con.execute("SELECT COUNT(*) FROM flags").fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            kept = f"; the damaged file is {backup}" if backup else ""
+            raise ArtifactError(
+                f"Flags database {self.path} ({problem}) could not be rebuilt from {self.journal.path} "
+                f"({exc}){kept}. Try again; if it persists, move both files away to start afresh."
+            ) from exc
         if not had_journal:
             self._keep_journal()
         if backup is None and not had_journal:
