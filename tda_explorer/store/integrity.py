@@ -212,6 +212,8 @@ def read_meta(file: Path, *, strict: bool = True) -> dict[str, Any] | None:
         if not strict:
             return None
         raise ArtifactError(f"{file} is not an artifact meta file. {how_to_recompute(file.parent)}")
+    if not isinstance(meta.get("extra", {}), dict):
+        raise ArtifactError(f"{file}: its extra metadata is not a mapping. {how_to_recompute(file.parent)}")
     with _lock:
         known = key in _sound_metas
     if not known:

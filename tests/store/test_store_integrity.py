@@ -166,3 +166,14 @@ def test_digest_cached_once_per_file_version(ws: Workspace, monkeypatch: pytest.
         load_array(path, mmap_mode="r")
         ws.open("scores", CFG)
     assert len(calls) <= 1  # the file was hashed at write time; the meta's digest is checked once at most
+
+
+def test_meta_whose_extra_is_not_a_mapping_is_refused(ws: Workspace) -> None:
+    path = _write_all_kinds(ws)["scores"]
+    meta_file = path.parent / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta["extra"] = ["not", "a", "dict"]
+    meta["meta_sha256"] = integrity.meta_digest(meta)  # consistent, so only the shape check objects
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="not a mapping"):
+        ws.open("scores", CFG)
