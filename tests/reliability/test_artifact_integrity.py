@@ -102,7 +102,8 @@ def test_runs_listing_survives_bad_runs(tmp_path: Path, capsys) -> None:
     _edit_meta(ws.path("runs", no_extra), lambda m: m.pop("extra"))
     broken = _fake_run(ws, "broken", [1], good_extra)
     (ws.path("runs", broken) / META_FILE).write_text("{ not json")
-    bad_metrics = _fake_run(ws, "badmetrics", [2], {**good_extra, "metrics": {"2": {}}})
+    bad_metrics = _fake_run(ws, "badmetrics", [2], {**good_extra, "metrics": {"2": 0.5}})
+    no_acc = _fake_run(ws, "noacc", [3], {**good_extra, "metrics": {"3": {"test_acc": None}}})  # NaN -> null
 
     assert main(["--workspace", str(ws.root), "runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -112,9 +113,10 @@ def test_runs_listing_survives_bad_runs(tmp_path: Path, capsys) -> None:
         (no_seeds, "at least one seed"),
         (no_extra, "no extra"),
         (broken, "Cannot read"),
-        (bad_metrics, "test_acc"),
+        (bad_metrics, "metrics"),
     ]:
         assert "unreadable" in by_key[key] and reason in by_key[key], by_key[key]
+    assert "test_acc=n/a" in by_key[no_acc] and "unreadable" not in by_key[no_acc]
     with pytest.raises(ArtifactError, match="at least one seed"):
         load_run(no_seeds, ws)
     with pytest.raises(ArtifactError, match="no extra"):
