@@ -27,8 +27,11 @@ def load_run(
     """
     ws = workspace or Workspace()
     meta = ws.meta("runs", key)
-    if "imported" in meta["config"]:
+    cfg = (
+        meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    )  # load_native_run says what's wrong
+    if "imported" in cfg:
         return load_imported_run(key, meta, ws, model_factory, train_fn)
-    if "stages" in meta["config"]:
+    if "stages" in cfg:
         return load_staged_run(key, ws)
     return load_native_run(key, ws)

@@ -36,6 +36,8 @@ from tda_explorer.training.runs import (
     TrainedRun,
     TrainJob,
     _load_seed,
+    check_run_seeds,
+    run_meta_fields,
     run_summary,
     train_seeds,
 )
@@ -234,7 +236,7 @@ def train_stages(
     staged = stages if isinstance(stages, StagedConfig) else StagedConfig(tuple(stages))
     masks = staged.masks(len(splits.train))
     ws = workspace or Workspace()
-    seeds = tuple(int(s) for s in seeds)
+    seeds = check_run_seeds(seeds)
     checkpoints, metrics = train_seeds(
         splits,
         model_config,
@@ -268,8 +270,7 @@ def train_stages(
 def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     """A staged TrainedRun from its run key (`load_run` calls this for runs with stages)."""
     ws = workspace or Workspace()
-    meta = ws.meta("runs", key)
-    cfg = meta["config"]
+    cfg, seeds, extra = run_meta_fields(key, ws.meta("runs", key))
     masks = load_array(ws.path("runs", key) / "stage_masks.npy").astype(bool)
     if len(masks) != len(cfg["stages"]):
         raise ArtifactError(f"staged run {key}: {len(masks)} stored masks for {len(cfg['stages'])} stages.")
@@ -280,16 +281,15 @@ def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
         )
     )
     checkpoints, metrics = {}, {}
-    for s in cfg["seeds"]:
+    for s in seeds:
         seed_cfg = {"dataset": cfg["dataset"], "model": cfg["model"], **staged.to_dict(), "seed": s}
         checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
-    extra = meta["extra"]
     return TrainedRun(
         key,
         cfg["dataset"],
         model_config_from_dict(cfg["model"]),
         staged.last,
-        tuple(cfg["seeds"]),
+        seeds,
         tuple(extra["input_shape"]),
         int(extra["n_classes"]),
         checkpoints,
