@@ -10,6 +10,7 @@ from __future__ import annotations
 from tda_explorer.data.builtins import SST2_DEFAULT_PATH, load_digits_splits, load_mnist5k, load_sst2
 from tda_explorer.data.example_set import KINDS, DatasetSplits, ExampleSet
 from tda_explorer.data.noise import inject_label_noise
+from tda_explorer.data.preview import describe_spec, describe_splits
 from tda_explorer.data.registry import (
     BUILTIN_DATASETS,
     DATASET_NAMES,
@@ -20,6 +21,7 @@ from tda_explorer.data.registry import (
 )
 from tda_explorer.data.user_files import (
     IMAGE_EXTENSIONS,
+    TablePreprocessor,
     load_image_folder,
     load_tabular,
     load_text_table,
@@ -35,8 +37,11 @@ __all__ = [
     "USER_DATASETS",
     "DatasetSpec",
     "DatasetSplits",
+    "TablePreprocessor",
     "ExampleSet",
     "clear_cache",
+    "describe_spec",
+    "describe_splits",
     "inject_label_noise",
     "load_dataset",
     "load_digits_splits",

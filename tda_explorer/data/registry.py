@@ -91,7 +91,8 @@ class DatasetSpec:
             allowed = ", ".join(sorted([*defaults, *required])) or "(none)"
             raise ConfigError(
                 f"dataset {self.name!r} has no option(s) {', '.join(unknown)}; its options are: {allowed} "
-                "(the split seed is `split_seed`, the path is `path`)."
+                "(the split seed and the path are not options: pass DatasetSpec(split_seed=..., path=...), "
+                "or --split-seed / --path on the command line)."
             )
         missing = [k for k in required if k not in self.options]
         if missing:
@@ -166,8 +167,9 @@ def _load_cached(key: str, file_state: tuple) -> DatasetSplits:
         kwargs["path"] = spec.path
     splits = _LOADERS[spec.name](**kwargs)
     out = spec.to_dict()
-    if "fingerprint" in splits.spec:
-        out["fingerprint"] = splits.spec["fingerprint"]
+    for derived in ("fingerprint", "columns"):
+        if derived in splits.spec:
+            out[derived] = splits.spec[derived]
     splits = DatasetSplits(splits.train, splits.val, splits.test, spec=out)
     if spec.noise_fraction > 0:
         splits = inject_label_noise(splits, spec.noise_fraction, spec.noise_seed)
