@@ -29,13 +29,24 @@ def _progress_bar(desc: str):
     return update, bar
 
 
-def _parse_settings(items: Sequence[str]) -> dict:
-    """`key=value` pairs; values parsed as JSON when possible (numbers, lists, true/false), else strings."""
+def _key_values(items: Sequence[str]) -> dict[str, str]:
+    """`key=value` pairs as text (the value may be empty or contain "=")."""
     out = {}
     for item in items:
         if "=" not in item:
             raise TDAError(f"setting {item!r} is not of the form key=value (e.g. --set params=head).")
         k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _parse_settings(items: Sequence[str]) -> dict:
+    """`key=value` pairs; values parsed as JSON when possible (numbers, lists, true/false), else strings.
+
+    For model and attributor settings. Dataset options are typed by the loader instead (`_dataset_spec`).
+    """
+    out = {}
+    for k, v in _key_values(items).items():
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -44,15 +55,22 @@ def _parse_settings(items: Sequence[str]) -> dict:
 
 
 def _dataset_spec(args: argparse.Namespace):
-    from tda_explorer.data import DatasetSpec
+    """The DatasetSpec of `--dataset/--path/--data-option/--split-seed/--noise*`.
 
-    options = _parse_settings(args.data_option or [])
+    `--data-option` values are typed by the loader's signature (`data.parse_options`), not by JSON:
+    `label_column=123` is the column "123", `feature_columns=a,b` a list, `image_size=64,64` a pair.
+    """
+    from tda_explorer.data import DatasetSpec
+    from tda_explorer.data.registry import parse_options
+
+    options = parse_options(args.dataset, _key_values(args.data_option or []))
     return DatasetSpec(
         name=args.dataset,
         path=args.path,
         options=options,
         noise_fraction=args.noise,
         noise_seed=args.noise_seed,
+        split_seed=getattr(args, "split_seed", 0),
     )
 
 
@@ -98,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from tda_explorer.data import describe_spec
     from tda_explorer.store import Workspace
 
     runs = Workspace(args.workspace).list_runs()
@@ -109,7 +128,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         cfg = meta["config"]
         accs = [m["test_acc"] for m in meta["extra"]["metrics"].values()]
         print(
-            f"{meta['key']}  {cfg['dataset']['name']:<8} {cfg['model']['arch']:<7} seeds={cfg['seeds']} "
+            f"{meta['key']}  {describe_spec(cfg['dataset']):<8} {cfg['model']['arch']:<7} seeds={cfg['seeds']} "
             f"test_acc={sum(accs) / len(accs):.4f}  {meta['created']}"
         )
     return 0
@@ -149,8 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--path", help="file or folder for user datasets (tabular, text, images) or the sst2 folder"
     )
     t.add_argument(
-        "--data-option", action="append", metavar="KEY=VALUE", help="loader option, e.g. label_column=y"
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="loader option, typed by the loader: label_column=y, feature_columns=a,b, image_size=64,64, "
+        "standardize=false, split_column=split, header=false",
     )
+    t.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
     t.add_argument("--model", required=True, choices=sorted(MODEL_CONFIGS))
     t.add_argument(
         "--model-option", action="append", metavar="KEY=VALUE", help="e.g. hidden=[512] or dropout=0.1"

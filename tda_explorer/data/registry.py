@@ -23,6 +23,7 @@ from tda_explorer.data import builtins, user_files
 from tda_explorer.data._common import DERIVED_SPEC_KEYS, SPEC_FIELDS, check_fraction, jsonable
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.data.noise import inject_label_noise
+from tda_explorer.data.options import parse_option_text
 from tda_explorer.errors import ConfigError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("mnist5k", "digits", "sst2")
@@ -136,6 +137,27 @@ class DatasetSpec:
     def key(self) -> str:
         """Canonical JSON of `to_dict()` (sorted keys), for hashing."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def parse_options(name: str, texts: dict[str, str]) -> dict[str, object]:
+    """Loader options given as text (e.g. the CLI's `--data-option key=value`), typed by the loader.
+
+    Each value is read by the annotation of the loader's parameter (see `data.options`), never by
+    guessing: `label_column=123` stays the string "123", `feature_columns=5` is `["5"]`.
+
+    Raises:
+        ConfigError: unknown dataset, the split seed or path given as an option, or a value that
+            does not read as its option's type (names the option and the expected type).
+    """
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    out: dict[str, object] = {}
+    for key, text in texts.items():
+        if key in ("seed", "split_seed", "path"):
+            flag = "--path" if key == "path" else "--split-seed"
+            raise ConfigError(f"{key} is not a data option: pass it as {flag} (e.g. {flag} 1).")
+        out[key] = parse_option_text(_LOADERS[name], key, text)
+    return out
 
 
 def _file_state(spec: DatasetSpec) -> tuple:
