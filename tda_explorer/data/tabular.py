@@ -276,7 +276,7 @@ def _feature_columns(table: Table, feature_columns: object, taken: list[str | No
 
 def load_tabular(
     path: str | Path,
-    label_column: str,
+    label_column: str = "label",
     feature_columns: list[str] | None = None,
     id_column: str | None = None,
     val_fraction: float = 0.1,
@@ -294,7 +294,7 @@ def load_tabular(
     Args:
         path: the file; its extension (.csv, .tsv, .parquet, .pq) picks the reader.
         label_column: the column holding class labels (kept as the user's strings; see
-            `tables.label_classes`).
+            `tables.label_classes`); default "label".
         feature_columns: input columns; default every column except label, id and split.
         id_column: a column of unique example ids (kept verbatim); default "<file stem>-<row>".
         val_fraction: fraction of rows for validation (ignored with `split_column`).

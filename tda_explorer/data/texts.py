@@ -26,8 +26,8 @@ from tda_explorer.errors import DataError
 
 def load_text_table(
     path: str | Path,
-    text_column: str,
-    label_column: str,
+    text_column: str = "text",
+    label_column: str = "label",
     id_column: str | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
@@ -44,8 +44,8 @@ def load_text_table(
 
     Args:
         path: the file; .csv (standard quoting), .tsv (tab-separated, no quoting), .parquet / .pq.
-        text_column: the column holding the texts (no cell may be empty).
-        label_column: the column holding class labels.
+        text_column: the column holding the texts (no cell may be empty); default "text".
+        label_column: the column holding class labels; default "label".
         id_column: a column of unique example ids (kept verbatim); default "<file stem>-<row>".
         val_fraction: fraction of rows for validation (ignored with `split_column`).
         test_fraction: fraction of rows for test (ignored with `split_column`).

@@ -56,7 +56,7 @@ def test_to_dict_is_canonical_and_round_trips():
     [
         ({"name": "digits", "options": {"n_vall": 3}}, "n_vall.*n_test, n_val"),
         ({"name": "digits", "options": {"seed": 3}}, "split_seed"),
-        ({"name": "tabular", "path": "a.csv"}, "label_column"),
+        ({"name": "tabular", "path": "a.csv", "options": {"labelcolumn": "y"}}, "labelcolumn.*label_column"),
         ({"name": "tabular", "options": {"label_column": "y"}}, "path"),
         ({"name": "mnist5k", "path": "x"}, "no path"),
         ({"name": "digits", "noise_fraction": 1.0}, "noise_fraction"),
