@@ -1,8 +1,12 @@
 """The data layer: built-in datasets, user files, label noise, and the dataset registry.
 
 Everything returns a `DatasetSplits` (train / val / test `ExampleSet`s with stable string ids
-and a JSON-able `spec`). Inputs: images `float32 [n, C, H, W]` in [0, 1], tables
-`float32 [n, d]`, texts a tuple of str; labels `int64 [n]`.
+and a JSON-able `spec`). Inputs: images `float32 [n, C, H, W]` in [0, 1] (scaled by bit depth),
+tables `float32 [n, d]` (numeric columns standardised with train statistics, text columns one-hot),
+texts a tuple of str; labels `int64 [n]`.
+
+User files keep what the user wrote: ids and texts verbatim, labels as the user's strings; see
+`user_files` for the rules and `describe_splits` for a preview of what was loaded.
 """
 
 from __future__ import annotations

@@ -91,8 +91,16 @@ class Table:
         return f"row {i} (line {i + self.first_line})" if self.first_line else f"row {i}"
 
     def require(self, column: object, role: str) -> str:
-        """`column` if the table has it, else DataError suggesting the closest column name."""
-        if not isinstance(column, str) or column not in self.df.columns:
+        """`column` if the table has it, else DataError suggesting the closest column name.
+
+        A name that is not a string (e.g. the int 123 for a column headed "123") is a ConfigError.
+        """
+        if not isinstance(column, str):
+            raise ConfigError(
+                f"{role} must be a column name (a string), got the {type(column).__name__} {column!r}; "
+                f"pass {str(column)!r}."
+            )
+        if column not in self.df.columns:
             raise DataError(missing_column_message(self.file, str(column), role, self.columns))
         return column
 

@@ -248,6 +248,13 @@ def test_cli_data_options_are_typed_by_the_loader() -> None:
         parse_options("tabular", {"seed": "3"})
 
 
+def test_non_string_column_names_are_a_config_error(table_csv: Path) -> None:
+    with pytest.raises(
+        ConfigError, match="label_column must be a column name \\(a string\\), got the int 123; pass '123'"
+    ):
+        load_tabular(table_csv, label_column=123)
+
+
 def test_cli_label_column_named_123(tmp_path: Path, capsys) -> None:
     from tda_explorer.cli import main
 
