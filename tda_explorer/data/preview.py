@@ -51,7 +51,7 @@ def describe_spec(spec: dict, width: int = 60) -> str:
     """
     name = spec.get("name", "?")
     path = spec.get("path")
-    if not path:
+    if not path or name not in ("tabular", "text", "images"):
         return str(name)
     opts = spec.get("options", {}) or {}
     cols = spec.get("columns") or {}

@@ -147,6 +147,11 @@ def test_describe_splits_and_spec(mixed) -> None:
     assert d["inputs"][0] == "proline" and d["preprocessing"]["standardize"] is True
     assert describe_spec(s.spec) == "tabular mixed.csv (label=label, 3 features)"
     assert describe_spec({"name": "digits", "path": None}) == "digits"
+    assert describe_spec({"name": "sst2", "path": "/data/sst2", "options": {"n_train": 10}}) == "sst2"
+    assert describe_spec({"name": "images", "path": "/data/shapes"}) == "images shapes/"
+    text = {"name": "text", "path": "/d/corpus.tsv", "options": {"text_column": "1", "label_column": "0"}}
+    assert describe_spec(text) == "text corpus.tsv (text=1, label=0)"
+    assert len(describe_spec({**text, "path": "/d/" + "x" * 100 + ".tsv"})) == 60
 
 
 def _sklearn_csv(tmp_path: Path, name: str) -> Path:

@@ -36,7 +36,11 @@ from tda_explorer.store import Workspace
 from tda_explorer.store.uploads import UPLOAD_SUFFIXES, safe_filename, save_upload
 
 OURS = (DataError, ConfigError)
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("TDA_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @contextmanager
