@@ -548,32 +548,63 @@ def test_round_trip_1000_inputs(capsys: pytest.CaptureFixture) -> None:
     assert counts["silent changes"] == 0 and counts["refused but valid"] == 0
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    arrays=st.lists(
-        st.tuples(st.sampled_from(["L", "I;16", "RGB"]), st.integers(0, 2**16 - 1)), min_size=2, max_size=6
-    ),
-    size=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+IMAGE_ARRAYS = st.lists(
+    st.tuples(st.sampled_from(["L", "I;16", "RGB", "I", "F"]), st.integers(0, 2**16 - 1)),
+    min_size=2,
+    max_size=6,
 )
-def test_image_round_trip(arrays, size) -> None:
-    """8-bit gray / RGB and 16-bit gray pixels load as value / 255 or value / 65535, exactly."""
+IMAGE_SIZES = st.tuples(st.integers(1, 5), st.integers(1, 5))
+
+
+def _image_round_trip(arrays, size, counts: dict[str, int]) -> None:
+    """Write images of several bit depths; each loads as its documented [0, 1] value, exactly."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         want = {}
         for k, (mode, seed) in enumerate(arrays):
             rng = np.random.default_rng(seed)
-            if mode == "I;16":
-                a = rng.integers(0, 2**16, size=size, dtype=np.uint16)
-                x = np.broadcast_to(a / 65535.0, (3, *size))
-            elif mode == "L":
-                a = rng.integers(0, 256, size=size, dtype=np.uint8)
-                x = np.broadcast_to(a / 255.0, (3, *size))
-            else:
+            ext = "tif" if mode in ("I", "F") else "png"
+            if mode == "RGB":
                 a = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
                 x = a.transpose(2, 0, 1) / 255.0
+            else:
+                a, scale = {
+                    "L": (rng.integers(0, 256, size=size, dtype=np.uint8), 255.0),
+                    "I;16": (rng.integers(0, 2**16, size=size, dtype=np.uint16), 65535.0),
+                    "I": (rng.integers(0, 2**31 - 1, size=size, dtype=np.int32), 2.0**31 - 1),
+                    "F": (rng.random(size, dtype=np.float32), 1.0),
+                }[mode]
+                x = np.broadcast_to(a / scale, (3, *size))
             (root / f"c{k % 2}").mkdir(exist_ok=True)
-            Image.fromarray(a).save(root / f"c{k % 2}" / f"{k}.png")
-            want[f"c{k % 2}/{k}.png"] = x
+            Image.fromarray(a).save(root / f"c{k % 2}" / f"{k}.{ext}")
+            want[f"c{k % 2}/{k}.{ext}"] = x
+        counts["inputs"] += 1
         s = load_image_folder(root, grayscale=False, val_fraction=0.0, test_fraction=0.0)
         for i, x in zip(s.train.ids, s.train.inputs, strict=True):
-            assert np.allclose(x.numpy(), want[i], atol=1e-7), i
+            if not np.allclose(x.numpy(), want[i].astype(np.float32), rtol=0, atol=1e-7):
+                counts["silent changes"] += 1
+                raise AssertionError(f"{i}: pixels differ from what was written")
+        counts["loaded"] += 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays=IMAGE_ARRAYS, size=IMAGE_SIZES)
+def test_image_round_trip(arrays, size) -> None:
+    """8-bit gray / RGB, 16-bit gray, int32 and float TIFF pixels load as their documented values."""
+    _image_round_trip(arrays, size, {"inputs": 0, "loaded": 0, "silent changes": 0})
+
+
+@pytest.mark.slow
+def test_image_round_trip_1000_inputs(capsys: pytest.CaptureFixture) -> None:
+    """>= 1,000 generated image folders: every pixel equals what was written (scaled by bit depth)."""
+    counts = {"inputs": 0, "loaded": 0, "silent changes": 0}
+
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(arrays=IMAGE_ARRAYS, size=IMAGE_SIZES)
+    def run(arrays, size) -> None:
+        _image_round_trip(arrays, size, counts)
+
+    run()
+    with capsys.disabled():
+        print(f"\nround-trip oracle (image folders): {counts}")
+    assert counts["inputs"] >= 1000 and counts["silent changes"] == 0
