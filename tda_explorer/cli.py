@@ -1,4 +1,4 @@
-"""Headless CLI: `python -m tda_explorer train|runs|attribute ...` (also the `tda-explorer` script).
+"""Headless CLI: `python -m tda_explorer train|import|runs|attribute ...` (also the `tda-explorer` script).
 
 Every long step prints a tqdm progress bar; results go to the workspace (`--workspace`,
 else `$TDA_WORKSPACE`, else ./workspace) and are reused when asked for again.
@@ -127,8 +127,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for meta in runs:
         cfg = meta["config"]
         accs = [m["test_acc"] for m in meta["extra"]["metrics"].values()]
+        arch = cfg["model"]["arch"]
+        if "imported" in cfg:
+            arch = f"imported {cfg['imported']['factory']}"
         print(
-            f"{meta['key']}  {describe_spec(cfg['dataset']):<8} {cfg['model']['arch']:<7} seeds={cfg['seeds']} "
+            f"{meta['key']}  {describe_spec(cfg['dataset']):<8} {arch:<7} seeds={cfg['seeds']} "
             f"test_acc={sum(accs) / len(accs):.4f}  {meta['created']}"
         )
     return 0
@@ -153,6 +156,58 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import os
+
+    from tda_explorer.data import load_dataset
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import import_run
+
+    if os.getcwd() not in sys.path:  # "mymodels:build" in the current folder, as `python -m` would find it
+        sys.path.insert(0, os.getcwd())
+    if not args.weights:
+        raise TDAError(
+            "give the weights: --weights seed0.pt [--weights seed1.pt ...] (a,b,c = checkpoints of one seed)."
+        )
+    weights = [w.split(",") if "," in w else w for w in args.weights]
+    ws = Workspace(args.workspace)
+    splits = load_dataset(_dataset_spec(args))
+    update, bar = _progress_bar("import")
+    run = import_run(
+        args.factory,
+        weights,
+        splits,
+        train_fn=args.train_fn,
+        weight_decay=args.weight_decay,
+        workspace=ws,
+        progress=update,
+    )
+    bar.close()
+    accs = [m["test_acc"] for m in run.metrics.values()]
+    print(
+        f"imported {len(run.seeds)} seed(s), mean test accuracy {sum(accs) / len(accs):.4f}", file=sys.stderr
+    )
+    print(run.key)
+    return 0
+
+
+def _add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
+    p.add_argument("--dataset", required=True, choices=datasets)
+    p.add_argument(
+        "--path", help="file or folder for user datasets (tabular, text, images) or the sst2 folder"
+    )
+    p.add_argument(
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="loader option, typed by the loader: label_column=y, feature_columns=a,b, image_size=64,64, "
+        "standardize=false, split_column=split, header=false",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
+    p.add_argument("--noise", type=float, default=0.0, help="fraction of training labels to flip (default 0)")
+    p.add_argument("--noise-seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tda_explorer.attributors import ATTRIBUTORS
     from tda_explorer.data import DATASET_NAMES
@@ -163,18 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model over several seeds (cached in the workspace)")
-    t.add_argument("--dataset", required=True, choices=DATASET_NAMES)
-    t.add_argument(
-        "--path", help="file or folder for user datasets (tabular, text, images) or the sst2 folder"
-    )
-    t.add_argument(
-        "--data-option",
-        action="append",
-        metavar="KEY=VALUE",
-        help="loader option, typed by the loader: label_column=y, feature_columns=a,b, image_size=64,64, "
-        "standardize=false, split_column=split, header=false",
-    )
-    t.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
+    _add_data_args(t, DATASET_NAMES)
     t.add_argument("--model", required=True, choices=sorted(MODEL_CONFIGS))
     t.add_argument(
         "--model-option", action="append", metavar="KEY=VALUE", help="e.g. hidden=[512] or dropout=0.1"
@@ -187,8 +231,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--optimizer", choices=["sgd", "adam"])
     t.add_argument("--weight-decay", type=float)
     t.add_argument("--checkpoints", type=int, help="checkpoints kept per seed (default 5)")
-    t.add_argument("--noise", type=float, default=0.0, help="fraction of training labels to flip (default 0)")
-    t.add_argument("--noise-seed", type=int, default=0)
     t.add_argument(
         "--workers",
         type=int,
@@ -207,6 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="join this Ray cluster (e.g. ray://head:10001) instead of starting a local Ray instance",
     )
     t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("import", help="import a model trained anywhere (your factory + weights per seed)")
+    _add_data_args(i, DATASET_NAMES)
+    i.add_argument("--factory", required=True, help="'package.module:function' returning your nn.Module")
+    i.add_argument(
+        "--weights",
+        action="append",
+        metavar="FILE[,FILE...]",
+        help="one per seed: a .pt/.safetensors state dict (comma-separated files = that seed's checkpoints)",
+    )
+    i.add_argument(
+        "--train-fn", help="'package.module:function' = your training loop, for methods that retrain"
+    )
+    i.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="L2 coefficient of your training objective (default 0)",
+    )
+    i.set_defaults(func=cmd_import)
 
     r = sub.add_parser("runs", help="list the trained runs in the workspace")
     r.set_defaults(func=cmd_runs)

@@ -52,7 +52,14 @@ class ScoreResult:
 
 
 def score_config(run: TrainedRun, method: str, settings: dict, split: str) -> dict:
-    return {"run": run.key, "method": {"method": method, **settings}, "queries": split}
+    """What keys a score artifact: the run, a hash of its weights (`TrainedRun.fingerprint`: a run object
+    whose key was reused for other weights never gets the other weights' scores), the method, the split."""
+    return {
+        "run": run.key,
+        "weights": run.fingerprint(),
+        "method": {"method": method, **settings},
+        "queries": split,
+    }
 
 
 def compute_scores(

@@ -35,7 +35,7 @@ from torch import nn
 
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
-from tda_explorer.models import prepare_inputs
+from tda_explorer.models import head_prefix, prepare_inputs
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import TrainedRun
@@ -243,7 +243,7 @@ class LoraSettings:
 
     def finetune_config(self, run: TrainedRun) -> TrainConfig:
         """The run's training config with this fine-tuning's epochs / lr, one checkpoint, no warm-up."""
-        d = run.train_config.to_dict()
+        d = run.require_recipe("a LoRA ensemble").to_dict()
         d.update(epochs=self.epochs, checkpoints=1, warmup_steps=0)
         if self.lr is not None:
             d["lr"] = float(self.lr)
@@ -287,7 +287,7 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], 
         torch.manual_seed(init_seed)
         model = inject_adapter_in_model(config, model)
     for n, p in model.named_parameters():
-        p.requires_grad_("lora_" in n or n.startswith("head."))
+        p.requires_grad_("lora_" in n or n.startswith(head_prefix(model)))
     return model
 
 

@@ -102,7 +102,8 @@ class Influence(Attributor):
             member, with its own curvature; scores averaged over all members, like TRAK's checkpoints).
             Measured LDS (M = 100): MNIST MLP one seed's 5 checkpoints 0.508 vs 0.395 for its final model
             alone (3 seeds x 5 checkpoints: 0.550); MNIST logistic regression 0.808 vs 0.806 (converged).
-        weight_decay: L2 coefficient added to H; None = the run's `train_config.weight_decay`.
+        weight_decay: L2 coefficient added to H; None = the run's `weight_decay` (its training config's, or
+            for an imported run the regularisation declared at import, 0 by default).
         seed: seed of the Fisher label sampling (ekfac/kfac) and of Hutchinson/power-iteration probes.
         fisher_samples: sampled labels per example for the K-FAC/EK-FAC factors.
         max_iter / tol: iteration limit and tolerance of cg (default 500) and lissa (default 5000); tol
@@ -254,11 +255,7 @@ class Influence(Attributor):
         """Per member (seed, or seed x checkpoint): train gradients `[N, p]` and the damped inverse-Hessian
         operator; returns self."""
         seeds = select_seeds(run, self.settings["seeds"])
-        wd = (
-            run.train_config.weight_decay
-            if self.settings["weight_decay"] is None
-            else self.settings["weight_decay"]
-        )
+        wd = run.weight_decay if self.settings["weight_decay"] is None else self.settings["weight_decay"]
         self.n_train_ = len(train)
         self.weight_decay_ = float(wd)
         self.members_ = []

@@ -254,12 +254,14 @@ class Source(Attributor):
     # ----------------------------------------------------------------------------------- fitting
     def _stage_info(self, run: TrainedRun, n: int) -> tuple[np.ndarray, list[TrainConfig]]:
         if run.stages is None:
-            return np.ones((1, n), dtype=bool), [run.train_config]
+            return np.ones((1, n), dtype=bool), [run.require_recipe("source")]
         return run.stages.masks(n), [s.train_config for s in run.stages.stages]
 
     def _segments(self, run: TrainedRun, seed: int, masks: np.ndarray, configs: list[TrainConfig]):
         s = self.settings
         ckpts = run.checkpoints[seed]
+        for c in ckpts:
+            c.require_schedule("source")
         stages = [c.stage for c in ckpts]
         if max(stages) >= len(configs):
             raise ConfigError(

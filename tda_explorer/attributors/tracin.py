@@ -99,6 +99,9 @@ class TracIn(FeatureDotAttributor):
         """Load every checkpoint of the chosen seeds and cache the train features; returns self."""
         s = self.settings
         seeds = select_seeds(run, s["seeds"])
+        for seed in seeds:
+            for c in run.checkpoints[seed]:
+                c.require_schedule("tracin", (s["lr_source"],))
         self.models_ = [
             [(getattr(c, s["lr_source"]), run.model(seed, i)) for i, c in enumerate(run.checkpoints[seed])]
             for seed in seeds

@@ -27,13 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import LayerInfo, capture_layers, find_layers, flat_to_layer, layer_to_flat
 from tda_explorer.errors import ConfigError, NotFittedError
+from tda_explorer.models.tasks import batch_loss, sample_fisher_targets, task_of
 
 Progress = Callable[[int, int, str], None]
 
@@ -95,16 +95,16 @@ class KroneckerCurvature:
     def _passes(self, inputs: torch.Tensor):
         """Yield per batch the captured `{layer: [a, ds]}` with labels sampled from the model (seeded)."""
         gen = torch.Generator().manual_seed(self.seed)
+        task = task_of(self.model)
         for s in range(0, len(inputs), self.batch_size):
             x = inputs[s : s + self.batch_size].to(self.device)
             x = x.to(self.dtype) if x.is_floating_point() else x
             for _ in range(self.fisher_samples):
                 with capture_layers(self.model, self.layers) as store:
                     logits = self.model(x)
-                    probs = torch.softmax(logits.detach().double(), dim=-1).cpu()
-                    y = torch.multinomial(probs, 1, generator=gen).squeeze(1).to(self.device)
+                    y = sample_fisher_targets(task, logits, gen)
                     self.model.zero_grad(set_to_none=True)
-                    F.cross_entropy(logits, y, reduction="sum").backward()
+                    batch_loss(task, logits, y).sum().backward()
                 yield store
         self.model.zero_grad(set_to_none=True)
 

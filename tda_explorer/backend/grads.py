@@ -13,12 +13,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.errors import ConfigError
+from tda_explorer.models.networks import head_prefix
+from tda_explorer.models.tasks import (  # noqa: F401  (re-exported: the per-example objectives)
+    TASK_OBJECTIVES,
+    example_loss,
+    example_margin,
+    example_prob,
+    objective_fn,
+    task_of,
+)
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # budget for one chunk of per-example gradients and their intermediates
 
@@ -51,14 +59,15 @@ class ParamSubset:
         if spec == "all":
             chosen = named
         elif spec == "lora":
-            chosen = [(n, p) for n, p in named if "lora_" in n or n.startswith("head.")]
+            head = head_prefix(model)
+            chosen = [(n, p) for n, p in named if "lora_" in n or n.startswith(head)]
             if not any("lora_" in n for n, _ in chosen):
                 raise ConfigError(
                     "parameter subset 'lora' needs a model with trainable LoRA adapters (e.g. the text model "
                     "with lora_rank > 0, or a LoRA ensemble member); use 'all' or 'head' otherwise."
                 )
         else:
-            prefixes = ("head.",) if spec == "head" else tuple(spec)
+            prefixes = (head_prefix(model),) if spec == "head" else tuple(spec)
             chosen = [(n, p) for n, p in named if n.startswith(prefixes) or n in prefixes]
         if not chosen:
             available = ", ".join(n for n, _ in named[:12])
@@ -68,33 +77,39 @@ class ParamSubset:
         return cls(tuple(n for n, _ in chosen), tuple(tuple(p.shape) for _, p in chosen))
 
 
-def example_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one example: logits `[C]`, label scalar -> scalar (nats)."""
-    return F.cross_entropy(logits.unsqueeze(0), label.unsqueeze(0))
+OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = TASK_OBJECTIVES[
+    "classification"
+]
+"""The classification objectives by name (every task's are in `models.tasks.TASK_OBJECTIVES`)."""
 
 
-def example_margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """TRAK margin of one example, `log p_y / (1 - p_y) = z_y - logsumexp_{c != y} z_c` (scalar)."""
-    is_label = torch.arange(logits.shape[-1], device=logits.device) == label
-    others = logits.masked_fill(is_label, float("-inf"))
-    return logits.gather(-1, label.view(1)).squeeze(0) - torch.logsumexp(others, dim=-1)
+def chunk_size_for(
+    numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES, activation_bytes: int = 0
+) -> int:
+    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient and ~3 copies of each example's
+    activations saved for the backward pass (`activation_bytes`, see `saved_activation_bytes`) fit in
+    `memory_bytes`. The activations dominate for transformers (a LoRA text model's gradient is ~25k numbers,
+    its top two layers save ~30x more per 64-token sentence)."""
+    per_example = 4 * numel * itemsize + 3 * activation_bytes
+    return max(1, int(memory_bytes // max(1, per_example)))
 
 
-def example_prob(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Probability of class `label` for one example, `softmax(logits)[label]` (scalar; d-TDA measurement)."""
-    return torch.softmax(logits, dim=-1).gather(-1, label.view(1)).squeeze(0)
+def saved_activation_bytes(
+    model: nn.Module, params: dict[str, torch.Tensor], frozen: dict, buffers: dict, x: torch.Tensor, y, fn
+) -> int:
+    """Bytes autograd saves for the backward pass of one example's objective (`x`: one model-ready input)."""
+    total = 0
 
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
 
-OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "loss": example_loss,
-    "margin": example_margin,
-    "prob": example_prob,
-}
-
-
-def chunk_size_for(numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
-    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient fit in `memory_bytes`."""
-    return max(1, int(memory_bytes // max(1, 4 * numel * itemsize)))
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = functional_call(model, ({**frozen, **leaves}, buffers), (x.unsqueeze(0),))
+        fn(out.squeeze(0), y)
+    return total
 
 
 def iter_example_grads(
@@ -113,16 +128,15 @@ def iter_example_grads(
     Args:
         model: a module mapping `inputs[i:i+1]` to logits `[1, C]`.
         inputs: model-ready tensor `[n, ...]` (tokenized for text models).
-        labels: `int64 [n]`.
+        labels: the targets `[n]` (int64 classes, or floats for a regression model; see `models.tasks`).
         params: which parameters to differentiate (see ParamSubset).
-        objective: "loss" (cross-entropy), "margin" (TRAK's log-odds margin) or "prob" (`p(label | x)`).
+        objective: "loss" (the task's training loss: cross-entropy), "margin" (TRAK's log-odds margin; the
+            output for regression) or "prob" (`p(label | x)`), per `models.tasks`.
         chunk_size: examples per chunk (default from `memory_bytes`).
     """
     device = device or get_device()
     dtype = dtype or get_dtype()
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"objective {objective!r} is not one of {sorted(OBJECTIVES)}.")
-    fn = OBJECTIVES[objective]
+    fn = objective_fn(task_of(model), objective)
     subset = params if isinstance(params, ParamSubset) else ParamSubset.resolve(model, params)
     model = model.to(device)
     all_params = {n: p.detach().to(dtype) for n, p in model.named_parameters()}
@@ -135,8 +149,13 @@ def iter_example_grads(
         return fn(logits.squeeze(0), y)
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0), randomness="same")
-    b = chunk_size or chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes)
     n = len(labels)
+    b = chunk_size
+    if b is None:
+        x0 = inputs[:1].to(device)
+        x0 = x0.to(dtype) if x0.is_floating_point() else x0
+        act = saved_activation_bytes(model, chosen, frozen, buffers, x0[0], labels[0].to(device), fn) if n else 0
+        b = chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes, act)
     for start in range(0, n, b):
         x = inputs[start : start + b].to(device)
         if x.is_floating_point():

@@ -36,7 +36,7 @@ from tda_explorer.evaluation.stats import bootstrap_mean_ci, spearman_rows
 from tda_explorer.models import ModelConfig
 from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.config import TrainConfig
-from tda_explorer.training.executor import Executor, LocalExecutor
+from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
 from tda_explorer.training.trainer import Progress
 
@@ -214,7 +214,7 @@ def compute_lds_truth(
         model_config, train_config: how each subset model is trained (as for the run being explained).
         config: LDS settings (default `LDSConfig()`: M=100, alpha=0.5, one seed).
         workspace: where shards and the result are cached (default `Workspace()`).
-        executor: runs the retrainings (default `LocalExecutor()`).
+        executor: runs the retrainings (default: `training.runs.default_executor`, local processes).
         progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count as done).
 
     Returns:
@@ -222,7 +222,6 @@ def compute_lds_truth(
     """
     config = config or LDSConfig()
     ws = workspace or Workspace()
-    executor = executor or LocalExecutor()
     base = _base_config(train, queries, model_config, train_config, config)
     truth_cfg = {**base, "n_subsets": config.n_subsets}  # = lds_truth_config(...), fingerprinted once
     if ws.exists(TRUTH_KIND, truth_cfg):

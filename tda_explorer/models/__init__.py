@@ -7,6 +7,7 @@ import torch
 from tda_explorer.models.configs import (
     MODEL_CONFIGS,
     CNNConfig,
+    ImportedConfig,
     LogRegConfig,
     MLPConfig,
     ModelConfig,
@@ -14,7 +15,7 @@ from tda_explorer.models.configs import (
     default_model_config,
     model_config_from_dict,
 )
-from tda_explorer.models.networks import TDAModel, build_model
+from tda_explorer.models.networks import TDAModel, build_model, head_prefix
 
 
 def prepare_inputs(model: torch.nn.Module, inputs) -> torch.Tensor:
@@ -32,12 +33,14 @@ def prepare_inputs(model: torch.nn.Module, inputs) -> torch.Tensor:
 __all__ = [
     "MODEL_CONFIGS",
     "CNNConfig",
+    "ImportedConfig",
     "LogRegConfig",
     "MLPConfig",
     "ModelConfig",
     "TDAModel",
     "TextConfig",
     "build_model",
+    "head_prefix",
     "default_model_config",
     "model_config_from_dict",
     "prepare_inputs",

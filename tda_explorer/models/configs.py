@@ -110,8 +110,35 @@ class TextConfig:
         return {"arch": self.arch, **asdict(self)}
 
 
-ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig
-MODEL_CONFIGS: dict[str, type] = {c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig)}
+@dataclass(frozen=True)
+class ImportedConfig:
+    """A model built by the user's own factory (`tda_explorer.import_run`; see `models.imported`).
+
+    Args:
+        factory: the factory's name, `"package.module:function"` (found by import or `register_factory`).
+        head: path of the final `nn.Linear` inside the user's module whose output is the logits, or None.
+        structure: short hash of the module's parameter names and shapes (tells two same-named factories apart).
+        task: what the outputs mean ("classification" or "regression", see `models.tasks`).
+    """
+
+    arch: ClassVar[str] = "imported"
+    factory: str = ""
+    head: str | None = None
+    structure: str = ""
+    task: str = "classification"
+
+    def __post_init__(self) -> None:
+        if ":" not in self.factory:
+            raise ConfigError(f"imported model factory must be 'module:function', got {self.factory!r}.")
+
+    def to_dict(self) -> dict:
+        return {"arch": self.arch, **asdict(self)}
+
+
+ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig | ImportedConfig
+MODEL_CONFIGS: dict[str, type] = {
+    c.arch: c for c in (LogRegConfig, MLPConfig, CNNConfig, TextConfig, ImportedConfig)
+}
 
 
 def model_config_from_dict(d: dict) -> ModelConfig:

@@ -13,7 +13,29 @@ import torch
 from torch import nn
 
 from tda_explorer.errors import ConfigError
-from tda_explorer.models.configs import CNNConfig, LogRegConfig, MLPConfig, ModelConfig, TextConfig
+from tda_explorer.models.configs import (
+    CNNConfig,
+    ImportedConfig,
+    LogRegConfig,
+    MLPConfig,
+    ModelConfig,
+    TextConfig,
+)
+
+
+def head_prefix(model: nn.Module) -> str:
+    """Name prefix of the head's parameters: `"head."` for the zoo, the final Linear's path for imported
+    models (`models.imported`); a prefix no parameter has when the model has no head."""
+    prefix = getattr(model, "head_prefix", "head.")
+    return "\0no-head" if prefix is None else prefix
+
+
+def model_head(model: nn.Module) -> nn.Linear | None:
+    """The model's final `nn.Linear` (whose output is the logits), or None when it has none."""
+    if getattr(model, "head_prefix", "head.") is None:
+        return None
+    head = getattr(model, "head", None)
+    return head if isinstance(head, nn.Linear) else None
 
 
 class TDAModel(nn.Module):
@@ -77,7 +99,7 @@ class CNN(TDAModel):
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> TDAModel:
     """A fresh model for `cfg` with random init from the global torch RNG (seed it first)."""
-    if n_classes < 2:
+    if n_classes < 2 and not isinstance(cfg, ImportedConfig):
         raise ConfigError(f"a classifier needs at least 2 classes, got {n_classes}.")
     if isinstance(cfg, LogRegConfig):
         return LogReg(input_shape, n_classes)
@@ -89,4 +111,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) 
         from tda_explorer.models.text import TextClassifier
 
         return TextClassifier(cfg, n_classes)
+    if isinstance(cfg, ImportedConfig):
+        from tda_explorer.models.imported import build_imported
+
+        return build_imported(cfg)
     raise ConfigError(f"no model for config {cfg!r}.")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from tda_explorer.training.config import TrainConfig, default_train_config
 from tda_explorer.training.executor import Executor, LocalExecutor
+from tda_explorer.training.imported import UserTrainFn, import_run
+from tda_explorer.training.loading import load_run
 from tda_explorer.training.runs import (
     TrainedRun,
     TrainJob,
-    load_run,
     retrain_on_subsets,
     run_train_job,
     train_run,
@@ -40,7 +41,9 @@ __all__ = [
     "TrainJob",
     "TrainResult",
     "TrainedRun",
+    "UserTrainFn",
     "default_train_config",
+    "import_run",
     "load_model",
     "load_run",
     "load_staged_run",

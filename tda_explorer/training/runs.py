@@ -7,6 +7,7 @@ finished; the run artifact (kind "runs") is written last and lists them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -16,8 +17,10 @@ import torch
 from torch import nn
 
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
-from tda_explorer.errors import ArtifactError
+from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict, prepare_inputs
+from tda_explorer.models.imported import importable
+from tda_explorer.models.tasks import task_of
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor
@@ -51,6 +54,8 @@ def run_train_job(job: TrainJob) -> TrainResult:
     """Executor entry point: train; drop the weights when only eval logits are wanted."""
     from tda_explorer.training.stages import StagedConfig, train_staged_model  # stages imports this module
 
+    if hasattr(job.train_config, "train_job"):  # a user's own loop (`training.imported.UserTrainFn`)
+        return job.train_config.train_job(job)
     if isinstance(job.train_config, StagedConfig):  # the whole pipeline, each stage restricted to `mask`
         result = train_staged_model(
             job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets
@@ -60,6 +65,27 @@ def run_train_job(job: TrainJob) -> TrainResult:
     if not job.keep_checkpoints:
         result.checkpoints = []
     return result
+
+
+def weights_hash(states: Sequence[dict[str, torch.Tensor]]) -> str:
+    """SHA-256 (16 hex) of state dicts: names, dtypes, shapes and bytes, in order."""
+    h = hashlib.sha256()
+    for state in states:
+        for name in sorted(state):
+            t = state[name].detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def default_executor(model_config: ModelConfig, train_config=None) -> Executor:
+    """A LocalExecutor; in-process when a job's model factory or training loop can only be found in this
+    process (a function defined in a script or notebook cannot be sent to a worker)."""
+    names = [getattr(model_config, "factory", None), getattr(train_config, "name", None)]
+    if any(n is not None and not importable(n) for n in names):
+        return LocalExecutor(workers=1)
+    return LocalExecutor()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -78,18 +104,55 @@ class TrainedRun:
         stages: for a multi-stage run (`training.stages.train_stages`), its stages (configs and training
             masks); None for a single-stage run. `train_config` is then the last stage's and every
             checkpoint records its `stage`.
+        imported: for a run brought in with `import_run`, what was imported (`factory`, per-seed
+            `weights` hashes, the declared `weight_decay`); None for runs the package trained. Its
+            `train_config` is the recipe given at import (a TrainConfig or a `UserTrainFn`), or None.
     """
 
     key: str
     dataset: dict
     model_config: ModelConfig
-    train_config: TrainConfig
+    train_config: TrainConfig | None
     seeds: tuple[int, ...]
     input_shape: tuple[int, ...]
     n_classes: int
     checkpoints: dict[int, list[Checkpoint]] = field(repr=False)
     metrics: dict[int, dict]
     stages: StagedConfig | None = None
+    imported: dict | None = None
+
+    @property
+    def weight_decay(self) -> float:
+        """The L2 coefficient of the training objective (`wd/2 ||theta||^2`), added to curvatures.
+
+        The training config's for runs the package trained; for imported runs the `weight_decay` declared
+        at import (0 unless given: the package cannot know what the user's loop regularised).
+        """
+        if self.imported is not None:
+            return float(self.imported.get("weight_decay", 0.0))
+        return float(self.train_config.weight_decay)
+
+    def require_recipe(self, what: str):
+        """The run's training recipe (`train_config`); ConfigError naming what to provide when it has none."""
+        if self.train_config is None:
+            raise ConfigError(
+                f"{what} retrains the model or reads its training schedule, and this imported run has no "
+                "training recipe. Import it again with train_config=TrainConfig(...) (the package's trainer) "
+                "or train_fn=fn (your loop: fn(model_factory, train_examples, seed) -> state_dict); CLI: "
+                "import --train-fn pkg.mod:fn."
+            )
+        return self.train_config
+
+    def fingerprint(self) -> str:
+        """SHA-256 (16 hex) of every checkpoint's weights, in seed and checkpoint order (keys cached scores).
+
+        Computed once per run object.
+        """
+        cached = getattr(self, "_fingerprint", None)
+        if cached is None:
+            cached = weights_hash([c.state for s in self.seeds for c in self.checkpoints[s]])
+            self._fingerprint = cached
+        return cached
 
     def model(self, seed: int | None = None, checkpoint: int = -1) -> nn.Module:
         """The model of `seed` (default: the first) at checkpoint index `checkpoint` (default final), eval mode."""
@@ -100,9 +163,11 @@ class TrainedRun:
         return load_model(self.model_config, self.input_shape, self.n_classes, state)
 
     def predict(self, examples: ExampleSet, seed: int | None = None) -> torch.Tensor:
-        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first)."""
+        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first); the
+        outputs themselves for a regression model."""
         model = self.model(seed)
-        return torch.softmax(predict_logits(model, prepare_inputs(model, examples.inputs)), dim=1)
+        outputs = predict_logits(model, prepare_inputs(model, examples.inputs))
+        return outputs if task_of(model) == "regression" else torch.softmax(outputs, dim=1)
 
     def mean_metric(self, name: str) -> float:
         return float(np.mean([m[name] for m in self.metrics.values()]))
@@ -165,7 +230,7 @@ def train_seeds(
     Returns:
         `({seed: checkpoints}, {seed: metrics})`.
     """
-    executor = executor or LocalExecutor()
+    executor = executor or default_executor(model_config, config)
     todo = [s for s in seeds if not ws.exists("models", seed_config(s))]
     evals = {"train": splits.train, "val": splits.val, "test": splits.test}
     jobs = [TrainJob(model_config, config, splits.train, s, eval_sets=evals) for s in todo]
@@ -191,7 +256,7 @@ def run_summary(splits: DatasetSplits, metrics: dict[int, dict]) -> dict:
     return {
         "metrics": {str(s): m for s, m in metrics.items()},
         "input_shape": list(splits.train.input_shape),
-        "n_classes": splits.train.n_classes,
+        "n_classes": splits.train.n_outputs,
     }
 
 
@@ -238,8 +303,8 @@ def train_run(
     )
 
 
-def load_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
-    """A TrainedRun from its run key (as printed by the CLI and listed by `Workspace.list_runs()`)."""
+def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
+    """A TrainedRun the package trained, from its run key (`training.loading.load_run` loads any run)."""
     ws = workspace or Workspace()
     meta = ws.meta("runs", key)
     cfg = meta["config"]
@@ -282,7 +347,7 @@ def retrain_on_subsets(
     With a multi-stage `train_config` (`StagedConfig`) the whole pipeline is retrained, each stage on
     its own examples that are in the mask.
     """
-    executor = executor or LocalExecutor()
+    executor = executor or default_executor(model_config, train_config)
     masks = np.asarray(masks, dtype=bool)
     jobs = [
         TrainJob(

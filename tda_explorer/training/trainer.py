@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import ModelConfig, build_model, prepare_inputs
+from tda_explorer.models.tasks import batch_loss, task_of
 from tda_explorer.training.config import TrainConfig
 
 Progress = Callable[[int, int, str], None]
@@ -42,15 +42,30 @@ class Checkpoint:
         stage: index of the training stage the checkpoint belongs to (0 unless the run has several
             stages, see `training.stages`; there `step` counts from the start of the first stage and
             `epoch` within the stage).
+
+    The training fields are None for a model imported without them (`import_run`): methods that need the
+    schedule (TracIn's learning rates, Source's segments) then refuse with `require_schedule`.
     """
 
-    step: int
-    epoch: float
-    lr: float
-    segment_mean_lr: float
-    segment_steps: int
-    state: dict[str, torch.Tensor] = field(repr=False)
+    step: int | None = None
+    epoch: float | None = None
+    lr: float | None = None
+    segment_mean_lr: float | None = None
+    segment_steps: int | None = None
+    state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     stage: int = 0
+
+    def require_schedule(
+        self, method: str, fields: tuple[str, ...] = ("segment_mean_lr", "segment_steps")
+    ) -> None:
+        """Raise ConfigError unless the checkpoint records `fields` (`method` needs them)."""
+        missing = [k for k in fields if getattr(self, k) is None]
+        if missing:
+            raise ConfigError(
+                f"{method} needs each checkpoint's {', '.join(missing)}; this run's checkpoints do not record "
+                "them. Import the checkpoints with their metadata, e.g. weights=[[{'state': sd, 'step': 100, "
+                "'lr': 0.01}, ...]], or use a method that needs only weights (grad_dot, influence, trak)."
+            )
 
     def info(self) -> dict:
         """JSON-able metadata (everything but the weights)."""
@@ -143,6 +158,7 @@ def sgd_steps(
     steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
     step = 0
+    task = task_of(model)
     model.train()
     for epoch in range(config.epochs):
         order = idx[torch.randperm(len(idx), generator=shuffle)]
@@ -152,7 +168,7 @@ def sgd_steps(
             lr = config.lr_at(step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+            loss = batch_loss(task, model(inputs[batch]), labels[batch]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
