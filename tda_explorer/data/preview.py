@@ -17,7 +17,7 @@ def describe_splits(splits: DatasetSplits) -> dict:
 
     Returns:
         `{"name", "kind", "source", "rows": {split: n}, "classes": [class names],
-        "class_counts": {split: {class name: n}}, "columns": {role: column(s)} (user tables, else {}),
+        "class_counts": {split: {class name: n}} (empty for regression targets), "columns": {role: column(s)} (user tables, else {}),
         "inputs": [input names] (tabular: after one-hot encoding) or the input shape,
         "preprocessing": the fitted `TablePreprocessor` dict (tabular) or None}`.
     """
@@ -25,6 +25,9 @@ def describe_splits(splits: DatasetSplits) -> dict:
     counts = {}
     for part in _PARTS:
         s = getattr(splits, part)
+        if getattr(s, "is_regression", False):  # float targets: no classes to count
+            counts[part] = {}
+            continue
         per_class = [0] * s.n_classes
         for y in s.labels.tolist():
             per_class[y] += 1

@@ -174,3 +174,14 @@ def test_sklearn_tables_train_well_through_the_cli(tmp_path: Path, name: str, ca
     out = capsys.readouterr().out
     acc = float(out.split("mean test accuracy")[1].split()[0])
     assert acc >= 0.90, out
+
+
+def test_describe_splits_of_builtin_and_regression_sets() -> None:
+    from tda_explorer.data import DatasetSplits, ExampleSet
+
+    d = describe_splits(load_dataset(DatasetSpec("digits")))
+    assert d["source"] == "digits" and d["inputs"] == [1, 8, 8] and d["columns"] == {}
+    assert sum(d["class_counts"]["train"].values()) == d["rows"]["train"]
+    reg = ExampleSet(("a", "b"), torch.zeros(2, 3), torch.tensor([0.5, 1.5]), (), "tabular")
+    d = describe_splits(DatasetSplits(reg, reg.subset([0]), reg.subset([1]), {"name": "tabular"}))
+    assert d["class_counts"] == {"train": {}, "val": {}, "test": {}} and d["rows"]["train"] == 2
