@@ -158,7 +158,9 @@ def map_labels(values: Sequence[str]) -> tuple[torch.Tensor, tuple[str, ...]]:
     return labels, tuple(unique)
 
 
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+DECIMAL_PATTERN = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+"""A plain decimal number: digits with an optional point and exponent (not `nan`, `inf`, `0x1F`, `1_000`)."""
+_DECIMAL = re.compile(DECIMAL_PATTERN)
 
 
 def decimal_number(text: str) -> Decimal | None:
