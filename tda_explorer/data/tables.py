@@ -5,7 +5,8 @@ What the user wrote is what we keep; conversions happen later, deliberately, per
 - CSV / TSV are read with every column as text (`dtype=str`) and no missing-value guessing: a
   cell is exactly the characters between the separators (UTF-8, a byte-order mark is accepted).
   Only an empty cell is empty; `NA`, `null`, `None`, `NaN`, `n/a` are ordinary words. TSV is read
-  without quote handling (tabs separate fields, quotes are text), CSV with standard quoting.
+  without quote handling (tabs separate fields, quotes are text), CSV with standard quoting; a
+  `.txt` file is read as TSV.
 - The header (first line) names the columns; a duplicated name is refused (naming it), an empty
   name becomes `Unnamed: <position>` (as pandas names it). With `header=False` the file has no
   header line: columns are named by position, `"0"`, `"1"`, ..., or by `column_names`.
@@ -34,7 +35,14 @@ import torch
 from tda_explorer.data._common import decimal_number, map_labels, missing_column_message, split_by_fractions
 from tda_explorer.errors import ConfigError, DataError
 
-TABLE_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+TABLE_FORMATS: dict[str, str] = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+"""Extension -> reader; `.txt` is read as tab-separated (the classic `label<TAB>text` corpus format)."""
 NUMERIC_TYPES: tuple[str, ...] = ("int", "float", "decimal", "bool", "null")
 """Parquet column types read as numbers (`Table.types` values)."""
 

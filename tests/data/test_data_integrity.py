@@ -306,7 +306,7 @@ def test_split_seed_message_names_real_options() -> None:
 
 
 def test_headerless_tsv_corpus(tmp_path: Path) -> None:
-    path = tmp_path / "corpus.tsv"
+    path = tmp_path / "corpus.txt"  # .txt is read as tab-separated (uploads accept it too)
     lines = [f'{("pos", "neg")[i % 2]}\tmessage {i} with "quotes", commas' for i in range(10)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     s = load_text_table(
