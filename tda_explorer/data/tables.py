@@ -13,7 +13,8 @@ What the user wrote is what we keep; conversions happen later, deliberately, per
 - Parquet columns are typed. Text (`string`), UTF-8 `binary` (decoded; other bytes are refused
   naming the column and row), dictionary-encoded values (decoded), integers, floats, decimals,
   booleans and all-null columns are accepted; list / struct / map / timestamp / date / time /
-  duration / other columns are refused, naming the column, when a loader uses them.
+  duration / other columns are refused, naming the column, when a loader uses them. pandas'
+  unnamed index (`__index_level_0__`) is dropped; a named index is an ordinary column.
 - As text (ids, labels, texts, split values), typed Parquet values read: integers as their
   digits, integral floats as integers (`1.0` -> `"1"`), other floats by their shortest repr,
   decimals as written (`1.50`), booleans `True` / `False`, nulls as empty.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +181,9 @@ def _arrow_kind(t: pa.DataType) -> str:
 
 def _read_parquet(file: Path) -> tuple[pd.DataFrame, dict[str, str]]:
     table = pq.read_table(file)
+    unnamed_index = [n for n in table.column_names if re.fullmatch(r"__index_level_\d+__", str(n))]
+    if unnamed_index:  # pandas' unnamed index (to_parquet with index=True): not data, as read_parquet does
+        table = table.drop_columns(unnamed_index)
     names = [str(n) for n in table.column_names]
     _refuse_duplicates(file, names)
     columns, types = {}, {}

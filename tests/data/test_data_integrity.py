@@ -179,6 +179,20 @@ def _pq(tmp_path: Path, name: str, **columns) -> Path:
     return path
 
 
+def test_parquet_pandas_index_is_not_a_feature(tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [0, 1, 0, 1]}, index=[10, 20, 30, 40])
+    df.to_parquet(tmp_path / "idx.parquet")  # unnamed non-range index: stored as __index_level_0__
+    s = load_tabular(tmp_path / "idx.parquet", "y", val_fraction=0.0, test_fraction=0.0)
+    assert s.train.meta["feature_names"] == ["x"]
+    df.rename_axis("uid").to_parquet(tmp_path / "named.parquet")  # a named index is a column
+    s = load_tabular(
+        tmp_path / "named.parquet", "y", ["x"], id_column="uid", val_fraction=0.0, test_fraction=0.0
+    )
+    assert s.train.ids == ("10", "20", "30", "40")
+
+
 def test_parquet_binary_text_is_decoded_or_refused(tmp_path: Path) -> None:
     good = [b"good film", b"bad film", "caf\u00e9".encode(), b"ok"]
     path = _pq(tmp_path, "bin.parquet", text=pa.array(good, pa.binary()), y=["a", "b", "a", "b"])
