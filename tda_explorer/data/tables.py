@@ -79,12 +79,15 @@ class Table:
             "bool", "null", or "unsupported:<arrow type>".
         first_line: the line number of data row 0 in a CSV / TSV file (2 with a header, else 1);
             0 for Parquet (messages then give only the row).
+        unnamed: columns whose header cell was empty (named `Unnamed: <position>`), e.g. the index
+            pandas' `to_csv` writes; loaders leave them out of default feature sets.
     """
 
     file: Path
     df: pd.DataFrame
     types: dict[str, str]
     first_line: int
+    unnamed: tuple[str, ...] = ()
 
     @property
     def columns(self) -> list[str]:
@@ -214,8 +217,10 @@ def _read_delimited(
         file, sep=sep, quoting=quoting, encoding="utf-8-sig", header=None, dtype=str, na_filter=False
     )
     if header:
-        names = [str(v) if str(v) else f"Unnamed: {j}" for j, v in enumerate(raw.iloc[0].tolist())]
+        header_cells = [str(v) for v in raw.iloc[0].tolist()]
+        names = [v if v else f"Unnamed: {j}" for j, v in enumerate(header_cells)]
         raw = raw.iloc[1:].reset_index(drop=True)
+        raw.attrs["unnamed"] = tuple(n for n, v in zip(names, header_cells, strict=True) if not v)
     elif column_names is not None:
         if len(column_names) != raw.shape[1]:
             raise DataError(
@@ -275,12 +280,13 @@ def read_user_table(
     try:
         if fmt == "parquet":
             df, types = _read_parquet(file)
-            first_line = 0
+            first_line, unnamed = 0, ()
         else:
             df, first_line = _read_delimited(
                 file, fmt, header, None if column_names is None else list(column_names)
             )
             types = dict.fromkeys(df.columns, "text")
+            unnamed = df.attrs.pop("unnamed", ())
     except UnicodeDecodeError as e:
         raise DataError(
             f"{file.name}: the file is not UTF-8 text (byte {e.object[e.start : e.start + 1]!r} at position "
@@ -296,7 +302,7 @@ def read_user_table(
         raise DataError(f"{file.name}: cannot read it as {label}: {reason}. {where(file)}") from e
     if len(df) == 0:
         raise DataError(f"{file.name}: the file has a header but no data rows. {where(file)}")
-    return Table(file, df, types, first_line)
+    return Table(file, df, types, first_line, unnamed)
 
 
 def read_table(

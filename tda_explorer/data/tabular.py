@@ -271,8 +271,8 @@ def _check_categories_lenient(column: str, cells: list[str], src: _Source) -> li
 
 
 def _feature_columns(table: Table, feature_columns: object, taken: list[str | None]) -> list[str]:
-    if feature_columns is None:
-        return [c for c in table.columns if c not in taken]
+    if feature_columns is None:  # every named column but the label / id / split ones
+        return [c for c in table.columns if c not in taken and c not in table.unnamed]
     if isinstance(feature_columns, str) or not isinstance(feature_columns, (list, tuple)):
         raise ConfigError(f"feature_columns must be a list of column names, got {feature_columns!r}.")
     columns = [table.require(c, "one of feature_columns") for c in feature_columns]
@@ -306,7 +306,9 @@ def load_tabular(
         path: the file; its extension (.csv, .tsv, .parquet, .pq) picks the reader.
         label_column: the column holding class labels (kept as the user's strings; see
             `tables.label_classes`); default "label".
-        feature_columns: input columns; default every column except label, id and split.
+        feature_columns: input columns; default every column except label, id and split, and
+            except columns with an empty header (e.g. the row index pandas' `to_csv` writes, which
+            would leak the file's order; list it as "Unnamed: 0" to use it anyway).
         id_column: a column of unique example ids (kept verbatim); default "<file stem>-<row>".
         val_fraction: fraction of rows for validation (ignored with `split_column`).
         test_fraction: fraction of rows for test (ignored with `split_column`).

@@ -193,6 +193,17 @@ def test_parquet_pandas_index_is_not_a_feature(tmp_path: Path) -> None:
     assert s.train.ids == ("10", "20", "30", "40")
 
 
+def test_csv_row_index_is_not_a_default_feature(tmp_path: Path) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame({"x": [3.0, 1.0, 2.0, 5.0], "y": [0, 0, 1, 1]})
+    df.to_csv(tmp_path / "indexed.csv")  # index=True: an unnamed first column 0, 1, 2, 3 (sorted by class)
+    s = load_tabular(tmp_path / "indexed.csv", "y", val_fraction=0.0, test_fraction=0.0)
+    assert s.train.meta["feature_names"] == ["x"]
+    s = load_tabular(tmp_path / "indexed.csv", "y", ["Unnamed: 0", "x"], val_fraction=0.0, test_fraction=0.0)
+    assert s.train.meta["feature_names"] == ["Unnamed: 0", "x"]
+
+
 def test_parquet_binary_text_is_decoded_or_refused(tmp_path: Path) -> None:
     good = [b"good film", b"bad film", "caf\u00e9".encode(), b"ok"]
     path = _pq(tmp_path, "bin.parquet", text=pa.array(good, pa.binary()), y=["a", "b", "a", "b"])
