@@ -434,6 +434,14 @@ def _representable(cell: str, fmt: str) -> bool:
 def _write(path: Path, fmt: str, header: list[str], rows: list[list[str]]) -> None:
     if fmt == "parquet":
         pq.write_table(pa.table({h: [r[j] for r in rows] for j, h in enumerate(header)}), path)
+    elif fmt == "parquet-typed":  # int ids and labels, float features: typed Parquet columns
+        cols = [
+            [int(r[0]) for r in rows],
+            [int(r[1]) for r in rows],
+            [r[2] for r in rows],
+            [float(r[3]) for r in rows],
+        ]
+        pq.write_table(pa.table(dict(zip(header, cols, strict=True))), path)
     elif fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\r\n").writerows([header, *rows])  # quotes cells with \r or \n
@@ -475,6 +483,10 @@ def written_tables(draw) -> tuple[str, list[list[str]], list[float]]:
         labels = [y if y.strip() else "pos" for y in labels]
         texts = [t if t.strip() else "text" for t in texts]
     xs = draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=n, max_size=n))
+    if fmt == "parquet" and draw(st.booleans()):  # typed: ids / labels as integers read as their digits
+        fmt = "parquet-typed"
+        ids = [str(v) for v in draw(st.lists(st.integers(-(2**62), 2**62), min_size=n, max_size=n))]
+        labels = [str(v) for v in draw(st.lists(st.integers(-3, 12), min_size=n, max_size=n))]
     rows = [[i, y, t, repr(float(x))] for i, y, t, x in zip(ids, labels, texts, xs, strict=True)]
     rows = [[c if _representable(c, fmt) else "z" for c in r] for r in rows]
     return fmt, rows, xs
@@ -484,7 +496,7 @@ def _round_trip(tables, counts: dict[str, int]) -> None:
     fmt, rows, xs = tables
     ids, labels, texts = ([r[j] for r in rows] for j in range(3))
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"written.{fmt}"
+        path = Path(tmp) / f"written.{fmt.split('-')[0]}"
         _write(path, fmt, ["id", "label", "text", "x"], rows)
         loads = {
             "text": lambda: load_text_table(path, "text", "label", id_column="id", val_fraction=0.2, test_fraction=0.2),
