@@ -54,6 +54,28 @@ def _parse_settings(items: Sequence[str]) -> dict:
     return out
 
 
+def _seed_count(text: str) -> int:
+    """argparse type of `train --seeds`: an integer >= 1 (a run without seeds cannot be attributed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (a run needs a trained model), got {value}")
+    return value
+
+
+def _seed_start(text: str) -> int:
+    """argparse type of `train --seed0`: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def _dataset_spec(args: argparse.Namespace):
     """The DatasetSpec of `--dataset/--path/--data-option/--split-seed/--noise*`.
 
@@ -116,25 +138,44 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from tda_explorer.data import describe_spec
     from tda_explorer.store import Workspace
 
-    runs = Workspace(args.workspace).list_runs()
-    if not runs:
+    runs, broken = Workspace(args.workspace).scan("runs")
+    if not runs and not broken:
         print(
             "no runs yet; train one with `python -m tda_explorer train --dataset mnist5k --model mlp --seeds 3`"
         )
     for meta in runs:
-        cfg = meta["config"]
-        accs = [m["test_acc"] for m in meta["extra"]["metrics"].values()]
-        arch = cfg["model"]["arch"]
+        try:
+            print(_run_line(meta))
+        except TDAError as exc:
+            broken.append((str(meta.get("key", "?")), str(exc)))
+    for key, reason in broken:
+        print(f"{key}  unreadable: {reason}")
+    return 0
+
+
+def _run_line(meta: dict) -> str:
+    """One line of `runs`; ArtifactError (from `run_meta_fields`) if the run's meta is unusable."""
+    from tda_explorer.data import describe_spec
+    from tda_explorer.errors import ArtifactError
+    from tda_explorer.training.runs import run_meta_fields
+
+    key = str(meta.get("key", "?"))
+    cfg, seeds, extra = run_meta_fields(key, meta)
+    try:
+        accs = [m.get("test_acc") for m in extra["metrics"].values()]
+        values = [float(a) for a in accs if a is not None]  # NaN is stored as null (e.g. regression)
+        cfg["dataset"]["name"]  # a spec without a name is unusable (KeyError below)
+        dataset, arch = describe_spec(cfg["dataset"]), cfg["model"]["arch"]
         if "imported" in cfg:
             arch = f"imported {cfg['imported']['factory']}"
-        print(
-            f"{meta['key']}  {describe_spec(cfg['dataset']):<8} {arch:<7} seeds={cfg['seeds']} "
-            f"test_acc={sum(accs) / len(accs):.4f}  {meta['created']}"
-        )
-    return 0
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"meta.json lacks {exc} in its config or metrics; delete runs/{key} and train again."
+        ) from None
+    acc = f"{sum(values) / len(values):.4f}" if values else "n/a"
+    return f"{key}  {dataset:<8} {arch:<7} seeds={list(seeds)} test_acc={acc}  {meta.get('created', '?')}"
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -223,8 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--model-option", action="append", metavar="KEY=VALUE", help="e.g. hidden=[512] or dropout=0.1"
     )
-    t.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
-    t.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
+    t.add_argument("--seeds", type=_seed_count, default=1, help="number of seeds, at least 1 (default 1)")
+    t.add_argument("--seed0", type=_seed_start, default=0, help="first seed (default 0)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-size", type=int)

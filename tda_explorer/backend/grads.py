@@ -154,7 +154,11 @@ def iter_example_grads(
     if b is None:
         x0 = inputs[:1].to(device)
         x0 = x0.to(dtype) if x0.is_floating_point() else x0
-        act = saved_activation_bytes(model, chosen, frozen, buffers, x0[0], labels[0].to(device), fn) if n else 0
+        act = (
+            saved_activation_bytes(model, chosen, frozen, buffers, x0[0], labels[0].to(device), fn)
+            if n
+            else 0
+        )
         b = chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes, act)
     for start in range(0, n, b):
         x = inputs[start : start + b].to(device)

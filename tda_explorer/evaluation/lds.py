@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from tda_explorer.backend.stats import bootstrap_mean_ci, random_subset_masks, spearman_rows
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.evaluation._common import (
@@ -32,7 +33,6 @@ from tda_explorer.evaluation._common import (
     fingerprint,
     offset_progress,
 )
-from tda_explorer.evaluation.stats import bootstrap_mean_ci, spearman_rows
 from tda_explorer.models import ModelConfig
 from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.config import TrainConfig
@@ -157,13 +157,8 @@ def subset_masks(n_train: int, config: LDSConfig, indices: Iterable[int] | None 
     Row for subset j has exactly `config.subset_size(n_train)` True entries, drawn without replacement
     by `numpy.random.default_rng([config.subset_seed, j])`.
     """
-    k = config.subset_size(n_train)
-    rows = range(config.n_subsets) if indices is None else list(indices)
-    masks = np.zeros((len(rows), n_train), dtype=bool)
-    for r, j in enumerate(rows):
-        rng = np.random.default_rng([config.subset_seed, int(j)])
-        masks[r, rng.choice(n_train, size=k, replace=False)] = True
-    return masks
+    rows = range(config.n_subsets) if indices is None else indices
+    return random_subset_masks(n_train, config.subset_size(n_train), config.subset_seed, rows)
 
 
 def lds_truth_config(

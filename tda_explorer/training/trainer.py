@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,10 +20,8 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import ModelConfig, build_model, prepare_inputs
 from tda_explorer.models.tasks import batch_loss, task_of
+from tda_explorer.progress import Progress
 from tda_explorer.training.config import TrainConfig
-
-Progress = Callable[[int, int, str], None]
-"""Progress callback: `(done, total, message)`; the CLI maps it to tqdm, the app to st.progress."""
 
 EVAL_BATCH = 512
 

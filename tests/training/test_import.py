@@ -82,9 +82,7 @@ class _TanhMLP(MLPConfig):
 
 
 def _native_build(monkeypatch):
-    from tda_explorer.models import networks
-
-    original = networks.build_model
+    from tda_explorer.models.build import build_model as original
 
     def build(cfg, input_shape, n_classes):
         if not isinstance(cfg, _TanhMLP):
