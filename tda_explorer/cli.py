@@ -29,13 +29,24 @@ def _progress_bar(desc: str):
     return update, bar
 
 
-def _parse_settings(items: Sequence[str]) -> dict:
-    """`key=value` pairs; values parsed as JSON when possible (numbers, lists, true/false), else strings."""
+def _key_values(items: Sequence[str]) -> dict[str, str]:
+    """`key=value` pairs as text (the value may be empty or contain "=")."""
     out = {}
     for item in items:
         if "=" not in item:
             raise TDAError(f"setting {item!r} is not of the form key=value (e.g. --set params=head).")
         k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _parse_settings(items: Sequence[str]) -> dict:
+    """`key=value` pairs; values parsed as JSON when possible (numbers, lists, true/false), else strings.
+
+    For model and attributor settings. Dataset options are typed by the loader instead (`_dataset_spec`).
+    """
+    out = {}
+    for k, v in _key_values(items).items():
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -66,15 +77,22 @@ def _seed_start(text: str) -> int:
 
 
 def _dataset_spec(args: argparse.Namespace):
-    from tda_explorer.data import DatasetSpec
+    """The DatasetSpec of `--dataset/--path/--data-option/--split-seed/--noise*`.
 
-    options = _parse_settings(args.data_option or [])
+    `--data-option` values are typed by the loader's signature (`data.parse_options`), not by JSON:
+    `label_column=123` is the column "123", `feature_columns=a,b` a list, `image_size=64,64` a pair.
+    """
+    from tda_explorer.data import DatasetSpec
+    from tda_explorer.data.registry import parse_options
+
+    options = parse_options(args.dataset, _key_values(args.data_option or []))
     return DatasetSpec(
         name=args.dataset,
         path=args.path,
         options=options,
         noise_fraction=args.noise,
         noise_seed=args.noise_seed,
+        split_seed=getattr(args, "split_seed", 0),
     )
 
 
@@ -139,6 +157,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _run_line(meta: dict) -> str:
     """One line of `runs`; ArtifactError (from `run_meta_fields`) if the run's meta is unusable."""
+    from tda_explorer.data import describe_spec
     from tda_explorer.errors import ArtifactError
     from tda_explorer.training.runs import run_meta_fields
 
@@ -147,7 +166,8 @@ def _run_line(meta: dict) -> str:
     try:
         accs = [m.get("test_acc") for m in extra["metrics"].values()]
         values = [float(a) for a in accs if a is not None]  # NaN is stored as null (e.g. regression)
-        dataset, arch = cfg["dataset"]["name"], cfg["model"]["arch"]
+        cfg["dataset"]["name"]  # a spec without a name is unusable (KeyError below)
+        dataset, arch = describe_spec(cfg["dataset"]), cfg["model"]["arch"]
         if "imported" in cfg:
             arch = f"imported {cfg['imported']['factory']}"
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -218,8 +238,13 @@ def _add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
         "--path", help="file or folder for user datasets (tabular, text, images) or the sst2 folder"
     )
     p.add_argument(
-        "--data-option", action="append", metavar="KEY=VALUE", help="loader option, e.g. label_column=y"
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="loader option, typed by the loader: label_column=y, feature_columns=a,b, image_size=64,64, "
+        "standardize=false, split_column=split, header=false",
     )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
     p.add_argument("--noise", type=float, default=0.0, help="fraction of training labels to flip (default 0)")
     p.add_argument("--noise-seed", type=int, default=0)
 
