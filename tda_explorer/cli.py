@@ -251,6 +251,7 @@ def _add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from tda_explorer.attributors import ATTRIBUTORS
+    from tda_explorer.cli_commands import add_commands, settings_epilog
     from tda_explorer.data import DATASET_NAMES
     from tda_explorer.models import MODEL_CONFIGS
 
@@ -314,12 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list the trained runs in the workspace")
     r.set_defaults(func=cmd_runs)
 
-    a = sub.add_parser("attribute", help="compute an attributor's scores for a run (cached)")
+    a = sub.add_parser(
+        "attribute",
+        help="compute an attributor's scores for a run (cached)",
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a.add_argument("--run", required=True, help="run key (see `runs`)")
     a.add_argument("--method", required=True, choices=sorted(ATTRIBUTORS))
     a.add_argument("--split", default="test", choices=["test", "val"], help="query split (default test)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="attributor setting, e.g. params=head")
     a.set_defaults(func=cmd_attribute)
+    add_commands(sub)  # explain, dtda, map, export, evaluate, mislabels, flags, prune
     return parser
 
 

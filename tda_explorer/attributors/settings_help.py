@@ -17,6 +17,8 @@ from tda_explorer.errors import ConfigError
 
 #: Constructor arguments that are not user settings.
 _NOT_SETTINGS = ("self", "progress")
+#: Settings that take Python objects (not given on a command line); left out of the help listing.
+HIDDEN_IN_HELP = ("workspace", "executor")
 _ARG_LINE = re.compile(r"^(\s*)([A-Za-z_][\w]*(?:\s*/\s*[A-Za-z_][\w]*)*)(?:\s*\([^)]*\))?:\s*(.*)$")
 
 
@@ -96,7 +98,7 @@ def check_setting_names(method: str, cls: type, settings: dict) -> None:
         return
     valid = [s.name for s in method_settings(cls)]
     for name in settings:
-        if name in valid:
+        if name in valid or name in _NOT_SETTINGS:  # `progress` is passed by the callers, not the user
             continue
         close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -130,6 +132,8 @@ def settings_help(registry: dict[str, type], methods: list[str] | None = None) -
     for name in methods or sorted(registry):
         lines = [f"{name}:"]
         for s in method_settings(registry[name]):
+            if s.name in HIDDEN_IN_HELP:
+                continue
             text = s.help or shared.get(s.name, "")
             lines.append(f"  {s.name}={format_default(s.default)}" + (f"  {text}" if text else ""))
         if len(lines) == 1:
