@@ -180,10 +180,12 @@ def _run_line(meta: dict) -> str:
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.cli_commands.common import check_method
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.store import Workspace
     from tda_explorer.training import load_run
 
+    check_method(args.method, _parse_settings(args.set or []))  # a bad setting fails before any work
     ws = Workspace(args.workspace)
     run = load_run(args.run, ws)
     splits = load_dataset(DatasetSpec.from_dict(run.dataset))

@@ -26,9 +26,21 @@ EXPORT_SUFFIXES = ("csv", "json", "parquet")
 
 
 def suggest(value: str, options: Sequence[str]) -> str:
-    """`" (did you mean 'x'?)"` for the closest option, or ""."""
-    close = difflib.get_close_matches(str(value), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`" (did you mean 'x'?)"` for the closest option, or "".
+
+    Among equally close options, one that starts with `value` wins, then the first in sorted order
+    ("digits-000" suggests "digits-0000", not "digits-1000").
+    """
+    value = str(value)
+    close = difflib.get_close_matches(value, [str(o) for o in options], n=20, cutoff=0.5)
+    if not close:
+        return ""
+
+    def rank(option: str) -> tuple:
+        ratio = difflib.SequenceMatcher(None, value, option).ratio()
+        return (-round(ratio, 6), not option.startswith(value), option)
+
+    return f" (did you mean {min(close, key=rank)!r}?)"
 
 
 def one_line(text: str) -> str:

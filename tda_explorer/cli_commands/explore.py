@@ -95,10 +95,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------- dtda
 def cmd_dtda(args: argparse.Namespace) -> int:
     """d-TDA of one query: per-seed measurements and the training examples with the largest influences."""
-    from tda_explorer.attributors.dtda import DTDA, compute_dtda
+    from tda_explorer.attributors.dtda import compute_dtda
 
     settings = {"base": args.base, "measurement": args.measurement, **parse_settings(args.set)}
-    DTDA(**settings)  # validates the settings before loading anything
+    check_method("dtda", settings)  # validates the settings (names with suggestions) before any work
     ctx = open_run(args)
     if len(ctx.run.seeds) < 2:
         raise ConfigError(f"d-TDA compares seeds: run {ctx.run.key} has {len(ctx.run.seeds)}; train >= 2.")
