@@ -230,3 +230,13 @@ def test_help_of_every_new_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0 and "--json" in capsys.readouterr().out
+
+
+def test_json_for_the_original_commands(cli, key):
+    runs = json.loads(cli("runs", "--json")[1])["runs"]
+    assert {r["key"]: r["seeds"] for r in runs}[key] == [0, 1]  # (evaluate mislabel adds a noisy run)
+    data = json.loads(cli("attribute", "--run", key, "--method", "grad_dot", "--json")[1])
+    assert (data["n_query"], data["n_train"]) == (250, 1297) and data["settings"]["params"] == "head"
+    argv = ["train", "--dataset", "digits", "--model", "logreg", "--seeds", "2", "--epochs", "2"]
+    code, out, err = cli(*argv, "--workers", "1", "--json")  # the same run: reused from the workspace
+    assert code == 0 and json.loads(out)["key"] == key and "stored in" in err
