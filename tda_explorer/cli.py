@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("--run", required=True, help="run key (see `runs`)")
-    a.add_argument("--method", required=True, choices=sorted(ATTRIBUTORS))
+    a.add_argument("--method", required=True, metavar="M", help=f"one of {', '.join(sorted(ATTRIBUTORS))}")
     a.add_argument("--split", default="test", choices=["test", "val"], help="query split (default test)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="attributor setting, e.g. params=head")
     a.set_defaults(func=cmd_attribute)

@@ -44,8 +44,36 @@ def suggest(value: str, options: Sequence[str]) -> str:
 
 
 def one_line(text: str) -> str:
-    """A message on one line (multi-line core messages are joined with "; ")."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    """A message on one line: its lines joined with "; " (with " " after a line ending in ":")."""
+    out = ""
+    for part in (p.strip() for p in str(text).splitlines()):
+        if part:
+            out += ("" if not out else " " if out.endswith(":") else "; ") + part
+    return out
+
+
+def one_line_errors(command):
+    """Wrap a command: `--run` (when it has one) is resolved first (`resolve_run_key`: unique prefixes,
+    close-match suggestions), and a TDAError with a multi-line message (e.g. a config diff) leaves it as
+    one line: `main` prints `error: <message>` and exits 2."""
+    import functools
+
+    from tda_explorer.errors import TDAError
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            if getattr(args, "run", None):  # a key prefix or a typo: resolved (or suggested) up front
+                from tda_explorer.store import Workspace
+
+                args.run = resolve_run_key(Workspace(args.workspace), args.run)
+            return command(args)
+        except TDAError as exc:
+            if "\n" not in str(exc):
+                raise
+            raise type(exc)(one_line(str(exc))) from exc
+
+    return run
 
 
 def progress_bar(desc: str):

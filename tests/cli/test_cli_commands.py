@@ -240,3 +240,21 @@ def test_json_for_the_original_commands(cli, key):
     argv = ["train", "--dataset", "digits", "--model", "logreg", "--seeds", "2", "--epochs", "2"]
     code, out, err = cli(*argv, "--workers", "1", "--json")  # the same run: reused from the workspace
     assert code == 0 and json.loads(out)["key"] == key and "stored in" in err
+
+
+def test_multi_line_core_errors_become_one_line():
+    from tda_explorer.cli_commands.common import one_line_errors
+    from tda_explorer.errors import ArtifactError
+
+    def command(args):
+        raise ArtifactError("Artifact x was made with a different config:\n  seed: 0 != 1\nDelete x.")
+
+    with pytest.raises(ArtifactError) as info:
+        one_line_errors(command)(None)
+    assert str(info.value) == "Artifact x was made with a different config: seed: 0 != 1; Delete x."
+
+
+def test_attribute_bad_method_is_one_line_with_a_suggestion(cli, key):
+    assert_user_error(cli("attribute", "--run", key, "--method", "trek"), "did you mean 'trak'")
+    assert_user_error(cli("attribute", "--run", "x" + key[1:], "--method", "trak"), f"did you mean {key!r}")
+    assert cli("attribute", "--run", key[:6], "--method", "grad_dot")[0] == 0  # a unique prefix is enough
