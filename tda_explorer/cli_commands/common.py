@@ -138,6 +138,19 @@ class Context:
     splits: Any
 
 
+def method_scores(ctx: Context, args: argparse.Namespace, split: str):
+    """The ScoreResult of `--method` with its `--set` settings on the `split` queries: from the
+    workspace when the app or the CLI computed it before, else computed (progress on stderr) and stored."""
+    from tda_explorer.attributors.cache import compute_scores
+
+    update, bar = progress_bar(f"{args.method} scores")
+    try:
+        settings = parse_settings(args.set)
+        return compute_scores(ctx.run, ctx.splits, args.method, settings, split, ctx.ws, update)
+    finally:
+        bar.close()
+
+
 def open_run(args: argparse.Namespace) -> Context:
     """Workspace (from `--workspace`), the run (`--run`, checked with suggestions) and its data."""
     from tda_explorer.data import DatasetSpec, load_dataset

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from tda_explorer.cli_commands.common import (
     add_json_arg,
     check_method,
+    method_scores,
     open_run,
     parse_settings,
     print_json,
-    progress_bar,
 )
 
 
@@ -62,16 +62,9 @@ def runs_json(args: argparse.Namespace) -> int:
 
 def attribute_json(args: argparse.Namespace) -> int:
     """`attribute --json`: the score artifact's key, folder, shape and compute seconds."""
-    from tda_explorer.attributors.cache import compute_scores
-
-    settings = parse_settings(args.set)
-    check_method(args.method, settings)
+    check_method(args.method, parse_settings(args.set))
     ctx = open_run(args)
-    update, bar = progress_bar(f"attribute {args.method}")
-    try:
-        result = compute_scores(ctx.run, ctx.splits, args.method, settings, args.split, ctx.ws, update)
-    finally:
-        bar.close()
+    result = method_scores(ctx, args, args.split)
     print_json(
         {
             "run": ctx.run.key,

@@ -17,6 +17,7 @@ from tda_explorer.cli_commands.common import (
     export_format,
     find_id,
     format_table,
+    method_scores,
     open_run,
     parse_settings,
     print_json,
@@ -24,19 +25,6 @@ from tda_explorer.cli_commands.common import (
     write_table,
 )
 from tda_explorer.errors import ConfigError
-
-
-def _scores(ctx, args, split: str):
-    """The cached (or newly computed) ScoreResult of `--method` with `--set` on `split` queries."""
-    from tda_explorer.attributors.cache import compute_scores
-
-    update, bar = progress_bar(f"{args.method} scores")
-    try:
-        return compute_scores(
-            ctx.run, ctx.splits, args.method, parse_settings(args.set), split, ctx.ws, update
-        )
-    finally:
-        bar.close()
 
 
 def _example(examples, i: int, score: float | None = None) -> dict:
@@ -58,7 +46,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     ctx = open_run(args)
     queries = getattr(ctx.splits, args.split)
     q = find_id(args.query, queries.ids, f"{args.split} split")
-    result = _scores(ctx, args, args.split)
+    result = method_scores(ctx, args, args.split)
     q = result.query_ids.index(queries.ids[q])
     support, oppose = result.top_k(q, args.k)
     train, row = ctx.splits.train, result.scores[q]
@@ -233,7 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.what == "flags":
         table = flags_frame(ctx.ws, ctx.run.key, args.all)
     else:
-        result = _scores(ctx, args, args.split)
+        result = method_scores(ctx, args, args.split)
         labels = train.labels.numpy()[train.index_of(result.train_ids)]
         if args.what == "scores":
             table = pd.DataFrame(result.scores.astype(np.float64), columns=list(result.train_ids))

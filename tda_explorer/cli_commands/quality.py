@@ -16,6 +16,7 @@ from tda_explorer.cli_commands.common import (
     export_format,
     find_id,
     format_table,
+    method_scores,
     open_run,
     parse_settings,
     print_json,
@@ -34,24 +35,12 @@ def _executor(args: argparse.Namespace):
     return make_executor("local", args.workers)
 
 
-def _scores(ctx, args, split: str):
-    from tda_explorer.attributors.cache import compute_scores
-
-    update, bar = progress_bar(f"{args.method} scores")
-    try:
-        return compute_scores(
-            ctx.run, ctx.splits, args.method, parse_settings(args.set), split, ctx.ws, update
-        )
-    finally:
-        bar.close()
-
-
 # --------------------------------------------------------------------------------------- evaluate
 def _lds(ctx, args) -> dict:
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
 
     config = LDSConfig(n_subsets=args.subsets, alpha=args.alpha, seeds=tuple(range(args.retrain_seeds)))
-    result = _scores(ctx, args, "test")
+    result = method_scores(ctx, args, "test")
     update, bar = progress_bar("LDS ground truth")
     try:
         data, run = ctx.splits, ctx.run
@@ -70,7 +59,7 @@ def _mislabel(ctx, args) -> dict:
 
     data, run = ctx.splits, ctx.run
     if data.flipped_ids:  # the run was trained on noisy labels: score it as it is
-        result = _scores(ctx, args, "test")
+        result = method_scores(ctx, args, "test")
         ids = data.train.ids
         baseline = training_loss_scores(run, data.train).numpy()
         return {
@@ -94,7 +83,7 @@ def _pruning(ctx, args) -> dict:
     from tda_explorer.evaluation import compute_pruning_curve
     from tda_explorer.selection import curve_fractions, usefulness
 
-    result = _scores(ctx, args, "val")
+    result = method_scores(ctx, args, "val")
     data, run = ctx.splits, ctx.run
     fractions = curve_fractions(args.largest, args.step)
     update, bar = progress_bar("pruning curve")
@@ -112,7 +101,7 @@ def _pruning(ctx, args) -> dict:
 def _counterfactual(ctx, args) -> dict:
     from tda_explorer.evaluation import counterfactual_test
 
-    result = _scores(ctx, args, "test")
+    result = method_scores(ctx, args, "test")
     data, run = ctx.splits, ctx.run
     if args.queries < 1:
         raise ConfigError(f"--queries must be at least 1, got {args.queries}.")
@@ -181,7 +170,7 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
     if args.flag or args.unflag:
         return _flag_ops(ctx, args, train, store)
     if args.method:
-        score, name = _scores(ctx, args, "test").self_influence, f"self-influence · {args.method}"
+        score, name = method_scores(ctx, args, "test").self_influence, f"self-influence · {args.method}"
     else:
         score, name = training_loss_scores(ctx.run, train).numpy(), "own training loss"
     flipped = ctx.splits.flipped_ids
@@ -254,7 +243,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         export_format(args.export)
     check_method(args.method, parse_settings(args.set))
     ctx = open_run(args)
-    result = _scores(ctx, args, args.split)
+    result = method_scores(ctx, args, args.split)
     table = prune_table(result.scores, ctx.splits.train, ctx.ws.flags().get(ctx.run.key), args.fraction,
                         args.threshold)  # fmt: skip
     written = table if args.only == "all" else table[table["status"] == args.only]
