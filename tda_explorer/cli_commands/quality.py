@@ -9,6 +9,7 @@ defaults are larger. Ground truths and curves are cached in the workspace and sh
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from tda_explorer.cli_commands.common import (
     add_run_args,
@@ -267,12 +268,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ registration
 def add_commands(sub) -> None:
     """Register evaluate, mislabels, flags and prune on the CLI's subparsers."""
-    v = sub.add_parser("evaluate", help="LDS, mislabel detection, pruning curve or counterfactual test")
+    v = sub.add_parser(
+        "evaluate",
+        help="LDS, mislabel detection, pruning curve or counterfactual test",
+        description=textwrap.fill(
+            "lds: rank correlation of summed scores with retrained losses on random subsets (ground "
+            "truth cached, shared by all methods); mislabel: ROC-AUC of self-influence for flipped labels (the "
+            "run's own flips, else --noise flipped and a run retrained); pruning: test accuracy after removing "
+            "the least useful training examples (validation scores) vs random removal (curve cached); "
+            "counterfactual: prediction flips after removing a query's top-k proponents vs k random examples.",
+            100,
+        ),
+    )
     add_run_args(v, method=True)
     v.add_argument("--metric", required=True, metavar="|".join(METRICS), help="what to measure")
     v.add_argument("--subsets", type=int, default=20, help="lds: random subsets M (default 20; app 50)")
     v.add_argument("--alpha", type=float, default=0.5, help="lds: subset fraction (default 0.5)")
-    v.add_argument("--retrain-seeds", type=int, default=1, help="seeds per retraining (default 1)")
+    v.add_argument(
+        "--retrain-seeds",
+        type=int,
+        default=1,
+        help="retraining seeds R (default 1; counterfactual: the run's first R)",
+    )
     v.add_argument("--noise", type=float, default=0.1, help="mislabel: labels flipped for a clean run (0.1)")
     v.add_argument("--noise-seed", type=int, default=0, help="mislabel: seed of the flips (default 0)")
     v.add_argument("--largest", type=float, default=0.3, help="pruning: largest fraction removed (0.3)")
@@ -301,9 +318,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser(
         "prune",
         help="remove the least useful training examples; export the kept/removed table",
-        description="Usefulness = mean score over the validation queries (positive = helps). The export "
-        "has the app's columns: id, label, class_name, score (usefulness), flagged, suggested_label, note, "
-        "status (kept|removed); read it back with tda_explorer.store.exports.read_export / kept_ids.",
+        description=textwrap.fill(
+            "Usefulness = mean score over the validation queries (positive = helps). The export "
+            "has the app's columns: id, label, class_name, score (usefulness), flagged, suggested_label, note, "
+            "status (kept|removed); read it back with tda_explorer.store.exports.read_export / kept_ids.",
+            100,
+        ),
     )
     add_run_args(p, method=True)
     p.add_argument("--fraction", type=float, help="fraction of the training set to remove, e.g. 0.1")
