@@ -7,12 +7,12 @@ else `$TDA_WORKSPACE`, else ./workspace) and are reused when asked for again.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from tda_explorer.cli_commands.common import parse_settings
 from tda_explorer.errors import TDAError
 
 
@@ -37,20 +37,6 @@ def _key_values(items: Sequence[str]) -> dict[str, str]:
             raise TDAError(f"setting {item!r} is not of the form key=value (e.g. --set params=head).")
         k, v = item.split("=", 1)
         out[k.strip()] = v
-    return out
-
-
-def _parse_settings(items: Sequence[str]) -> dict:
-    """`key=value` pairs; values parsed as JSON when possible (numbers, lists, true/false), else strings.
-
-    For model and attributor settings. Dataset options are typed by the loader instead (`_dataset_spec`).
-    """
-    out = {}
-    for k, v in _key_values(items).items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
     return out
 
 
@@ -107,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = load_dataset(_dataset_spec(args))
     model_cfg = default_model_config(args.model)
     if args.model_option:
-        model_cfg = model_config_from_dict({**model_cfg.to_dict(), **_parse_settings(args.model_option)})
+        model_cfg = model_config_from_dict({**model_cfg.to_dict(), **parse_settings(args.model_option)})
     overrides = {
         k: v
         for k, v in {
@@ -185,12 +171,12 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from tda_explorer.store import Workspace
     from tda_explorer.training import load_run
 
-    check_method(args.method, _parse_settings(args.set or []))  # a bad setting fails before any work
+    check_method(args.method, parse_settings(args.set or []))  # a bad setting fails before any work
     ws = Workspace(args.workspace)
     run = load_run(args.run, ws)
     splits = load_dataset(DatasetSpec.from_dict(run.dataset))
     update, bar = _progress_bar(f"attribute {args.method}")
-    result = compute_scores(run, splits, args.method, _parse_settings(args.set or []), args.split, ws, update)
+    result = compute_scores(run, splits, args.method, parse_settings(args.set or []), args.split, ws, update)
     bar.close()
     print(
         f"{args.method}: scores {result.scores.shape[0]} queries x {result.scores.shape[1]} train "
