@@ -45,6 +45,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --suite full
+	$(PY) -m benchmarks.byo --full
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --suite quick

@@ -233,6 +233,7 @@ METHOD_SECTIONS = (
     ("airrep.json", "benchmarks.airrep", "AirRep: learned representations with attention pooling"),
     ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
     ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),
+    ("byo.json", "benchmarks.byo", "Your own model: imported, attributed, evaluated with its own recipe"),
 )
 
 

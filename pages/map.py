@@ -9,10 +9,10 @@ import streamlit as st
 
 import appkit
 from tda_explorer.errors import TDAError
+from tda_explorer.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
 from tda_explorer.selection import ids_from_selection
 from tda_explorer.viz import example_caption, example_features, example_image, example_markdown
 from tda_explorer.viz.figures import scatter_map
-from tda_explorer.viz.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
 
 PREVIEW_MAX = 24
 

@@ -7,12 +7,12 @@ else `$TDA_WORKSPACE`, else ./workspace) and are reused when asked for again.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 from tqdm import tqdm
 
+from tda_explorer.cli_commands.common import parse_settings
 from tda_explorer.errors import TDAError
 
 
@@ -29,30 +29,56 @@ def _progress_bar(desc: str):
     return update, bar
 
 
-def _parse_settings(items: Sequence[str]) -> dict:
-    """`key=value` pairs; values parsed as JSON when possible (numbers, lists, true/false), else strings."""
+def _key_values(items: Sequence[str]) -> dict[str, str]:
+    """`key=value` pairs as text (the value may be empty or contain "=")."""
     out = {}
     for item in items:
         if "=" not in item:
             raise TDAError(f"setting {item!r} is not of the form key=value (e.g. --set params=head).")
         k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
+        out[k.strip()] = v
     return out
 
 
-def _dataset_spec(args: argparse.Namespace):
-    from tda_explorer.data import DatasetSpec
+def _seed_count(text: str) -> int:
+    """argparse type of `train --seeds`: an integer >= 1 (a run without seeds cannot be attributed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (a run needs a trained model), got {value}")
+    return value
 
-    options = _parse_settings(args.data_option or [])
+
+def _seed_start(text: str) -> int:
+    """argparse type of `train --seed0`: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _dataset_spec(args: argparse.Namespace):
+    """The DatasetSpec of `--dataset/--path/--data-option/--split-seed/--noise*`.
+
+    `--data-option` values are typed by the loader's signature (`data.parse_options`), not by JSON:
+    `label_column=123` is the column "123", `feature_columns=a,b` a list, `image_size=64,64` a pair.
+    """
+    from tda_explorer.data import DatasetSpec
+    from tda_explorer.data.registry import parse_options
+
+    options = parse_options(args.dataset, _key_values(args.data_option or []))
     return DatasetSpec(
         name=args.dataset,
         path=args.path,
         options=options,
         noise_fraction=args.noise,
         noise_seed=args.noise_seed,
+        split_seed=getattr(args, "split_seed", 0),
     )
 
 
@@ -67,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = load_dataset(_dataset_spec(args))
     model_cfg = default_model_config(args.model)
     if args.model_option:
-        model_cfg = model_config_from_dict({**model_cfg.to_dict(), **_parse_settings(args.model_option)})
+        model_cfg = model_config_from_dict({**model_cfg.to_dict(), **parse_settings(args.model_option)})
     overrides = {
         k: v
         for k, v in {
@@ -100,35 +126,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from tda_explorer.store import Workspace
 
-    runs = Workspace(args.workspace).list_runs()
-    if not runs:
+    runs, broken = Workspace(args.workspace).scan("runs")
+    if not runs and not broken:
         print(
             "no runs yet; train one with `python -m tda_explorer train --dataset mnist5k --model mlp --seeds 3`"
         )
     for meta in runs:
-        cfg = meta["config"]
-        accs = [m["test_acc"] for m in meta["extra"]["metrics"].values()]
-        arch = cfg["model"]["arch"]
+        try:
+            print(_run_line(meta))
+        except TDAError as exc:
+            broken.append((str(meta.get("key", "?")), str(exc)))
+    for key, reason in broken:
+        print(f"{key}  unreadable: {reason}")
+    return 0
+
+
+def _run_line(meta: dict) -> str:
+    """One line of `runs`; ArtifactError (from `run_meta_fields`) if the run's meta is unusable."""
+    from tda_explorer.data import describe_spec
+    from tda_explorer.errors import ArtifactError
+    from tda_explorer.training.runs import run_meta_fields
+
+    key = str(meta.get("key", "?"))
+    cfg, seeds, extra = run_meta_fields(key, meta)
+    try:
+        accs = [m.get("test_acc") for m in extra["metrics"].values()]
+        values = [float(a) for a in accs if a is not None]  # NaN is stored as null (e.g. regression)
+        cfg["dataset"]["name"]  # a spec without a name is unusable (KeyError below)
+        dataset, arch = describe_spec(cfg["dataset"]), cfg["model"]["arch"]
         if "imported" in cfg:
             arch = f"imported {cfg['imported']['factory']}"
-        print(
-            f"{meta['key']}  {cfg['dataset']['name']:<8} {arch:<7} seeds={cfg['seeds']} "
-            f"test_acc={sum(accs) / len(accs):.4f}  {meta['created']}"
-        )
-    return 0
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"meta.json lacks {exc} in its config or metrics; delete runs/{key} and train again."
+        ) from None
+    acc = f"{sum(values) / len(values):.4f}" if values else "n/a"
+    return f"{key}  {dataset:<8} {arch:<7} seeds={list(seeds)} test_acc={acc}  {meta.get('created', '?')}"
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.cli_commands.common import check_method
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.store import Workspace
     from tda_explorer.training import load_run
 
+    check_method(args.method, parse_settings(args.set or []))  # a bad setting fails before any work
     ws = Workspace(args.workspace)
     run = load_run(args.run, ws)
     splits = load_dataset(DatasetSpec.from_dict(run.dataset))
     update, bar = _progress_bar(f"attribute {args.method}")
-    result = compute_scores(run, splits, args.method, _parse_settings(args.set or []), args.split, ws, update)
+    result = compute_scores(run, splits, args.method, parse_settings(args.set or []), args.split, ws, update)
     bar.close()
     print(
         f"{args.method}: scores {result.scores.shape[0]} queries x {result.scores.shape[1]} train "
@@ -216,14 +264,20 @@ def _add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
         "--path", help="file or folder for user datasets (tabular, text, images) or the sst2 folder"
     )
     p.add_argument(
-        "--data-option", action="append", metavar="KEY=VALUE", help="loader option, e.g. label_column=y"
+        "--data-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="loader option, typed by the loader: label_column=y, feature_columns=a,b, image_size=64,64, "
+        "standardize=false, split_column=split, header=false",
     )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
     p.add_argument("--noise", type=float, default=0.0, help="fraction of training labels to flip (default 0)")
     p.add_argument("--noise-seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from tda_explorer.attributors import ATTRIBUTORS
+    from tda_explorer.cli_commands import add_commands, settings_epilog
     from tda_explorer.data import DATASET_NAMES
     from tda_explorer.models import MODEL_CONFIGS
 
@@ -237,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--model-option", action="append", metavar="KEY=VALUE", help="e.g. hidden=[512] or dropout=0.1"
     )
-    t.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
-    t.add_argument("--seed0", type=int, default=0, help="first seed (default 0)")
+    t.add_argument("--seeds", type=_seed_count, default=1, help="number of seeds, at least 1 (default 1)")
+    t.add_argument("--seed0", type=_seed_start, default=0, help="first seed (default 0)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-size", type=int)
@@ -300,12 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list the trained runs in the workspace")
     r.set_defaults(func=cmd_runs)
 
-    a = sub.add_parser("attribute", help="compute an attributor's scores for a run (cached)")
+    a = sub.add_parser(
+        "attribute",
+        help="compute an attributor's scores for a run (cached)",
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a.add_argument("--run", required=True, help="run key (see `runs`)")
-    a.add_argument("--method", required=True, choices=sorted(ATTRIBUTORS))
+    a.add_argument("--method", required=True, metavar="M", help=f"one of {', '.join(sorted(ATTRIBUTORS))}")
     a.add_argument("--split", default="test", choices=["test", "val"], help="query split (default test)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="attributor setting, e.g. params=head")
     a.set_defaults(func=cmd_attribute)
+    add_commands(sub)  # explain, dtda, map, export, evaluate, mislabels, flags, prune
     return parser
 
 

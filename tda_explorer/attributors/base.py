@@ -197,9 +197,21 @@ def register(cls: type[Attributor]) -> type[Attributor]:
 
 
 def make_attributor(name: str, **settings: Any) -> Attributor:
-    """An attributor by registry name with its settings; ConfigError lists the known names."""
+    """An attributor by registry name with its settings.
+
+    Raises:
+        ConfigError: An unknown method or setting name (the message lists the valid names and the
+            closest match), or a setting value the attributor refuses.
+    """
     if name not in ATTRIBUTORS:
-        raise ConfigError(f"unknown attributor {name!r}; choose one of {sorted(ATTRIBUTORS)}.")
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list(ATTRIBUTORS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown attributor {name!r}{hint}; choose one of {sorted(ATTRIBUTORS)}.")
+    from tda_explorer.attributors.settings_help import check_setting_names
+
+    check_setting_names(name, ATTRIBUTORS[name], settings)
     try:
         return ATTRIBUTORS[name](**settings)
     except TypeError as e:

@@ -14,7 +14,7 @@ import numpy as np
 
 from tda_explorer.attributors.base import make_attributor
 from tda_explorer.data.example_set import DatasetSplits
-from tda_explorer.errors import ConfigError
+from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
@@ -96,17 +96,38 @@ def compute_scores(
 
 
 def load_scores(ws: Workspace, cfg: dict) -> ScoreResult:
-    """A stored ScoreResult by its config (ArtifactError if absent)."""
+    """A stored ScoreResult by its config.
+
+    Raises:
+        ArtifactError: Absent, damaged (checksum), or inconsistent: metadata without ids, or a
+            `scores.npy` / `self_influence.npy` whose shape does not match the stored ids (the message
+            says which folder to delete to recompute it).
+    """
     path = ws.open("scores", cfg)
-    meta = ws.meta("scores", path.name)
-    extra = meta["extra"]
+    extra = ws.meta("scores", path.name).get("extra")
+    fix = f"delete the folder {path} and compute the scores again (`tda-explorer attribute ...` or the app)"
+    if not isinstance(extra, dict) or any(k not in extra for k in ("query_ids", "train_ids", "seconds")):
+        raise ArtifactError(f"scores artifact {path.name}: meta.json lacks the query/train ids; {fix}.")
+    query_ids, train_ids = extra["query_ids"], extra["train_ids"]
+    scores = load_array(path / "scores.npy")
+    self_inf = load_array(path / "self_influence.npy")
+    for name, arr, want in (
+        ("scores.npy", scores, (len(query_ids), len(train_ids))),
+        ("self_influence.npy", self_inf, (len(train_ids),)),
+    ):
+        if arr.shape != want or arr.dtype.kind != "f":
+            raise ArtifactError(
+                f"scores artifact {path.name}: {name} has shape {list(arr.shape)} ({arr.dtype}) but its "
+                f"meta.json lists {len(query_ids)} queries x {len(train_ids)} training examples "
+                f"(expected float {list(want)}); {fix}."
+            )
     return ScoreResult(
         method=cfg["method"]["method"],
         config=cfg,
-        scores=load_array(path / "scores.npy"),
-        self_influence=load_array(path / "self_influence.npy"),
-        query_ids=extra["query_ids"],
-        train_ids=extra["train_ids"],
+        scores=scores,
+        self_influence=self_inf,
+        query_ids=query_ids,
+        train_ids=train_ids,
         seconds=float(extra["seconds"]),
         key=path.name,
     )

@@ -30,6 +30,7 @@ fitting one seed's base at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,17 +97,11 @@ def single_seed_view(run: TrainedRun, seed: int) -> TrainedRun:
     """The run restricted to one seed (shares the weights); each seed's base attributor is fitted on it."""
     if seed not in run.checkpoints:
         raise ConfigError(f"run {run.key} has no seed {seed}; its seeds are {list(run.seeds)}.")
-    return TrainedRun(
-        run.key,
-        run.dataset,
-        run.model_config,
-        run.train_config,
-        (seed,),
-        run.input_shape,
-        run.n_classes,
-        {seed: run.checkpoints[seed]},
-        {seed: run.metrics.get(seed, {})},
-        stages=run.stages,
+    return dataclasses.replace(
+        run,
+        seeds=(seed,),
+        checkpoints={seed: run.checkpoints[seed]},
+        metrics={seed: run.metrics.get(seed, {})},
     )
 
 

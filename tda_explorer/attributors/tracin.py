@@ -101,7 +101,7 @@ class TracIn(FeatureDotAttributor):
         seeds = select_seeds(run, s["seeds"])
         for seed in seeds:
             for c in run.checkpoints[seed]:
-                c.require_schedule("tracin")
+                c.require_schedule("tracin", (s["lr_source"],))
         self.models_ = [
             [(getattr(c, s["lr_source"]), run.model(seed, i)) for i, c in enumerate(run.checkpoints[seed])]
             for seed in seeds

@@ -22,7 +22,10 @@ costs `O(N^2 k)`, not `O(k^3)`. As in the paper's Algorithm 1:
     score[q, t] = (mean_m K_m(q))[t] * (mean_m Q_m)[t]
 
 (TRAK's optional soft-thresholding is not applied). Sign: positive = t raises the query's margin, i.e.
-helps it. Scale: TRAK's own (a margin change, no 1/N) — compare within a method, not to influence.
+helps it. Regression (`models.tasks`): the output function is the output `f`, `Q = y - f` (minus the
+loss's derivative in `f`), and the query side is minus the kernel of the query's loss gradient, so that
+positive still means "lowers the query's loss"; with no projection and lambda = N x wd this equals exact
+influence on a ridge regression (tested). Scale: TRAK's own (a margin change, no 1/N) — compare within a method, not to influence.
 """
 
 from __future__ import annotations
@@ -49,10 +52,27 @@ from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
+from tda_explorer.models.tasks import task_of
 from tda_explorer.training.runs import TrainedRun
 
 #: "dense": one seeded projection of the flat gradient; "kronecker": per layer `P_out ⊗ P_in` (LoGra).
 LAYOUTS = ("dense", "kronecker")
+
+
+def _q_weights(model: torch.nn.Module, train: ExampleSet) -> torch.Tensor:
+    """TRAK's `Q` `[N]` = minus the derivative of each training loss in the model output: `1 - p_y` for the
+    margin (classification), the residual `y - f` for regression (loss `(f - y)^2 / 2`, output `f`)."""
+    inputs = prepare_inputs(model, train.inputs)
+    if task_of(model) != "regression":
+        return 1 - true_class_probability(model, inputs, train.labels)
+    device, dtype = get_device(), get_dtype()
+    model = model.to(device, dtype).eval()
+    with torch.no_grad():
+        x = inputs.to(device)
+        out = model(x.to(dtype) if x.is_floating_point() else x)
+    if out.shape[-1] != 1:
+        raise ConfigError(f"TRAK for regression needs one output per example, the model has {out.shape[-1]}.")
+    return train.labels.to(device, dtype) - out[:, 0]
 
 
 class KernelSolver:
@@ -294,10 +314,11 @@ class TRAK(Attributor):
             del phi  # features that are cheap to recompute are not held while factorising
             m.kernel = KernelSolver(gram, m.regularization, dtype)
             del gram
-            q.append(1 - true_class_probability(model, prepare_inputs(model, train.inputs), train.labels))
+            q.append(_q_weights(model, train))
             if self.progress is not None:
                 self.progress(i + 1, len(models), f"trak: model {i + 1}/{len(models)} featurized")
         self.q_ = torch.stack(q).mean(0)
+        self.regression_ = task_of(self.models_[0].model) == "regression"
         self.n_train_ = len(train)
         self.fitted_ = True
         return self
@@ -339,9 +360,16 @@ class TRAK(Attributor):
                 total = total + dot_scores(m.kernel.solve(v.T).T.to(phi), phi)
         return total / len(self.models_)
 
+    def _query_kernel(self, queries: ExampleSet) -> torch.Tensor:
+        """Kernel scores in our sign: of the margin (classification), or minus those of the query's loss
+        (regression: the margin is the output, whose increase is not a help; see `_q_weights`)."""
+        if self.regression_:
+            return -self.kernel_scores(queries, objective="loss")
+        return self.kernel_scores(queries)
+
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32 (positive = helps the query; TRAK scale)."""
-        return self.kernel_scores(queries) * self.q_.float().cpu()
+        return self._query_kernel(queries) * self.q_.float().cpu()
 
     def self_influence(self) -> torch.Tensor:
         """`mean_m(phi_t^T (Phi^T Phi + lambda I)^{-1} phi_t) * mean_m(Q)_t` `[N]`, per example."""
@@ -352,10 +380,11 @@ class TRAK(Attributor):
             # primal: rowsum(Phi K^-1 * Phi); dual: diag(Phi Phi^T D) = rowsum(Phi * (D Phi))
             solved = m.kernel.solve(phi.T).T if not m.dual else m.kernel.solve(phi)
             quad = quad + solved.to(phi).mul(phi).sum(1)
-        return (quad / len(self.models_) * self.q_).float().cpu()
+        own = self.q_ if self.regression_ else 1.0  # regression: the loss gradient is -Q times the output's
+        return (quad / len(self.models_) * self.q_ * own).float().cpu()
 
     def score_groups(self, queries: ExampleSet, groups: torch.Tensor) -> torch.Tensor:
         """`[n_query, n_groups]` = sum of member scores (Q-weighted group sums of the kernel scores)."""
         self._check_fitted()
         mask = group_matrix(groups, self.n_train_).float().cpu() * self.q_.float().cpu()
-        return self.kernel_scores(queries) @ mask.T
+        return self._query_kernel(queries) @ mask.T

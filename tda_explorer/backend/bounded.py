@@ -26,7 +26,7 @@ import torch
 from tda_explorer.backend.device import get_device
 from tda_explorer.backend.scoring import TopK
 from tda_explorer.errors import ConfigError
-from tda_explorer.training.trainer import Progress
+from tda_explorer.progress import Progress
 
 DEFAULT_TRAIN_CHUNK = 16384
 DEFAULT_QUERY_CHUNK = 2048

@@ -8,7 +8,6 @@ projection, so only `[n, k]` (or `[n, p]` without projection) is ever held. `sel
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,27 +18,10 @@ from tda_explorer.backend.grads import ParamSubset, iter_example_grads
 from tda_explorer.backend.projection import RandomProjector
 from tda_explorer.errors import ConfigError
 
-if TYPE_CHECKING:
-    from tda_explorer.training.runs import TrainedRun
 
-
-def select_seeds(run: TrainedRun, seeds: str | int | Sequence[int]) -> tuple[int, ...]:
-    """The run seeds chosen by `seeds`: "first", "all", an int n (first n), or explicit seeds."""
-    if seeds == "first":
-        return run.seeds[:1]
-    if seeds == "all" or seeds is None:
-        return tuple(run.seeds)
-    if isinstance(seeds, int):
-        if not 1 <= seeds <= len(run.seeds):
-            raise ConfigError(
-                f"asked for {seeds} models but the run has {len(run.seeds)} seeds {list(run.seeds)}."
-            )
-        return tuple(run.seeds[:seeds])
-    chosen = tuple(int(s) for s in seeds)
-    unknown = [s for s in chosen if s not in run.seeds]
-    if unknown or not chosen:
-        raise ConfigError(f"seeds {unknown or chosen} are not in the run; its seeds are {list(run.seeds)}.")
-    return chosen
+def select_seeds(run, seeds: str | int | Sequence[int]) -> tuple[int, ...]:
+    """`run.select_seeds(seeds)` (see `TrainedRun.select_seeds`)."""
+    return run.select_seeds(seeds)
 
 
 def gradient_features(

@@ -34,6 +34,7 @@ from tda_explorer.backend.layers import (
 )
 from tda_explorer.backend.projection import RandomProjector
 from tda_explorer.errors import ConfigError
+from tda_explorer.models.tasks import task_of
 
 GHOST_BATCH = 512
 
@@ -212,7 +213,9 @@ def ghost_factors(
         x = x.to(dtype) if x.is_floating_point() else x
         y = labels[s : s + batch_size].to(device)
         with capture_layers(model, layers) as store, torch.enable_grad():
-            batch_objective(model(x), y, objective).backward()  # fires the output-gradient hooks
+            batch_objective(
+                model(x), y, objective, task_of(model)
+            ).backward()  # fires the output-gradient hooks
         model.zero_grad(set_to_none=True)
         for info in layers:
             a, ds = store[info.name]

@@ -13,13 +13,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.errors import ConfigError
 from tda_explorer.models.networks import head_prefix
+from tda_explorer.models.tasks import (  # noqa: F401  (re-exported: the per-example objectives)
+    TASK_OBJECTIVES,
+    example_loss,
+    example_margin,
+    example_prob,
+    objective_fn,
+    task_of,
+)
 
 DEFAULT_MEMORY_BYTES = 512 * 2**20  # budget for one chunk of per-example gradients and their intermediates
 
@@ -70,47 +77,44 @@ class ParamSubset:
         return cls(tuple(n for n, _ in chosen), tuple(tuple(p.shape) for _, p in chosen))
 
 
-def example_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one example: logits `[C]`, label scalar -> scalar (nats)."""
-    return F.cross_entropy(logits.unsqueeze(0), label.unsqueeze(0))
-
-
-def example_margin(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """TRAK margin of one example, `log p_y / (1 - p_y) = z_y - logsumexp_{c != y} z_c` (scalar)."""
-    is_label = torch.arange(logits.shape[-1], device=logits.device) == label
-    others = logits.masked_fill(is_label, float("-inf"))
-    return logits.gather(-1, label.view(1)).squeeze(0) - torch.logsumexp(others, dim=-1)
-
-
-def example_prob(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-    """Probability of class `label` for one example, `softmax(logits)[label]` (scalar; d-TDA measurement)."""
-    return torch.softmax(logits, dim=-1).gather(-1, label.view(1)).squeeze(0)
-
-
-OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "loss": example_loss,
-    "margin": example_margin,
-    "prob": example_prob,
-}
-
-
-ACTIVATION_COPIES = 4
-"""Memory of one example under `vmap(grad(...))` ~ this many times what its forward saves for backward
-(the saved activations, their gradients and transients: 9 MB per example for 2.3 MB saved on the text model)."""
+OBJECTIVES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = TASK_OBJECTIVES[
+    "classification"
+]
+"""The classification objectives by name (every task's are in `models.tasks.TASK_OBJECTIVES`)."""
 
 
 def chunk_size_for(
     numel: int, itemsize: int = 4, memory_bytes: int = DEFAULT_MEMORY_BYTES, activation_bytes: int = 0
 ) -> int:
-    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient plus `ACTIVATION_COPIES` x the
-    per-example `activation_bytes` fit in `memory_bytes`."""
-    per_example = 4 * numel * itemsize + ACTIVATION_COPIES * activation_bytes
+    """Examples per chunk so that ~4 copies of a `[chunk, numel]` gradient and ~3 copies of each example's
+    activations saved for the backward pass (`activation_bytes`, see `saved_activation_bytes`) fit in
+    `memory_bytes`. The activations dominate for transformers (a LoRA text model's gradient is ~25k numbers,
+    its top two layers save ~30x more per 64-token sentence)."""
+    per_example = 4 * numel * itemsize + 3 * activation_bytes
     return max(1, int(memory_bytes // max(1, per_example)))
+
+
+def saved_activation_bytes(
+    model: nn.Module, params: dict[str, torch.Tensor], frozen: dict, buffers: dict, x: torch.Tensor, y, fn
+) -> int:
+    """Bytes autograd saves for the backward pass of one example's objective (`x`: one model-ready input)."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = functional_call(model, ({**frozen, **leaves}, buffers), (x.unsqueeze(0),))
+        fn(out.squeeze(0), y)
+    return total
 
 
 def activation_bytes(loss_fn: Callable, params: dict, shared: Sequence[torch.Tensor], *args) -> int:
     """Bytes of the tensors autograd saves for backward in `loss_fn(params, *args)` (one example), not
-    counting those sharing storage with `shared` (weights, buffers: not per-example under vmap)."""
+    counting those sharing storage with `shared` (weights, buffers: not per-example)."""
     skip = {t.untyped_storage().data_ptr() for t in shared}
     total = 0
 
@@ -128,7 +132,9 @@ def activation_bytes(loss_fn: Callable, params: dict, shared: Sequence[torch.Ten
 
 def forward_saved_bytes(model: nn.Module, inputs: torch.Tensor) -> int:
     """Bytes autograd saves for backward per example in a plain `model(x)` forward (the example of `inputs`
-    with the most non-zero entries, in the model's parameter dtype; weights and buffers not counted)."""
+    with the most non-zero entries, in the model's parameter dtype; weights and buffers not counted).
+
+    Used to size batches whose activations are kept for a batched backward (`backend.curvature`)."""
     x = inputs[_largest_example(inputs)].unsqueeze(0)
     first = next(model.parameters(), None)
     if first is not None:
@@ -161,20 +167,18 @@ def iter_example_grads(
     Args:
         model: a module mapping `inputs[i:i+1]` to logits `[1, C]`.
         inputs: model-ready tensor `[n, ...]` (tokenized for text models).
-        labels: `int64 [n]`.
+        labels: the targets `[n]` (int64 classes, or floats for a regression model; see `models.tasks`).
         params: which parameters to differentiate (see ParamSubset).
-        objective: "loss" (cross-entropy), "margin" (TRAK's log-odds margin) or "prob" (`p(label | x)`).
-        chunk_size: examples per chunk (default from `memory_bytes`: the gradients and the activations one
-            example's forward saves for backward, measured on the input with the most non-zero entries).
+        objective: "loss" (the task's training loss: cross-entropy), "margin" (TRAK's log-odds margin; the
+            output for regression) or "prob" (`p(label | x)`), per `models.tasks`.
+        chunk_size: examples per chunk (default from `memory_bytes`).
 
     A model with a `trim_padding(x)` method (the text models) gets each chunk trimmed by it first, so short
-    texts are not differentiated at the full token limit.
+    texts are not differentiated at the full token limit (same gradients, less work and memory).
     """
     device = device or get_device()
     dtype = dtype or get_dtype()
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"objective {objective!r} is not one of {sorted(OBJECTIVES)}.")
-    fn = OBJECTIVES[objective]
+    fn = objective_fn(task_of(model), objective)
     subset = params if isinstance(params, ParamSubset) else ParamSubset.resolve(model, params)
     model = model.to(device)
     all_params = {n: p.detach().to(dtype) for n, p in model.named_parameters()}
@@ -187,20 +191,19 @@ def iter_example_grads(
         return fn(logits.squeeze(0), y)
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0), randomness="same")
-    trim = getattr(
-        model, "trim_padding", None
-    )  # text models: drop padding columns no example of a chunk uses
     n = len(labels)
     b = chunk_size
     if b is None:
-        acts = 0
-        if n > 1:
-            i = _largest_example(inputs)
-            x1 = inputs[i].to(device)
-            x1 = x1.to(dtype) if x1.is_floating_point() else x1
-            shared = [*all_params.values(), *buffers.values()]
-            acts = activation_bytes(one, chosen, shared, x1, labels[i].to(device))
-        b = chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes, acts)
+        i = _largest_example(inputs) if n else 0  # the longest text (the model trims padding outside vmap)
+        x0 = inputs[i : i + 1].to(device)
+        x0 = x0.to(dtype) if x0.is_floating_point() else x0
+        act = (
+            saved_activation_bytes(model, chosen, frozen, buffers, x0[0], labels[i].to(device), fn)
+            if n
+            else 0
+        )
+        b = chunk_size_for(subset.numel, torch.finfo(dtype).bits // 8, memory_bytes, act)
+    trim = getattr(model, "trim_padding", None)
     for start in range(0, n, b):
         x = inputs[start : start + b].to(device)
         if trim is not None:

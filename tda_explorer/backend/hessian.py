@@ -21,6 +21,7 @@ from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import batch_objective
 from tda_explorer.errors import ConfigError
 from tda_explorer.models.networks import head_prefix, model_head
+from tda_explorer.models.tasks import task_of
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,7 +74,7 @@ class LossHessian:
     def loss_sum(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Sum of per-example cross-entropies of the batch `(x, y)` at flat parameters `theta [p]`."""
         logits = functional_call(self.model, ({**self.frozen, **self._unflatten(theta)}, self.buffers), (x,))
-        return batch_objective(logits, y, "loss")
+        return batch_objective(logits, y, "loss", task_of(self.model))
 
     def _batches(self, index: torch.Tensor | None = None):
         idx = torch.arange(self.n) if index is None else index
@@ -113,7 +114,7 @@ class LossHessian:
             return self._head or None
         self._head = False
         prefix = head_prefix(self.model)
-        head = model_head(self.model)
+        head = model_head(self.model) if task_of(self.model) == "classification" else None
         names = set(self.subset.names)
         if not isinstance(head, nn.Linear) or not names <= {prefix + "weight", prefix + "bias"}:
             return None

@@ -22,6 +22,7 @@ from torch import nn
 
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.errors import ConfigError
+from tda_explorer.models.tasks import batch_loss, objective_fn
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,18 @@ def capture_layers(model: nn.Module, layers: list[LayerInfo]) -> Iterator[dict[s
             h.remove()
 
 
-def batch_objective(logits: torch.Tensor, labels: torch.Tensor, objective: str = "loss") -> torch.Tensor:
-    """Sum over the batch of per-example objectives: cross-entropy ("loss") or TRAK margin ("margin")."""
+def batch_objective(
+    logits: torch.Tensor, labels: torch.Tensor, objective: str = "loss", task: str = "classification"
+) -> torch.Tensor:
+    """Sum over the batch of per-example objectives: the task's loss ("loss") or TRAK margin ("margin";
+    the output itself for regression, see `models.tasks`)."""
+    if task != "classification":
+        objective_fn(task, objective)  # ConfigError for an objective the task does not define
+        if objective == "loss":
+            return batch_loss(task, logits, labels).sum()
+        if logits.shape[-1] != 1:
+            raise ConfigError(f"the {task} measurement {objective!r} needs one output per example.")
+        return logits.sum()
     if objective == "loss":
         return F.cross_entropy(logits, labels, reduction="sum")
     if objective == "margin":

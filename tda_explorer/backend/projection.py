@@ -30,6 +30,7 @@ from torch import nn
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import LayerInfo, batch_objective, capture_layers, find_layers
 from tda_explorer.errors import ConfigError
+from tda_explorer.models.tasks import task_of
 
 PROJECTIONS = ("gaussian", "rademacher", "sjlt")
 DEFAULT_BLOCK_ROWS = 1024
@@ -262,7 +263,9 @@ def kronecker_features(
         x = x.to(dtype) if x.is_floating_point() else x
         with capture_layers(model, layers) as store:
             model.zero_grad(set_to_none=True)
-            batch_objective(model(x), labels[s : s + batch_size].to(device), objective).backward()
+            batch_objective(
+                model(x), labels[s : s + batch_size].to(device), objective, task_of(model)
+            ).backward()
         col = 0
         for pr, info in zip(projectors, layers, strict=True):
             block = pr.project(*store[info.name])

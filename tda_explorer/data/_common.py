@@ -8,7 +8,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import math
+import re
 from collections.abc import Iterable, Sequence
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,9 @@ from tda_explorer.errors import ConfigError, DataError
 SPEC_FIELDS: tuple[str, ...] = ("name", "path", "options", "noise_fraction", "noise_seed", "split_seed")
 """Keys of a dataset spec dict (see `registry.DatasetSpec.to_dict`)."""
 
-DERIVED_SPEC_KEYS: tuple[str, ...] = ("fingerprint", "noise")
-"""Keys a loader or `inject_label_noise` may add to a spec dict on top of `SPEC_FIELDS`."""
+DERIVED_SPEC_KEYS: tuple[str, ...] = ("fingerprint", "noise", "columns")
+"""Keys a loader or `inject_label_noise` may add to a spec dict on top of `SPEC_FIELDS` (`columns`:
+the columns a user table's loader used, by role)."""
 
 
 def jsonable(value: object) -> object:
@@ -87,9 +90,18 @@ def split_by_counts(n: int, n_val: int, n_test: int, seed: int) -> tuple[np.ndar
 
 
 def split_by_fractions(
-    n: int, val_fraction: float, test_fraction: float, seed: int, where: str
+    n: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    where: str,
+    labels: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded split by fractions; a non-zero fraction gets at least one example. See `split_by_counts`."""
+    """Seeded split by fractions; a non-zero fraction gets at least one example.
+
+    Stratified by `labels` (see `stratified_split`) when given, else a plain permutation
+    (`split_by_counts`).
+    """
     val_fraction = check_fraction(val_fraction, "val_fraction")
     test_fraction = check_fraction(test_fraction, "test_fraction")
     if val_fraction + test_fraction >= 1.0:
@@ -104,6 +116,8 @@ def split_by_fractions(
             f"{where}: only {n} rows, too few for a train / validation / test split "
             f"(val_fraction={val_fraction}, test_fraction={test_fraction}); add rows or lower the fractions."
         )
+    if labels is not None:
+        return stratified_split(labels, n_val, n_test, seed)
     return split_by_counts(n, n_val, n_test, seed)
 
 
@@ -117,25 +131,107 @@ def make_splits(full: ExampleSet, parts: Sequence[np.ndarray], spec: dict) -> Da
     return DatasetSplits(train=train, val=val, test=test, spec=spec)
 
 
-def map_labels(values: Sequence[object]) -> tuple[torch.Tensor, tuple[str, ...]]:
-    """Map raw label values to `0..K-1` in sorted order of the unique values.
+def map_labels(values: Sequence[str]) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Map label strings to classes `0..K-1`; class names are the strings themselves.
 
-    Integral floats (e.g. `1.0`, what pandas makes of an int column) count as ints.
-    Values that cannot be compared with each other are sorted by their string form.
+    The rule (documented for users in `user_files`): labels are compared as numbers only when
+    every value is a plain decimal number (`-3`, `07`, `1.0`, `2e3`; not `nan`, `inf`, `0x1F`,
+    `1_000`) AND no two distinct strings denote the same number (`1` and `01`, or `1` and `1.0`,
+    would). Then classes are ordered by value (`"3"` before `"10"`); otherwise the distinct
+    strings are ordered as strings. Either way `class_names[k]` is the user's spelling.
+
+    Args:
+        values: one label string per example (already checked non-empty).
 
     Returns:
-        `(labels int64 [n], class_names)` with `class_names[k] = str(k-th sorted unique value)`.
+        `(labels int64 [n], class_names)`.
     """
-    clean = [int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v for v in values]
-    clean = [v.item() if isinstance(v, np.generic) else v for v in clean]
-    unique = list(dict.fromkeys(clean))
-    try:
+    unique = list(dict.fromkeys(values))
+    numbers = {v: decimal_number(v) for v in unique}
+    parsed = [x for x in numbers.values() if x is not None]
+    if len(parsed) == len(unique) and len(set(parsed)) == len(unique):
+        unique.sort(key=lambda v: numbers[v])
+    else:
         unique.sort()
-    except TypeError:
-        unique.sort(key=str)
     code = {v: k for k, v in enumerate(unique)}
-    labels = torch.tensor([code[v] for v in clean], dtype=torch.int64)
-    return labels, tuple(str(v) for v in unique)
+    labels = torch.tensor([code[v] for v in values], dtype=torch.int64)
+    return labels, tuple(unique)
+
+
+DECIMAL_PATTERN = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+"""A plain decimal number: digits with an optional point and exponent (not `nan`, `inf`, `0x1F`, `1_000`)."""
+_DECIMAL = re.compile(DECIMAL_PATTERN)
+
+
+def decimal_number(text: str) -> Decimal | None:
+    """The exact value of a plain decimal number (`"007"`, `"-1.50"`, `"2e3"`), else None."""
+    if not _DECIMAL.fullmatch(text):
+        return None
+    try:
+        return Decimal(text)
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def _allocate(total: int, quota: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Integers `a` with `sum(a) == total`, `low <= a <= high` where possible, close to `quota`."""
+    a = np.clip(np.floor(quota).astype(np.int64), low, high)
+    while a.sum() < total:
+        room = np.flatnonzero(a < high)
+        if not len(room):
+            break
+        a[room[np.argmax(quota[room] - a[room])]] += 1
+    while a.sum() > total:
+        spare = np.flatnonzero(a > low)
+        if not len(spare):
+            spare = np.flatnonzero(a > 0)
+        a[spare[np.argmax(a[spare] - quota[spare])]] -= 1
+    return a
+
+
+def stratified_split(
+    labels: np.ndarray, n_val: int, n_test: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded split of positions `0..n-1` keeping each class's share in every part.
+
+    Exactly `n_val` / `n_test` positions go to validation / test (as `split_by_counts`). Each class
+    gets about its share of both; a class with at least 3 examples (2 when one part is empty)
+    gets at least one example in every non-empty part when the part is large enough to hold one
+    of every class, and every class keeps at least one training example when possible.
+
+    Args:
+        labels: `int [n]` class of each position.
+        n_val: size of the validation part.
+        n_test: size of the test part.
+        seed: seed of the per-class permutations (`numpy.random.default_rng(seed)`).
+
+    Returns:
+        `(train, val, test)`, each `int64 [size]`, sorted ascending (file order inside a split).
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if n_val + n_test >= n:
+        return split_by_counts(n, n_val, n_test, seed)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    members = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    sizes = np.array([len(m) for m in members], dtype=np.int64)
+    parts_needed = 1 + (n_val > 0) + (n_test > 0)
+    keep = (sizes >= parts_needed).astype(np.int64)  # classes that can be in every part
+    val = np.zeros_like(sizes)
+    if n_val:
+        high = np.maximum(sizes - 1 - (keep if n_test else 0), 0)
+        val = _allocate(n_val, n_val * sizes / n, np.minimum(keep, high), high)
+    test = np.zeros_like(sizes)
+    if n_test:
+        high = np.maximum(sizes - val - 1, 0)
+        test = _allocate(n_test, n_test * sizes / n, np.minimum(keep, high), high)
+    if val.sum() != n_val or test.sum() != n_test:  # too many tiny classes: fall back
+        return split_by_counts(n, n_val, n_test, seed)
+    out_val = [m[:v] for m, v in zip(members, val, strict=True)]
+    out_test = [m[v : v + t] for m, v, t in zip(members, val, test, strict=True)]
+    out_train = [m[v + t :] for m, v, t in zip(members, val, test, strict=True)]
+    return tuple(np.sort(np.concatenate(p)).astype(np.int64) for p in (out_train, out_val, out_test))
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

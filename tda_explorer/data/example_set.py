@@ -4,8 +4,9 @@ An ExampleSet holds, for n examples:
 - `ids`: stable string ids (the public identity of an example, kept through to exports),
 - `inputs`: `float32` tensor `[n, C, H, W]` (kind "image", values in [0, 1]),
   `float32` tensor `[n, d]` (kind "tabular"), or a tuple of n strings (kind "text"),
-- `labels`: `int64` tensor `[n]` with values in `[0, n_classes)`,
-- `class_names`: one name per class,
+- `labels`: `int64` tensor `[n]` with values in `[0, n_classes)`; for a regression set (no class names)
+  float targets `[n]` or `[n, d]` (see `models.tasks`),
+- `class_names`: one name per class (empty for regression targets),
 - `kind`: "image" | "text" | "tabular" — tells the viewers how to draw an example.
 """
 
@@ -55,6 +56,12 @@ class ExampleSet:
                 raise DataError(f"{where}: text inputs must be a tuple of strings.")
         elif not isinstance(self.inputs, torch.Tensor):
             raise DataError(f"{where}: {self.kind} inputs must be a tensor.")
+        if self.is_regression:
+            if not self.labels.is_floating_point():
+                raise DataError(
+                    f"{where}: regression targets (no class names) must be floats, got {self.labels.dtype}."
+                )
+            return
         if self.labels.dtype != torch.int64:
             raise DataError(f"{where}: labels must be int64, got {self.labels.dtype}.")
         if n and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)):
@@ -69,6 +76,18 @@ class ExampleSet:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def is_regression(self) -> bool:
+        """True for float targets without class names (a regression set)."""
+        return not self.class_names and self.labels.is_floating_point()
+
+    @property
+    def n_outputs(self) -> int:
+        """Model outputs per example: the class count, or the regression target's width."""
+        if self.is_regression:
+            return 1 if self.labels.ndim == 1 else int(self.labels.shape[1])
+        return self.n_classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -112,7 +131,7 @@ class ExampleSet:
         return ExampleSet(
             self.ids,
             self.inputs,
-            labels.to(torch.int64),
+            labels if self.is_regression else labels.to(torch.int64),
             self.class_names,
             self.kind,
             self.name,

@@ -23,6 +23,7 @@ from tda_explorer.data import builtins, user_files
 from tda_explorer.data._common import DERIVED_SPEC_KEYS, SPEC_FIELDS, check_fraction, jsonable
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.data.noise import inject_label_noise
+from tda_explorer.data.options import parse_option_text
 from tda_explorer.errors import ConfigError
 
 BUILTIN_DATASETS: tuple[str, ...] = ("mnist5k", "digits", "sst2")
@@ -91,7 +92,8 @@ class DatasetSpec:
             allowed = ", ".join(sorted([*defaults, *required])) or "(none)"
             raise ConfigError(
                 f"dataset {self.name!r} has no option(s) {', '.join(unknown)}; its options are: {allowed} "
-                "(the split seed is `split_seed`, the path is `path`)."
+                "(the split seed and the path are not options: pass DatasetSpec(split_seed=..., path=...), "
+                "or --split-seed / --path on the command line)."
             )
         missing = [k for k in required if k not in self.options]
         if missing:
@@ -137,6 +139,27 @@ class DatasetSpec:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+def parse_options(name: str, texts: dict[str, str]) -> dict[str, object]:
+    """Loader options given as text (e.g. the CLI's `--data-option key=value`), typed by the loader.
+
+    Each value is read by the annotation of the loader's parameter (see `data.options`), never by
+    guessing: `label_column=123` stays the string "123", `feature_columns=5` is `["5"]`.
+
+    Raises:
+        ConfigError: unknown dataset, the split seed or path given as an option, or a value that
+            does not read as its option's type (names the option and the expected type).
+    """
+    if name not in _LOADERS:
+        raise ConfigError(f"unknown dataset name {name!r}; choose one of {', '.join(DATASET_NAMES)}.")
+    out: dict[str, object] = {}
+    for key, text in texts.items():
+        if key in ("seed", "split_seed", "path"):
+            flag = "--path" if key == "path" else "--split-seed"
+            raise ConfigError(f"{key} is not a data option: pass it as {flag} (e.g. {flag} 1).")
+        out[key] = parse_option_text(_LOADERS[name], key, text)
+    return out
+
+
 def _file_state(spec: DatasetSpec) -> tuple:
     """Size and mtime of the files a spec reads (part of the in-process cache key)."""
     if spec.name == "sst2":
@@ -166,8 +189,9 @@ def _load_cached(key: str, file_state: tuple) -> DatasetSplits:
         kwargs["path"] = spec.path
     splits = _LOADERS[spec.name](**kwargs)
     out = spec.to_dict()
-    if "fingerprint" in splits.spec:
-        out["fingerprint"] = splits.spec["fingerprint"]
+    for derived in ("fingerprint", "columns"):
+        if derived in splits.spec:
+            out[derived] = splits.spec[derived]
     splits = DatasetSplits(splits.train, splits.val, splits.test, spec=out)
     if spec.noise_fraction > 0:
         splits = inject_label_noise(splits, spec.noise_fraction, spec.noise_seed)

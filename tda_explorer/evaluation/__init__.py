@@ -5,6 +5,7 @@ Sign convention throughout: positive score = the training example helps the quer
 
 from __future__ import annotations
 
+from tda_explorer.backend.stats import bootstrap_mean_ci, spearman_rows
 from tda_explorer.evaluation.counterfactual import CounterfactualResult, counterfactual_test
 from tda_explorer.evaluation.lds import (
     LDSConfig,
@@ -32,7 +33,6 @@ from tda_explorer.evaluation.pruning import (
     stored_pruning_curve,
     usefulness_from_scores,
 )
-from tda_explorer.evaluation.stats import bootstrap_mean_ci, spearman_rows
 
 __all__ = [
     "CounterfactualResult",

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from tda_explorer.backend.stats import bootstrap_mean_ci, random_subset_masks, spearman_rows
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.evaluation._common import (
@@ -32,11 +33,10 @@ from tda_explorer.evaluation._common import (
     fingerprint,
     offset_progress,
 )
-from tda_explorer.evaluation.stats import bootstrap_mean_ci, spearman_rows
 from tda_explorer.models import ModelConfig
 from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.training.config import TrainConfig
-from tda_explorer.training.executor import Executor, LocalExecutor
+from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
 from tda_explorer.training.trainer import Progress
 
@@ -157,13 +157,8 @@ def subset_masks(n_train: int, config: LDSConfig, indices: Iterable[int] | None 
     Row for subset j has exactly `config.subset_size(n_train)` True entries, drawn without replacement
     by `numpy.random.default_rng([config.subset_seed, j])`.
     """
-    k = config.subset_size(n_train)
-    rows = range(config.n_subsets) if indices is None else list(indices)
-    masks = np.zeros((len(rows), n_train), dtype=bool)
-    for r, j in enumerate(rows):
-        rng = np.random.default_rng([config.subset_seed, int(j)])
-        masks[r, rng.choice(n_train, size=k, replace=False)] = True
-    return masks
+    rows = range(config.n_subsets) if indices is None else indices
+    return random_subset_masks(n_train, config.subset_size(n_train), config.subset_seed, rows)
 
 
 def lds_truth_config(
@@ -214,7 +209,7 @@ def compute_lds_truth(
         model_config, train_config: how each subset model is trained (as for the run being explained).
         config: LDS settings (default `LDSConfig()`: M=100, alpha=0.5, one seed).
         workspace: where shards and the result are cached (default `Workspace()`).
-        executor: runs the retrainings (default `LocalExecutor()`).
+        executor: runs the retrainings (default: `training.runs.default_executor`, local processes).
         progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count as done).
 
     Returns:
@@ -222,7 +217,6 @@ def compute_lds_truth(
     """
     config = config or LDSConfig()
     ws = workspace or Workspace()
-    executor = executor or LocalExecutor()
     base = _base_config(train, queries, model_config, train_config, config)
     truth_cfg = {**base, "n_subsets": config.n_subsets}  # = lds_truth_config(...), fingerprinted once
     if ws.exists(TRUTH_KIND, truth_cfg):

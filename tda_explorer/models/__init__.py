@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tda_explorer.models.build import build_model
 from tda_explorer.models.configs import (
     MODEL_CONFIGS,
     CNNConfig,
@@ -16,7 +17,7 @@ from tda_explorer.models.configs import (
     default_model_config,
     model_config_from_dict,
 )
-from tda_explorer.models.networks import TDAModel, build_model, head_prefix
+from tda_explorer.models.networks import TDAModel, head_prefix
 
 
 def prepare_inputs(model: torch.nn.Module, inputs) -> torch.Tensor:

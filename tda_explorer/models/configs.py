@@ -119,12 +119,14 @@ class ImportedConfig:
         factory: the factory's name, `"package.module:function"` (found by import or `register_factory`).
         head: path of the final `nn.Linear` inside the user's module whose output is the logits, or None.
         structure: short hash of the module's parameter names and shapes (tells two same-named factories apart).
+        task: what the outputs mean ("classification" or "regression", see `models.tasks`).
     """
 
     arch: ClassVar[str] = "imported"
     factory: str = ""
     head: str | None = None
     structure: str = ""
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if ":" not in self.factory:

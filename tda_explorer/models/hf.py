@@ -40,8 +40,8 @@ from torch import nn
 
 from tda_explorer.errors import ConfigError
 from tda_explorer.models.configs import HFConfig
+from tda_explorer.models.encoder import _under_transform, used_length
 from tda_explorer.models.networks import TDAModel
-from tda_explorer.models.text import _under_transform, used_length
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 CONFIG_FILES = ("config.json", "adapter_config.json")

@@ -128,11 +128,13 @@ class ImportedModel(TDAModel):
     Args:
         body: the user's module (maps a batch of inputs to logits `[B, C]`).
         head: path of its final `nn.Linear` inside `body` (see `find_head`), or None when there is none.
+        task: what the outputs mean (`models.tasks`); gradients, curvature and training read `model.task`.
     """
 
-    def __init__(self, body: nn.Module, head: str | None) -> None:
+    def __init__(self, body: nn.Module, head: str | None, task: str = "classification") -> None:
         super().__init__()
         self.body = body
+        self.task = task
         self.head_path = head
         self.head_prefix = f"body.{head}." if head else None
 
@@ -163,4 +165,4 @@ class ImportedModel(TDAModel):
 def build_imported(cfg: ImportedConfig) -> ImportedModel:
     """A fresh model from the run's factory (its own init), wrapped (weights are loaded by the caller)."""
     body = call_factory(resolve_factory(cfg.factory), cfg.factory)
-    return ImportedModel(body, cfg.head)
+    return ImportedModel(body, cfg.head, cfg.task)

@@ -15,12 +15,7 @@ from torch import nn
 from tda_explorer.errors import ConfigError
 from tda_explorer.models.configs import (
     CNNConfig,
-    HFConfig,
-    ImportedConfig,
-    LogRegConfig,
     MLPConfig,
-    ModelConfig,
-    TextConfig,
 )
 
 
@@ -96,28 +91,3 @@ class CNN(TDAModel):
             layers.append(nn.Dropout(cfg.dropout))
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(cfg.dense, n_classes)
-
-
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> TDAModel:
-    """A fresh model for `cfg` with random init from the global torch RNG (seed it first)."""
-    if n_classes < 2 and not isinstance(cfg, ImportedConfig):
-        raise ConfigError(f"a classifier needs at least 2 classes, got {n_classes}.")
-    if isinstance(cfg, LogRegConfig):
-        return LogReg(input_shape, n_classes)
-    if isinstance(cfg, MLPConfig):
-        return MLP(cfg, input_shape, n_classes)
-    if isinstance(cfg, CNNConfig):
-        return CNN(cfg, input_shape, n_classes)
-    if isinstance(cfg, TextConfig):
-        from tda_explorer.models.text import TextClassifier
-
-        return TextClassifier(cfg, n_classes)
-    if isinstance(cfg, HFConfig):
-        from tda_explorer.models.hf import HFClassifier
-
-        return HFClassifier(cfg, n_classes)
-    if isinstance(cfg, ImportedConfig):
-        from tda_explorer.models.imported import build_imported
-
-        return build_imported(cfg)
-    raise ConfigError(f"no model for config {cfg!r}.")

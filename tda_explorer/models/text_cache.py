@@ -29,7 +29,7 @@ from importlib import metadata
 import numpy as np
 import torch
 
-from tda_explorer.models.text import minilm_path, run_layers, tokenize, used_length
+from tda_explorer.models.encoder import minilm_path, run_layers, tokenize, used_length
 
 STATE_KIND = "text_states"
 MEMORY_ENTRIES = 6

@@ -17,7 +17,7 @@ from tda_explorer.store.atomic import (
     clean_stale_temps,
     remove_directory,
 )
-from tda_explorer.store.flags import FlagRecord, FlagStore
+from tda_explorer.store.flags import FlagRecord, FlagsRecoveredWarning, FlagStore
 from tda_explorer.store.keys import canonical_json, config_diff, config_hash, to_jsonable
 from tda_explorer.store.workspace import META_FILE, ArtifactWrite, Workspace
 
@@ -26,6 +26,7 @@ __all__ = [
     "ArtifactWrite",
     "FlagRecord",
     "FlagStore",
+    "FlagsRecoveredWarning",
     "Workspace",
     "atomic_directory",
     "atomic_write",

@@ -5,6 +5,10 @@
 - Arrays: numpy `.npy` files written and read with `allow_pickle=False`; read them memory-mapped
   with `mmap_mode="r"` to slice large score matrices without loading them.
 
+Both loaders first check the file against the SHA-256 recorded in its artifact's `meta.json` (see
+`store.integrity`; cached per process, and done before memory-mapping), so a damaged file raises
+`ArtifactError` instead of loading different numbers.
+
 `torch` is imported inside the functions so that importing the store stays light.
 """
 
@@ -20,6 +24,7 @@ import numpy as np
 
 from tda_explorer.errors import ArtifactError
 from tda_explorer.store.atomic import atomic_write
+from tda_explorer.store.integrity import verify_file
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -78,7 +83,8 @@ def load_tensors(path: str | Path, *, map_location: str = "cpu", mmap: bool = Fa
         The dict of tensors.
 
     Raises:
-        ArtifactError: The file is missing, corrupt, or holds anything but tensors (no code is run).
+        ArtifactError: The file is missing, differs from its artifact's recorded checksum, is corrupt, or
+            holds anything but tensors (no code is run).
     """
     import torch
 
@@ -87,6 +93,7 @@ def load_tensors(path: str | Path, *, map_location: str = "cpu", mmap: bool = Fa
         raise ArtifactError(
             f"Tensor file {path} does not exist; recompute the artifact that should contain it."
         )
+    verify_file(path)
     try:
         obj = torch.load(path, weights_only=True, map_location=map_location, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
@@ -138,13 +145,15 @@ def load_array(path: str | Path, *, mmap_mode: MmapMode = None) -> np.ndarray:
         The array (a `numpy.memmap` when `mmap_mode` is given).
 
     Raises:
-        ArtifactError: The file is missing, corrupt, or would need pickle.
+        ArtifactError: The file is missing, differs from its artifact's recorded checksum, is corrupt,
+            or would need pickle.
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(
             f"Array file {path} does not exist; recompute the artifact that should contain it."
         )
+    verify_file(path)
     try:
         return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as exc:

@@ -12,32 +12,52 @@ Semantics:
   returns all. `forget` deletes rows for good.
 - `updated_at` is an ISO-8601 UTC timestamp.
 
-Concurrency: the database runs in WAL mode with `synchronous=NORMAL` and a 10 s busy timeout. Every
-operation opens its own connection (cheap; SQLite connections must not cross threads, and Streamlit
-runs sessions in threads), writes inside `BEGIN IMMEDIATE`, and is retried a few times if the
-database is still locked.
+Concurrency: the database runs in WAL mode with `synchronous=NORMAL`. Every operation opens its own
+connection (cheap; SQLite connections must not cross threads, and Streamlit runs sessions in threads)
+and writes inside `BEGIN IMMEDIATE`. A write waits at most `LOCK_WAIT_S` (default 5 s) for another
+writer's lock, then raises `ArtifactError` saying another process holds the database.
+
+Integrity: every committed write is also appended (fsync'ed) to an append-only journal,
+`<db>.journal.jsonl` (see `store.flags_journal`). Opening a store checks the file (header, size,
+`PRAGMA quick_check`, table present); a damaged file — bad header, truncated, not a database, a zeroed
+page, zero length — is moved aside to `<db>.corrupt-<UTC time>` (with its `-wal`/`-shm`), a fresh
+database is rebuilt from the journal, and a `FlagsRecoveredWarning` says what happened (also kept in
+`FlagStore.recoveries`). An operation that meets a damaged file later does the same and is retried
+once. A missing database with a journal is rebuilt from the journal (to start afresh, delete both).
+Repairs take an exclusive `flock` on `<db>.lock`; normal operations take it shared, so a repair never
+runs under a write in flight.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from tda_explorer.errors import ArtifactError, ConfigError
+from tda_explorer.store.flags_journal import Journal, apply, new_tx, salvage
+
+try:
+    import fcntl
+except ImportError:  # Windows: no repair lock (single-process use)
+    fcntl = None  # type: ignore[assignment]
 
 _T = TypeVar("_T")
-BUSY_TIMEOUT_MS = 10_000
-RETRIES = 5
+LOCK_WAIT_S = 5.0
+"""Longest wait for another writer's lock (or a repair in progress) before an operation gives up."""
 SCHEMA_VERSION = 1
+_MAGIC = b"SQLite format 3\x00"
+_MISSING = "missing"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS flags (
@@ -50,13 +70,10 @@ CREATE TABLE IF NOT EXISTS flags (
     PRIMARY KEY (run_key, example_id)
 )
 """
-_UPSERT = """
-INSERT INTO flags (run_key, example_id, flagged, suggested_label, note, updated_at)
-VALUES (?, ?, 1, ?, ?, ?)
-ON CONFLICT (run_key, example_id) DO UPDATE SET
-    flagged = 1, suggested_label = excluded.suggested_label, note = excluded.note,
-    updated_at = excluded.updated_at
-"""
+
+
+class FlagsRecoveredWarning(UserWarning):
+    """A damaged flags database was moved aside and rebuilt (the message says where and how much)."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +102,30 @@ class FlagStore:
 
     Args:
         path: The database file (created with its table if missing). `Workspace.flags()` uses
-            `<workspace>/flags.sqlite`.
+            `<workspace>/flags.sqlite`; the journal is `<path>.journal.jsonl`.
+        lock_wait_s: Longest wait for another writer's lock before `ArtifactError`.
+
+    Attributes:
+        recoveries: Messages of the repairs this object made (empty when the file was sound).
+
+    Raises:
+        ArtifactError: The database cannot be opened or repaired (the message says why and what to do).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, lock_wait_s: float = LOCK_WAIT_S) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._run(self._init_schema)
+        self.journal = Journal(self.path.with_name(self.path.name + ".journal.jsonl"))
+        self.lock_wait_s = float(lock_wait_s)
+        self.recoveries: list[str] = []
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        with self._guard(exclusive=False):
+            problem = self._diagnose()
+            if problem is None:
+                self._keep_journal()
+                return
+        with self._guard(exclusive=True):
+            self._repair_if_needed()
 
     def __repr__(self) -> str:
         return f"FlagStore({str(self.path)!r})"
@@ -123,20 +157,16 @@ class FlagStore:
         Returns:
             The number of ids written.
         """
-        now = _now()
-        rows = [
-            (
-                _text(run_key, "run_key"),
-                _text(i, "example_id"),
-                _label(suggested_label),
-                _text(note, "note"),
-                now,
-            )
-            for i in example_ids
-        ]
-        if rows:
-            self._run(lambda con: _write(con, lambda: con.executemany(_UPSERT, rows)))
-        return len(rows)
+        entry = {
+            "op": "flag",
+            "tx": new_tx(),
+            "run": _text(run_key, "run_key"),
+            "ids": [_text(i, "example_id") for i in example_ids],
+            "label": _label(suggested_label),
+            "note": _text(note, "note"),
+            "at": _now(),
+        }
+        return self._write(entry) if entry["ids"] else 0
 
     def unflag(self, run_key: str, example_id: str) -> bool:
         """Clear an example's flag, keeping its row, suggested label and note.
@@ -144,12 +174,8 @@ class FlagStore:
         Returns:
             True if the example was flagged before.
         """
-        args = (_now(), _text(run_key, "run_key"), _text(example_id, "example_id"))
-        sql = (
-            "UPDATE flags SET flagged = 0, updated_at = ? "
-            "WHERE run_key = ? AND example_id = ? AND flagged = 1"
-        )
-        return self._run(lambda con: _write(con, lambda: con.execute(sql, args)).rowcount) > 0
+        run, ex = _text(run_key, "run_key"), _text(example_id, "example_id")
+        return self._write({"op": "unflag", "tx": new_tx(), "run": run, "id": ex, "at": _now()}) > 0
 
     def forget(self, run_key: str, example_id: str | None = None) -> int:
         """Delete rows for good: one example's, or with `example_id=None` all of a run's.
@@ -157,12 +183,8 @@ class FlagStore:
         Returns:
             The number of rows deleted.
         """
-        if example_id is None:
-            sql, args = "DELETE FROM flags WHERE run_key = ?", (_text(run_key, "run_key"),)
-        else:
-            sql = "DELETE FROM flags WHERE run_key = ? AND example_id = ?"
-            args = (_text(run_key, "run_key"), _text(example_id, "example_id"))
-        return self._run(lambda con: _write(con, lambda: con.execute(sql, args)).rowcount)
+        ex = None if example_id is None else _text(example_id, "example_id")
+        return self._write({"op": "forget", "tx": new_tx(), "run": _text(run_key, "run_key"), "id": ex})
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -187,10 +209,33 @@ class FlagStore:
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    def _write(self, entry: dict[str, Any]) -> int:
+        """Apply `entry` and append it to the journal inside one `BEGIN IMMEDIATE` transaction."""
+
+        def op(con: sqlite3.Connection) -> int:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                n = apply(con, entry)
+                self.journal.append(entry, sync=False)  # under the write lock: journal order = commit order
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                raise
+            try:
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self.journal.append({"op": "undo", "tx": entry["tx"]})
+                raise
+            self.journal.sync()  # durable before we return, without holding the write lock
+            return n
+
+        return self._run(op)
+
+    def _connect(self, timeout_s: float) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        con.execute(f"PRAGMA busy_timeout = {max(1, int(timeout_s * 1000))}")
         con.execute("PRAGMA synchronous = NORMAL")
         return con
 
@@ -203,32 +248,163 @@ class FlagStore:
             con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `op` on a fresh connection, retrying while the database is locked."""
-        for attempt in range(RETRIES):
+        """Run `op` on a fresh connection: wait at most `lock_wait_s` for locks, repair damage once."""
+        start = time.monotonic()
+        repaired = False
+        while True:
+            left = self.lock_wait_s - (time.monotonic() - start)
             try:
-                with contextlib.closing(self._connect()) as con:
+                with self._guard(exclusive=False), contextlib.closing(self._connect(max(left, 0.01))) as con:
                     return op(con)
-            except sqlite3.OperationalError as exc:
-                msg = str(exc).lower()
-                if ("locked" not in msg and "busy" not in msg) or attempt == RETRIES - 1:
-                    raise ArtifactError(
-                        f"Flags database {self.path}: {exc}. If it stays locked, close other apps or CLI "
-                        "processes that use this workspace; if it is corrupt, move the file away."
-                    ) from exc
-                time.sleep(0.05 * 2**attempt * (1 + random.random()))
-        raise AssertionError("unreachable")
+            except sqlite3.DatabaseError as exc:
+                if _is_lock_error(exc):
+                    waited = time.monotonic() - start
+                    if waited >= self.lock_wait_s:
+                        raise ArtifactError(
+                            f"Flags database {self.path} is locked by another writer (waited {waited:.1f} s). "
+                            "Another app session or CLI command is writing flags to this workspace; try "
+                            "again, and if it stays locked, close the other app or CLI processes."
+                        ) from exc
+                    time.sleep(min(0.02 * (1 + random.random()), max(left, 0.0)))
+                    continue
+                if repaired:
+                    raise ArtifactError(f"Flags database {self.path}: {exc} (even after a repair).") from exc
+                with self._guard(exclusive=True):
+                    if not self._repair_if_needed(cause=str(exc)):
+                        raise ArtifactError(
+                            f"Flags database {self.path}: {exc}. The file passes SQLite's check; if this "
+                            f"persists, move it away (the flags are rebuilt from {self.journal.path.name})."
+                        ) from exc
+                repaired = True
+            except OSError as exc:
+                raise ArtifactError(f"Flags database {self.path}: cannot write its journal ({exc}).") from exc
+
+    @contextlib.contextmanager
+    def _guard(self, *, exclusive: bool) -> Iterator[None]:
+        """Hold `<db>.lock` shared (operations) or exclusive (repairs), waiting at most `lock_wait_s`."""
+        if fcntl is None:
+            yield
+            return
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise ArtifactError(
+                f"Flags database {self.path}: cannot open its lock file {self._lock_path.name} ({exc}); "
+                "the workspace folder must be writable."
+            ) from exc
+        try:
+            mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+            deadline = time.monotonic() + max(self.lock_wait_s, 1.0)
+            while True:
+                try:
+                    fcntl.flock(fd, mode)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ArtifactError(
+                            f"Flags database {self.path}: another process is "
+                            f"{'using' if exclusive else 'repairing'} it ({self._lock_path.name} held for "
+                            f"{max(self.lock_wait_s, 1.0):.0f} s); try again."
+                        ) from None
+                    time.sleep(0.01 * (1 + random.random()))
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _diagnose(self) -> str | None:
+        """None if the database file is sound, `_MISSING` if absent, else what is wrong with it."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return _MISSING
+        if size == 0:
+            return "the file is empty (0 bytes)"
+        with open(self.path, "rb") as f:
+            head = f.read(len(_MAGIC))
+        if head != _MAGIC:
+            return f"not an SQLite database (its first bytes are {head[:16]!r})"
+        try:
+            with contextlib.closing(self._connect(self.lock_wait_s)) as con:
+                result = [r[0] for r in con.execute("PRAGMA quick_check").fetchall()]
+                if result != ["ok"]:
+                    return "PRAGMA quick_check: " + "; ".join(" ".join(str(r).split()) for r in result[:3])
+                tables = con.execute("SELECT name FROM sqlite_master WHERE name = 'flags'").fetchall()
+                if not tables:
+                    return "the flags table is missing"
+        except sqlite3.DatabaseError as exc:
+            if _is_lock_error(exc):
+                return None  # busy, not damaged: the operation itself will wait or report it
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _keep_journal(self) -> None:
+        """Start the journal from the database's rows if there is none yet (a store made before
+        journals), or compact it into one snapshot once it is large. Call under the guard."""
+        if self.journal.exists() and not self.journal.needs_compaction():
+            return
+        try:
+            with contextlib.closing(self._connect(self.lock_wait_s)) as con:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    if not self.journal.exists() or self.journal.needs_compaction():
+                        self.journal.snapshot(con)
+                finally:
+                    con.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            raise ArtifactError(f"Flags database {self.path}: cannot start its journal ({exc}).") from exc
+
+    def _repair_if_needed(self, cause: str | None = None) -> bool:
+        """Under the exclusive guard: create a missing database, or move a damaged one aside and
+        rebuild it from the journal. Returns True if a repair was made."""
+        problem = self._diagnose()
+        if problem is None:
+            if cause is None:
+                self._keep_journal()
+            return False
+        backup = None
+        if problem != _MISSING:
+            backup = self.path.with_name(f"{self.path.name}.corrupt-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{self.path}{suffix}", f"{backup}{suffix}")
+        had_journal = self.journal.exists()
+        try:
+            with contextlib.closing(self._connect(self.lock_wait_s)) as con:
+                self._init_schema(con)
+                applied, skipped = self.journal.replay(con)
+                salvaged = 0 if had_journal or backup is None else salvage(backup, con)
+                n_rows = con.execute("SELECT COUNT(*) FROM flags").fetchone()[0]
+        except (sqlite3.Error, OSError) as exc:
+            kept = f"; the damaged file is {backup}" if backup else ""
+            raise ArtifactError(
+                f"Flags database {self.path} ({problem}) could not be rebuilt from {self.journal.path} "
+                f"({exc}){kept}. Try again; if it persists, move both files away to start afresh."
+            ) from exc
+        if not had_journal:
+            self._keep_journal()
+        if backup is None and not had_journal:
+            return False  # a new, empty store
+        if backup is None:
+            msg = f"Flags database {self.path} was missing; rebuilt {n_rows} flag row(s) from {self.journal.path}."
+        else:
+            source = (
+                f"restored {n_rows} flag row(s) from the journal {self.journal.path.name} ({applied} operations)"
+                if had_journal
+                else f"there was no journal, {salvaged} row(s) could be read back from the damaged file"
+            )
+            msg = (
+                f"Flags database {self.path} was damaged ({problem}); moved it to {backup.name} and {source}."
+            )
+        if skipped:
+            msg += f" {skipped} unreadable journal line(s) were skipped."
+        self.recoveries.append(msg)
+        warnings.warn(msg, FlagsRecoveredWarning, stacklevel=3)
+        return True
 
 
-def _write(con: sqlite3.Connection, body: Callable[[], sqlite3.Cursor]) -> sqlite3.Cursor:
-    """Run `body` inside `BEGIN IMMEDIATE … COMMIT` (rolled back if it raises)."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        cur = body()
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
-    return cur
+def _is_lock_error(exc: sqlite3.Error) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
 
 
 def _record(row: sqlite3.Row) -> FlagRecord:

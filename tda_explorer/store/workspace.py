@@ -3,19 +3,24 @@
 Layout:
 
     <root>/<kind>/<key>/          one artifact (e.g. kind "runs", key = config_hash(config))
-    <root>/<kind>/<key>/meta.json {"kind", "key", "config", "created", "extra", "version": 1}
+    <root>/<kind>/<key>/meta.json {"kind", "key", "config", "created", "extra", "version": 1,
+                                   "checksums": {"sha256": {file: digest}}, "meta_sha256": digest}
     <root>/exports/               user-facing exports (CSV, Parquet, ...)
-    <root>/flags.sqlite           user flags on examples (see `FlagStore`)
+    <root>/flags.sqlite           user flags on examples (see `FlagStore`), with its journal
+    <root>/flags.sqlite.journal.jsonl  every flag operation, to rebuild a damaged database
 
 An artifact directory is built under a temp name and renamed into place when complete, with
 `meta.json` written last, so an artifact that is visible is complete (see `store.atomic`). The app
 and the CLI share one workspace: whoever computes an artifact first, the other reuses it.
+
+Integrity: `meta.json` records the SHA-256 of every file of the artifact and of itself (see
+`store.integrity`); `meta`/`open` check the metadata, `load_array`/`load_tensors` check a file before
+reading it, `verify` checks every file. Damage raises `ArtifactError` saying which folder to delete.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import warnings
@@ -34,10 +39,10 @@ from tda_explorer.store.atomic import (
     remove_directory,
 )
 from tda_explorer.store.flags import FlagStore
+from tda_explorer.store.integrity import META_FILE, read_meta, seal, verify_file
 from tda_explorer.store.keys import config_diff, config_hash, to_jsonable
 
 ENV_VAR = "TDA_WORKSPACE"
-META_FILE = "meta.json"
 META_VERSION = 1
 EXPORTS = "exports"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -89,7 +94,7 @@ class ArtifactWrite:
                 "extra": to_jsonable(self._extra, path="extra", nonfinite="null"),
                 "version": META_VERSION,
             }
-            atomic_write_json(tmp / META_FILE, meta)
+            atomic_write_json(tmp / META_FILE, seal(meta, tmp))
 
 
 class Workspace:
@@ -176,28 +181,43 @@ class Workspace:
         return ArtifactWrite(self, kind, config, extra)
 
     def meta(self, kind: str, key: str) -> dict[str, Any]:
-        """Read the `meta.json` of artifact `kind/key`.
+        """Read the `meta.json` of artifact `kind/key` (checked against its `meta_sha256`).
 
         Raises:
-            ArtifactError: The artifact is missing or its meta file is unreadable.
+            ArtifactError: The artifact is missing, or its meta file is unreadable or damaged (the
+                message says which folder to delete and how to recompute it).
         """
         file = self.path(kind, key) / META_FILE
-        try:
-            meta = json.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not file.is_file():
             raise ArtifactError(
                 f"No artifact {kind}/{key} in workspace {self.root}. Compute it first, or open the workspace "
                 f"that has it (Workspace(root=...) or ${ENV_VAR})."
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise ArtifactError(
-                f"Cannot read {file} ({exc}); delete {file.parent} and recompute it."
-            ) from exc
-        if not isinstance(meta, dict) or "config" not in meta:
-            raise ArtifactError(
-                f"{file} is not an artifact meta file; delete {file.parent} and recompute it."
             )
-        return meta
+        return read_meta(file)
+
+    def verify(self, kind: str, key: str) -> int:
+        """Check every file of artifact `kind/key` against the checksums in its `meta.json`.
+
+        Loading checks each file lazily anyway; this checks them all at once (e.g. before sharing a
+        workspace).
+
+        Returns:
+            The number of files verified (0 for an artifact written before checksums existed).
+
+        Raises:
+            ArtifactError: The meta or a file is damaged, or a listed file is missing.
+        """
+        meta = self.meta(kind, key)
+        directory = self.path(kind, key)
+        digests = (meta.get("checksums") or {}).get("sha256") or {}
+        for rel in digests:
+            if not (directory / rel).is_file():
+                raise ArtifactError(
+                    f"Artifact {kind}/{key}: file {rel} listed in its meta.json is missing. "
+                    f"Delete the folder {directory} and recompute it."
+                )
+            verify_file(directory / rel)
+        return len(digests)
 
     def open(self, kind: str, config: Any) -> Path:
         """Return the directory of the artifact of `kind` made from `config`.
@@ -229,21 +249,34 @@ class Workspace:
         return directory
 
     def list(self, kind: str) -> list[dict[str, Any]]:
-        """The metas of all complete artifacts of `kind`, newest first (by `created`)."""
+        """The metas of all complete artifacts of `kind`, newest first (by `created`).
+
+        Unreadable artifacts are skipped with a warning; `scan` returns them with the reason.
+        """
+        metas, broken = self.scan(kind)
+        for _key, reason in broken:
+            warnings.warn(f"Skipping unreadable artifact: {reason}", stacklevel=2)
+        return metas
+
+    def scan(self, kind: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """All artifacts of `kind`: the readable metas (newest first) and `(key, reason)` of the others.
+
+        A folder without `meta.json` is not an artifact (never completed) and is not reported.
+        """
         base = self.root / _check_name(kind, "kind")
         if not base.is_dir():
-            return []
-        metas = []
-        for entry in os.scandir(base):
+            return [], []
+        metas, broken = [], []
+        for entry in sorted(os.scandir(base), key=lambda e: e.name):
             if entry.name.startswith(".") or not entry.is_dir() or not _NAME.fullmatch(entry.name):
                 continue
             try:
                 metas.append(self.meta(kind, entry.name))
             except ArtifactError as exc:
                 if (Path(entry.path) / META_FILE).exists():
-                    warnings.warn(f"Skipping unreadable artifact: {exc}", stacklevel=2)
+                    broken.append((entry.name, str(exc)))
         metas.sort(key=lambda m: (str(m.get("created", "")), str(m.get("key", ""))), reverse=True)
-        return metas
+        return metas, broken
 
     def list_runs(self) -> list[dict[str, Any]]:
         """The metas of all trained runs, newest first (`list("runs")`)."""

@@ -10,6 +10,7 @@ from tda_explorer.training.loading import load_run
 from tda_explorer.training.runs import (
     TrainedRun,
     TrainJob,
+    check_run_seeds,
     retrain_on_subsets,
     run_train_job,
     train_run,
@@ -43,6 +44,7 @@ __all__ = [
     "TrainResult",
     "TrainedRun",
     "UserTrainFn",
+    "check_run_seeds",
     "default_train_config",
     "import_hf_run",
     "import_run",

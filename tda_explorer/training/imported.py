@@ -17,6 +17,7 @@ what to provide (`TrainedRun.require_recipe`).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from tda_explorer.models.imported import (
     register_factory,
     resolve_factory,
 )
+from tda_explorer.models.tasks import check_task
 from tda_explorer.store import Workspace
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import (
@@ -51,7 +53,6 @@ from tda_explorer.training.runs import (
 )
 from tda_explorer.training.trainer import Checkpoint, Progress, TrainResult, predict_logits, single_thread
 
-TASKS = ("classification",)
 _CHECKPOINT_FIELDS = ("step", "epoch", "lr", "segment_mean_lr", "segment_steps")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / torch.compile key prefixes
 
@@ -79,7 +80,7 @@ class UserTrainFn:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             state = self.fn(factory, examples, job.seed)
-        model = ImportedModel(call_factory(factory, cfg.factory), cfg.head)
+        model = ImportedModel(call_factory(factory, cfg.factory), cfg.head, cfg.task)
         load_strict(model.body, _as_state_dict(state, f"train_fn {self.name!r} result"), self.name)
         model.eval()
         with single_thread():
@@ -227,14 +228,33 @@ def _check_logits(module: nn.Module, splits: DatasetSplits, name: str) -> torch.
             f"model_factory {name!r}: the module failed on a batch of training inputs of shape "
             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}: {e}"
         ) from e
-    n, c = len(sample), splits.train.n_classes
+    n, c = len(sample), splits.train.n_outputs
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n, c):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ConfigError(
             f"model_factory {name!r}: its module maps {n} training inputs of shape {tuple(x.shape)} to {got}; "
-            f"expected logits [{n}, {c}] (one column per class: {list(splits.train.class_names)[:10]})."
+            f"expected outputs [{n}, {c}] ("
+            + (
+                "one per regression target)."
+                if splits.train.is_regression
+                else f"logits, one column per class: {list(splits.train.class_names)[:10]})."
+            )
         )
     return x
+
+
+def split_metrics(model: nn.Module, evals: dict) -> dict[str, float]:
+    """`<split>_acc` per split (classification), or `<split>_mse` (regression; `_acc` is then NaN)."""
+    out = {}
+    for k, es in evals.items():
+        outputs = predict_logits(model, prepare_inputs(model, es.inputs))
+        if es.is_regression:
+            target = es.labels.to(outputs.dtype).reshape(outputs.shape)
+            out[f"{k}_mse"] = float((outputs - target).square().mean()) if len(es) else float("nan")
+            out[f"{k}_acc"] = float("nan")
+        else:
+            out[f"{k}_acc"] = accuracy(outputs, es.labels)
+    return out
 
 
 def _structure(module: nn.Module) -> str:
@@ -283,7 +303,8 @@ def import_run(
         splits: the dataset the model was trained on (its `train` split is what gets attributed).
         train_config: the package's recipe that reproduces the model (for methods that retrain), or None.
         train_fn: the user's own loop `fn(model_factory, train_examples, seed) -> state_dict`, or None.
-        task: "classification" (cross-entropy on the logits).
+        task: "classification" (cross-entropy on the logits) or "regression" (half squared error on
+            float targets); see `models.tasks`.
         weight_decay: L2 coefficient of the user's objective (`wd/2 ||theta||^2`), added to curvatures.
         workspace: where the run is stored (default: `Workspace()`).
         progress: `progress(done, total, msg)` per seed.
@@ -294,8 +315,12 @@ def import_run(
     Raises:
         ConfigError: weights that don't load strictly, a module whose output is not `[n, C]`, bad options.
     """
-    if task not in TASKS:
-        raise ConfigError(f"task {task!r} is not one of {TASKS}.")
+    check_task(task)
+    if (task == "regression") != splits.train.is_regression:
+        raise ConfigError(
+            f"task {task!r} does not match the data: the training targets are "
+            f"{'float (regression)' if splits.train.is_regression else 'class labels (classification)'}."
+        )
     if not (weight_decay >= 0):
         raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")
     name = factory_name(model_factory)
@@ -308,26 +333,28 @@ def import_run(
     module = call_factory(factory, name)
     load_strict(module, per_seed[0][-1]["state"], "weights[0]")
     x = _check_logits(module, splits, name)
-    model_cfg = ImportedConfig(factory=name, head=find_head(module.eval(), x), structure=_structure(module))
+    model_cfg = ImportedConfig(
+        factory=name, head=find_head(module.eval(), x), structure=_structure(module), task=task
+    )
 
     hashes, checkpoints, metrics = [], {}, {}
     evals = {"train": splits.train, "val": splits.val, "test": splits.test}
     for seed, ckpts in enumerate(per_seed):
         states = []
         for i, c in enumerate(ckpts):
-            m = ImportedModel(call_factory(factory, name), model_cfg.head)
+            m = ImportedModel(call_factory(factory, name), model_cfg.head, task)
             load_strict(m.body, c["state"], f"weights[{seed}]" + (f"[{i}]" if len(ckpts) > 1 else ""))
             states.append((m, full_state(m)))
-        seed_hash = weights_hash([s for _, s in states])
+        infos = [{k: v for k, v in c.items() if k != "state"} for c in ckpts]
+        seed_hash = hashlib.sha256(
+            (weights_hash([s for _, s in states]) + json.dumps(infos, sort_keys=True)).encode()
+        ).hexdigest()[:16]
         hashes.append(seed_hash)
         cfg = _seed_cfg(splits.spec, model_cfg, seed_hash, seed)
         if not ws.exists("models", cfg):
             final = states[-1][0].eval()
             with single_thread():
-                accs = {
-                    f"{k}_acc": accuracy(predict_logits(final, prepare_inputs(final, es.inputs)), es.labels)
-                    for k, es in evals.items()
-                }
+                accs = split_metrics(final, evals)
             ckpt_objs = [
                 Checkpoint(state=s, **{k: v for k, v in c.items() if k != "state"})
                 for (_, s), c in zip(states, ckpts, strict=True)
@@ -357,7 +384,7 @@ def import_run(
         recipe,
         tuple(range(len(per_seed))),
         splits.train.input_shape,
-        splits.train.n_classes,
+        splits.train.n_outputs,
         checkpoints,
         metrics,
         imported=info,

@@ -9,6 +9,7 @@ from torch import nn
 from tda_explorer.store import Workspace
 from tda_explorer.training.imported import load_imported_run
 from tda_explorer.training.runs import TrainedRun, load_native_run
+from tda_explorer.training.stages import load_staged_run
 
 
 def load_run(
@@ -26,6 +27,11 @@ def load_run(
     """
     ws = workspace or Workspace()
     meta = ws.meta("runs", key)
-    if "imported" in meta["config"]:
+    cfg = (
+        meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    )  # load_native_run says what's wrong
+    if "imported" in cfg:
         return load_imported_run(key, meta, ws, model_factory, train_fn)
+    if "stages" in cfg:
+        return load_staged_run(key, ws)
     return load_native_run(key, ws)

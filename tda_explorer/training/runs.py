@@ -8,9 +8,11 @@ finished; the run artifact (kind "runs") is written last and lists them.
 from __future__ import annotations
 
 import hashlib
+import numbers
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict, prepare_inputs
 from tda_explorer.models.imported import importable
+from tda_explorer.models.tasks import task_of
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor
@@ -32,8 +35,14 @@ from tda_explorer.training.trainer import (
     train_model,
 )
 
-if TYPE_CHECKING:
-    from tda_explorer.training.stages import StagedConfig
+
+class JobRunner(Protocol):
+    """A training recipe that runs a `TrainJob` itself (`training.stages.StagedConfig`, the user's
+    `training.imported.UserTrainFn`); a plain `TrainConfig` runs the package's trainer."""
+
+    def to_dict(self) -> dict: ...
+
+    def train_job(self, job: TrainJob) -> TrainResult: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class TrainJob:
     """One training job for an Executor (picklable); `train_config` may be a multi-stage `StagedConfig`."""
 
     model_config: ModelConfig
-    train_config: TrainConfig | StagedConfig
+    train_config: TrainConfig | JobRunner
     data: ExampleSet
     seed: int
     mask: np.ndarray | None = None
@@ -50,15 +59,13 @@ class TrainJob:
 
 
 def run_train_job(job: TrainJob) -> TrainResult:
-    """Executor entry point: train; drop the weights when only eval logits are wanted."""
-    from tda_explorer.training.stages import StagedConfig, train_staged_model  # stages imports this module
+    """Executor entry point: train; drop the weights when only eval logits are wanted.
 
-    if hasattr(job.train_config, "train_job"):  # a user's own loop (`training.imported.UserTrainFn`)
-        return job.train_config.train_job(job)
-    if isinstance(job.train_config, StagedConfig):  # the whole pipeline, each stage restricted to `mask`
-        result = train_staged_model(
-            job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets
-        )
+    A `train_config` with its own `train_job(job)` (a multi-stage `StagedConfig`, a user's `UserTrainFn`)
+    runs the job itself; a `TrainConfig` runs the package's trainer.
+    """
+    if hasattr(job.train_config, "train_job"):
+        result = job.train_config.train_job(job)
     else:
         result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
     if not job.keep_checkpoints:
@@ -117,7 +124,7 @@ class TrainedRun:
     n_classes: int
     checkpoints: dict[int, list[Checkpoint]] = field(repr=False)
     metrics: dict[int, dict]
-    stages: StagedConfig | None = None
+    stages: Any = None  # a `training.stages.StagedConfig` for multi-stage runs
     imported: dict | None = None
 
     @property
@@ -153,6 +160,26 @@ class TrainedRun:
             self._fingerprint = cached
         return cached
 
+    def select_seeds(self, seeds: str | int | Sequence[int]) -> tuple[int, ...]:
+        """The run seeds chosen by `seeds`: "first", "all", an int n (first n), or explicit seeds."""
+        if seeds == "first":
+            return self.seeds[:1]
+        if seeds == "all" or seeds is None:
+            return tuple(self.seeds)
+        if isinstance(seeds, int):
+            if not 1 <= seeds <= len(self.seeds):
+                raise ConfigError(
+                    f"asked for {seeds} models but the run has {len(self.seeds)} seeds {list(self.seeds)}."
+                )
+            return tuple(self.seeds[:seeds])
+        chosen = tuple(int(s) for s in seeds)
+        unknown = [s for s in chosen if s not in self.seeds]
+        if unknown or not chosen:
+            raise ConfigError(
+                f"seeds {unknown or chosen} are not in the run; its seeds are {list(self.seeds)}."
+            )
+        return chosen
+
     def model(self, seed: int | None = None, checkpoint: int = -1) -> nn.Module:
         """The model of `seed` (default: the first) at checkpoint index `checkpoint` (default final), eval mode."""
         seed = self.seeds[0] if seed is None else seed
@@ -162,9 +189,11 @@ class TrainedRun:
         return load_model(self.model_config, self.input_shape, self.n_classes, state)
 
     def predict(self, examples: ExampleSet, seed: int | None = None) -> torch.Tensor:
-        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first)."""
+        """Class probabilities `[n, C]` (float32) of the final model of `seed` (default: the first); the
+        outputs themselves for a regression model."""
         model = self.model(seed)
-        return torch.softmax(predict_logits(model, prepare_inputs(model, examples.inputs)), dim=1)
+        outputs = predict_logits(model, prepare_inputs(model, examples.inputs))
+        return outputs if task_of(model) == "regression" else torch.softmax(outputs, dim=1)
 
     def mean_metric(self, name: str) -> float:
         return float(np.mean([m[name] for m in self.metrics.values()]))
@@ -198,14 +227,74 @@ def _save_seed(ws: Workspace, cfg: dict, result: TrainResult, metrics: dict) -> 
             save_tensors(d, f"ckpt{i}", c.state)
 
 
+def check_run_seeds(seeds: Sequence[int] | int) -> tuple[int, ...]:
+    """Validate the seeds of a run: at least one, each a distinct integer >= 0.
+
+    The one check behind `train_run`, `train_stages`, the CLI's `train --seeds` and the app's setup page.
+
+    Args:
+        seeds: The seeds (an int is one seed).
+
+    Returns:
+        The seeds as a tuple of ints.
+
+    Raises:
+        ConfigError: No seed, a repeated seed, or one that is not an integer >= 0.
+    """
+    if isinstance(seeds, numbers.Integral):
+        seeds = (seeds,)
+    try:
+        given = list(seeds)
+    except TypeError:
+        raise ConfigError(f"seeds must be a list of integers >= 0, got {seeds!r:.80}.") from None
+    if not given:
+        raise ConfigError("a run needs at least one seed (got none): train with --seeds 1 or more.")
+    for s in given:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+            raise ConfigError(f"each seed must be an integer >= 0, got {s!r:.40} in {given!r:.80}.")
+    out = tuple(int(s) for s in given)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"seeds must be distinct, got {list(out)}.")
+    return out
+
+
+_CKPT_FILE = re.compile(r"ckpt(\d+)\.pt")
+_CHECKPOINT_KEYS = ("step", "epoch", "lr", "segment_mean_lr", "segment_steps")
+
+
 def _load_seed(ws: Workspace, cfg: dict) -> tuple[list[Checkpoint], dict]:
+    """One seed's checkpoints and metrics from its "models" artifact.
+
+    Raises:
+        ArtifactError: The artifact is missing, or its `meta.json` does not describe the checkpoint files
+            it holds (e.g. lists fewer checkpoints than there are `ckpt<i>.pt` files, which would silently
+            make another checkpoint the final model); the message says to delete the folder and retrain.
+    """
     path = ws.open("models", cfg)
     meta = ws.meta("models", path.name)
-    ckpts = [
-        Checkpoint(state=load_tensors(path / f"ckpt{i}.pt"), **info)
-        for i, info in enumerate(meta["extra"]["checkpoints"])
-    ]
-    return ckpts, meta["extra"]["metrics"]
+    fix = f"delete {path} and run the training again (the other seeds are reused)"
+    extra = meta.get("extra")
+    infos = extra.get("checkpoints") if isinstance(extra, dict) else None
+    metrics = extra.get("metrics") if isinstance(extra, dict) else None
+    if not isinstance(infos, list) or not infos or not isinstance(metrics, dict):
+        raise ArtifactError(
+            f"models artifact {path.name} ({path}): meta.json has no checkpoint list or metrics; {fix}."
+        )
+    files = sorted(int(m.group(1)) for f in path.iterdir() if (m := _CKPT_FILE.fullmatch(f.name)))
+    if files != list(range(len(infos))):
+        raise ArtifactError(
+            f"models artifact {path.name} ({path}): meta.json lists {len(infos)} checkpoint(s) but the folder "
+            f"holds {len(files)} checkpoint file(s) {[f'ckpt{i}.pt' for i in files][:8]}; {fix}."
+        )
+    ckpts = []
+    for i, info in enumerate(infos):
+        if not isinstance(info, dict):
+            raise ArtifactError(
+                f"models artifact {path.name} ({path}): checkpoint {i} in meta.json is not a mapping; {fix}."
+            )
+        fields = {k: info[k] for k in (*_CHECKPOINT_KEYS, "stage") if k in info}  # imported: may be None
+        ckpts.append(Checkpoint(state=load_tensors(path / f"ckpt{i}.pt"), **fields))
+    return ckpts, metrics
 
 
 def train_seeds(
@@ -253,7 +342,7 @@ def run_summary(splits: DatasetSplits, metrics: dict[int, dict]) -> dict:
     return {
         "metrics": {str(s): m for s, m in metrics.items()},
         "input_shape": list(splits.train.input_shape),
-        "n_classes": splits.train.n_classes,
+        "n_classes": splits.train.n_outputs,
     }
 
 
@@ -269,9 +358,12 @@ def train_run(
     """Train (or reuse from the workspace) one model per seed; returns the TrainedRun.
 
     Seeds already in the workspace are loaded, not retrained; `progress(done, total, msg)` counts seeds.
+
+    Raises:
+        ConfigError: `seeds` is empty, repeats a seed or holds a non-integer (see `check_run_seeds`).
     """
+    seeds = check_run_seeds(seeds)
     ws = workspace or Workspace()
-    seeds = tuple(int(s) for s in seeds)
     checkpoints, metrics = train_seeds(
         splits,
         model_config,
@@ -300,28 +392,55 @@ def train_run(
     )
 
 
+def run_meta_fields(key: str, meta: dict) -> tuple[dict, tuple[int, ...], dict]:
+    """The config, seeds and extra of a "runs" meta.json, checked; ArtifactError naming the fix otherwise.
+
+    Used by `load_native_run`, `load_staged_run` and the CLI's `runs` listing, so that a run stored without seeds
+    (before `--seeds 0` was refused) or with a hand-edited meta fails with a message, not a traceback.
+    """
+    fix = f"delete the folder runs/{key} in the workspace and train the run again (trained seeds are reused)"
+    cfg, extra = meta.get("config"), meta.get("extra")
+    if not isinstance(cfg, dict) or not isinstance(extra, dict):
+        raise ArtifactError(
+            f"run {key}: meta.json has no {'config' if not isinstance(cfg, dict) else 'extra'}; {fix}."
+        )
+    missing = [k for k in ("dataset", "model", "seeds") if k not in cfg]
+    missing += [k for k in ("input_shape", "n_classes", "metrics") if k not in extra]
+    if missing:
+        raise ArtifactError(f"run {key}: meta.json lacks {missing}; {fix}.")
+    try:
+        seeds = check_run_seeds(cfg["seeds"])
+    except ConfigError as exc:
+        raise ArtifactError(
+            f"run {key} is unusable: {exc} Delete the folder runs/{key} in the workspace."
+        ) from None
+    return cfg, seeds, extra
+
+
 def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
-    """A TrainedRun the package trained, from its run key (`training.loading.load_run` loads any run)."""
+    """A TrainedRun the package trained, from its run key (`training.loading.load_run` loads any run).
+
+    Raises:
+        ArtifactError: The run or one of its seeds' models is missing, corrupt or inconsistent (the
+            message names the artifact and how to recompute it).
+    """
     ws = workspace or Workspace()
     meta = ws.meta("runs", key)
-    cfg = meta["config"]
-    if "stages" in cfg:
-        from tda_explorer.training.stages import load_staged_run  # stages imports this module
-
-        return load_staged_run(key, ws)
+    cfg, seeds, extra = run_meta_fields(key, meta)
+    if "train" not in cfg:
+        raise ArtifactError(f"run {key}: meta.json config lacks 'train'; delete runs/{key} and train again.")
     model_config = model_config_from_dict(cfg["model"])
     train_config = TrainConfig.from_dict(cfg["train"])
     checkpoints, metrics = {}, {}
-    for s in cfg["seeds"]:
+    for s in seeds:
         seed_cfg = {"dataset": cfg["dataset"], "model": cfg["model"], "train": cfg["train"], "seed": s}
         checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
-    extra = meta["extra"]
     return TrainedRun(
         key,
         cfg["dataset"],
         model_config,
         train_config,
-        tuple(cfg["seeds"]),
+        seeds,
         tuple(extra["input_shape"]),
         int(extra["n_classes"]),
         checkpoints,
@@ -331,7 +450,7 @@ def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
 
 def retrain_on_subsets(
     model_config: ModelConfig,
-    train_config: TrainConfig | StagedConfig,
+    train_config: TrainConfig | JobRunner,
     train: ExampleSet,
     masks: np.ndarray,
     seeds: Sequence[int],

@@ -34,7 +34,10 @@ from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import (
     TrainedRun,
+    TrainJob,
     _load_seed,
+    check_run_seeds,
+    run_meta_fields,
     run_summary,
     train_seeds,
 )
@@ -96,6 +99,10 @@ class StagedConfig:
 
     def __len__(self) -> int:
         return len(self.stages)
+
+    def train_job(self, job: TrainJob) -> TrainResult:
+        """Run one `TrainJob` through the whole pipeline, each stage restricted to the job's mask."""
+        return train_staged_model(job.model_config, self, job.data, job.seed, job.mask, job.eval_sets)
 
     def masks(self, n_train: int) -> np.ndarray:
         """Bool `[n_stages, n_train]`: row k = examples stage k trains on (None masks become all True)."""
@@ -229,7 +236,7 @@ def train_stages(
     staged = stages if isinstance(stages, StagedConfig) else StagedConfig(tuple(stages))
     masks = staged.masks(len(splits.train))
     ws = workspace or Workspace()
-    seeds = tuple(int(s) for s in seeds)
+    seeds = check_run_seeds(seeds)
     checkpoints, metrics = train_seeds(
         splits,
         model_config,
@@ -263,8 +270,7 @@ def train_stages(
 def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     """A staged TrainedRun from its run key (`load_run` calls this for runs with stages)."""
     ws = workspace or Workspace()
-    meta = ws.meta("runs", key)
-    cfg = meta["config"]
+    cfg, seeds, extra = run_meta_fields(key, ws.meta("runs", key))
     masks = load_array(ws.path("runs", key) / "stage_masks.npy").astype(bool)
     if len(masks) != len(cfg["stages"]):
         raise ArtifactError(f"staged run {key}: {len(masks)} stored masks for {len(cfg['stages'])} stages.")
@@ -275,16 +281,15 @@ def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
         )
     )
     checkpoints, metrics = {}, {}
-    for s in cfg["seeds"]:
+    for s in seeds:
         seed_cfg = {"dataset": cfg["dataset"], "model": cfg["model"], **staged.to_dict(), "seed": s}
         checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
-    extra = meta["extra"]
     return TrainedRun(
         key,
         cfg["dataset"],
         model_config_from_dict(cfg["model"]),
         staged.last,
-        tuple(cfg["seeds"]),
+        seeds,
         tuple(extra["input_shape"]),
         int(extra["n_classes"]),
         checkpoints,

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import ModelConfig, build_model, prepare_inputs
+from tda_explorer.models.tasks import batch_loss, task_of
+from tda_explorer.progress import Progress
 from tda_explorer.training.config import TrainConfig
-
-Progress = Callable[[int, int, str], None]
-"""Progress callback: `(done, total, message)`; the CLI maps it to tqdm, the app to st.progress."""
 
 EVAL_BATCH = 512
 
@@ -55,9 +53,10 @@ class Checkpoint:
     state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     stage: int = 0
 
-    def require_schedule(self, method: str) -> None:
-        """Raise ConfigError unless the checkpoint records its step and learning rates (`method` needs them)."""
-        fields = ("step", "lr", "segment_mean_lr", "segment_steps")
+    def require_schedule(
+        self, method: str, fields: tuple[str, ...] = ("segment_mean_lr", "segment_steps")
+    ) -> None:
+        """Raise ConfigError unless the checkpoint records `fields` (`method` needs them)."""
         missing = [k for k in fields if getattr(self, k) is None]
         if missing:
             raise ConfigError(
@@ -157,6 +156,7 @@ def sgd_steps(
     steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
     step = 0
+    task = task_of(model)
     model.train()
     for epoch in range(config.epochs):
         order = idx[torch.randperm(len(idx), generator=shuffle)]
@@ -166,7 +166,7 @@ def sgd_steps(
             lr = config.lr_at(step, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(model(inputs[batch]), labels[batch])
+            loss = batch_loss(task, model(inputs[batch]), labels[batch]).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -9,5 +9,14 @@ from tda_explorer.viz.render import (
     example_markdown,
     example_text,
 )
+from tda_explorer.viz.text import escape_html, escape_markdown
 
-__all__ = ["example_caption", "example_features", "example_image", "example_markdown", "example_text"]
+__all__ = [
+    "escape_html",
+    "escape_markdown",
+    "example_caption",
+    "example_features",
+    "example_image",
+    "example_markdown",
+    "example_text",
+]

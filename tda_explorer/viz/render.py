@@ -8,11 +8,10 @@ block (label and score first, then the escaped sentence), for lists of text exam
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.viz.text import escape_markdown
 
 
 def example_image(examples: ExampleSet, index: int, size: int = 112) -> np.ndarray:
@@ -48,14 +47,6 @@ def example_caption(
     if flagged:
         parts.append("⚑ flagged")
     return " · ".join(parts)
-
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:])")
-
-
-def escape_markdown(text: str) -> str:
-    """`text` with Markdown (and `$` math, `:` emoji/directive) characters backslash-escaped, on one line."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
 def example_markdown(

@@ -45,3 +45,34 @@ def test_example_grads_match_autograd_loop(arch, objective):
     want = loop_grads(model, x, y, objective)
     assert got.shape == (9, ParamSubset.resolve(model).numel)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_chunks_are_bounded_by_saved_activations():
+    """A model whose activations dwarf its trainable gradient (a transformer with LoRA) gets small chunks:
+    the chunk holds ~3 copies of each example's saved activations, and the gradients do not depend on it."""
+    from torch import nn
+
+    from tda_explorer.backend.grads import chunk_size_for, iter_example_grads, saved_activation_bytes
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(8, 4096), nn.Tanh(), nn.Linear(4096, 3))
+    for p in wide[0].parameters():
+        p.requires_grad_(False)  # only the small head trains: the gradient is 12,291 numbers
+    x, y = torch.randn(40, 8), torch.randint(0, 3, (40,))
+    params = {n: p for n, p in wide.named_parameters() if p.requires_grad}
+    frozen = {n: p for n, p in wide.named_parameters() if not p.requires_grad}
+
+    def loss(out, t):
+        return torch.nn.functional.cross_entropy(out.unsqueeze(0), t.unsqueeze(0))
+
+    act = saved_activation_bytes(wide, params, frozen, {}, x[0], y[0], loss)
+    assert act >= 4096 * 4  # at least the tanh output the head's backward needs
+    budget = 10 * (4 * 12_291 * 4 + 3 * act)
+    assert chunk_size_for(12_291, 4, budget, act) == 10 < chunk_size_for(12_291, 4, budget)
+    starts = [s for s, _ in iter_example_grads(wide, x, y, "all", memory_bytes=budget, dtype=torch.float32)]
+    assert starts == list(range(0, 40, 10))
+    chunked = torch.cat(
+        [g for _, g in iter_example_grads(wide, x, y, "all", memory_bytes=budget, dtype=torch.float32)]
+    )
+    one = torch.cat([g for _, g in iter_example_grads(wide, x, y, "all", chunk_size=1, dtype=torch.float32)])
+    torch.testing.assert_close(chunked, one)

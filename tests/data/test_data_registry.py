@@ -56,7 +56,7 @@ def test_to_dict_is_canonical_and_round_trips():
     [
         ({"name": "digits", "options": {"n_vall": 3}}, "n_vall.*n_test, n_val"),
         ({"name": "digits", "options": {"seed": 3}}, "split_seed"),
-        ({"name": "tabular", "path": "a.csv"}, "label_column"),
+        ({"name": "tabular", "path": "a.csv", "options": {"labelcolumn": "y"}}, "labelcolumn.*label_column"),
         ({"name": "tabular", "options": {"label_column": "y"}}, "path"),
         ({"name": "mnist5k", "path": "x"}, "no path"),
         ({"name": "digits", "noise_fraction": 1.0}, "noise_fraction"),
@@ -107,11 +107,17 @@ def test_load_with_noise():
 def test_load_user_table_and_reload_after_edit(tmp_path: Path, table_df: pd.DataFrame):
     path = tmp_path / "animals.csv"
     table_df.to_csv(path, index=False)
-    spec = DatasetSpec("tabular", path=str(path), options={"label_column": "label", "id_column": "uid"})
+    spec = DatasetSpec(
+        "tabular", path=str(path), options={"label_column": "label", "id_column": "uid", "standardize": False}
+    )
     a = load_dataset(spec)
-    direct = load_tabular(path, "label", id_column="uid")
+    direct = load_tabular(path, "label", id_column="uid", standardize=False)
     assert a.train.ids == direct.train.ids and torch.equal(a.train.inputs, direct.train.inputs)
-    assert a.spec == {**spec.to_dict(), "fingerprint": direct.spec["fingerprint"]}
+    assert a.spec == {
+        **spec.to_dict(),
+        "fingerprint": direct.spec["fingerprint"],
+        "columns": direct.spec["columns"],
+    }
     table_df.assign(height=table_df["height"] + 1).to_csv(path, index=False)
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later mtime, even on coarse clocks

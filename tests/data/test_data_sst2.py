@@ -34,7 +34,8 @@ def test_sst2_default_split(sst2_path: Path):
 
 
 def test_sst2_ids_are_file_rows_and_dev_header_differs(sst2_path: Path):
-    assert open(sst2_path / "dev.tsv", encoding="utf-8").readline().split() == ["label", "content"]
+    with open(sst2_path / "dev.tsv", encoding="utf-8") as f:
+        assert f.readline().split() == ["label", "content"]
     s = load_sst2(sst2_path)
     train_rows, dev_rows = _rows(sst2_path / "train.tsv"), _rows(sst2_path / "dev.tsv")
     assert len(train_rows) == 67349 and len(dev_rows) == 872

@@ -25,7 +25,7 @@ def _by_id(s: DatasetSplits) -> dict[str, tuple]:
 
 
 def test_tabular_default_features_exclude_label_and_id(table_csv: Path, table_df: pd.DataFrame):
-    s = load_tabular(table_csv, label_column="label", id_column="uid")
+    s = load_tabular(table_csv, label_column="label", id_column="uid", standardize=False)
     assert (len(s.train), len(s.val), len(s.test)) == (40, 5, 5)
     assert s.train.kind == "tabular" and s.train.class_names == ("bird", "cat", "dog")
     assert s.train.meta["feature_names"] == ["height", "weight", "smoker"]

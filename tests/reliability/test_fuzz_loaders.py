@@ -9,12 +9,15 @@ Uploads over the size limit are refused with a message. Example counts are modes
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,11 @@ from tda_explorer.store import Workspace
 from tda_explorer.store.uploads import UPLOAD_SUFFIXES, safe_filename, save_upload
 
 OURS = (DataError, ConfigError)
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("TDA_FUZZ_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @contextmanager
@@ -406,3 +413,210 @@ def test_nan_inf_and_duplicate_ids_name_the_problem(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(DataError, match=expected):
             load_tabular(path, "y", id_column="id")
+
+
+# --- round-trip oracle: what was written is what loads, or a DataError naming file and place -------
+
+TRICKY = st.sampled_from(
+    ["00000", "1.0", "1", "01", "001", "007", "1e5", "3.50", "-0", "NA", "null", "None", "NaN", "n/a", "nan",
+     "inf", "True", " x", "x ", "", " ", "a,b", 'say "hi"', '"', "x\ny", "x\r\ny", "\t", "=cmd|' /C calc'!A0",
+     "é", "🙂", "\ufeffbom", "#", "0x1F", "1_000", "9" * 30]
+)  # fmt: skip
+LABELS = st.one_of(TRICKY, st.sampled_from(["pos", "neg", "0", "2", "10", "1.5"]))
+CELL_TEXT = st.one_of(TRICKY, st.text(max_size=10))
+
+
+def _representable(cell: str, fmt: str) -> bool:
+    """TSV has no quoting: a cell with a tab or a line break cannot be written as one cell."""
+    return fmt != "tsv" or not any(c in cell for c in "\t\n\r")
+
+
+def _write(path: Path, fmt: str, header: list[str], rows: list[list[str]]) -> None:
+    if fmt == "parquet":
+        pq.write_table(pa.table({h: [r[j] for r in rows] for j, h in enumerate(header)}), path)
+    elif fmt == "parquet-typed":  # int ids and labels, float features: typed Parquet columns
+        cols = [
+            [int(r[0]) for r in rows],
+            [int(r[1]) for r in rows],
+            [r[2] for r in rows],
+            [float(r[3]) for r in rows],
+        ]
+        pq.write_table(pa.table(dict(zip(header, cols, strict=True))), path)
+    elif fmt == "csv":
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerows([header, *rows])  # quotes cells with \r or \n
+        path.write_text(buf.getvalue(), encoding="utf-8", newline="")
+    else:
+        path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n", encoding="utf-8", newline="")
+
+
+def _should_refuse(ids: list[str], labels: list[str], texts: list[str], n_splits_min: int) -> bool:
+    """What a correct loader must refuse: empty / duplicate ids, empty labels or texts, one class,
+    non-integer numeric labels, too few rows for the split."""
+
+    def decimal_number(text: str) -> Decimal | None:  # the documented rule, written independently
+        return Decimal(text) if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text) else None
+
+    if any(not i.strip() for i in ids) or len(set(ids)) != len(ids):
+        return True
+    if any(not t.strip() for t in texts) or any(not y.strip() for y in labels):
+        return True
+    stripped = [y.strip() for y in labels]
+    unique = set(stripped)
+    numbers = [decimal_number(y) for y in unique]
+    if all(x is not None for x in numbers) and len(set(numbers)) == len(unique):
+        if any(x != x.to_integral_value() for x in numbers):
+            return True
+    return len(unique) < 2 or len(ids) < n_splits_min
+
+
+@st.composite
+def written_tables(draw) -> tuple[str, list[list[str]], list[float]]:
+    fmt = draw(st.sampled_from(["csv", "tsv", "parquet"]))
+    n = draw(st.integers(1, 12))
+    ids = draw(st.lists(CELL_TEXT, min_size=n, max_size=n))
+    if draw(st.booleans()):  # mostly unique ids, so most inputs get past the id check
+        ids = [f"{v}{i}" if draw(st.booleans()) else f"{i:05d}" for i, v in enumerate(ids)]
+    labels = draw(st.lists(LABELS, min_size=n, max_size=n))
+    texts = draw(st.lists(CELL_TEXT, min_size=n, max_size=n))
+    if draw(st.booleans()):  # half the tables have no blank label / text, so more of them load
+        labels = [y if y.strip() else "pos" for y in labels]
+        texts = [t if t.strip() else "text" for t in texts]
+    xs = draw(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=n, max_size=n))
+    if fmt == "parquet" and draw(st.booleans()):  # typed: ids / labels as integers read as their digits
+        fmt = "parquet-typed"
+        ids = [str(v) for v in draw(st.lists(st.integers(-(2**62), 2**62), min_size=n, max_size=n))]
+        labels = [str(v) for v in draw(st.lists(st.integers(-3, 12), min_size=n, max_size=n))]
+    rows = [[i, y, t, repr(float(x))] for i, y, t, x in zip(ids, labels, texts, xs, strict=True)]
+    rows = [[c if _representable(c, fmt) else "z" for c in r] for r in rows]
+    return fmt, rows, xs
+
+
+def _round_trip(tables, counts: dict[str, int]) -> None:
+    fmt, rows, xs = tables
+    ids, labels, texts = ([r[j] for r in rows] for j in range(3))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"written.{fmt.split('-')[0]}"
+        _write(path, fmt, ["id", "label", "text", "x"], rows)
+        loads = {
+            "text": lambda: load_text_table(path, "text", "label", id_column="id", val_fraction=0.2, test_fraction=0.2),
+            "tabular": lambda: load_tabular(path, "label", feature_columns=["x"], id_column="id", standardize=False,
+                                            val_fraction=0.2, test_fraction=0.2),
+        }  # fmt: skip
+        for kind, load in loads.items():
+            counts["inputs"] += 1
+            refuse = _should_refuse(ids, labels, texts if kind == "text" else ["t"] * len(ids), 3)
+            try:
+                s = load()
+            except OURS as e:
+                msg = str(e)
+                assert path.name in msg and any(w in msg for w in ("row", "column", "rows", "header")), msg
+                counts["refused"] += 1
+                counts["refused but valid"] += not refuse
+                continue
+            got = {}
+            for part in (s.train, s.val, s.test):
+                for k, i in enumerate(part.ids):
+                    inp = part.inputs[k] if kind == "text" else float(part.inputs[k, 0])
+                    got[i] = (inp, part.class_names[int(part.labels[k])])
+            want = {i: (t if kind == "text" else float(np.float32(x)), y.strip())
+                    for i, y, t, x in zip(ids, labels, texts, xs, strict=True)}  # fmt: skip
+            if got != want or refuse:
+                counts["silent changes"] += 1
+                if not counts.get("keep going"):
+                    raise AssertionError(
+                        f"{kind} {fmt}: wrote {want}, loaded {got} (should refuse: {refuse})"
+                    )
+                continue
+            counts["loaded"] += 1
+
+
+ROUND_TRIP_COUNTS: dict[str, int] = {"inputs": 0, "loaded": 0, "refused": 0, "refused but valid": 0, "silent changes": 0}  # fmt: skip
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables=written_tables())
+def test_round_trip_quick(tables) -> None:
+    """A quick draw of the round-trip oracle (the slow test below runs 1,000+)."""
+    _round_trip(tables, ROUND_TRIP_COUNTS)
+    assert ROUND_TRIP_COUNTS["silent changes"] == 0 and ROUND_TRIP_COUNTS["refused but valid"] == 0
+
+
+@pytest.mark.slow
+def test_round_trip_1000_inputs(capsys: pytest.CaptureFixture) -> None:
+    """>= 1,000 generated tables per loader: ids, labels, texts, features equal what was written,
+    or a DataError naming the file and the place; the counts are printed for the closing note."""
+    counts = dict.fromkeys(ROUND_TRIP_COUNTS, 0)
+
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(tables=written_tables())
+    def run(tables) -> None:
+        _round_trip(tables, counts)
+
+    run()
+    with capsys.disabled():
+        print(f"\nround-trip oracle (text + tabular loaders): {counts}")
+    assert counts["inputs"] >= 2000
+    assert counts["silent changes"] == 0 and counts["refused but valid"] == 0
+
+
+IMAGE_ARRAYS = st.lists(
+    st.tuples(st.sampled_from(["L", "I;16", "RGB", "I", "F"]), st.integers(0, 2**16 - 1)),
+    min_size=2,
+    max_size=6,
+)
+IMAGE_SIZES = st.tuples(st.integers(1, 5), st.integers(1, 5))
+
+
+def _image_round_trip(arrays, size, counts: dict[str, int]) -> None:
+    """Write images of several bit depths; each loads as its documented [0, 1] value, exactly."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        want = {}
+        for k, (mode, seed) in enumerate(arrays):
+            rng = np.random.default_rng(seed)
+            ext = "tif" if mode in ("I", "F") else "png"
+            if mode == "RGB":
+                a = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+                x = a.transpose(2, 0, 1) / 255.0
+            else:
+                a, scale = {
+                    "L": (rng.integers(0, 256, size=size, dtype=np.uint8), 255.0),
+                    "I;16": (rng.integers(0, 2**16, size=size, dtype=np.uint16), 65535.0),
+                    "I": (rng.integers(0, 2**31 - 1, size=size, dtype=np.int32), 2.0**31 - 1),
+                    "F": (rng.random(size, dtype=np.float32), 1.0),
+                }[mode]
+                x = np.broadcast_to(a / scale, (3, *size))
+            (root / f"c{k % 2}").mkdir(exist_ok=True)
+            Image.fromarray(a).save(root / f"c{k % 2}" / f"{k}.{ext}")
+            want[f"c{k % 2}/{k}.{ext}"] = x
+        counts["inputs"] += 1
+        s = load_image_folder(root, grayscale=False, val_fraction=0.0, test_fraction=0.0)
+        for i, x in zip(s.train.ids, s.train.inputs, strict=True):
+            if not np.allclose(x.numpy(), want[i].astype(np.float32), rtol=0, atol=1e-7):
+                counts["silent changes"] += 1
+                raise AssertionError(f"{i}: pixels differ from what was written")
+        counts["loaded"] += 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays=IMAGE_ARRAYS, size=IMAGE_SIZES)
+def test_image_round_trip(arrays, size) -> None:
+    """8-bit gray / RGB, 16-bit gray, int32 and float TIFF pixels load as their documented values."""
+    _image_round_trip(arrays, size, {"inputs": 0, "loaded": 0, "silent changes": 0})
+
+
+@pytest.mark.slow
+def test_image_round_trip_1000_inputs(capsys: pytest.CaptureFixture) -> None:
+    """>= 1,000 generated image folders: every pixel equals what was written (scaled by bit depth)."""
+    counts = {"inputs": 0, "loaded": 0, "silent changes": 0}
+
+    @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+    @given(arrays=IMAGE_ARRAYS, size=IMAGE_SIZES)
+    def run(arrays, size) -> None:
+        _image_round_trip(arrays, size, counts)
+
+    run()
+    with capsys.disabled():
+        print(f"\nround-trip oracle (image folders): {counts}")
+    assert counts["inputs"] >= 1000 and counts["silent changes"] == 0

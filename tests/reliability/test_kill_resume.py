@@ -1,7 +1,7 @@
 """SIGKILL in the middle of long work, then a rerun: it resumes from finished shards and gives the same result.
 
 Three sharded computations run in a real child process that the test kills with SIGKILL part-way:
-featurization (`backend.featurize`), LDS ground truth by subset retraining (`compute_lds_truth`) and
+featurization (`scale.featurize`), LDS ground truth by subset retraining (`compute_lds_truth`) and
 AirRep's training data (`generate_airrep_data`). After the kill every visible artifact is complete (a
 meta file, arrays that load) and the final result is absent; the next `Workspace` open removes the dead
 writer's temp files. A rerun reuses the shards saved before the kill (not rewritten) and computes the
@@ -55,7 +55,7 @@ def work(mode, root, pause):
         return h.hexdigest()
 
     if mode == "featurize":
-        from tda_explorer.backend.featurize import FeatureConfig, featurize
+        from tda_explorer.scale.featurize import FeatureConfig, featurize
         cfg = MLPConfig(hidden=(32,))
         state = train_model(cfg, fast, digits.train, seed=0).final_state
         out = featurize(cfg, state, digits.train, FeatureConfig(projection_dim=32, shard_size=100), ws,

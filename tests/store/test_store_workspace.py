@@ -10,6 +10,7 @@ import pytest
 
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.store import META_FILE, Workspace, config_hash
+from tda_explorer.store.integrity import meta_digest
 
 CFG = {"model": "mlp", "lr": 0.1, "epochs": 3, "seeds": (0, 1)}
 
@@ -85,6 +86,7 @@ def test_open_refuses_a_different_stored_config(ws: Workspace) -> None:
     meta = json.loads(meta_file.read_text())
     meta["config"]["lr"] = 0.5
     meta["config"]["momentum"] = 0.9
+    meta["meta_sha256"] = meta_digest(meta)  # a consistent meta made by another config, not damage
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError) as info:
         ws.open("runs", CFG)

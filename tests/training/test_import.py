@@ -82,9 +82,7 @@ class _TanhMLP(MLPConfig):
 
 
 def _native_build(monkeypatch):
-    from tda_explorer.models import networks
-
-    original = networks.build_model
+    from tda_explorer.models.build import build_model as original
 
     def build(cfg, input_shape, n_classes):
         if not isinstance(cfg, _TanhMLP):
@@ -166,7 +164,7 @@ def test_bad_imports_name_the_problem(tmp_path, digits, user_states):
     def three_classes() -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
 
-    with pytest.raises(ConfigError, match=r"expected logits \[8, 10\]"):
+    with pytest.raises(ConfigError, match=r"expected outputs \[8, 10\] \(logits"):
         import_run(three_classes, [three_classes().state_dict()], digits, workspace=ws)
     with pytest.raises(ConfigError, match="must take no arguments"):
         import_run(lambda width: build_net(), [user_states[0]], digits, workspace=ws)
@@ -178,7 +176,7 @@ def test_bad_imports_name_the_problem(tmp_path, digits, user_states):
 
 def test_methods_that_need_a_recipe_say_what_to_provide(tmp_path, digits, user_states):
     run = import_run(build_net, user_states, digits, workspace=Workspace(tmp_path))
-    with pytest.raises(ConfigError, match="tracin needs each checkpoint's step"):
+    with pytest.raises(ConfigError, match="tracin needs each checkpoint's lr"):
         make_attributor("tracin").fit(run, digits.train.subset(range(20)))
     with pytest.raises(ConfigError, match="train_config=TrainConfig"):
         run.require_recipe("LDS")
@@ -201,3 +199,48 @@ def test_user_train_fn_retrains_subsets(tmp_path, digits, user_states):
     # the recipe is stored with the run: reloading in this process finds the registered loop
     again = load_run(run.key, Workspace(tmp_path))
     assert again.train_config.name.endswith(":user_train")
+
+
+def build_dropout_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(64, HIDDEN), nn.ReLU(), nn.Dropout(0.2), nn.Linear(HIDDEN, 10)
+    )
+
+
+@pytest.mark.parametrize(
+    "method, settings",
+    [
+        ("grad_dot", {}),
+        ("grad_cos", {}),
+        ("repsim", {}),
+        ("influence", {"solver": "ekfac"}),
+        ("influence", {"solver": "cg", "max_iter": 5}),
+        ("influence", {"solver": "lissa", "max_iter": 5}),
+        ("influence", {"solver": "kfac"}),
+        ("trak", {"proj_dim": 32}),
+        ("trak", {"proj_dim": 32, "checkpoints": "all"}),
+        ("dtda", {}),
+        ("ensemble", {"kind": "dropout", "n_masks": 2}),
+        ("ensemble", {"kind": "lora"}),
+        ("tracin", {}),
+        ("source", {}),
+        ("airrep", {}),
+    ],
+)
+def test_every_method_works_on_weights_alone_or_says_what_to_provide(tmp_path, digits, method, settings):
+    torch.manual_seed(0)
+    states = [build_dropout_net().state_dict() for _ in range(2)]
+    run = import_run(build_dropout_net, states, digits, workspace=Workspace(tmp_path))
+    train, queries = digits.train.subset(range(60)), digits.test.subset(range(4))
+    attributor = make_attributor(method, **settings)
+    if getattr(attributor, "workspace", False) is None:
+        attributor.workspace = Workspace(tmp_path)
+    try:
+        attributor.fit(run, train)
+    except ConfigError as e:  # only the methods that need a recipe or a schedule may refuse
+        assert method in ("tracin", "source", "airrep") or settings.get("kind") == "lora", e
+        assert "train_config=TrainConfig" in str(e) or "checkpoint's" in str(e)
+        return
+    assert method not in ("tracin", "source", "airrep")
+    scores = attributor.score(queries)
+    assert scores.shape == (4, 60) and torch.isfinite(scores).all()

@@ -1,7 +1,7 @@
 """RayExecutor on a local Ray instance (2 CPUs): the same results as LocalExecutor, bit for bit.
 
 Covers multi-seed training (`train_run`), subset retraining (`retrain_on_subsets`), sharded gradient
-featurization (`backend.featurize`), error propagation, the `make_executor` factory and `--executor ray`.
+featurization (`scale.featurize`), error propagation, the `make_executor` factory and `--executor ray`.
 One Ray instance serves the whole module and is shut down at the end.
 """
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tda_explorer.backend.featurize import FeatureConfig, featurize
 from tda_explorer.cli import build_parser, main
 from tda_explorer.data import load_digits_splits
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import LogRegConfig, MLPConfig
+from tda_explorer.scale.featurize import FeatureConfig, featurize
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainConfig, retrain_on_subsets, train_model, train_run
 from tda_explorer.training.executor import make_executor

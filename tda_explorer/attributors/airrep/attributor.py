@@ -137,7 +137,7 @@ class AirRep(Attributor):
             train,
             queries,
             run.model_config,
-            run.train_config,
+            run.require_recipe("airrep"),
             AirRepDataConfig(**s["data"]),
             ws,
             self.executor,

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tda_explorer.backend.stats import random_subset_masks
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig
@@ -162,13 +163,12 @@ def check_disjoint_subsets(train_masks: np.ndarray, eval_masks: np.ndarray) -> N
 
 
 def evaluation_masks(n_train: int, config: AirRepDataConfig) -> np.ndarray:
-    """The LDS evaluation masks `[eval_n_subsets, N]` named by `config` (via `evaluation.subset_masks`)."""
-    from tda_explorer.evaluation.lds import LDSConfig, subset_masks  # lazy: evaluation imports attributors
-
-    lds = LDSConfig(
-        n_subsets=config.eval_n_subsets, alpha=config.eval_alpha, subset_seed=config.eval_subset_seed
-    )
-    return subset_masks(n_train, lds)
+    """The LDS evaluation masks `[eval_n_subsets, N]` named by `config`: the subsets `evaluation.lds` draws
+    for `LDSConfig(eval_n_subsets, eval_alpha, eval_subset_seed)` (same size rule, same generator)."""
+    size = round(config.eval_alpha * n_train)
+    if not 1 <= size < n_train:
+        raise ConfigError(f"eval_alpha={config.eval_alpha} of {n_train} examples gives subsets of {size}.")
+    return random_subset_masks(n_train, size, config.eval_subset_seed, range(config.eval_n_subsets))
 
 
 def normalise_labels(losses: np.ndarray) -> np.ndarray:

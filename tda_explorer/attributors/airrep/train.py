@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tda_explorer.attributors.airrep.data import AirRepData
 from tda_explorer.attributors.airrep.encoder import AirRepEncoder, EncoderConfig, build_encoder
 from tda_explorer.attributors.airrep.pooling import POOLINGS, group_scores, pool
+from tda_explorer.backend.stats import spearman_rows
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_tensors, save_tensors
@@ -198,7 +199,6 @@ def heldout_metrics(
 
     `xq`, `xt` are `prepare(...)` outputs (inputs, labels) of the queries and the training set.
     """
-    from tda_explorer.evaluation.stats import spearman_rows  # lazy: evaluation imports attributors
 
     f = group_scores(encoder.embed(xq), encoder.embed(xt), masks, pooling)
     rho = spearman_rows(f.double().numpy(), labels.double().numpy())

@@ -14,10 +14,7 @@ from tda_explorer.attributors.cache import compute_scores
 from tda_explorer.data import DatasetSpec, load_dataset
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
-from tda_explorer.models import LogRegConfig
-from tda_explorer.store import Workspace
-from tda_explorer.training import LocalExecutor, TrainConfig, train_run
-from tda_explorer.viz.maps import (
+from tda_explorer.maps import (
     airrep_embeddings,
     airrep_sources,
     compute_map,
@@ -25,6 +22,9 @@ from tda_explorer.viz.maps import (
     locate_examples,
     map_hover,
 )
+from tda_explorer.models import LogRegConfig
+from tda_explorer.store import Workspace
+from tda_explorer.training import LocalExecutor, TrainConfig, train_run
 
 TINY_AIRREP = {
     "encoder": {"dim": 4, "hidden": 8, "channels": [4], "image_backbone": "mlp"},

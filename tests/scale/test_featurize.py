@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from tda_explorer.backend.features import gradient_features, representations
-from tda_explorer.backend.featurize import (
+from tda_explorer.backend.projection import RandomProjector
+from tda_explorer.data import load_digits_splits
+from tda_explorer.errors import ConfigError
+from tda_explorer.models import MLPConfig
+from tda_explorer.scale.featurize import (
     FEATURES_KIND,
     SHARD_KIND,
     FeatureConfig,
     featurize,
     state_fingerprint,
 )
-from tda_explorer.backend.projection import RandomProjector
-from tda_explorer.data import load_digits_splits
-from tda_explorer.errors import ConfigError
-from tda_explorer.models import MLPConfig
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainConfig, train_model
 from tda_explorer.training.trainer import load_model

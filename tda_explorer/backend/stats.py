@@ -1,6 +1,9 @@
-"""Vectorised statistics for the evaluations: row-wise Spearman correlation and a bootstrap interval."""
+"""Statistics shared by attributors and evaluations: row-wise Spearman correlation, a bootstrap interval,
+and the seeded random training subsets of LDS-style ground truths (numpy only)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import stats
@@ -75,3 +78,14 @@ def bootstrap_mean_ci(
         rng=np.random.default_rng(seed),
     )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def random_subset_masks(n_train: int, size: int, subset_seed: int, rows: Iterable[int]) -> np.ndarray:
+    """Boolean masks `[len(rows), n_train]`: subset j holds `size` examples drawn without replacement by
+    `numpy.random.default_rng([subset_seed, j])` (so subset j does not depend on which others are drawn)."""
+    rows = list(rows)
+    masks = np.zeros((len(rows), n_train), dtype=bool)
+    for r, j in enumerate(rows):
+        rng = np.random.default_rng([subset_seed, int(j)])
+        masks[r, rng.choice(n_train, size=size, replace=False)] = True
+    return masks
