@@ -49,10 +49,16 @@ def test_example_grads_match_autograd_loop(arch, objective):
 
 def test_chunks_are_bounded_by_saved_activations():
     """A model whose activations dwarf its trainable gradient (a transformer with LoRA) gets small chunks:
-    the chunk holds ~3 copies of each example's saved activations, and the gradients do not depend on it."""
+    the chunk holds ACTIVATION_COPIES copies of each example's saved activations (weights not counted), and
+    the gradients do not depend on it."""
     from torch import nn
 
-    from tda_explorer.backend.grads import chunk_size_for, iter_example_grads, saved_activation_bytes
+    from tda_explorer.backend.grads import (
+        ACTIVATION_COPIES,
+        chunk_size_for,
+        iter_example_grads,
+        saved_activation_bytes,
+    )
 
     torch.manual_seed(0)
     wide = nn.Sequential(nn.Linear(8, 4096), nn.Tanh(), nn.Linear(4096, 3))
@@ -67,7 +73,7 @@ def test_chunks_are_bounded_by_saved_activations():
 
     act = saved_activation_bytes(wide, params, frozen, {}, x[0], y[0], loss)
     assert act >= 4096 * 4  # at least the tanh output the head's backward needs
-    budget = 10 * (4 * 12_291 * 4 + 3 * act)
+    budget = 10 * (4 * 12_291 * 4 + ACTIVATION_COPIES * act)
     assert chunk_size_for(12_291, 4, budget, act) == 10 < chunk_size_for(12_291, 4, budget)
     starts = [s for s, _ in iter_example_grads(wide, x, y, "all", memory_bytes=budget, dtype=torch.float32)]
     assert starts == list(range(0, 40, 10))
