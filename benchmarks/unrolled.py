@@ -3,6 +3,7 @@
     python -m benchmarks.unrolled                      # 100 queries, M = 100 subsets (reduced; ~30 min busy box)
     python -m benchmarks.unrolled --queries 500        # all test queries (the issue's setting)
     python -m benchmarks.unrolled --queries 20 --subsets 30 --no-baselines   # a smoke run
+    python -m benchmarks.unrolled --methods trak-10,source   # some rows only, merged into the JSON
 
 MNIST 5k (4,000 train images), the default MLP recipe (`MLPConfig()`, `default_train_config("mlp")`:
 SGD momentum 0.9, lr 0.05 cosine, wd 1e-4, batch 64, 15 epochs = 945 steps), explained at seed 0. Two
@@ -25,6 +26,7 @@ Writes `benchmarks/results/unrolled.json` and prints a Markdown table. The machi
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -34,6 +36,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.console import load_1m, log, progress_line
@@ -68,7 +71,13 @@ def timed(fn):
 
 
 def run_benchmark(
-    n_query: int, n_subsets: int, workers: int, baselines: bool, truth_only: bool = False
+    n_query: int,
+    n_subsets: int,
+    workers: int,
+    baselines: bool,
+    truth_only: bool = False,
+    only: tuple[str, ...] = (),
+    save=None,
 ) -> dict:
     from tda_explorer.attributors import make_attributor
     from tda_explorer.data import DatasetSpec, load_dataset
@@ -107,18 +116,20 @@ def run_benchmark(
     if truth_only:
         return out
 
-    log("unrolled: one query")
-    single = make_attributor("unrolled")
-    _, fit_s, fit_c, load = timed(lambda: single.fit(run, splits.train))
-    _, q1_s, q1_c, _ = timed(lambda: single.score(queries.subset([0])))
-    out["unrolled_one_query"] = {
-        "seconds": round(fit_s + q1_s, 2),
-        "cpu_seconds": round(fit_c + q1_c, 2),
-        "fit_seconds": fit_s,
-        "load_1m": load,
-    }
+    if not only or "unrolled" in only:
+        log("unrolled: one query")
+        single = make_attributor("unrolled")
+        _, fit_s, fit_c, load = timed(lambda: single.fit(run, splits.train))
+        _, q1_s, q1_c, _ = timed(lambda: single.score(queries.subset([0])))
+        out["unrolled_one_query"] = {
+            "seconds": round(fit_s + q1_s, 2),
+            "cpu_seconds": round(fit_c + q1_c, 2),
+            "fit_seconds": fit_s,
+            "load_1m": load,
+        }
     rows: dict = {}
     methods = {"unrolled": ("unrolled", {})} | (BASELINES if baselines else {})
+    methods = {k: v for k, v in methods.items() if not only or any(k.startswith(o) for o in only)}
     for label, (name, settings) in methods.items():
         log(f"{label}: {n_query} queries")
         a = make_attributor(name, progress=progress_line(label), **settings)
@@ -136,11 +147,23 @@ def run_benchmark(
         for mode, truth in truths.items():
             row[f"lds_{mode}"] = lds_score(scores, truth).to_dict()
         rows[label] = row
+        if save is not None:
+            if label == "unrolled":
+                add_unrolled_costs(row, out["training_once"], n_query)
+            save(out | {"methods": rows})
         log(
             f"{label}: LDS fixed {row['lds_fixed']['mean']:.3f} fresh {row['lds_fresh']['mean']:.3f} ({row['seconds']} s)"
         )
         del a
-    u, once = rows["unrolled"], out["training_once"]
+    if "unrolled" in rows and "per_query_cpu_seconds" not in rows["unrolled"]:
+        add_unrolled_costs(rows["unrolled"], out["training_once"], n_query)  # vs this invocation's training
+    out["methods"] = rows
+    return out
+
+
+def add_unrolled_costs(u: dict, once: dict, n_query: int) -> None:
+    """Per-query CPU seconds and the ratios to one training (wall and CPU), into the unrolled row `u`."""
+    u["training_once"] = once
     u["per_query_cpu_seconds"] = round(u["score_cpu_seconds"] / n_query, 3)
     u["cpu_vs_training"] = round(u["cpu_seconds"] / once["cpu_seconds"], 1)
     u["wall_vs_training"] = round(u["seconds"] / once["seconds"], 1)
@@ -148,16 +171,166 @@ def run_benchmark(
     u["all_500_cpu_vs_training"] = round(
         (u["fit_cpu_seconds"] + u["per_query_cpu_seconds"] * 500) / once["cpu_seconds"], 1
     )
-    out["methods"] = rows
+
+
+def linearity(n_query: int = 32, n_subsets: int = 20, alpha: float = 0.95) -> dict:
+    """How far the first-order prediction reaches on the MNIST MLP (default recipe, seed 0).
+
+    1. float64 replay: for training examples 0-2 and the first 8 test queries, the loss change after
+       fixed-seed retraining with `w_i = 1 - eps` (eps = 1e-4, 1e-2, 1 = removal) against `-eps dm/dw_i`:
+       relative error `|actual - predicted| / |actual|` and correlation over the queries.
+    2. LDS (fixed- and fresh-seed) of the float32 unrolled scores of the first `n_query` test queries when
+       only 5% of the data is removed (`alpha`, M = `n_subsets`), next to alpha = 0.5 on the same subsets count.
+    """
+    import torch.nn.functional as F
+
+    from tda_explorer.attributors import make_attributor
+    from tda_explorer.data import DatasetSpec, load_dataset
+    from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
+    from tda_explorer.models import MLPConfig
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import LocalExecutor, default_train_config, train_run
+    from tda_explorer.training.weighted import train_weighted
+
+    torch.set_num_threads(1)
+    ws, executor = Workspace(WORKSPACE), LocalExecutor(1)
+    splits = load_dataset(DatasetSpec(name="mnist5k"))
+    model_cfg, train_cfg = MLPConfig(), default_train_config("mlp")
+    run = train_run(splits, model_cfg, train_cfg, (0,), ws, executor)
+    out: dict = {"perturbations": [], "lds": {}}
+    q = splits.test.subset(range(8))
+    before = os.environ.get("TDA_DTYPE")
+    os.environ["TDA_DTYPE"] = "float64"
+    try:
+        attr = make_attributor("unrolled").fit(run, splits.train)
+        dm = attr.weight_gradients(attr.members_[0], q).numpy()
+    finally:
+        if before is None:
+            os.environ.pop("TDA_DTYPE")
+        else:
+            os.environ["TDA_DTYPE"] = before
+
+    def losses(w):
+        _, lg = train_weighted(model_cfg, train_cfg, splits.train, 0, w, torch.float64, {"q": q})
+        return F.cross_entropy(lg["q"], q.labels, reduction="none").numpy()
+
+    n = len(splits.train)
+    base = losses(np.ones(n))
+    for i in (0, 1, 2):
+        for eps in (1e-4, 1e-2, 1.0):
+            w = np.ones(n)
+            w[i] = 1 - eps
+            actual, predicted = losses(w) - base, -eps * dm[:, i]
+            out["perturbations"].append(
+                {
+                    "example": i,
+                    "eps": eps,
+                    "rel_error": float(np.linalg.norm(actual - predicted) / np.linalg.norm(actual)),
+                    "corr": float(np.corrcoef(actual, predicted)[0, 1]),
+                }
+            )
+            log(f"linearity: example {i}, eps {eps}: {out['perturbations'][-1]}")
+    scores = make_attributor("unrolled").fit(run, splits.train).score(splits.test.subset(range(n_query)))
+    for a in (0.5, alpha):
+        for mode in ("fixed", "fresh"):
+            cfg = LDSConfig(n_subsets=n_subsets, alpha=a, seeds=(0,), subset_seed=0, shard_size=10, mode=mode)
+            truth = restrict(
+                compute_lds_truth(splits.train, splits.test, model_cfg, train_cfg, cfg, ws, executor), n_query
+            )
+            out["lds"][f"alpha={a} {mode}"] = lds_score(scores, truth).to_dict()
+    out["setting"] = {"n_query": n_query, "n_subsets": n_subsets}
+    return out
+
+
+def dtda_validation(n_pairs: int = 6, workers: int = 1) -> dict:
+    """d-TDA with the unrolled base vs influence, on the converged scenario of `benchmarks.source_dtda --quick`
+    (1,000 train images, MLP [64], 4 seeds, 100 test queries; pairs = largest predicted mean shifts).
+
+    Two truths for the same pairs: `validate_dtda`'s retraining (the seed's init, batches re-drawn without
+    the example: what the suites' d-TDA rows use) and fixed-seed retraining (`train_weighted` with the
+    example's weight 0: the counterfactual the unrolled base predicts). Pearson of predicted vs true mean
+    shifts over the pairs.
+    """
+    from benchmarks.source_dtda import HIDDEN, MODES, scenarios
+    from tda_explorer.attributors.dtda import measurement_values
+    from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
+    from tda_explorer.evaluation.dtda import validate_dtda
+    from tda_explorer.models import MLPConfig
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import LocalExecutor, train_run
+    from tda_explorer.training.weighted import train_weighted
+
+    torch.set_num_threads(1)
+    mode = MODES["quick"]
+    ws, executor = Workspace(WORKSPACE), LocalExecutor(workers)
+    full = load_dataset(DatasetSpec(name="mnist5k"))
+    n = mode["n_train"]
+    splits = DatasetSplits(
+        train=full.train.subset(np.arange(n)),
+        val=full.val,
+        test=full.test.subset(np.arange(mode["n_query"])),
+        spec={**full.spec, "options": {**full.spec["options"], "bench_cut": [n, mode["n_query"]]}},
+    )
+    model_cfg, train_cfg = MLPConfig(hidden=HIDDEN), scenarios(mode, n)["converged"]
+    run = train_run(
+        splits, model_cfg, train_cfg, range(mode["dtda_seeds"]), ws, executor, progress_line("train")
+    )
+    out: dict = {"setting": "source_dtda --quick, converged", "seeds": list(run.seeds)}
+    t0 = time.perf_counter()
+    val = validate_dtda(
+        run, splits, {"base": "unrolled", "measurement": "loss"}, n_pairs, workspace=ws, executor=executor
+    )
+    out["unrolled"] = {**val.summary(), "seconds": round(time.perf_counter() - t0, 1)}
+    infl = validate_dtda(
+        run,
+        splits,
+        {"base": "influence", "measurement": "loss"},
+        pairs=val.pairs,
+        workspace=ws,
+        executor=executor,
+    )
+    out["influence_same_pairs"] = infl.summary()
+    fixed = np.zeros_like(val.retrained)  # [P, S] query loss after fixed-seed retraining without the example
+    queries = splits.test
+    for p, (q, t) in enumerate(val.pairs):
+        qi, ti = int(queries.index_of([q])[0]), int(splits.train.index_of([t])[0])
+        for k, seed in enumerate(val.seeds):
+            w = np.ones(n)
+            w[ti] = 0.0
+            _, logits = train_weighted(
+                model_cfg, train_cfg, splits.train, seed, w, None, {"q": queries.subset([qi])}
+            )
+            fixed[p, k] = float(measurement_values(logits["q"], queries.labels[qi : qi + 1], "loss")[0])
+    true_fixed = fixed.mean(1) - val.with_data.mean(1)
+    for label, v in (("unrolled", val), ("influence_same_pairs", infl)):
+        out[label]["pearson_fixed_seed_truth"] = float(np.corrcoef(v.predicted_shift, true_fixed)[0, 1])
+    out["pairs"] = [
+        {
+            "pair": list(pq),
+            "unrolled": float(a),
+            "influence": float(b),
+            "retrained": float(c),
+            "fixed_seed": float(d),
+        }
+        for pq, a, b, c, d in zip(
+            val.pairs, val.predicted_shift, infl.predicted_shift, val.true_shift, true_fixed, strict=True
+        )
+    ]
     return out
 
 
 def markdown(res: dict) -> str:
-    once, one = res["training_once"], res["unrolled_one_query"]
+    u, one = res["methods"].get("unrolled"), res.get("unrolled_one_query")
+    once = (u or {}).get("training_once")
     lines = [
         f"MNIST 5k MLP (default recipe), seed 0, first {res['n_query']} test queries, M = {res['n_subsets']} half "
-        f"subsets; training the model once: {once['seconds']} s wall / {once['cpu_seconds']} s CPU "
-        f"(load {once['load_1m']}).",
+        "subsets, fixed-seed and fresh-seed ground truth"
+        + (
+            f"; training the model once: {once['seconds']} s wall / {once['cpu_seconds']} s CPU "
+            f"(load {once['load_1m']})."
+            if once
+            else "."
+        ),
         "",
         "| method | LDS fixed-seed [95% CI] | LDS fresh-seed [95% CI] | fit + score wall (s) | CPU (s) | load |",
         "|---|---|---|---|---|---|",
@@ -170,14 +343,46 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {label} | {cells[0]} | {cells[1]} | {r['seconds']} | {r['cpu_seconds']} | {r['load_1m']} |"
         )
-    u = res["methods"]["unrolled"]
-    lines += [
-        "",
-        f"unrolled cost: {u['per_query_cpu_seconds']} CPU s per query (batched reverse pass); "
-        f"{res['n_query']} queries = {u['cpu_vs_training']} x training in CPU time ({u['wall_vs_training']} x in wall "
-        f"time); all 500 at that rate = {u['all_500_cpu_vs_training']} x training; one query alone (fit + score) "
-        f"{one['seconds']} s wall / {one['cpu_seconds']} s CPU.",
-    ]
+    lines += (
+        []
+        if not (u and one)
+        else [
+            "",
+            f"unrolled cost: {u['per_query_cpu_seconds']} CPU s per query (batched reverse pass); "
+            f"{res['n_query']} queries = {u['cpu_vs_training']} x training in CPU time ({u['wall_vs_training']} x in wall "
+            f"time); all 500 at that rate = {u['all_500_cpu_vs_training']} x training; one query alone (fit + score) "
+            f"{one['seconds']} s wall / {one['cpu_seconds']} s CPU.",
+        ]
+    )
+    lin = res.get("linearity")
+    if lin:
+        lines += [
+            "",
+            "Linear regime (float64 replay, 8 queries): relative error of `-eps dm/dw_i` against retraining",
+        ]
+        lines += [
+            "with `w_i = 1 - eps`: "
+            + "; ".join(
+                f"example {r['example']} eps {r['eps']:g}: {r['rel_error']:.2g} (corr {r['corr']:.2f})"
+                for r in lin["perturbations"]
+            )
+            + "."
+        ]
+        lines += [
+            f"LDS of the first {lin['setting']['n_query']} queries, M = {lin['setting']['n_subsets']}: "
+            + ", ".join(f"{k}: {v['mean']:.3f}" for k, v in lin["lds"].items())
+            + "."
+        ]
+    d = res.get("dtda")
+    if d:
+        u, i = d["unrolled"], d["influence_same_pairs"]
+        lines += [
+            "",
+            f"d-TDA ({d['setting']}, {len(d['seeds'])} seeds, {u['n_pairs']} pairs), Pearson of predicted vs retrained "
+            f"mean shift of the query loss: unrolled base {u['pearson']:.3f} (fixed-seed retraining "
+            f"{u['pearson_fixed_seed_truth']:.3f}), EK-FAC influence base on the same pairs {i['pearson']:.3f} "
+            f"(fixed-seed {i['pearson_fixed_seed_truth']:.3f}).",
+        ]
     return "\n".join(lines)
 
 
@@ -188,26 +393,62 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1, help="retraining processes")
     p.add_argument("--no-baselines", action="store_true", help="only unrolled (no EK-FAC / Source / TRAK-10)")
     p.add_argument(
+        "--methods", default="", help="comma-separated row labels (prefixes) to compute; default all"
+    )
+    p.add_argument("--dtda", action="store_true", help="only the d-TDA validation (merged into the JSON)")
+    p.add_argument(
+        "--linearity", action="store_true", help="only the linear-regime check (merged into the JSON)"
+    )
+    p.add_argument(
         "--truth-only",
         action="store_true",
         help="train the run and the two ground truths (cached in shards of 10), stop",
     )
     args = p.parse_args(argv)
     started = time.perf_counter()
-    res = run_benchmark(args.queries, args.subsets, args.workers, not args.no_baselines, args.truth_only)
-    if args.truth_only:
+    only = tuple(m for m in (args.methods or "").split(",") if m)
+    if args.dtda or args.linearity:
+        doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        key = "dtda" if args.dtda else "linearity"
+        doc[key] = dtda_validation(workers=args.workers) if args.dtda else linearity()
+        write(doc)
+        print(json.dumps(doc[key], indent=1))
         return
-    res |= {
-        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
-        "markdown": markdown(res),
-    }
+
+    def save(partial: dict) -> None:  # after every row, so an interrupted run keeps what it measured
+        res = copy.deepcopy(partial)
+        if RESULTS.exists():  # keep rows of the same setting that this invocation did not recompute
+            old = json.loads(RESULTS.read_text())
+            if (old.get("n_query"), old.get("n_subsets")) == (args.queries, args.subsets):
+                kept = {k: v for k, v in old.get("methods", {}).items() if k not in res.get("methods", {})}
+                res["methods"] = kept | res.get("methods", {})
+                res.setdefault("unrolled_one_query", old.get("unrolled_one_query"))
+                for key in ("dtda", "linearity"):
+                    if key in old:
+                        res[key] = old[key]
+        res |= {
+            "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
+        }
+        write(res)
+
+    res = run_benchmark(
+        args.queries, args.subsets, args.workers, not args.no_baselines, args.truth_only, only, save
+    )
+    if not args.truth_only:
+        save(res)
+        print(json.loads(RESULTS.read_text())["markdown"])
+
+
+def write(doc: dict) -> None:
+    """Write the results JSON atomically."""
+    if "methods" in doc:
+        doc["markdown"] = markdown(doc)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
+    tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(RESULTS)
-    print(res["markdown"])
 
 
 if __name__ == "__main__":
