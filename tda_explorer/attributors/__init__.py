@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 # Importing a method's module registers it (grad_dot also registers grad_cos).
-from tda_explorer.attributors import airrep, dtda, ensemble, grad_dot, influence, repsim, source, tracin, trak  # noqa: F401
+from tda_explorer.attributors import (  # noqa: F401
+    airrep,
+    dtda,
+    ensemble,
+    grad_dot,
+    influence,
+    repsim,
+    source,
+    tracin,
+    trak,
+    unrolled,
+)
 from tda_explorer.attributors.base import ATTRIBUTORS, Attributor, make_attributor, register
 
 __all__ = ["ATTRIBUTORS", "Attributor", "make_attributor", "register"]

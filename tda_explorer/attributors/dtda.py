@@ -10,7 +10,9 @@ the measurement without training example z, `Y_s(q, z) = m(q; theta_s) + delta_s
 and `dtheta_s(z)` the base's predicted weight change on removing z:
 - "influence": `(H + shift I)^{-1} g(z) / N` (EK-FAC by default; any influence solver via base_settings);
 - "source": Source's unrolled response `r(z)`;
-- "trak": `-(Phi^T Phi + lambda I)^{-1} phi(z) Q(z)` in TRAK's projected space (TRAK's own scale).
+- "trak": `-(Phi^T Phi + lambda I)^{-1} phi(z) Q(z)` in TRAK's projected space (TRAK's own scale);
+- "unrolled": no weight change at all: `delta_s = -dm(q)/dw_z`, the exact first-order change of seed s's
+  measurement when z is removed from its replayed run (same init, batches, dropout; `attributors.unrolled`).
 
 Sign, explicitly: `delta` is always "change of m on removal". For the loss it equals the base's score
 (positive = z helps); for margin and prob (higher = better) it is minus the helpfulness of z for that
@@ -43,6 +45,7 @@ from tda_explorer.attributors.base import Attributor, make_attributor, register
 from tda_explorer.attributors.influence import Influence
 from tda_explorer.attributors.source import Source
 from tda_explorer.attributors.trak import TRAK
+from tda_explorer.attributors.unrolled import Unrolled
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import gradient_features, select_seeds
 from tda_explorer.backend.scoring import dot_scores
@@ -55,7 +58,7 @@ from tda_explorer.training.trainer import Progress
 
 MEASUREMENTS = ("loss", "margin", "prob")
 HIGHER_IS_BETTER = {"loss": False, "margin": True, "prob": True}
-BASES = ("influence", "trak", "source")
+BASES = ("influence", "trak", "source", "unrolled")
 KIND = "dtda"
 
 
@@ -127,10 +130,16 @@ def _trak_effects(base: TRAK, queries: ExampleSet, targets: torch.Tensor, object
     return -(total * base.q_.float().cpu())  # dtheta = -K^{-1} phi(z) Q(z): TRAK's score is the margin *gain*
 
 
+def _unrolled_effects(base: Unrolled, queries: ExampleSet, targets: torch.Tensor, objective: str):
+    (m,) = base.members_
+    return -base.weight_gradients(m, queries, targets, objective)  # delta = -dm/dw_z (weight 1 -> 0)
+
+
 EFFECTS: dict[str, Callable[..., torch.Tensor]] = {
     "influence": _influence_effects,
     "source": _source_effects,
     "trak": _trak_effects,
+    "unrolled": _unrolled_effects,
 }
 
 
@@ -202,7 +211,7 @@ class DTDA(Attributor):
     """d-TDA (see module docstring).
 
     Args:
-        base: per-seed attributor "influence" (default), "trak" or "source".
+        base: per-seed attributor "influence" (default), "trak", "source" or "unrolled".
         measurement: "loss", "margin" or "prob".
         target_class: class whose measurement is taken (None = each query's own label).
         seeds: "all" (default), "first", an int n, or a list of run seeds: the empirical distribution.

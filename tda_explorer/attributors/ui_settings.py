@@ -118,8 +118,19 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
             "damping_factor", "float", 1e-3, help="damping as a multiple of the mean eigenvalue", minimum=0.0
         ),
     ),
+    "unrolled": (
+        Setting(
+            "seeds",
+            "choice",
+            "first",
+            ("first", "all"),
+            "replay and differentiate the first seed's training, or every seed's (scores averaged)",
+        ),
+    ),
     "dtda": (
-        Setting("base", "choice", "influence", ("influence", "trak", "source"), "per-seed attribution"),
+        Setting(
+            "base", "choice", "influence", ("influence", "trak", "source", "unrolled"), "per-seed attribution"
+        ),
         Setting(
             "measurement",
             "choice",

@@ -10,6 +10,15 @@ so an interrupted computation resumes from its finished shards. Computed once, s
 Score (`lds_score`): the prediction for subset j is `g_j(q) = sum_{i in S_j} scores[q, i]`
 (`scores @ masks.T`); with positive score = helps the query, a larger g should mean a smaller loss, so
 `LDS(q) = spearman_j(g_j(q), -losses[j, q])`. The mean over queries comes with a bootstrap interval.
+
+Two ground-truth modes (`LDSConfig.mode`), both cached artifacts, answering different questions:
+- "fresh" (default): each subset is retrained as a new run on its examples (`retrain_on_subsets`: the
+  seed's init, but batches re-drawn over the kept examples), so the target mixes the subset's effect with
+  run-to-run noise: the distribution over runs (what d-TDA and multi-seed methods aim at).
+- "fixed": each subset is retrained with the *same* run as the attributed model, seed for seed: same
+  init, same permutation of all N examples per epoch, same dropout masks, the removed examples weighted 0
+  inside their batches (each batch still divided by its full size; `training.weighted`). This is this
+  model's own counterfactual, the one `unrolled` differentiates. Use the attributed run's seeds as `seeds`.
 """
 
 from __future__ import annotations
@@ -39,8 +48,10 @@ from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
 from tda_explorer.training.trainer import Progress
+from tda_explorer.training.weighted import retrain_fixed_seed
 
 TRUTH_KIND = "lds_truth"
+MODES = ("fresh", "fixed")
 SHARD_KIND = "lds_shard"
 
 
@@ -56,6 +67,8 @@ class LDSConfig:
         subset_seed: seed of the subsets (subset j uses `default_rng([subset_seed, j])`).
         shard_size: subsets retrained (and saved) together; a smaller shard loses less work when
             interrupted. Does not change the result, so it is not part of the artifact key.
+        mode: "fresh" (subset models are new runs) or "fixed" (the attributed run replayed with the
+            removed examples weighted 0; see the module docstring). "fresh" keeps the keys it always had.
     """
 
     n_subsets: int = 100
@@ -63,8 +76,11 @@ class LDSConfig:
     seeds: tuple[int, ...] = (0,)
     subset_seed: int = 0
     shard_size: int = 10
+    mode: str = "fresh"
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"LDS mode {self.mode!r} is not one of {MODES}.")
         object.__setattr__(self, "n_subsets", check_int(self.n_subsets, "n_subsets", 2))
         object.__setattr__(self, "subset_seed", check_int(self.subset_seed, "subset_seed"))
         object.__setattr__(self, "shard_size", check_int(self.shard_size, "shard_size", 1))
@@ -88,6 +104,8 @@ class LDSConfig:
         """The fields that determine the ground truth (all but `shard_size`)."""
         d = asdict(self)
         del d["shard_size"]
+        if self.mode == "fresh":  # the original mode: artifact keys as before the mode existed
+            del d["mode"]
         return d
 
 
@@ -233,7 +251,8 @@ def compute_lds_truth(
         if ws.exists(SHARD_KIND, shard_cfg):
             continue
         report = offset_progress(progress, done, m * r, f"LDS ground truth, subsets {a}-{b - 1}")
-        logits = retrain_on_subsets(
+        retrain = retrain_fixed_seed if config.mode == "fixed" else retrain_on_subsets
+        logits = retrain(
             model_config,
             train_config,
             train,
