@@ -38,6 +38,9 @@ class Attributor(ABC):
 
     name: ClassVar[str] = ""
     rank_only: ClassVar[bool] = False  # True when scores are meaningful only as a ranking (e.g. cosine)
+    #: False when self-influence costs a pass per training example (exact replay): the score cache then
+    #: stores NaN for it instead of running for hours; call `self_influence()` explicitly when wanted.
+    cached_self_influence: ClassVar[bool] = True
 
     def __init__(self, progress: Progress | None = None, **settings: Any) -> None:
         self.progress = progress

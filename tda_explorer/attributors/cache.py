@@ -28,7 +28,8 @@ class ScoreResult:
 
     Attributes:
         scores: float32 `[n_query, n_train]`, rows follow `query_ids`, columns `train_ids`; positive = helps.
-        self_influence: float32 `[n_train]`.
+        self_influence: float32 `[n_train]` (NaN for methods whose self-influence is not computed implicitly,
+            `Attributor.cached_self_influence`).
         seconds: wall seconds of fit + score + self-influence when it was computed.
     """
 
@@ -85,7 +86,10 @@ def compute_scores(
         start = time.perf_counter()
         attributor.fit(run, splits.train)
         scores = attributor.score(queries).numpy().astype(np.float32)
-        self_inf = attributor.self_influence().numpy().astype(np.float32)
+        if attributor.cached_self_influence:
+            self_inf = attributor.self_influence().numpy().astype(np.float32)
+        else:  # e.g. unrolled: one reverse pass per training example; not run implicitly
+            self_inf = np.full(len(splits.train), np.nan, dtype=np.float32)
         seconds = time.perf_counter() - start
         extra = {"query_ids": list(queries.ids), "train_ids": list(splits.train.ids), "seconds": seconds}
         extra.update(getattr(attributor, "artifact_extra_", {}))  # e.g. ensemble members' seeds and costs

@@ -96,6 +96,13 @@ def w2_distance(x: np.ndarray, y: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.sqrt(np.mean((xs - ys) ** 2, axis=axis))
 
 
+def _implicit_self_influence(base: Attributor, n_train: int) -> np.ndarray:
+    """A base's self-influence `[N]` float32, or NaN where it costs a pass per example (`cached_self_influence`)."""
+    if not base.cached_self_influence:
+        return np.full(n_train, np.nan, dtype=np.float32)
+    return base.self_influence().float().cpu().numpy()
+
+
 def single_seed_view(run: TrainedRun, seed: int) -> TrainedRun:
     """The run restricted to one seed (shares the weights); each seed's base attributor is fitted on it."""
     if seed not in run.checkpoints:
@@ -300,7 +307,9 @@ class DTDA(Attributor):
         return DTDAResult(
             measurements=torch.stack(values).numpy(),
             deltas=torch.stack(deltas).numpy(),
-            self_influence=self.self_influence().numpy(),
+            self_influence=np.mean(
+                [_implicit_self_influence(m.base, self.n_train_) for m in self.members_], 0
+            ),
             measurement=self.settings["measurement"],
             target_class=self.settings["target_class"],
             base=self.settings["base"],
@@ -362,7 +371,7 @@ def compute_dtda(
             v, d = attr._seed_values(member, queries)
             values.append(v.numpy())
             deltas.append(d.numpy())
-            self_inf.append(member.base.self_influence().float().cpu().numpy())
+            self_inf.append(_implicit_self_influence(member.base, len(train)))
             del member
             if progress is not None:
                 progress(i + 1, len(seeds), f"dtda: seed {seed} done")

@@ -98,6 +98,7 @@ class Unrolled(Attributor):
     """
 
     name = "unrolled"
+    cached_self_influence = False
 
     def __init__(
         self,
