@@ -90,7 +90,9 @@ def make_run(name: str, splits, ws):
     if name == "logreg-sgd":
         return train_run(splits, LogRegConfig(), default_train_config("logreg"), seeds, ws, LocalExecutor(1))
     if name == "mlp-sgd":
-        return train_run(splits, MLPConfig(hidden=(128,)), default_train_config("mlp"), seeds, ws, LocalExecutor(1))
+        return train_run(
+            splits, MLPConfig(hidden=(128,)), default_train_config("mlp"), seeds, ws, LocalExecutor(1)
+        )
     if name == "tanh-adam (import)":
         EPOCHS["value"] = 10
         states = [user_train(build_user, splits.train, s) for s in seeds]
@@ -188,7 +190,11 @@ def run_benchmark(mode: str, protocols=PROTOCOLS) -> dict:
         "sweep_units": "trace(Phi^T Phi) / N",
         "target": TARGET,
         "rows": rows,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_end": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_end": os.getloadavg(),
+        },
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -198,7 +204,7 @@ def markdown(result: dict) -> str:
     lines = [
         f"Digits (N = {result['dataset']['n_train']}, {result['dataset']['n_query']} test queries), LDS ground "
         f"truth per protocol: {result['lds']['n_subsets']} half subsets retrained with the protocol's recipe. "
-        "Default = `regularization=\"auto\"` (c chosen on the validation split, never on this ground truth); "
+        'Default = `regularization="auto"` (c chosen on the validation split, never on this ground truth); '
         "best = the best of a sweep of fixed lambda = c x trace(Phi^T Phi)/N in hindsight; previous = "
         "1 x mean nonzero eigenvalue (the default before). Target: default >= best - "
         f"{result['target']} and >= lambda = 0.",
