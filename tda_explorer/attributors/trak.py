@@ -336,7 +336,7 @@ class TRAK(Attributor):
             m.dual = phi.shape[1] > phi.shape[0]
             gram = phi.T @ phi if not m.dual else phi @ phi.T  # both have trace(Phi^T Phi)
             scales.append(mean_nonzero_eigenvalue(gram, len(train)))  # trace / N
-            if heldout is not None:
+            if isinstance(heldout, tuple):
                 val, masks, _ = heldout
                 group = torch.from_numpy(masks).to(phi) * self.q_.to(phi)
                 parts.append(trak_tuning.spectral_parts(gram, m.dual, phi, self._features(m, val), group))
