@@ -233,9 +233,8 @@ class TRAK(Attributor):
             raise ConfigError(f"tune_subsets must be an int >= 0, got {tune_subsets!r}.")
         if tune_subsets == 1:
             raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
-        if isinstance(regularization, str):
-            pass
-        elif (regularization is not None and regularization < 0) or regularization_factor < 0:
+        numeric = regularization is not None and not isinstance(regularization, str)
+        if (numeric and regularization < 0) or regularization_factor < 0:
             raise ConfigError(
                 f"regularization and regularization_factor must be >= 0, got {regularization}, "
                 f"{regularization_factor}."
