@@ -33,7 +33,7 @@ from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
-from tda_explorer.backend.hessian import EigenInverse, LossHessian, cg_solve, lissa_solve
+from tda_explorer.backend.hessian import CURVATURES, EigenInverse, LossHessian, cg_solve, lissa_solve
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
@@ -111,6 +111,11 @@ class Influence(Attributor):
         preconditioner: cg only: None (plain CG) or "ekfac" (the EK-FAC inverse with the same damping
             and weight decay preconditions CG: the same solution in fewer Hessian-vector products).
         batch_size: examples per batch for factors / HVPs.
+        curvature: cg / lissa: "ggn" (default; the generalised Gauss-Newton, positive semi-definite for
+            any network, equal to the Hessian when the outputs are linear in the chosen parameters, as
+            for logistic regression) or "hessian" (the true Hessian: indefinite on a non-convex network,
+            where CG diverged: relative residual 4e3 after 50 iterations on a tanh MLP). The exact solver
+            always uses the Hessian; EK-FAC / K-FAC use their own (sampled) Fisher.
     """
 
     name = "influence"
@@ -130,6 +135,7 @@ class Influence(Attributor):
         tol: float | None = None,
         batch_size: int = 128,
         preconditioner: str | None = None,
+        curvature: str = "ggn",
         progress=None,
     ) -> None:
         if solver not in SOLVERS:
@@ -142,6 +148,8 @@ class Influence(Attributor):
         if checkpoints not in ("final", "all"):
             raise ConfigError(f"checkpoints must be 'final' or 'all', got {checkpoints!r}.")
         check_damping(damping, damping_factor, weight_decay)
+        if curvature not in CURVATURES:
+            raise ConfigError(f"curvature must be one of {CURVATURES}, got {curvature!r}.")
         super().__init__(
             progress=progress,
             solver=solver,
@@ -157,6 +165,7 @@ class Influence(Attributor):
             tol=tol,
             batch_size=batch_size,
             preconditioner=preconditioner,
+            curvature=curvature,
         )
 
     # ----------------------------------------------------------------------------------- fitting
@@ -179,7 +188,16 @@ class Influence(Attributor):
             curv = self._kronecker(model, inputs, wd, s["solver"] == "ekfac", s["damping"])
             info = {"damping": {n: f.damping for n, f in curv.factors_.items()}}
             return _Member(model, grads, curv.inverse_hvp, curv.quadratic, info)
-        hess = LossHessian(model, inputs, train.labels, s["params"], s["batch_size"], dtype=self._dtype())
+        curvature = "hessian" if s["solver"] == "exact" else s["curvature"]
+        hess = LossHessian(
+            model,
+            inputs,
+            train.labels,
+            s["params"],
+            s["batch_size"],
+            dtype=self._dtype(),
+            curvature=curvature,
+        )
         if s["solver"] == "exact":
             h = hess.matrix()
             lam = (
