@@ -46,7 +46,7 @@ MODES = {
 PROTOCOLS = ("logreg-sgd", "mlp-sgd", "tanh-adam (import)", "logreg-lbfgs (import)")
 SEEDS = 5
 #: Fixed lambdas of the hindsight sweep, in units of trace(Phi^T Phi) / N.
-SWEEP = (0.0, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0)
+SWEEP = (0.0, 0.003, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0)
 TARGET = 0.02
 
 

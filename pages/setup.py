@@ -140,6 +140,13 @@ if go:
         except TDAError as e:
             st.error(f"{method}: {e}")
 
+
+def _auto_choice(extra: dict) -> str:
+    """What a data-driven default chose (TRAK's regularization="auto"), for the table."""
+    t = extra.get("trak_regularization")
+    return f"lambda = {t['factor']:g} x trace/N ({t['rule']})" if t else ""
+
+
 stored = appkit.list_scores(ws, run.key)
 if stored:
     st.caption("Computed for this run (cached in the workspace):")
@@ -147,7 +154,8 @@ if stored:
         [
             {"key": m["key"], "method": m["config"]["method"]["method"], "queries": m["config"]["queries"],
              "settings": {k: v for k, v in m["config"]["method"].items() if k != "method"},
-             "seconds": round(m["extra"]["seconds"], 2), "created": m["created"]}
+             "seconds": round(m["extra"]["seconds"], 2), "auto choice": _auto_choice(m["extra"]),
+             "created": m["created"]}
             for m in stored
         ],
         hide_index=True,

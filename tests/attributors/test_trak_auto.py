@@ -92,3 +92,10 @@ def test_fallback_without_validation_split_and_settings(tiny_run):
     ):
         with pytest.raises(ConfigError):
             make_attributor("trak", **bad)
+
+
+def test_refine_moves_the_argmax_to_the_parabola_vertex_between_its_neighbours():
+    assert trak_tuning.refine({0.0: 0.1, 1.0: 0.5, 2.0: 0.6, 5.0: 0.6, 10.0: 0.4}) == pytest.approx(10**0.5)
+    assert trak_tuning.refine({0.0: 0.7, 0.01: 0.5, 0.1: 0.4}) == 0.0  # plain TRAK best: kept
+    assert trak_tuning.refine({0.0: 0.1, 1.0: 0.5, 5.0: 0.61}) == 5.0  # at the grid's end: kept
+    assert 2.0 <= trak_tuning.refine({0.0: 0.1, 1.0: 0.5, 2.0: 0.6, 5.0: 0.55}) <= 5.0
