@@ -159,7 +159,45 @@ def protocol_rows(name: str, run, splits, queries, truth, cfg) -> list[dict]:
     return rows
 
 
-def run_benchmark(mode: str, protocols=PROTOCOLS) -> dict:
+#: EK-FAC influence: relative damping factors of the hindsight sweep (the default is 0.1 per layer).
+DAMPING_SWEEP = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
+    """Influence (EK-FAC, first seed) with its default damping vs a sweep of fixed damping factors."""
+    from tda_explorer.attributors import make_attributor
+    from tda_explorer.evaluation import lds_score
+
+    start = time.perf_counter()
+    default = lds_score(make_attributor("influence").fit(run, splits.train).score(queries), truth).mean
+    seconds = time.perf_counter() - start
+    table = {}
+    for f in DAMPING_SWEEP:
+        att = make_attributor("influence", damping_factor=f).fit(run, splits.train)
+        table[f] = lds_score(att.score(queries), truth).mean
+    best = max(table, key=table.get)
+    row = {
+        "protocol": name,
+        "method": "influence/ekfac",
+        "proj_dim": None,
+        "n_models": 1,
+        "default": default,
+        "default_seconds": round(seconds, 1),
+        "chosen": {"factor": 0.1, "rule": "fixed damping_factor 0.1 x each layer's mean eigenvalue"},
+        "lambda0": table[min(table)],
+        "previous_default": default,
+        "best": table[best],
+        "best_factor": best,
+        "sweep": {str(c): v for c, v in table.items()},
+    }
+    row["met"] = bool(default >= row["best"] - TARGET)
+    log(
+        f"{name} influence/ekfac: default {default:.3f} | best {table[best]:.3f} @ {best:g} | smallest {row['lambda0']:.3f}"
+    )
+    return [row]
+
+
+def run_benchmark(mode: str, protocols=PROTOCOLS, methods=("trak", "influence")) -> dict:
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth
     from tda_explorer.store import Workspace
@@ -179,7 +217,10 @@ def run_benchmark(mode: str, protocols=PROTOCOLS) -> dict:
         )
         runs[name] = {"run": run.key, "test_acc": run.mean_metric("test_acc"), "truth": truth.key}
         log(f"{name}: test acc {runs[name]['test_acc']:.3f}, truth {truth.key}")
-        rows += protocol_rows(name, run, splits, queries, truth, cfg)
+        if "trak" in methods:
+            rows += protocol_rows(name, run, splits, queries, truth, cfg)
+        if "influence" in methods:
+            rows += influence_rows(name, run, splits, queries, truth)
     return {
         "benchmark": "robustness",
         "mode": mode,
@@ -215,12 +256,29 @@ def markdown(result: dict) -> str:
     ]
     for r in result["rows"]:
         ch = r["chosen"]
+        if r["method"] != "trak":
+            continue
         lines.append(
             f"| {r['protocol']} | {r['method']} | {r['proj_dim']} | {r['n_models']} | {r['default']:.3f} "
             f"(c={ch['factor']:g}, {ch['rule']}) | {r['lambda0']:.3f} | {r['previous_default']:.3f} | "
             f"{r['best']:.3f} (c={r['best_factor']:g}) | {r['default'] - r['best']:+.3f} | "
             f"{'met' if r['met'] else 'MISSED'} |"
         )
+    inf = [r for r in result["rows"] if r["method"] == "influence/ekfac"]
+    if inf:
+        lines += [
+            "",
+            "Influence (EK-FAC, first seed), default damping_factor 0.1 vs fixed factors "
+            f"{', '.join(f'{c:g}' for c in DAMPING_SWEEP)} in hindsight:",
+            "",
+            "| protocol | default LDS | smallest damping | best (factor) | default - best | met |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in inf:
+            lines.append(
+                f"| {r['protocol']} | {r['default']:.3f} | {r['lambda0']:.3f} | {r['best']:.3f} "
+                f"({r['best_factor']:g}) | {r['default'] - r['best']:+.3f} | {'met' if r['met'] else 'MISSED'} |"
+            )
     met = sum(r["met"] for r in result["rows"])
     accs = ", ".join(f"{k} {v['test_acc']:.3f}" for k, v in result["runs"].items())
     lines += ["", f"Met on {met} / {len(result['rows'])} rows. Test accuracy: {accs}."]
@@ -234,12 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--full", action="store_const", const="full", dest="mode")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--methods", default="trak,influence", help="comma list of trak, influence")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     mode = args.mode or "quick"
-    result = run_benchmark(mode, tuple(args.protocols.split(",")))
+    methods = tuple(args.methods.split(","))
+    result = run_benchmark(mode, tuple(args.protocols.split(",")), methods)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if mode in stored:  # keep the rows of methods not rerun (same protocols, same ground truths)
+        rerun = {"trak"} if "trak" in methods else set()
+        rerun |= {"influence/ekfac"} if "influence" in methods else set()
+        kept = [r for r in stored[mode]["rows"] if r["method"] not in rerun]
+        result["rows"] = kept + result["rows"]
     stored[mode] = result
     RESULTS.write_text(json.dumps(stored, indent=2, default=str) + "\n")
     from benchmarks.report import write_report
