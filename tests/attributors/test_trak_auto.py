@@ -99,3 +99,29 @@ def test_refine_moves_the_argmax_to_the_parabola_vertex_between_its_neighbours()
     assert trak_tuning.refine({0.0: 0.7, 0.01: 0.5, 0.1: 0.4}) == 0.0  # plain TRAK best: kept
     assert trak_tuning.refine({0.0: 0.1, 1.0: 0.5, 5.0: 0.61}) == 5.0  # at the grid's end: kept
     assert 2.0 <= trak_tuning.refine({0.0: 0.1, 1.0: 0.5, 2.0: 0.6, 5.0: 0.55}) <= 5.0
+
+
+def test_cached_scores_record_the_auto_choice(tmp_path, monkeypatch):
+    """compute_scores hands TRAK the workspace and the validation split; the choice lands in the metadata."""
+    import numpy as np
+
+    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.data import DatasetSplits, load_digits_splits
+    from tda_explorer.models import LogRegConfig
+    from tda_explorer.training import LocalExecutor, TrainConfig, train_run
+
+    monkeypatch.setenv("TDA_WORKERS", "1")
+    full = load_digits_splits(seed=0)
+    splits = DatasetSplits(
+        train=full.train.subset(np.arange(120)),
+        val=full.val.subset(np.arange(30)),
+        test=full.test.subset(np.arange(10)),
+        spec={**full.spec, "options": {**full.spec["options"], "tiny": [120, 30]}},
+    )
+    ws = Workspace(tmp_path)
+    cfg = TrainConfig(optimizer="sgd", lr=0.2, weight_decay=1e-3, epochs=2, batch_size=32, checkpoints=1)
+    run = train_run(splits, LogRegConfig(), cfg, (0,), ws, LocalExecutor(1))
+    result = compute_scores(run, splits, "trak", {"proj_dim": 32, "tune_subsets": 4}, "test", ws)
+    chosen = ws.meta("scores", result.key)["extra"]["trak_regularization"]
+    assert chosen["rule"] == "validation-lds" and chosen["n_queries"] == 30 and len(chosen["lambdas"]) == 1
+    assert len(ws.list("trak_tune")) == 1 and ws.list("lds_truth") == []
