@@ -121,7 +121,8 @@ with st.form("attribute"):
                         key=key,
                         format="%g",
                     )
-                    values[s.name] = None if value is None else float(value)
+                    if value is not None:  # empty: the attributor's own default (e.g. "auto")
+                        values[s.name] = float(value)
             chosen_settings[method] = settings_kwargs(values)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 if go:

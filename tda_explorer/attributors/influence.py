@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tda_explorer.attributors import base
+from tda_explorer.attributors import base, trak_tuning
 from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
 from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.device import get_dtype
@@ -56,6 +56,10 @@ PRECONDITIONERS = (None, "ekfac")
 #: 50 / 200 (residual 2.3 / 0.93 / 0.40 / 1.1e-2 / 4.3e-6; 20 s at 50 vs 63 s at 200). Past a residual of
 #: about 1e-2 the ranking no longer moves; the previous 1e-8 (float64) / 1e-5 (float32) and 500
 #: iterations cost 3-15x the time for the same LDS (MNIST logistic regression: 307 s to 1e-4).
+#: Candidate relative damping factors of EK-FAC / K-FAC's damping_factor="auto" (x each layer's mean
+#: eigenvalue). Digits EK-FAC, best fixed factor in hindsight: 0.03 (logistic regression, SGD), 3 (MLP),
+#: 0.01 (imported tanh MLP), 0.001 (L-BFGS logistic regression): no single value fits (robustness.py).
+AUTO_DAMPING_FACTORS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 CG_TOL = 1e-2
 CG_MAX_ITER = 100
 #: LiSSA's iteration cap (its step is 1 / (1.1 x the top eigenvalue), so it needs many more iterations
@@ -110,7 +114,11 @@ class Influence(Attributor):
         solver: "ekfac" | "kfac" | "cg" | "lissa" | "exact".
         damping: absolute damping lambda; None = `damping_factor x mean eigenvalue`.
         damping_factor: relative damping used when `damping` is None; None = the solver's
-            `DEFAULT_DAMPING_FACTOR` (0.1 for ekfac / kfac, 1 for exact / cg / lissa).
+            `DEFAULT_DAMPING_FACTOR` (0.1 for ekfac / kfac, 1 for exact / cg / lissa); "auto" (default):
+            for ekfac / kfac chosen from `AUTO_DAMPING_FACTORS` by the held-out mini-LDS on the validation
+            split that TRAK's "auto" uses (`trak_tuning`: 16 retrainings with the run's recipe, cached;
+            each candidate re-shifts the fitted eigenvalues only), recorded in `solve_info_[i]["tuning"]`;
+            without a recipe / validation split, and for the other solvers, the solver's default.
         params: parameter subset ("all", "head", or name prefixes).
         seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
         checkpoints: "final" (each seed's final model) or "all" (every saved checkpoint of each seed is a
@@ -135,12 +143,16 @@ class Influence(Attributor):
     """
 
     name = "influence"
+    #: Where "auto" caches its held-out retrainings and the validation examples it holds out (set by
+    #: `cache.compute_scores`; default: no cache, the run's dataset's validation split).
+    workspace = None
+    validation: ExampleSet | None = None
 
     def __init__(
         self,
         solver: str = "ekfac",
         damping: float | None = None,
-        damping_factor: float | None = None,
+        damping_factor: float | str | None = "auto",
         params: str | Sequence[str] = "all",
         seeds: str | int | Sequence[int] = "first",
         checkpoints: str = "final",
@@ -163,7 +175,11 @@ class Influence(Attributor):
             )
         if checkpoints not in ("final", "all"):
             raise ConfigError(f"checkpoints must be 'final' or 'all', got {checkpoints!r}.")
-        check_damping(damping, damping_factor, weight_decay)
+        if isinstance(damping_factor, str) and damping_factor != "auto":
+            raise ConfigError(
+                f"damping_factor must be 'auto', a number >= 0 or None, got {damping_factor!r}."
+            )
+        check_damping(damping, None if isinstance(damping_factor, str) else damping_factor, weight_decay)
         if curvature not in CURVATURES:
             raise ConfigError(f"curvature must be one of {CURVATURES}, got {curvature!r}.")
         super().__init__(
@@ -189,9 +205,36 @@ class Influence(Attributor):
         return torch.float64 if self.settings["solver"] == "exact" else get_dtype()
 
     def _damping_factor(self) -> float:
-        """The relative damping: the setting, or the solver's `DEFAULT_DAMPING_FACTOR`."""
+        """The relative damping: the setting, or the solver's `DEFAULT_DAMPING_FACTOR` (None, and the start
+        of "auto")."""
         factor = self.settings["damping_factor"]
-        return DEFAULT_DAMPING_FACTOR[self.settings["solver"]] if factor is None else factor
+        return DEFAULT_DAMPING_FACTOR[self.settings["solver"]] if factor in (None, "auto") else factor
+
+    def _tune(self, curv: KroneckerCurvature, model: torch.nn.Module, grads) -> dict:
+        """damping_factor="auto" for EK-FAC / K-FAC: the factor whose predictions best rank the held-out
+        mini-LDS of `trak_tuning.heldout_signal` (validation split, the run's recipe, never the evaluation),
+        refined between grid points; each candidate only re-shifts the fitted eigenvalues."""
+        if not isinstance(self.heldout_, tuple):
+            return {"factor": curv.damping_factor, "rule": "fallback", "reason": self.heldout_}
+        val, masks, losses = self.heldout_
+        inputs = prepare_inputs(model, val.inputs)
+        g_val = gradient_features(model, inputs, val.labels, self.settings["params"], dtype=self._dtype())
+        member = _Member(model, grads, curv.inverse_hvp, curv.quadratic)
+        sums = member.group_sum(torch.from_numpy(masks))  # [M, p]
+
+        def predict(c: float) -> torch.Tensor:
+            curv.damping_factor = c
+            curv._set_damping()
+            return (curv.inverse_hvp(g_val) @ sums.to(g_val).T).double().cpu()
+
+        best, table = trak_tuning.score_table(predict, losses, AUTO_DAMPING_FACTORS)
+        curv.damping_factor = best if best == best else self._damping_factor()  # NaN: keep the default
+        curv._set_damping()
+        return {
+            "factor": curv.damping_factor,
+            "rule": "validation-lds",
+            "table": {str(k): v for k, v in table.items()},
+        }
 
     def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float) -> _Member:
         s = self.settings
@@ -202,7 +245,14 @@ class Influence(Attributor):
             grads = gradient_features(model, inputs, train.labels, s["params"], dtype=self._dtype())
         if s["solver"] in ("ekfac", "kfac"):
             curv = self._kronecker(model, inputs, wd, s["solver"] == "ekfac", s["damping"])
+            tuning = (
+                self._tune(curv, model, grads)
+                if s["damping"] is None and s["damping_factor"] == "auto"
+                else None
+            )
             info = {"damping": {n: f.damping for n, f in curv.factors_.items()}}
+            if tuning is not None:
+                info["tuning"] = tuning
             return _Member(model, grads, curv.inverse_hvp, curv.quadratic, info)
         curvature = "hessian" if s["solver"] == "exact" else s["curvature"]
         hess = LossHessian(
@@ -298,6 +348,13 @@ class Influence(Attributor):
         self.n_train_ = len(train)
         self.weight_decay_ = float(wd)
         self.members_ = []
+        s = self.settings
+        auto = s["solver"] in ("ekfac", "kfac") and s["damping"] is None and s["damping_factor"] == "auto"
+        self.heldout_ = (
+            trak_tuning.heldout_signal(run, train, trak_tuning.TUNE_SUBSETS, self.validation, self.workspace)
+            if auto
+            else None
+        )
         final = self.settings["checkpoints"] == "final"
         members = [
             (seed, c) for seed in seeds for c in ([-1] if final else range(len(run.checkpoints[seed])))
@@ -310,6 +367,9 @@ class Influence(Attributor):
                     len(members),
                     f"influence/{self.settings['solver']}: seed {seed} checkpoint {c} fitted",
                 )
+        tunings = [m.info["tuning"] for m in self.members_ if "tuning" in m.info]
+        if tunings:
+            self.artifact_extra_ = {"influence_damping": tunings}
         self.fitted_ = True
         return self
 

@@ -375,20 +375,10 @@ class TRAK(Attributor):
         return [m.regularization for m in self.models_]
 
     def _heldout(self, run: TrainedRun, train: ExampleSet):
-        """`(val [n], masks [M, N], losses [M, n])` of the held-out mini-LDS, or the reason it cannot be made."""
-        s = self.settings
-        if s["tune_subsets"] == 0:
-            return "tune_subsets=0"
-        if run.train_config is None:
-            return "the run has no training recipe (import it with train_config or train_fn)"
-        if task_of(run.model(run.seeds[0])) == "regression":
-            return "regression run (the held-out signal is a classification loss)"
-        val = self.validation if self.validation is not None else trak_tuning.validation_split(run)
-        if val is None:
-            return "no validation split to hold out"
-        val = val.subset(range(min(len(val), trak_tuning.TUNE_QUERIES)), name=f"{val.name}:tune")
-        masks = trak_tuning.tune_masks(len(train), s["tune_subsets"])
-        return val, masks, trak_tuning.heldout_losses(run, train, val, masks, self.workspace)
+        """The held-out mini-LDS `(val, masks [M, N], losses [M, n])`, or the reason it cannot be made."""
+        return trak_tuning.heldout_signal(
+            run, train, self.settings["tune_subsets"], self.validation, self.workspace
+        )
 
     def _choose(self, heldout, parts, scales) -> trak_tuning.Tuning:
         if not isinstance(heldout, tuple):

@@ -187,6 +187,38 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
     return losses
 
 
+def heldout_signal(run, train: ExampleSet, n_subsets: int, validation: ExampleSet | None, workspace=None):
+    """`(val [n], masks [M, N], losses [M, n])` of the held-out mini-LDS, or a string saying why there is none.
+
+    Shared by TRAK's `regularization="auto"` and influence's `damping_factor="auto"`.
+    """
+    from tda_explorer.models.tasks import task_of
+
+    if n_subsets == 0:
+        return "tune_subsets=0"
+    if run.train_config is None:
+        return "the run has no training recipe (import it with train_config or train_fn)"
+    if task_of(run.model(run.seeds[0])) == "regression":
+        return "regression run (the held-out signal is a classification loss)"
+    val = validation if validation is not None else validation_split(run)
+    if val is None:
+        return "no validation split to hold out"
+    val = val.subset(range(min(len(val), TUNE_QUERIES)), name=f"{val.name}:tune")
+    masks = tune_masks(len(train), n_subsets)
+    return val, masks, heldout_losses(run, train, val, masks, workspace)
+
+
+def score_table(predict, losses: np.ndarray, factors: Sequence[float]) -> tuple[float, dict[float, float]]:
+    """`(refined best factor, {factor: mean Spearman})` for `predict(factor) -> [n, M]` subset predictions
+    (larger = more helpful) against held-out losses `[M, n]`."""
+    table = {}
+    for c in factors:
+        rho = spearman_rows(np.asarray(predict(c), dtype=np.float64), -losses.T)
+        table[float(c)] = float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan")
+    finite = {c: v for c, v in table.items() if np.isfinite(v)}
+    return (refine(finite) if finite else float("nan")), table
+
+
 def validation_split(run) -> ExampleSet | None:
     """The run's validation examples, reloaded from its dataset spec (None if that fails or is empty)."""
     from tda_explorer.data import DatasetSpec, load_dataset
