@@ -125,3 +125,21 @@ def test_cached_scores_record_the_auto_choice(tmp_path, monkeypatch):
     chosen = ws.meta("scores", result.key)["extra"]["trak_regularization"]
     assert chosen["rule"] == "validation-lds" and chosen["n_queries"] == 30 and len(chosen["lambdas"]) == 1
     assert len(ws.list("trak_tune")) == 1 and ws.list("lds_truth") == []
+
+
+def test_influence_auto_damping_uses_the_held_out_signal_and_only_reshifts_eigenvalues(
+    tiny_run, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TDA_WORKERS", "1")
+    run, train, queries = tiny_run
+    trak_tuning._MEMORY.clear()
+    auto = make_attributor("influence", solver="ekfac")
+    auto.workspace, auto.validation = Workspace(tmp_path), queries.subset(range(6), name="val")
+    monkeypatch.setattr(lds_module, "compute_lds_truth", lambda *a, **k: pytest.fail("read the LDS truth"))
+    auto.fit(run, train)
+    tuning = auto.solve_info_[0]["tuning"]
+    assert tuning["rule"] == "validation-lds" and auto.artifact_extra_["influence_damping"] == [tuning]
+    fixed = make_attributor("influence", solver="ekfac", damping_factor=tuning["factor"]).fit(run, train)
+    torch.testing.assert_close(auto.score(queries), fixed.score(queries), rtol=1e-5, atol=1e-8)
+    fallback = make_attributor("influence", solver="ekfac").fit(run, train)  # no validation split
+    assert fallback.solve_info_[0]["tuning"]["rule"] == "fallback"
