@@ -169,8 +169,10 @@ def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
     from tda_explorer.evaluation import lds_score
 
     start = time.perf_counter()
-    default = lds_score(make_attributor("influence").fit(run, splits.train).score(queries), truth).mean
+    att = make_attributor("influence").fit(run, splits.train)
+    default = lds_score(att.score(queries), truth).mean
     seconds = time.perf_counter() - start
+    chosen = att.solve_info_[0].get("tuning") or {"factor": 0.1, "rule": "fixed"}
     table = {}
     for f in DAMPING_SWEEP:
         att = make_attributor("influence", damping_factor=f).fit(run, splits.train)
@@ -183,7 +185,7 @@ def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
         "n_models": 1,
         "default": default,
         "default_seconds": round(seconds, 1),
-        "chosen": {"factor": 0.1, "rule": "fixed damping_factor 0.1 x each layer's mean eigenvalue"},
+        "chosen": chosen,
         "lambda0": table[min(table)],
         "previous_default": default,
         "best": table[best],
@@ -268,15 +270,16 @@ def markdown(result: dict) -> str:
     if inf:
         lines += [
             "",
-            "Influence (EK-FAC, first seed), default damping_factor 0.1 vs fixed factors "
+            'Influence (EK-FAC, first seed), default damping_factor="auto" (held-out validation mini-LDS) vs '
+            "fixed factors "
             f"{', '.join(f'{c:g}' for c in DAMPING_SWEEP)} in hindsight:",
             "",
-            "| protocol | default LDS | smallest damping | best (factor) | default - best | met |",
+            "| protocol | default LDS (factor) | smallest damping | best (factor) | default - best | met |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in inf:
             lines.append(
-                f"| {r['protocol']} | {r['default']:.3f} | {r['lambda0']:.3f} | {r['best']:.3f} "
+                f"| {r['protocol']} | {r['default']:.3f} ({r['chosen']['factor']:.3g}) | {r['lambda0']:.3f} | {r['best']:.3f} "
                 f"({r['best_factor']:g}) | {r['default'] - r['best']:+.3f} | {'met' if r['met'] else 'MISSED'} |"
             )
     met = sum(r["met"] for r in result["rows"])
