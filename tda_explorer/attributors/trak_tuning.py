@@ -21,7 +21,7 @@ fixed value. Nothing in `Phi` tells the two recipes apart, so the rule measures:
    ~20 s, on 2 loaded cores; cached by the attributor's `workspace` when it has one, and in memory for
    the process), one featurisation of the validation queries per model, and an eigendecomposition of
    each model's `[min(k, N)]`-square Gram matrix.
-2. **Fallback** (no recipe or no validation split): c = `AUTO_FACTOR`, the geometric middle of the
+2. **Fallback** (no recipe, no validation split, or a text model, whose 16 fine-tunes are too costly): c = `AUTO_FACTOR`, the geometric middle of the
    measured optima of both recipes (within 0.03 LDS of the best fixed value on the digits protocols).
 
 Either way each model's lambda is `c x trace(Phi_m^T Phi_m) / N`; the chosen c, the rule that chose it
@@ -196,6 +196,8 @@ def heldout_signal(run, train: ExampleSet, n_subsets: int, validation: ExampleSe
 
     if n_subsets == 0:
         return "tune_subsets=0"
+    if getattr(run.model_config, "arch", "") == "text":  # a transformer retrained 16 times is not a default
+        return "text model: the held-out retrainings would cost 16 fine-tunes (pass an explicit value)"
     if run.train_config is None:
         return "the run has no training recipe (import it with train_config or train_fn)"
     if task_of(run.model(run.seeds[0])) == "regression":
