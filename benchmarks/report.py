@@ -235,6 +235,11 @@ METHOD_SECTIONS = (
     ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
     ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),
     ("byo.json", "benchmarks.byo", "Your own model: imported, attributed, evaluated with its own recipe"),
+    (
+        "robustness.json",
+        "benchmarks.robustness",
+        "Robustness of the defaults: default vs best fixed value in hindsight",
+    ),
 )
 
 

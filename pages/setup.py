@@ -121,7 +121,8 @@ with st.form("attribute"):
                         key=key,
                         format="%g",
                     )
-                    values[s.name] = None if value is None else float(value)
+                    if value is not None:  # empty: the attributor's own default (e.g. "auto")
+                        values[s.name] = float(value)
             chosen_settings[method] = settings_kwargs(values)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 if go:
@@ -140,6 +141,13 @@ if go:
         except TDAError as e:
             st.error(f"{method}: {e}")
 
+
+def _auto_choice(extra: dict) -> str:
+    """What a data-driven default chose (TRAK's regularization="auto"), for the table."""
+    t = extra.get("trak_regularization")
+    return f"lambda = {t['factor']:g} x trace/N ({t['rule']})" if t else ""
+
+
 stored = appkit.list_scores(ws, run.key)
 if stored:
     st.caption("Computed for this run (cached in the workspace):")
@@ -147,7 +155,8 @@ if stored:
         [
             {"key": m["key"], "method": m["config"]["method"]["method"], "queries": m["config"]["queries"],
              "settings": {k: v for k, v in m["config"]["method"].items() if k != "method"},
-             "seconds": round(m["extra"]["seconds"], 2), "created": m["created"]}
+             "seconds": round(m["extra"]["seconds"], 2), "auto choice": _auto_choice(m["extra"]),
+             "created": m["created"]}
             for m in stored
         ],
         hide_index=True,

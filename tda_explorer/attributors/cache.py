@@ -80,6 +80,8 @@ def compute_scores(
     attributor = make_attributor(method, progress=progress, **settings)
     if getattr(attributor, "workspace", False) is None:  # methods that cache artifacts (LoRA ensembles)
         attributor.workspace = ws
+    if getattr(attributor, "validation", False) is None:  # TRAK's "auto" holds the validation split out
+        attributor.validation = splits.val
     cfg = score_config(run, method, attributor.settings, split)
     if not ws.exists("scores", cfg):
         queries = getattr(splits, split)

@@ -4,14 +4,13 @@ Per model m (a seed's final checkpoint, or every checkpoint with `checkpoints="a
 `Phi_m = P(g_margin(train))` `[N, k]` with `g_margin` the gradient of the margin
 `f = log p_y / (1 - p_y)` and `P` a seeded random projection (k = `proj_dim`; no projection when None),
 `Q_m = 1 - p_y(train)` `[N]`, and the kernel part `K_m(q) = phi_m(q) (Phi_m^T Phi_m + lambda I)^{-1} Phi_m^T`
-(pseudo-inverse when lambda = 0 and the matrix is singular). By default lambda = `regularization_factor`
-x the mean nonzero eigenvalue of `Phi_m^T Phi_m` (its trace / min(k, N)), like influence's relative
-damping: with k close to or above N the unregularised kernel interpolates the training set and the
-scores lose their ranking (measured LDS, lambda = 0 -> 1 x mean eigenvalue: MNIST 5k logistic
-regression, 10 models, k = 2048: 0.47 -> 0.82; digits, 5 models, k = 512: 0.02 -> 0.78; factors 0.3 and
-3 gave 0.70-0.81). Dividing by min(k, N) rather than k keeps the best factor near 1 when k > N: on the
-MNIST 5k MLP (N = 4,000, 10 models) with the Kronecker layout at k = 24,576, relative-to-trace/k factors
-1 / 3 / 10 gave LDS 0.43 / 0.48 / 0.51, i.e. the best lambda stayed near trace / 2,000 as at k = 2,048.
+(pseudo-inverse when lambda = 0 and the matrix is singular). By default (`regularization="auto"`,
+`attributors.trak_tuning`) lambda = c x `trace(Phi_m^T Phi_m) / N` with c chosen per run by a held-out
+mini-LDS on the validation split (a few retrainings with the run's own recipe), or c = 2 without a
+recipe: with k close to or above N, or many near-zero directions, the unregularised kernel interpolates
+the training set and the scores lose their ranking (digits, 5 models, k = 512: LDS 0.25 at lambda = 0),
+and the best lambda depends on the training recipe (see `trak_tuning`). `regularization=None` keeps the
+previous rule, `regularization_factor` x the mean nonzero eigenvalue `trace / min(k, N)`.
 
 The kernel system is solved in the smaller space (a Cholesky factor, no explicit inverse):
 `(Phi^T Phi + lambda I)^{-1}` `[k, k]` when k <= N, else `(Phi Phi^T + lambda I)^{-1}` `[N, N]` (the same
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tda_explorer.attributors import base
+from tda_explorer.attributors import base, trak_tuning
 from tda_explorer.attributors.base import Attributor, register
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import (
@@ -184,9 +183,13 @@ class TRAK(Attributor):
             averaging over models then also averages over projections (on MNIST logistic regression with
             10 models: LDS 0.75 -> 0.82 at regularization = mean eigenvalue of `Phi^T Phi`). False = one
             projection shared by all models.
-        regularization: absolute lambda added to `Phi^T Phi` (0 = plain TRAK, pseudo-inverse); None
-            (default) = `regularization_factor` x the mean eigenvalue of each model's `Phi^T Phi`.
+        regularization: "auto" (default): lambda = c x `trace(Phi^T Phi) / N` per model, c chosen by a
+            held-out mini-LDS on the validation split (`trak_tuning`; needs the run's recipe, else
+            c = `trak_tuning.AUTO_FACTOR`); the choice is in `tuning_` and `regularization_`. A number =
+            absolute lambda added to `Phi^T Phi` (0 = plain TRAK, pseudo-inverse); None =
+            `regularization_factor` x the mean nonzero eigenvalue of each model's `Phi^T Phi`.
         regularization_factor: the relative lambda used when `regularization` is None.
+        tune_subsets: retrainings of the held-out signal of "auto" (0 = always the fallback factor).
         n_models: number of run seeds used (None = all).
         checkpoints: "final" (one model per seed) or "all" (every checkpoint of each seed is a model).
         params: parameter subset ("all", "head", or name prefixes).
@@ -197,14 +200,20 @@ class TRAK(Attributor):
     """
 
     name = "trak"
+    #: Where "auto" caches its held-out retrainings (`cache.compute_scores` sets it), and the validation
+    #: examples it holds out (default: the run's dataset's validation split). Not settings: no effect on
+    #: the scores beyond the chosen lambda, which is recorded in `tuning_`.
+    workspace = None
+    validation: ExampleSet | None = None
 
     def __init__(
         self,
         proj_dim: int | None = 2048,
         proj_type: str = "rademacher",
         proj_seed: int = 0,
-        regularization: float | None = None,
+        regularization: float | str | None = "auto",
         regularization_factor: float = 1.0,
+        tune_subsets: int = trak_tuning.TUNE_SUBSETS,
         n_models: int | None = None,
         checkpoints: str = "final",
         params: str | Sequence[str] = "all",
@@ -216,7 +225,16 @@ class TRAK(Attributor):
             raise ConfigError(f"proj_type {proj_type!r} is not one of {PROJECTIONS}.")
         if proj_dim is not None and proj_dim < 1:
             raise ConfigError(f"proj_dim must be >= 1 (or None), got {proj_dim}.")
-        if (regularization is not None and regularization < 0) or regularization_factor < 0:
+        if isinstance(regularization, str) and regularization != "auto":
+            raise ConfigError(
+                f"regularization must be 'auto', a number >= 0 or None, got {regularization!r}."
+            )
+        if isinstance(tune_subsets, bool) or not isinstance(tune_subsets, int) or tune_subsets < 0:
+            raise ConfigError(f"tune_subsets must be an int >= 0, got {tune_subsets!r}.")
+        if tune_subsets == 1:
+            raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
+        numeric = regularization is not None and not isinstance(regularization, str)
+        if (numeric and regularization < 0) or regularization_factor < 0:
             raise ConfigError(
                 f"regularization and regularization_factor must be >= 0, got {regularization}, "
                 f"{regularization_factor}."
@@ -232,8 +250,11 @@ class TRAK(Attributor):
             proj_dim=proj_dim,
             proj_type=proj_type,
             proj_seed=proj_seed,
-            regularization=regularization,
+            regularization=regularization
+            if isinstance(regularization, str) or regularization is None
+            else float(regularization),
             regularization_factor=regularization_factor,
+            tune_subsets=tune_subsets,
             n_models=n_models,
             checkpoints=checkpoints,
             params=params if isinstance(params, str) else list(params),
@@ -297,7 +318,11 @@ class TRAK(Attributor):
         shared = None
         if s["proj_dim"] is not None and s["proj_layout"] == "dense" and not per_model:
             shared = RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
-        self.train_, self.models_, q = train, [], []
+        self.train_, self.models_ = train, []
+        q = [_q_weights(run.model(seed, c), train) for seed, c in models]
+        self.q_ = torch.stack(q).mean(0)
+        heldout = self._heldout(run, train) if s["regularization"] == "auto" else None
+        grams, parts, scales = [], [], []
         for i, (seed, c) in enumerate(models):
             model = run.model(seed, c)
             proj_seed = s["proj_seed"] + (i if per_model else 0)
@@ -309,15 +334,29 @@ class TRAK(Attributor):
             phi = self._features(m, train)
             m.dual = phi.shape[1] > phi.shape[0]
             gram = phi.T @ phi if not m.dual else phi @ phi.T  # both have trace(Phi^T Phi)
-            m.regularization = self._lambda(gram, min(phi.shape))
+            scales.append(mean_nonzero_eigenvalue(gram, len(train)))  # trace / N
+            if isinstance(heldout, tuple):
+                val, masks, _ = heldout
+                group = torch.from_numpy(masks).to(phi) * self.q_.to(phi)
+                parts.append(trak_tuning.spectral_parts(gram, m.dual, phi, self._features(m, val), group))
             m.phi, dtype = (phi if self._stores_features else None), phi.dtype
             del phi  # features that are cheap to recompute are not held while factorising
-            m.kernel = KernelSolver(gram, m.regularization, dtype)
+            if s["regularization"] == "auto":
+                grams.append((gram, dtype))
+            else:
+                m.regularization = self._lambda(gram, gram.shape[0])  # min(k, N)
+                m.kernel = KernelSolver(gram, m.regularization, dtype)
             del gram
-            q.append(_q_weights(model, train))
             if self.progress is not None:
                 self.progress(i + 1, len(models), f"trak: model {i + 1}/{len(models)} featurized")
-        self.q_ = torch.stack(q).mean(0)
+        if s["regularization"] == "auto":
+            self.tuning_ = self._choose(heldout, parts, scales)
+            for m, (gram, dtype), scale in zip(self.models_, grams, scales, strict=True):
+                m.regularization = self.tuning_.factor * scale
+                m.kernel = KernelSolver(gram, m.regularization, dtype)
+            self.artifact_extra_ = {
+                "trak_regularization": {**self.tuning_.to_dict(), "lambdas": self.regularization_}
+            }
         self.regression_ = task_of(self.models_[0].model) == "regression"
         self.n_train_ = len(train)
         self.fitted_ = True
@@ -334,6 +373,21 @@ class TRAK(Attributor):
     def regularization_(self) -> list[float]:
         """The lambda each model used (absolute)."""
         return [m.regularization for m in self.models_]
+
+    def _heldout(self, run: TrainedRun, train: ExampleSet):
+        """The held-out mini-LDS `(val, masks [M, N], losses [M, n])`, or the reason it cannot be made."""
+        return trak_tuning.heldout_signal(
+            run, train, self.settings["tune_subsets"], self.validation, self.workspace
+        )
+
+    def _choose(self, heldout, parts, scales) -> trak_tuning.Tuning:
+        if not isinstance(heldout, tuple):
+            return trak_tuning.Tuning(trak_tuning.AUTO_FACTOR, "fallback", reason=str(heldout))
+        val, masks, losses = heldout
+        factor, table = trak_tuning.choose_factor(parts, scales, losses)
+        return trak_tuning.Tuning(
+            factor, "validation-lds", table=table, n_subsets=len(masks), n_queries=len(val)
+        )
 
     def _lambda(self, gram: torch.Tensor, rank_bound: int) -> float:
         """One model's lambda: absolute, or `factor x trace(Phi^T Phi) / min(k, N)` (mean nonzero eigenvalue)."""

@@ -16,7 +16,8 @@ from tda_explorer.attributors.influence import DEFAULT_DAMPING_FACTOR
 @dataclass(frozen=True)
 class Setting:
     """One user-facing setting: `kind` is "choice", "int" or "float"; `choices` for "choice"; a "float" whose
-    default is None may be left empty (None: the attributor picks the value)."""
+    default is None may be left empty (the setting is then not passed: the attributor's own default, e.g.
+    influence's damping_factor="auto", picks the value)."""
 
     name: str
     kind: str
@@ -62,7 +63,8 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
             "damping_factor",
             "float",
             None,
-            help="damping as a multiple of the mean eigenvalue; empty = the solver's default ("
+            help="damping as a multiple of the mean eigenvalue; empty = auto: for ekfac / kfac chosen on "
+            "the validation split (a few retrainings, cached), otherwise the solver's default ("
             + _per_solver(DEFAULT_DAMPING_FACTOR)
             + ")",
             minimum=0.0,

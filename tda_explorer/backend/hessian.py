@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, hessian
+from torch.func import functional_call, hessian, jvp, vjp, vmap
 
 from tda_explorer.backend.device import get_device
 from tda_explorer.backend.grads import ParamSubset
@@ -24,6 +24,7 @@ from tda_explorer.models.networks import head_prefix, model_head
 from tda_explorer.models.tasks import task_of
 
 HVP = Callable[[torch.Tensor], torch.Tensor]
+CURVATURES = ("hessian", "ggn")
 
 
 class LossHessian:
@@ -35,6 +36,12 @@ class LossHessian:
         params: ParamSubset spec ("all", "head", name prefixes).
         batch_size: examples per chunk of the Hessian / HVP computation.
         device / dtype: default `get_device()` and float64 (reference precision).
+        curvature: "hessian" (the true Hessian of the loss) or "ggn" (the generalised Gauss-Newton
+            `(1/n) sum_i J_i^T M_i J_i`, `J_i` the Jacobian of the outputs in the parameters and `M_i` the
+            loss's Hessian in the outputs: `diag(p) - p p^T` for cross-entropy, 1 for half squared error).
+            The GGN is positive semi-definite for any network, the Hessian is not on a non-convex one
+            (CG then diverges); they are equal when the outputs are linear in the chosen parameters
+            (logistic regression, last-layer influence). Used by `hvp`; `matrix` is always the Hessian.
     """
 
     def __init__(
@@ -46,7 +53,11 @@ class LossHessian:
         batch_size: int = 256,
         device: torch.device | None = None,
         dtype: torch.dtype = torch.float64,
+        curvature: str = "hessian",
     ) -> None:
+        if curvature not in CURVATURES:
+            raise ConfigError(f"curvature must be one of {CURVATURES}, got {curvature!r}.")
+        self.curvature = curvature
         self.device = device or get_device()
         self.dtype = dtype
         self.subset = params if isinstance(params, ParamSubset) else ParamSubset.resolve(model, params)
@@ -227,6 +238,11 @@ class LossHessian:
             return self._head_hvp(cols, parts).reshape(v.shape)
         rows = cols.T.contiguous()  # one grad_outputs row per column of v (batched double backward)
         out = torch.zeros_like(cols)
+        if self.curvature == "ggn":
+            for x, y in self._batches(index):
+                out += self._ggn_batch(rows, x, y).T
+            out /= self.n if index is None else len(index)
+            return out.reshape(v.shape)
         for x, y in self._batches(index):
             theta = self.theta.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self.loss_sum(theta, x, y), theta, create_graph=True)
@@ -234,6 +250,28 @@ class LossHessian:
             out += hv.T
         out /= self.n if index is None else len(index)
         return out.reshape(v.shape)
+
+    def _ggn_batch(self, rows: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """`sum_i J_i^T M_i J_i v` over the batch for each row `v` of `rows [m, p]`: `[m, p]`.
+
+        Forward-mode `J v` (vmapped over the rows), the loss's output Hessian `M_i` in closed form, then
+        one batched vector-Jacobian product: about three forward/backward passes per row.
+        """
+
+        def outputs(theta: torch.Tensor) -> torch.Tensor:
+            return functional_call(
+                self.model, ({**self.frozen, **self._unflatten(theta)}, self.buffers), (x,)
+            )
+
+        jv = vmap(lambda v: jvp(outputs, (self.theta,), (v,))[1])(rows)  # [m, b, C]
+        if task_of(self.model) == "classification":
+            with torch.no_grad():
+                p = torch.softmax(outputs(self.theta), dim=-1)  # [b, C]
+            mjv = p * jv - p * (p * jv).sum(-1, keepdim=True)
+        else:  # half squared error: M = I
+            mjv = jv
+        _, pullback = vjp(outputs, self.theta)
+        return vmap(lambda u: pullback(u)[0])(mjv)
 
     def mean_eigenvalue(self, probes: int = 16, seed: int = 0) -> float:
         """`trace(H) / p` by Hutchinson's estimator with seeded Rademacher probes."""

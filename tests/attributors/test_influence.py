@@ -165,15 +165,16 @@ def test_checkpoints_all_averages_one_member_per_checkpoint(tiny_run):
 
 
 def test_default_damping_factor_depends_on_the_solver(digits_case):
-    """Unset, the relative damping is 1 x the mean eigenvalue for the true-Hessian solvers and 0.1 x
-    each layer's mean eigenvalue for the Kronecker ones (`DEFAULT_DAMPING_FACTOR`)."""
+    """Unset ("auto", which falls back to the solver's default without a validation split, as here), the
+    relative damping is 1 x the mean eigenvalue for the true-Hessian solvers and 0.1 x each layer's mean
+    eigenvalue for the Kronecker ones (`DEFAULT_DAMPING_FACTOR`)."""
 
     def damping(solver, **kw):
         attr = make_attributor("influence", solver=solver, **kw).fit(digits_case.run, digits_case.train)
         return attr.settings["damping_factor"], attr.solve_info_[0]["damping"]
 
     factor, exact = damping("exact")
-    assert factor is None
+    assert factor == "auto"
     assert exact == pytest.approx(damping("exact", damping_factor=1.0)[1], rel=1e-12)
     assert exact == pytest.approx(10 * damping("exact", damping_factor=0.1)[1], rel=1e-12)
     assert damping("ekfac")[1] == damping("ekfac", damping_factor=0.1)[1]

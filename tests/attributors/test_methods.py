@@ -169,10 +169,12 @@ def test_trak_per_model_projections_are_seeded_per_model():
 
 
 @pytest.mark.parametrize("proj_dim", [8, 120])
-def test_trak_default_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_dim):
-    """lambda_m = factor x trace(Phi_m^T Phi_m) / min(k, N); k > N (= 80) solves in the N-space, same scores."""
+def test_trak_relative_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_dim):
+    """regularization=None: lambda_m = factor x trace(Phi_m^T Phi_m) / min(k, N); k > N (= 80) solves in the
+    N-space, same scores."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
-    auto = make_attributor("trak", proj_dim=proj_dim, regularization_factor=0.5).fit(run, train)
+    auto = make_attributor("trak", proj_dim=proj_dim, regularization=None, regularization_factor=0.5)
+    auto.fit(run, train)
     phis = [m.phi.double() for m in auto.models_]
     want = [0.5 * float(phi.square().sum()) / min(proj_dim, len(train)) for phi in phis]
     assert auto.regularization_ == pytest.approx(want) and want[0] != pytest.approx(want[1])

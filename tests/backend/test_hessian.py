@@ -182,3 +182,31 @@ def test_hvp_uses_the_closed_form_head_hessian_when_it_exists(monkeypatch, param
     mlp = LossHessian(build_model(MLPConfig(hidden=(5,)), (6,), 3).double(), *tiny_problem()[1:], device=CPU)
     mlp.hvp(torch.randn(mlp.p, dtype=torch.float64))
     assert mlp._head_parts() is None  # hidden layers: no closed form
+
+
+def test_ggn_hvp_is_the_gauss_newton_matrix_and_psd_where_the_hessian_is_not():
+    """curvature="ggn": `H v = (1/n) sum_i J_i^T (diag p_i - p_i p_i^T) J_i v`, PSD on a tanh MLP whose
+    Hessian has negative eigenvalues; equal to the Hessian for logistic regression."""
+    from torch import nn
+    from torch.func import functional_call, jacrev
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    x, y = torch.randn(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    cpu = torch.device("cpu")
+    ggn = LossHessian(model, x, y, "all", batch_size=16, device=cpu, curvature="ggn")
+    jac = jacrev(lambda t: functional_call(model, ggn._unflatten(t), (x,)))(ggn.theta)  # [n, C, p]
+    p = torch.softmax(model(x), -1)
+    m = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    g = torch.einsum("ncp,ncd,ndq->pq", jac, m, jac) / len(y)
+    v = torch.randn(ggn.p, 4, dtype=torch.float64)
+    torch.testing.assert_close(ggn.hvp(v), g @ v)
+    assert torch.linalg.eigvalsh(g).min() > -1e-12
+    assert torch.linalg.eigvalsh(LossHessian(model, x, y, "all", device=cpu).matrix()).min() < -1e-3
+    lin = nn.Sequential(nn.Linear(5, 3)).double()
+    a = LossHessian(lin, x, y, "all", batch_size=16, device=cpu, curvature="ggn")
+    b = LossHessian(lin, x, y, "all", batch_size=16, device=cpu)
+    a._head = b._head = False  # the generic paths (the closed form is shared)
+    torch.testing.assert_close(a.hvp(v[:18]), b.hvp(v[:18]))
+    with pytest.raises(ConfigError):
+        LossHessian(lin, x, y, "all", curvature="fisher")
