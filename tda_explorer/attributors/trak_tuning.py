@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from tda_explorer.data.example_set import ExampleSet
-from tda_explorer.evaluation.stats import spearman_rows
+from tda_explorer.backend.stats import spearman_rows
+from tda_explorer.data.example_set import ExampleSet, examples_fingerprint
 
 #: Candidate factors c (lambda = c x trace / N); 0 = plain TRAK (pseudo-inverse).
 FACTORS: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
@@ -160,7 +161,6 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
 
     Cached in `workspace` (kind "trak_tune") when given, and in memory for the process.
     """
-    from tda_explorer.evaluation._common import cross_entropy, fingerprint
     from tda_explorer.store import load_array, save_array
     from tda_explorer.training.runs import retrain_on_subsets
 
@@ -168,8 +168,8 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
     cfg = {
         "model": run.model_config.to_dict(),
         "training": recipe.to_dict(),
-        "train": fingerprint(train),
-        "val": fingerprint(val),
+        "train": examples_fingerprint(train),
+        "val": examples_fingerprint(val),
         "subsets": [TUNE_SUBSET_SEED, len(masks)],
     }
     key = repr(cfg)
@@ -179,7 +179,9 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
         losses = load_array(workspace.open("trak_tune", cfg) / "losses.npy")
     else:
         logits = retrain_on_subsets(run.model_config, recipe, train, masks, (0,), val)
-        losses = cross_entropy(logits, val.labels).numpy().mean(axis=1)
+        m, r, n, c = logits.shape  # [M, R = 1 seed, n_val, C]
+        ce = F.cross_entropy(logits.double().reshape(-1, c), val.labels.repeat(m * r), reduction="none")
+        losses = ce.reshape(m, r, n).numpy().mean(axis=1)
         if workspace is not None:
             with workspace.write("trak_tune", cfg) as d:
                 save_array(d, "losses", losses)

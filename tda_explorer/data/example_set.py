@@ -12,6 +12,7 @@ An ExampleSet holds, for n examples:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -153,3 +154,22 @@ class DatasetSplits:
     spec: dict
     flipped_ids: tuple[str, ...] = ()
     original_labels: dict[str, int] = field(default_factory=dict, compare=False)
+
+
+def examples_fingerprint(examples: ExampleSet) -> str:
+    """SHA-256 (16 hex chars) of an ExampleSet's ids, labels, inputs, class names and kind.
+
+    Labels are part of it, so a noisy copy of a dataset has another fingerprint than the clean one.
+    """
+    h = hashlib.sha256()
+    h.update(examples.kind.encode())
+    h.update("\x1f".join(examples.class_names).encode())
+    h.update("\x1e".join(examples.ids).encode())
+    h.update(examples.labels.numpy().astype("<i8").tobytes())
+    if examples.kind == "text":
+        h.update("\x1e".join(examples.inputs).encode())
+    else:
+        inputs = examples.inputs.detach().cpu().contiguous()
+        h.update(str(inputs.dtype).encode() + str(tuple(inputs.shape)).encode())
+        h.update(inputs.numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import numbers
 from collections.abc import Sequence
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.data.example_set import examples_fingerprint as fingerprint  # noqa: F401
 from tda_explorer.errors import ConfigError
 from tda_explorer.training.trainer import Progress
 
@@ -60,25 +59,6 @@ def as_float64(values: object, name: str, shape: tuple[int | None, ...]) -> np.n
         bad = int((~np.isfinite(arr)).sum())
         raise ConfigError(f"{name} has {bad} NaN or infinite entries; every score must be finite.")
     return arr
-
-
-def fingerprint(examples: ExampleSet) -> str:
-    """SHA-256 (16 hex chars) of an ExampleSet's ids, labels, inputs, class names and kind.
-
-    Labels are part of it, so a noisy copy of a dataset has another fingerprint than the clean one.
-    """
-    h = hashlib.sha256()
-    h.update(examples.kind.encode())
-    h.update("\x1f".join(examples.class_names).encode())
-    h.update("\x1e".join(examples.ids).encode())
-    h.update(examples.labels.numpy().astype("<i8").tobytes())
-    if examples.kind == "text":
-        h.update("\x1e".join(examples.inputs).encode())
-    else:
-        inputs = examples.inputs.detach().cpu().contiguous()
-        h.update(str(inputs.dtype).encode() + str(tuple(inputs.shape)).encode())
-        h.update(inputs.numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
