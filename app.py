@@ -6,8 +6,9 @@ import streamlit as st
 
 import appkit
 
-st.set_page_config(page_title="TDA Explorer", page_icon=":material/search:", layout="wide")
+st.set_page_config(page_title="TDA Explorer", page_icon=str(appkit.ASSETS / "logo.svg"), layout="wide")
 appkit.init_session()
+appkit.apply_assets()
 
 pages = [
     st.Page("pages/setup.py", title="Setup", icon=":material/settings:", default=True),
@@ -18,10 +19,11 @@ pages = [
     st.Page("pages/pruning.py", title="Pruning & export", icon=":material/content_cut:"),
     st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
 ]
+appkit.read_deep_link()  # ?run=…&query=…&attributor=… restores the view (first run of a session only)
 nav = st.navigation(pages)
+if (asked := appkit.requested_page(pages)) is not None and asked.url_path != nav.url_path:
+    st.switch_page(asked)
+appkit.ensure_demo()  # first start on an empty workspace: train the MNIST demo and a fast attributor
 appkit.sidebar()
-st.session_state._in_app = True  # tells the pages that app.py set up the session this run
-try:
+with appkit.app_run(nav.url_path):
     nav.run()
-finally:
-    st.session_state._in_app = False

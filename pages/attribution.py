@@ -26,11 +26,8 @@ data = appkit.dataset_of(run)
 test, train = data.test, data.train
 names = {m["key"]: f"{m['config']['method']['method']} ({m['key'][:8]})" for m in stored}
 keys = list(names)
-if st.session_state.score_key not in keys:
-    st.session_state.score_key = keys[0]
-
 c1, c2 = st.columns(2)
-c1.selectbox("Attributor", keys, format_func=names.get, key="score_key")
+appkit.synced_selectbox("Attributor", keys, "score_key", c1, format_func=names.get)
 compare_key = c2.selectbox(
     "Compare with (optional)",
     [None, *[k for k in keys if k != st.session_state.score_key]],
@@ -63,10 +60,7 @@ picked = appkit.ids_from_rows(shown["id"].tolist(), event.selection.rows)
 if picked and picked != st.session_state.get("last_table_pick"):  # a new click wins over the selectbox
     st.session_state.query_id = picked[0]
 st.session_state.last_table_pick = picked
-ids = shown["id"].tolist()
-if st.session_state.query_id not in ids:
-    st.session_state.query_id = ids[0]
-st.selectbox("Test prediction", ids, key="query_id")
+appkit.synced_selectbox("Test prediction", shown["id"].tolist(), "query_id")
 
 
 @st.fragment

@@ -49,9 +49,7 @@ if result is None:
     st.stop()
 
 ids = list(result.query_ids)
-if st.session_state.query_id not in ids:
-    st.session_state.query_id = ids[0]
-st.selectbox("Test example", ids, key="query_id")
+appkit.synced_selectbox("Test example", ids, "query_id")
 q = ids.index(st.session_state.query_id)
 k = st.slider("Top training examples", 3, 20, 8)
 

@@ -30,6 +30,7 @@ def prepared(tmp_path_factory):
 
 def app_at(prepared, monkeypatch, page: str | None = None) -> AppTest:
     monkeypatch.setenv("TDA_WORKSPACE", str(prepared["ws"].root))
+    monkeypatch.setenv("TDA_DEMO", "0")
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.run()
