@@ -58,6 +58,7 @@ def synced_selectbox(label: str, options: list, state_key: str, container=None, 
         st.session_state[state_key] = st.session_state[widget_key]
 
     (container or st).selectbox(label, options, key=widget_key, on_change=sync, **kwargs)
+    write_deep_link()  # the URL follows at once (also when a page stops early or runs without app.py)
     return st.session_state[state_key]
 
 
@@ -238,12 +239,12 @@ def requested_page(pages: list) -> object | None:
     return None
 
 
-def write_deep_link(page: str | None) -> None:
+def write_deep_link(page: str | None = None) -> None:
     """Mirror the session's selection into the URL (so it can be bookmarked, shared or reloaded) and
-    remember the run per workspace (a fresh session without a link opens on it)."""
+    remember the run per workspace (a fresh session without a link opens on it). `page` None keeps the
+    URL's `page` parameter."""
     params = {param: st.session_state.get(key) for param, key in DEEP_LINK.items()}
-    if page:
-        params["page"] = page
+    params["page"] = page if page is not None else st.query_params.get("page")
     params = {k: str(v) for k, v in params.items() if v}
     if dict(st.query_params) != params:
         st.query_params.from_dict(params)

@@ -93,3 +93,29 @@ def test_two_trainings_in_one_session_select_the_new_run(app):
     assert not app.exception, app.exception
     assert app.session_state["run_key"] == first
     assert f"Current run **{first}**" in " ".join(m.value for m in app.markdown)
+
+
+def test_first_start_prepares_the_demo(tmp_path, monkeypatch):
+    """Issue 17: `make run` on an empty workspace opens on a ready demo (here a tiny stand-in for speed)."""
+    import tda_explorer.demo as demo
+
+    monkeypatch.setattr(demo, "DEMO_DATASET", "digits")
+    monkeypatch.setattr(demo, "DEMO_ARCH", "logreg")
+    monkeypatch.setattr(demo, "DEMO_SEEDS", 2)
+    monkeypatch.setenv("TDA_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv("TDA_DEMO", raising=False)
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    run_key = at.session_state["run_key"]
+    assert run_key and at.sidebar.selectbox[0].value == run_key
+    at.switch_page("pages/attribution.py")
+    at.run()
+    assert not at.exception, at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "Supporting" in text and "trak" in text
+    at.switch_page("pages/dtda.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.info  # two seeds: d-TDA is offered, not "train more seeds"

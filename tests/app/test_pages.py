@@ -188,3 +188,25 @@ def test_pruning_page_computes_and_then_shows_the_cached_pruning_curve(prepared,
     assert not [b for b in at.button if b.label == "Compute the pruning curve"]
     curve = next(d.value for d in at.dataframe if "method_acc" in d.value.columns)
     assert curve["fraction"].tolist() == [0.0, 0.1, 0.2, 0.3]
+
+
+def test_deep_link_restores_run_page_query_and_attributor(prepared, monkeypatch):
+    monkeypatch.setenv("TDA_WORKSPACE", str(prepared["ws"].root))
+    monkeypatch.setenv("TDA_DEMO", "0")
+    monkeypatch.chdir(ROOT)
+    run = prepared["run"]
+    score_key = next(m["key"] for m in prepared["ws"].list("scores") if m["config"]["queries"] == "test")
+    query = prepared["splits"].test.ids[7]
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update({"run": run.key, "page": "attribution", "query": query, "attributor": score_key})
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Attribution"
+    assert next(s for s in at.selectbox if s.label == "Test prediction").value == query
+    assert next(s for s in at.selectbox if s.label == "Attributor").value == score_key
+    # the URL follows the selection, so a reload or a shared link shows the same view
+    picker = next(s for s in at.selectbox if s.label == "Test prediction")
+    picker.set_value(picker.options[3])
+    rerun(at, "attribution")
+    assert at.query_params["query"] == [picker.options[3]] or at.query_params["query"] == picker.options[3]
+    assert prepared["ws"].root.joinpath(".app_last_run").read_text() == run.key
