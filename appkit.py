@@ -89,6 +89,21 @@ def cached_scores(root: str, key: str) -> ScoreResult:
     return load_scores(ws, ws.meta("scores", key)["config"])
 
 
+@st.cache_resource(show_spinner=False)
+def measured_scores(root: str, run_key: str, score_key: str, measurement: str) -> ScoreResult:
+    """The test scores of `score_key` for `measurement` ("predicted" class, or "true_label" loss), the
+    prediction being the app's (the run's first seed, as in the prediction table). Computed once, cached."""
+    from tda_explorer.attributors.measurement import scores_for_measurement
+
+    base = cached_scores(root, score_key)
+    if measurement == "true_label":
+        return base
+    run = cached_run(root, run_key)
+    data = dataset_of(run)
+    predicted = cached_predictions(root, run_key).argmax(1)[data.test.index_of(list(base.query_ids))]
+    return scores_for_measurement(run, data, base, measurement, predicted, Workspace(root))
+
+
 @st.cache_data(show_spinner=False)
 def cached_predictions(root: str, run_key: str):
     """Test-set class probabilities `[n_test, C]` of the run's first seed, as numpy."""
@@ -410,6 +425,7 @@ __all__ = [
     "dataset_of",
     "ids_from_rows",
     "init_session",
+    "measured_scores",
     "page_guard",
     "sidebar",
     "prediction_table",

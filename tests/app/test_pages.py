@@ -210,3 +210,17 @@ def test_deep_link_restores_run_page_query_and_attributor(prepared, monkeypatch)
     rerun(at, "attribution")
     assert at.query_params["query"] == [picker.options[3]] or at.query_params["query"] == picker.options[3]
     assert prepared["ws"].root.joinpath(".app_last_run").read_text() == run.key
+
+
+def test_attribution_page_says_what_the_scores_explain(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "attribution")
+    next(t for t in at.toggle if t.label == "Only mistakes").set_value(True)
+    rerun(at, "attribution")
+    row = next(c.value for c in at.caption if c.value.startswith("true "))
+    predicted = row.split("predicted ")[1].split(" ·")[0]
+    text = " ".join(m.value for m in at.markdown)
+    assert f"push the model toward its prediction **{predicted}**" in text  # the default measurement
+    assert any(c.value.startswith("Reused from cache (computed ") for c in at.caption)
+    next(r for r in at.radio if r.label == "The scores explain").set_value("true_label")
+    rerun(at, "attribution")
+    assert "lower the loss of the true label" in " ".join(m.value for m in at.markdown)
