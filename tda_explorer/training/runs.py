@@ -55,8 +55,12 @@ def run_train_job(job: TrainJob) -> TrainResult:
         result = train_staged_model(
             job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets
         )
-    else:
-        result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
+    else:  # in-process, the executor's job_progress() moves the bar epoch by epoch
+        from tda_explorer.training.executor import job_progress
+
+        result = train_model(
+            job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets, job_progress()
+        )
     if not job.keep_checkpoints:
         result.checkpoints = []
     return result
