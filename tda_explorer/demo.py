@@ -41,7 +41,7 @@ def prepare_demo(workspace: Workspace, progress: Progress | None = None, executo
     Args:
         workspace: where the artifacts go (and are reused from).
         progress: `(done, total, message)` over the whole preparation (steps: training, each attributor).
-        executor: runs the seeds (default: in-process, see `LocalExecutor`).
+        executor: runs the seeds (default: `LocalExecutor()`, in-process for jobs this small).
     """
     steps = 1 + len(DEMO_ATTRIBUTORS)
 
@@ -54,7 +54,7 @@ def prepare_demo(workspace: Workspace, progress: Progress | None = None, executo
     splits = load_dataset(DatasetSpec(DEMO_DATASET))
     run = train_run(
         splits, default_model_config(DEMO_ARCH), default_train_config(DEMO_ARCH), range(DEMO_SEEDS),
-        workspace, executor or LocalExecutor(1), stage(0, f"training {DEMO_SEEDS} seeds"),
+        workspace, executor or LocalExecutor(), stage(0, f"training {DEMO_SEEDS} seeds"),
     )  # fmt: skip
     keys = []
     for i, (method, settings) in enumerate(DEMO_ATTRIBUTORS, start=1):
