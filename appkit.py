@@ -340,6 +340,22 @@ def ensure_demo() -> None:
     st.session_state.score_key = demo.score_keys[-1]
 
 
+def training_estimate(ws: Workspace, dataset: str, arch: str, seeds: int) -> str | None:
+    """`about N s (S seeds × s per seed measured here)` from the runs of the same dataset and model already
+    in the workspace (their per-seed wall seconds: a cost model calibrated on this machine), else None."""
+    per_seed = [
+        float(m["seconds"])
+        for meta in ws.list_runs()
+        if meta["config"]["dataset"].get("name") == dataset and meta["config"]["model"].get("arch") == arch
+        for m in meta.get("extra", {}).get("metrics", {}).values()
+        if isinstance(m, dict) and m.get("seconds")
+    ]
+    if not per_seed:
+        return None
+    each = float(pd.Series(per_seed).median())
+    return f"about {each * seeds:.0f} s ({seeds} seed(s) × {each:.1f} s per seed measured on this machine)"
+
+
 # ---- small formatting helpers ----
 def human_time(iso: str | None) -> str:
     """`2026-12-06T19:20:31.952123+00:00` -> `6 Dec 2026, 19:20 UTC` (the input itself when unparsable)."""
@@ -416,6 +432,7 @@ __all__ = [
     "human_time",
     "read_deep_link",
     "synced_selectbox",
+    "training_estimate",
     "cached_dataset",
     "cached_predictions",
     "cached_run",

@@ -119,3 +119,10 @@ def test_first_start_prepares_the_demo(tmp_path, monkeypatch):
     at.run()
     assert not at.exception, at.exception
     assert not at.info  # two seeds: d-TDA is offered, not "train more seeds"
+
+
+def test_setup_estimates_training_from_runs_measured_here(app):
+    app.run()
+    _train(app, 1)
+    estimate = [c.value for c in app.caption if c.value.startswith("Training new seeds takes about")]
+    assert estimate and "1 seed(s) ×" in estimate[0] and "measured on this machine" in estimate[0]
