@@ -9,6 +9,7 @@ import streamlit as st
 
 import appkit
 from tda_explorer.attributors import ATTRIBUTORS
+from tda_explorer.attributors.measurement import compute_test_scores
 from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
@@ -160,8 +161,8 @@ if go:
         try:
             bar = st.progress(0.0, text=f"{method}…")
             started = datetime.now(UTC)
-            result = appkit.compute_scores(
-                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), "test", ws,
+            result, _ = compute_test_scores(  # true-label and predicted-class scores, one fit
+                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), ws,
                 appkit.progress_callback(bar),
             )  # fmt: skip
             bar.empty()

@@ -1,7 +1,8 @@
 """The built-in demo the app opens on: the MNIST 5k MLP trained over 5 seeds and two fast attributors.
 
 `prepare_demo(workspace, progress)` trains (or reuses) the run and computes (or reuses) Grad-Dot
-(last layer) and TRAK (count sketch, one model) on the test set. Every product is a cached workspace
+(last layer) and TRAK (count sketch, one model) on the test set, for both measurements (true label and
+predicted class, one fit each). Every product is a cached workspace
 artifact, so a second call costs a few loads. Measured on 2 cores: about 9 s of training, 1 s of
 Grad-Dot and 16 s of TRAK.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.attributors.measurement import compute_test_scores
 from tda_explorer.data import DatasetSpec, load_dataset
 from tda_explorer.models import default_model_config
 from tda_explorer.store import Workspace
@@ -58,7 +59,7 @@ def prepare_demo(workspace: Workspace, progress: Progress | None = None, executo
     )  # fmt: skip
     keys = []
     for i, (method, settings) in enumerate(DEMO_ATTRIBUTORS, start=1):
-        result = compute_scores(run, splits, method, settings, "test", workspace, stage(i, method))
+        result, _ = compute_test_scores(run, splits, method, settings, workspace, stage(i, method))
         keys.append(result.key)
     if progress is not None:
         progress(steps * 100, steps * 100, "demo ready")

@@ -44,6 +44,7 @@ def scores_for_measurement(
     predicted: np.ndarray,
     workspace: Workspace,
     progress: Progress | None = None,
+    attributor=None,
 ) -> ScoreResult:
     """`base` (true-label scores of the test queries) re-expressed for `measurement`.
 
@@ -52,6 +53,7 @@ def scores_for_measurement(
         measurement: "true_label" (returns `base`) or "predicted".
         predicted: `[n_query]` int predicted class of each of `base.query_ids` (the app's prediction table).
         workspace: where the predicted-class scores are cached (kind `PREDICTED_KIND`).
+        attributor: the attributor already fitted with `base`'s method and settings (else it is fitted here).
 
     Returns: a ScoreResult whose rows are the predicted-class scores: the rows of correctly predicted queries
     are `base`'s, the misclassified queries' rows are recomputed with their label set to the prediction.
@@ -72,11 +74,12 @@ def scores_for_measurement(
         wrong = np.flatnonzero(true != predicted)
         if len(wrong):
             queries = test.subset(positions[wrong]).with_labels(torch.as_tensor(predicted[wrong]))
-            settings = {k: v for k, v in base.config["method"].items() if k != "method"}
-            attributor = make_attributor(base.method, progress=progress, **settings)
-            if getattr(attributor, "workspace", False) is None:
-                attributor.workspace = workspace
-            attributor.fit(run, splits.train)
+            if attributor is None:
+                settings = {k: v for k, v in base.config["method"].items() if k != "method"}
+                attributor = make_attributor(base.method, progress=progress, **settings)
+                if getattr(attributor, "workspace", False) is None:
+                    attributor.workspace = workspace
+                attributor.fit(run, splits.train)
             scores[wrong] = attributor.score(queries).numpy().astype(np.float32)
         with workspace.write(PREDICTED_KIND, cfg, extra={"n_recomputed": int(len(wrong))}) as d:
             save_array(d, "scores", scores)
@@ -91,3 +94,29 @@ def scores_for_measurement(
         seconds=base.seconds,
         key=path.name,
     )
+
+
+def predicted_classes(run: TrainedRun, splits: DatasetSplits) -> np.ndarray:
+    """`[n_test]` predicted class of each test example by the run's first seed (the app's prediction)."""
+    return run.predict(splits.test).numpy().argmax(1)
+
+
+def compute_test_scores(
+    run: TrainedRun,
+    splits: DatasetSplits,
+    method: str,
+    settings: dict | None,
+    workspace: Workspace,
+    progress: Progress | None = None,
+) -> tuple[ScoreResult, ScoreResult]:
+    """The test-query scores for both measurements with one fit: `(true_label, predicted)` (both cached).
+    The predicted-class rows reuse the attributor `compute_scores` fitted, so they cost one scoring pass."""
+    from tda_explorer.attributors.cache import compute_scores
+
+    fitted: list = []
+    base = compute_scores(run, splits, method, settings, "test", workspace, progress, on_fitted=fitted.append)
+    predicted = predicted_classes(run, splits)[splits.test.index_of(list(base.query_ids))]
+    pred = scores_for_measurement(
+        run, splits, base, "predicted", predicted, workspace, progress, fitted[0] if fitted else None
+    )
+    return base, pred

@@ -44,3 +44,20 @@ def test_predicted_class_scores_recompute_only_the_mistakes(tiny_run, tmp_path):
     assert again.key == got.key and len(ws.list(PREDICTED_KIND)) == 1
     with pytest.raises(ConfigError, match="measurement"):
         scores_for_measurement(run, splits, base, "margin", predicted, ws)
+
+
+def test_compute_test_scores_fits_once_for_both_measurements(tiny_run, tmp_path, monkeypatch):
+    from tda_explorer.attributors import measurement
+    from tda_explorer.attributors.grad_dot import GradDot
+
+    run, train, queries = tiny_run
+    splits = DatasetSplits(train=train, val=queries, test=queries, spec={"name": "tiny"})
+    fits = []
+    original = GradDot.fit
+    monkeypatch.setattr(GradDot, "fit", lambda self, *a: fits.append(1) or original(self, *a))
+    base, pred = measurement.compute_test_scores(run, splits, "grad_dot", {}, Workspace(tmp_path))
+    assert len(fits) == 1
+    predicted = measurement.predicted_classes(run, splits)
+    want = make_attributor("grad_dot").fit(run, train).score(queries.with_labels(torch.as_tensor(predicted)))
+    np.testing.assert_allclose(pred.scores, want.numpy(), rtol=1e-5, atol=1e-7)
+    assert base.key != pred.key
