@@ -11,13 +11,13 @@ appkit.init_session()
 appkit.apply_assets()
 
 pages = [
-    st.Page("pages/setup.py", title="Setup", icon=":material/settings:", default=True),
-    st.Page("pages/attribution.py", title="Attribution", icon=":material/search:"),
-    st.Page("pages/dtda.py", title="d-TDA", icon=":material/bar_chart:"),
-    st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
-    st.Page("pages/mislabels.py", title="Mislabels", icon=":material/flag:"),
-    st.Page("pages/pruning.py", title="Pruning & export", icon=":material/content_cut:"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
+    st.Page("views/setup.py", title="Setup", icon=":material/settings:", default=True),
+    st.Page("views/attribution.py", title="Attribution", icon=":material/search:"),
+    st.Page("views/dtda.py", title="d-TDA", icon=":material/bar_chart:"),
+    st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
+    st.Page("views/mislabels.py", title="Mislabels", icon=":material/flag:"),
+    st.Page("views/pruning.py", title="Pruning & export", icon=":material/content_cut:"),
+    st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
 ]
 appkit.read_deep_link()  # ?run=…&query=…&attributor=… restores the view (first run of a session only)
 nav = st.navigation(pages)

@@ -1,4 +1,4 @@
-"""Streamlit glue shared by app.py and pages/: session keys (initialised in one place), cached loaders
+"""Streamlit glue shared by app.py and views/ (the pages): session keys (initialised in one place), cached loaders
 over workspace artifacts, and the progress adapter. No algorithm code lives here."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import streamlit as st
 from tda_explorer.attributors.cache import ScoreResult, compute_scores, list_scores, load_scores
 from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
 from tda_explorer.store import Workspace
-from tda_explorer.training import TrainedRun, load_run
+from tda_explorer.training import LocalExecutor, TrainedRun, load_run
 from tda_explorer.viz import example_text
 from tda_explorer.viz.figures import thumbnail_data_url
 from tda_explorer.viz.render import escape_markdown
@@ -299,10 +299,16 @@ def page_guard() -> None:
 
 
 def apply_assets() -> None:
-    """The app's logo and page CSS from `assets/` (image captions clamped to two lines, compact grid)."""
+    """The app's logo and page CSS from `assets/` (image captions clamped to three lines, compact grid)."""
     st.logo(str(ASSETS / "logo.svg"), size="large")
     css = (ASSETS / "app.css").read_text()
     st.html(f"<style>{css}</style>")
+
+
+def app_executor() -> LocalExecutor:
+    """The executor of the app's jobs: in-process (a process pool spawned from the server's script thread
+    stalled the first-start demo in the browser test), unless `$TDA_WORKERS` asks for workers."""
+    return LocalExecutor() if os.environ.get("TDA_WORKERS") else LocalExecutor(1)
 
 
 # ---- first start: the demo ----
@@ -330,8 +336,8 @@ def ensure_demo() -> None:
         )
         bar = st.progress(0.0, text="waiting for another session's preparation…")
         try:
-            with _DEMO_LOCK:
-                demo = prepare_demo(ws, progress_callback(bar))
+            with _DEMO_LOCK:  # in-process: no worker processes spawned from the server's script thread
+                demo = prepare_demo(ws, progress_callback(bar), executor=app_executor())
         except TDAError as e:
             st.error(f"The demo could not be prepared: {e}")
             return
@@ -423,6 +429,7 @@ def require_run(message: str | None = NO_RUN_MESSAGE) -> TrainedRun:
 
 
 __all__ = [
+    "app_executor",
     "app_run",
     "apply_assets",
     "cache_note",

@@ -159,7 +159,7 @@ def histogram_figure(samples: dict[str, np.ndarray], x_title: str, nbins: int | 
         )  # fmt: skip
     fig.update_layout(
         barmode="overlay",
-        xaxis={"title": x_title, "exponentformat": "e", "tickformat": ".3e"},
+        xaxis={"title": x_title, "exponentformat": "e", "tickformat": ".3~g"},
         yaxis={"title": "seeds", "domain": [0.18, 1.0], "rangemode": "tozero"},
         yaxis2={"domain": [0.0, 0.12], "visible": False, "range": [-0.3, 0.0]},
         height=380,

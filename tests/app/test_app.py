@@ -28,7 +28,7 @@ def test_app_loads_with_empty_workspace(app):
 @pytest.mark.parametrize("page", ["attribution", "dtda", "map", "mislabels", "pruning", "evaluation"])
 def test_every_page_asks_for_a_run_when_there_is_none(app, page):
     app.run()
-    app.switch_page(f"pages/{page}.py")
+    app.switch_page(f"views/{page}.py")
     app.run()
     assert not app.exception, app.exception
     assert [i.value for i in app.main.info] == ["Train a run on the Setup page first."]
@@ -56,7 +56,7 @@ def test_train_attribute_and_view(app):
     next(b for b in app.button if b.label.startswith("Compute")).click()
     app.run()
     assert any("Reused from cache (computed " in s.value for s in app.success), [s.value for s in app.success]
-    app.switch_page("pages/attribution.py")
+    app.switch_page("views/attribution.py")
     app.run()
     assert not app.exception, app.exception
     assert app.title[0].value == "Attribution"
@@ -110,12 +110,12 @@ def test_first_start_prepares_the_demo(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     run_key = at.session_state["run_key"]
     assert run_key and at.sidebar.selectbox[0].value == run_key
-    at.switch_page("pages/attribution.py")
+    at.switch_page("views/attribution.py")
     at.run()
     assert not at.exception, at.exception
     text = " ".join(m.value for m in at.markdown)
     assert "Supporting" in text and "trak" in text
-    at.switch_page("pages/dtda.py")
+    at.switch_page("views/dtda.py")
     at.run()
     assert not at.exception, at.exception
     assert not at.info  # two seeds: d-TDA is offered, not "train more seeds"

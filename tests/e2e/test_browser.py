@@ -105,6 +105,8 @@ def settle(page) -> None:
     that the page shows no exception."""
     page.wait_for_timeout(500)
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="hidden", timeout=240_000)
+    page.locator('[data-stale="true"]').first.wait_for(state="detached", timeout=30_000)  # no faded leftovers
+    page.wait_for_timeout(300)
     errors = page.locator('[data-testid="stException"]')
     assert errors.count() == 0, errors.first.inner_text()
 
@@ -122,7 +124,14 @@ def pick(page, label: str, presses: int = 2) -> None:
     settle(page)
 
 
-def test_first_hour(server, page, tmp_path):
+@pytest.fixture
+def last_shot(page):
+    """A screenshot of the last view, also when the test fails (test-artifacts/e2e/99-last-view.png)."""
+    yield
+    shot(page, "99-last-view")
+
+
+def test_first_hour(server, page, tmp_path, last_shot):
     started = time.time()
     page.goto(server.url)
     # 1. First start: the demo is prepared with a progress bar, then Setup shows the ready run.
@@ -147,6 +156,9 @@ def test_first_hour(server, page, tmp_path):
     shot(page, "03-attribution")
     page.get_by_text("Only mistakes").click()
     settle(page)
+    picker = page.locator('[data-testid="stSelectbox"]').filter(has_text="Test prediction").first
+    mistake = re.search(r"mnist5k-\d+", picker.inner_text()).group(0)
+    page.get_by_text(f"{mistake} · label").first.wait_for()  # the query shown is the mistake
     page.get_by_text("push the model toward its prediction").first.wait_for()
     shot(page, "04-attribution-mistake")
     link = page.url  # the deep link of this view: run, page, query and attributor

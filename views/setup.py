@@ -15,7 +15,7 @@ from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
 from tda_explorer.models import default_model_config
 from tda_explorer.store.uploads import UPLOAD_SUFFIXES, save_upload
-from tda_explorer.training import LocalExecutor, TrainConfig, default_train_config, train_run
+from tda_explorer.training import TrainConfig, default_train_config, train_run
 
 ARCHS = {"image": ["mlp", "logreg", "cnn"], "tabular": ["mlp", "logreg"], "text": ["text"]}
 
@@ -99,7 +99,7 @@ if submitted:
             bar = st.progress(0.0, text="training…")
             started = datetime.now(UTC)
             run = train_run(
-                splits, default_model_config(arch), cfg, range(int(seeds)), ws, LocalExecutor(),
+                splits, default_model_config(arch), cfg, range(int(seeds)), ws, appkit.app_executor(),
                 appkit.progress_callback(bar),
             )  # fmt: skip
             bar.progress(1.0, text="done")

@@ -16,7 +16,6 @@ from tda_explorer.errors import TDAError
 from tda_explorer.evaluation import compute_pruning_curve, stored_pruning_curve
 from tda_explorer.selection import curve_fractions, removal_mask, usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
-from tda_explorer.training import LocalExecutor
 from tda_explorer.viz.figures import pruning_figure
 
 appkit.page_guard()
@@ -34,7 +33,9 @@ st.caption(
 )
 # The attributors the user can prune with: every method + settings computed for this run (test or validation).
 choices: dict[str, dict] = {}
-for m in sorted(all_scores, key=lambda m: m["extra"]["seconds"]):  # cheapest first: the default
+val_methods = [m["config"]["method"] for m in stored]
+# ready first (validation scores stored), then the cheapest: the first is the default
+for m in sorted(all_scores, key=lambda m: (m["config"]["method"] not in val_methods, m["extra"]["seconds"])):
     method = m["config"]["method"]
     choices.setdefault(
         json.dumps(method, sort_keys=True), {"method": method, "seconds": m["extra"]["seconds"]}
@@ -47,7 +48,7 @@ labels = {
     for k, c in choices.items()
 }
 picked = st.selectbox(
-    "Attributor (cheapest first)", list(choices), format_func=labels.get, key="prune_method",
+    "Attributor (ready ones first, then the cheapest)", list(choices), format_func=labels.get, key="prune_method",
     help="Scores on the validation set from this attributor rank the training examples.",
 )  # fmt: skip
 method_cfg = choices[picked]["method"]
@@ -119,7 +120,7 @@ if curve is None:
         try:
             bar = st.progress(0.0, text="retraining without the pruned examples…")
             curve = compute_pruning_curve(
-                *curve_args, workspace=ws, executor=LocalExecutor(), progress=appkit.progress_callback(bar),
+                *curve_args, workspace=ws, executor=appkit.app_executor(), progress=appkit.progress_callback(bar),
                 source=key,
             )  # fmt: skip
             bar.empty()
