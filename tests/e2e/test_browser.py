@@ -203,14 +203,14 @@ def test_first_hour(server, page, tmp_path, last_shot):
     settle(page)
     shot(page, "08-pruning")
     exports = server.workspace / "exports"
-    base = next(exports.glob("*removed.csv")).name.removesuffix(".csv")
+    base = next(exports.glob("*.parquet")).stem  # <name>.csv/.json/.parquet + <name>-kept/-removed.csv
     csv = pd.read_csv(exports / f"{base}.csv", dtype={"id": str})
     parquet = pd.read_parquet(exports / f"{base}.parquet")
     js = pd.read_json(exports / f"{base}.json", dtype={"id": str})
     assert len(csv) == len(parquet) == len(js) == 4000 and (parquet["status"] == "removed").sum() == 400
     assert csv["id"].tolist() == parquet["id"].tolist() == js["id"].tolist()
-    kept = pd.read_csv(next(exports.glob("*-kept.csv")), dtype={"id": str})
-    removed = pd.read_csv(next(exports.glob("*-removed.csv")), dtype={"id": str})
+    kept = pd.read_csv(exports / f"{base}-kept.csv", dtype={"id": str})
+    removed = pd.read_csv(exports / f"{base}-removed.csv", dtype={"id": str})
     assert len(kept) + len(removed) == 4000
     assert parquet.loc[parquet["flagged"], "id"].tolist() == [flagged_id]
 
