@@ -216,7 +216,7 @@ def test_first_hour(server, page, tmp_path, last_shot):
 
     # 7. Train again with more seeds in the same session: the new run is selected at once.
     open_page(page, "Setup")
-    seeds = page.get_by_label("Seeds")
+    seeds = page.get_by_role("spinbutton", name="Seeds")
     seeds.fill("7")
     seeds.press("Tab")
     page.get_by_role("button", name="Train (or reuse the cached run)").click()
