@@ -72,10 +72,12 @@ if val is None:
     except TDAError as e:
         st.error(str(e))
         st.stop()
+    st.session_state._computed_val = method_cfg
     st.rerun()  # draw the page afresh with the new scores (no stale button above them)
 key = val["key"]
 result = appkit.cached_scores(str(ws.root), key)
-st.caption(appkit.cache_note(val["extra"]["seconds"], val["created"], reused=True))
+just_computed = st.session_state.get("_computed_val") == method_cfg
+st.caption(appkit.cache_note(val["extra"]["seconds"], val["created"], reused=not just_computed))
 useful = usefulness(result.scores)
 
 mode = st.radio("Remove by", ["fraction", "score threshold"], horizontal=True)

@@ -222,7 +222,8 @@ def test_first_hour(server, page, tmp_path, last_shot):
     page.get_by_role("button", name="Train (or reuse the cached run)").click()
     page.get_by_text(re.compile(r"seeds \[0, 1, 2, 3, 4, 5, 6\]")).first.wait_for(timeout=240_000)
     settle(page)
-    assert page.locator('[data-testid="stSidebar"]').get_by_text("7 seed(s)").count() >= 1
+    current = re.search(r"Current run (\w+)", page.get_by_text("Current run").first.inner_text()).group(1)
+    assert re.search(r"run=(\w+)", page.url).group(1) == current  # the sidebar's owner state and the URL
     shot(page, "09-train-again-7-seeds")
 
     # 8. Upload a CSV (wine) and train on it.
