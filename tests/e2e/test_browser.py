@@ -226,7 +226,7 @@ def test_first_hour(server, page, tmp_path, last_shot):
     assert re.search(r"run=(\w+)", page.url).group(1) == current  # the sidebar's owner state and the URL
     shot(page, "09-train-again-7-seeds")
 
-    # 8. Upload a CSV (wine) and train on it.
+    # 8. Upload a CSV (wine) and train on it (the form keeps the 7 seeds).
     from sklearn.datasets import load_wine
 
     wine = load_wine(as_frame=True)
@@ -237,7 +237,9 @@ def test_first_hour(server, page, tmp_path, last_shot):
     page.locator('input[type="file"]').set_input_files(str(path))
     settle(page)
     page.get_by_role("button", name="Train (or reuse the cached run)").click()
-    page.get_by_text(re.compile(r"tabular · mlp · seeds \[0, 1, 2, 3, 4\]")).first.wait_for(timeout=240_000)
+    page.get_by_text(re.compile(r"tabular · mlp · seeds \[0, 1, 2, 3, 4, 5, 6\]")).first.wait_for(
+        timeout=240_000
+    )
     settle(page)
     shot(page, "10-upload-wine")
 
