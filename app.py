@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import appdemo
 import appkit
 
 st.set_page_config(page_title="TDA Explorer", page_icon=str(appkit.ASSETS / "logo.svg"), layout="wide")
@@ -23,7 +24,7 @@ appkit.read_deep_link()  # ?run=…&query=…&attributor=… restores the view (
 nav = st.navigation(pages)
 if (asked := appkit.requested_page(pages)) is not None and asked.url_path != nav.url_path:
     st.switch_page(asked)
-appkit.ensure_demo()  # first start on an empty workspace: train the MNIST demo and a fast attributor
+appdemo.ensure_demo()  # first start on an empty workspace: train the MNIST demo and a fast attributor
 appkit.sidebar()
 with appkit.app_run(nav.url_path):
     nav.run()

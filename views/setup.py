@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
+import appdemo
 import appkit
 from tda_explorer.attributors import ATTRIBUTORS
 from tda_explorer.attributors.measurement import compute_test_scores
@@ -81,7 +82,7 @@ with st.form("train"):
         "Label noise: fraction of training labels flipped (seeded, recorded)", 0.0, 0.5, 0.0, 0.05
     )
     submitted = st.form_submit_button("Train (or reuse the cached run)", type="primary")
-if estimate := appkit.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds)):
+if estimate := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds)):
     st.caption(f"Training new seeds takes {estimate}; seeds already trained are reused.")
 
 problem = spec_args.pop("_problem", None)
