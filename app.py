@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import streamlit as st
 
+import appdemo
 import appkit
 
-st.set_page_config(page_title="TDA Explorer", page_icon=":material/search:", layout="wide")
+st.set_page_config(page_title="TDA Explorer", page_icon=str(appkit.ASSETS / "logo.svg"), layout="wide")
 appkit.init_session()
+appkit.apply_assets()
 
 pages = [
-    st.Page("pages/setup.py", title="Setup", icon=":material/settings:", default=True),
-    st.Page("pages/attribution.py", title="Attribution", icon=":material/search:"),
-    st.Page("pages/dtda.py", title="d-TDA", icon=":material/bar_chart:"),
-    st.Page("pages/map.py", title="Map", icon=":material/scatter_plot:"),
-    st.Page("pages/mislabels.py", title="Mislabels", icon=":material/flag:"),
-    st.Page("pages/pruning.py", title="Pruning & export", icon=":material/content_cut:"),
-    st.Page("pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
+    st.Page("views/setup.py", title="Setup", icon=":material/settings:", default=True),
+    st.Page("views/attribution.py", title="Attribution", icon=":material/search:"),
+    st.Page("views/dtda.py", title="d-TDA", icon=":material/bar_chart:"),
+    st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
+    st.Page("views/mislabels.py", title="Mislabels", icon=":material/flag:"),
+    st.Page("views/pruning.py", title="Pruning & export", icon=":material/content_cut:"),
+    st.Page("views/evaluation.py", title="Evaluation", icon=":material/analytics:"),
 ]
+appkit.read_deep_link()  # ?run=…&query=…&attributor=… restores the view (first run of a session only)
 nav = st.navigation(pages)
+if (asked := appkit.requested_page(pages)) is not None and asked.url_path != nav.url_path:
+    st.switch_page(asked)
+appdemo.ensure_demo()  # first start on an empty workspace: train the MNIST demo and a fast attributor
 appkit.sidebar()
-st.session_state._in_app = True  # tells the pages that app.py set up the session this run
-try:
+with appkit.app_run(nav.url_path):
     nav.run()
-finally:
-    st.session_state._in_app = False

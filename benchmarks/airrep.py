@@ -68,7 +68,7 @@ WORKSPACE = ROOT / ".workspace"
 N_MODELS = 10
 
 BASELINES = {
-    "trak-10": ("trak", {"n_models": N_MODELS, "proj_dim": 256}),
+    "trak-10": ("trak", {"n_models": N_MODELS, "proj_dim": 256, "proj_type": "rademacher"}),
     "trak-10 (sjlt, k 2048)": ("trak", {"n_models": N_MODELS, "proj_dim": 2048, "proj_type": "sjlt"}),
     "influence (ekfac)": ("influence", {"solver": "ekfac"}),
     "repsim": ("repsim", {}),

@@ -1,4 +1,12 @@
-"""Server time of the Attribution page after selecting another test prediction (issue #7: < 300 ms).
+"""The app's latency: the wall time of every default step of a new user's first hour (issue #17: each
+<= 60 s) and the server time of the Attribution page after selecting another test prediction (issue #7:
+< 300 ms).
+
+`python -m benchmarks.app_latency --journey` (the default) first runs the journey on a fresh workspace
+with the app's defaults, timing each step the way the app calls it (`measure_journey`): the first-start
+demo (MNIST MLP over 5 seeds, Grad-Dot, TRAK with the count sketch), predicted-class scores, d-TDA,
+the first map (UMAP, numba compilation included: a fresh process), the mislabel baseline, validation
+scores and the pruning curve, the export, training again with 10 seeds and a wine CSV upload.
 
 `python -m benchmarks.app_latency [--n 10] [--method grad_dot]` prepares (or reuses) an mnist5k run
 (logreg, one seed, the demo's default training) and the attributor's test scores in
@@ -44,6 +52,83 @@ def prepare(method: str, arch: str, dataset: str = "mnist5k", workspace: Path = 
     return run.key, result.key
 
 
+STEP_BUDGET_S = 60.0
+
+
+def measure_journey(workspace: Path) -> list[dict]:
+    """Run the default journey on `workspace` (should be empty) and time each step.
+
+    Returns: `[{"step", "seconds", "budget_s", "within_budget"}]` in journey order.
+    """
+    from sklearn.datasets import load_wine
+
+    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.dtda import compute_dtda
+    from tda_explorer.attributors.measurement import compute_test_scores
+    from tda_explorer.data import DatasetSpec, load_dataset
+    from tda_explorer.demo import DEMO_ARCH, DEMO_ATTRIBUTORS, DEMO_DATASET, DEMO_SEEDS
+    from tda_explorer.evaluation import compute_pruning_curve
+    from tda_explorer.evaluation.mislabel import training_loss_scores
+    from tda_explorer.maps import compute_map
+    from tda_explorer.models import default_model_config
+    from tda_explorer.selection import curve_fractions, removal_mask, usefulness
+    from tda_explorer.store import Workspace
+    from tda_explorer.store.exports import export_table, write_exports
+    from tda_explorer.training import LocalExecutor, default_train_config, train_run
+
+    ws = Workspace(workspace)
+    steps: list[dict] = []
+
+    def timed(name: str, fn):
+        start = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - start
+        steps.append({"step": name, "seconds": round(seconds, 2), "budget_s": STEP_BUDGET_S,
+                      "within_budget": seconds <= STEP_BUDGET_S})  # fmt: skip
+        print(f"  {name}: {seconds:.1f} s", flush=True)
+        return out
+
+    splits = load_dataset(DatasetSpec(DEMO_DATASET))
+    mcfg, tcfg = default_model_config(DEMO_ARCH), default_train_config(DEMO_ARCH)
+    run = timed(f"demo: train {DEMO_DATASET} {DEMO_ARCH} over {DEMO_SEEDS} seeds",
+                lambda: train_run(splits, mcfg, tcfg, range(DEMO_SEEDS), ws, LocalExecutor(1)))  # fmt: skip
+    for method, settings in DEMO_ATTRIBUTORS:  # as the app computes them: both measurements, one fit
+        timed(f"demo: {method} {settings}, test queries at the true label and the predicted class",
+              lambda m=method, st=settings: compute_test_scores(run, splits, m, st, ws))  # fmt: skip
+    timed("d-TDA: default (influence over the head, loss), all seeds",
+          lambda: compute_dtda(run, splits, {"base": "influence", "measurement": "loss"}, "test", ws))  # fmt: skip
+    timed("map: first UMAP of the penultimate features (numba compilation included)",
+          lambda: compute_map(run, splits, "penultimate", False, workspace=ws))  # fmt: skip
+    timed("mislabels: own training loss (baseline score)", lambda: training_loss_scores(run, splits.train))
+    val = timed("pruning: grad_dot validation scores (the cheapest attributor)",
+                lambda: compute_scores(run, splits, "grad_dot", {"params": "head"}, "val", ws))  # fmt: skip
+    useful = usefulness(val.scores)
+    timed("pruning: curve up to 50% removed, 1 seed (11 retrainings)",
+          lambda: compute_pruning_curve(useful, splits.train, splits.test, mcfg, tcfg, curve_fractions(0.5), (0,),
+                                        workspace=ws, executor=LocalExecutor(1)))  # fmt: skip
+    train = splits.train
+    removed = removal_mask(useful, fraction=0.1)
+    timed("export: CSV + JSON + Parquet of the pruned lists",
+          lambda: write_exports(ws.exports_dir, "journey",
+                                export_table(train.ids, train.labels.numpy(), train.class_names, useful, removed,
+                                             ws.flags().get(run.key))))  # fmt: skip
+    timed("setup: train again with 10 seeds",
+          lambda: train_run(splits, mcfg, tcfg, range(10), ws, LocalExecutor(1)))  # fmt: skip
+    wine = load_wine(as_frame=True)
+    frame = wine.data.assign(label=wine.target.map(lambda i: f"class_{i}"))
+    csv = Path(workspace) / "wine.csv"
+    frame.to_csv(csv, index=False)
+
+    def upload() -> None:
+        data = load_dataset(DatasetSpec("tabular", path=str(csv), options={"label_column": "label"}))
+        train_run(
+            data, default_model_config("mlp"), default_train_config("mlp"), range(5), ws, LocalExecutor(1)
+        )
+
+    timed("setup: wine CSV (178 rows) loaded and trained over 5 seeds", upload)
+    return steps
+
+
 def fragment_ms(at) -> float | None:
     """The page's own "server time for this view: N ms" caption, as a number (None when absent)."""
     for c in at.caption:
@@ -59,12 +144,13 @@ def measure(run_key: str, score_key: str, n: int, workspace: Path = WORKSPACE) -
     from streamlit.testing.v1 import AppTest
 
     os.environ["TDA_WORKSPACE"] = str(workspace)
+    os.environ["TDA_DEMO"] = "0"
     os.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
     at.session_state["run_key"] = run_key
     at.session_state["score_key"] = score_key
     at.run()
-    at.switch_page("pages/attribution.py")
+    at.switch_page("views/attribution.py")
     at.run()  # first view: loads the run, the dataset, the prediction table and the scores (cached)
     if at.exception:
         raise RuntimeError(str(at.exception))
@@ -89,9 +175,23 @@ def main(argv: list[str] | None = None) -> dict:
     """Prepare, measure, write `benchmarks/results/app_latency.json`; returns what was written."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=10, help="selections timed (default 10)")
-    p.add_argument("--method", default="grad_dot", help="attributor whose scores are shown")
-    p.add_argument("--arch", default="logreg", choices=["logreg", "mlp"])
+    p.add_argument(
+        "--method", default="trak", help="attributor whose scores are shown (default: the demo's TRAK)"
+    )
+    p.add_argument("--arch", default="mlp", choices=["logreg", "mlp"])
+    p.add_argument("--no-journey", dest="journey", action="store_false", help="only the selection latency")
     args = p.parse_args(argv)
+    journey = None
+    if args.journey:
+        import shutil
+
+        fresh = ROOT / "benchmarks" / ".journey-workspace"
+        shutil.rmtree(fresh, ignore_errors=True)
+        print("journey on a fresh workspace:", flush=True)
+        journey_load = os.getloadavg()
+        journey = measure_journey(fresh)
+        journey_load_after = os.getloadavg()
+        shutil.rmtree(fresh, ignore_errors=True)
     run_key, score_key = prepare(args.method, args.arch)
     load_before = os.getloadavg()
     timing = measure(run_key, score_key, args.n)
@@ -121,6 +221,14 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.platform(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if journey is not None:
+        out["journey"] = {
+            "steps": journey,
+            "budget_s": STEP_BUDGET_S,
+            "all_within_budget": all(s["within_budget"] for s in journey),
+            "load_average_before": journey_load,
+            "load_average_after": journey_load_after,
+        }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(out, indent=2) + "\n")
     print(
@@ -129,10 +237,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"{load_after[0]:.2f}; written to {RESULT.relative_to(ROOT)}"
     )
     return out
-
-
-if __name__ == "__main__":
-    main()
 
 
 def markdown(result: dict) -> str:
@@ -151,4 +255,30 @@ def markdown(result: dict) -> str:
             f"| the explanation section alone | {result['fragment_median_ms']:.1f} | "
             f"{min(result['fragment_samples_ms']):.1f} | {max(result['fragment_samples_ms']):.1f} | – |",
         ]
+        + journey_markdown(result.get("journey"))
     )
+
+
+def journey_markdown(journey: dict | None) -> list[str]:
+    """The journey's step timings as Markdown lines (empty without a journey)."""
+    if not journey:
+        return []
+    load = journey["load_average_before"][0], journey["load_average_after"][0]
+    lines = [
+        "",
+        f"Wall time of every default step of a new user's first hour, on a fresh workspace (load {load[0]:.2f} "
+        f"-> {load[1]:.2f}); budget {journey['budget_s']:.0f} s each, "
+        f"{'all within' if journey['all_within_budget'] else 'NOT all within'} budget:",
+        "",
+        "| step | seconds | within 60 s |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {s['step']} | {s['seconds']:.1f} | {'yes' if s['within_budget'] else '**no**'} |"
+        for s in journey["steps"]
+    ]
+    return lines
+
+
+if __name__ == "__main__":
+    main()

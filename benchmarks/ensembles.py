@@ -54,7 +54,10 @@ LORA = {"rank": 4, "lora_epochs": 2, "reinit_head": True}
 # of the naive and dropout ensembles at a few seconds on a CPU; LoRA members differentiate LoRA + head
 # (7k parameters, also projected to 512). Grad-Dot uses head gradients (LoRA: LoRA + head, and head only).
 BASES = {
-    "trak": ({"proj_dim": 512, "params": ["body.4.", "head."]}, {"proj_dim": 512, "params": "all"}),
+    "trak": (  # the dense projection these rows were measured with (TRAK's default is now "sjlt")
+        {"proj_dim": 512, "params": ["body.4.", "head."], "proj_type": "rademacher"},
+        {"proj_dim": 512, "params": "all", "proj_type": "rademacher"},
+    ),
     "grad_dot": ({"params": "head"}, {"params": "all"}),
 }
 

@@ -74,7 +74,7 @@ METHODS = {
     "source (L=1)": ("source", {"segments": 1}),
     "influence": ("influence", {"solver": "ekfac"}),
     # k = 512 < N: with k > N the unregularised TRAK kernel interpolates the training set (LDS ~ 0)
-    "trak": ("trak", {"proj_dim": 512, "n_models": 1}),
+    "trak": ("trak", {"proj_dim": 512, "n_models": 1, "proj_type": "rademacher"}),
 }
 
 

@@ -311,7 +311,9 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
             ),
             Method("influence/exact (defaults)", "influence", {"solver": "exact"}),
         ]
-    trak = {"proj_dim": proj_dim, "n_models": trak_models}
+    # rows without their own proj_type keep the dense Rademacher projection they were measured with
+    # (TRAK's default became the count sketch "sjlt" afterwards)
+    trak = {"proj_dim": proj_dim, "n_models": trak_models, "proj_type": "rademacher"}
     rows += [
         Method(  # count-sketch projection of the same size (lambda relative to the kernel); dattri given
             f"trak-{trak_models}",  # the same lambda and its dense Rademacher projection

@@ -98,7 +98,7 @@ def methods(n_seeds: int) -> list[tuple[str, str, dict]]:
     """
     from tda_explorer.attributors import ATTRIBUTORS
 
-    trak = {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora"}
+    trak = {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora", "proj_type": "rademacher"}
     influence = {"solver": "ekfac", "params": "lora"}
     rows = [
         ("TRAK, 1 model", "trak", {**trak, "n_models": 1}),

@@ -1,6 +1,6 @@
 """TDA Explorer: training data attribution — which training examples made my model do this?
 
-The compute core. It never imports streamlit; the app in `app.py`/`pages/` is a
+The compute core. It never imports streamlit; the app in `app.py`/`views/` is a
 thin layer over it, and everything here is usable from Python and the CLI alone.
 
 Entry points for your own model (imported lazily, so `import tda_explorer` stays light):

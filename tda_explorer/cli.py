@@ -375,5 +375,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except TDAError as e:
-        print(f"error: {e}", file=sys.stderr)
+        tqdm.write(f"error: {e}", file=sys.stderr)  # on its own line, below any open progress bar
         return 2

@@ -71,8 +71,12 @@ def compute_scores(
     split: str = "test",
     workspace: Workspace | None = None,
     progress: Progress | None = None,
+    on_fitted=None,
 ) -> ScoreResult:
-    """Scores of `method` (registry name) for the `split` queries against the training set; cached."""
+    """Scores of `method` (registry name) for the `split` queries against the training set; cached.
+
+    `on_fitted(attributor)`, if given, receives the fitted attributor when the scores are computed (not when
+    they are reused), e.g. to score other queries without fitting again."""
     if split not in QUERY_SPLITS:
         raise ConfigError(f"query split {split!r} is not one of {QUERY_SPLITS}.")
     ws = workspace or Workspace()
@@ -87,6 +91,8 @@ def compute_scores(
         queries = getattr(splits, split)
         start = time.perf_counter()
         attributor.fit(run, splits.train)
+        if on_fitted is not None:
+            on_fitted(attributor)
         scores = attributor.score(queries).numpy().astype(np.float32)
         if attributor.cached_self_influence:
             self_inf = attributor.self_influence().numpy().astype(np.float32)

@@ -177,7 +177,9 @@ class TRAK(Attributor):
 
     Args:
         proj_dim: projection size k (None = no projection, use raw gradients).
-        proj_type: "rademacher" or "gaussian".
+        proj_type: "sjlt" (default: a count sketch, one +-1 per gradient coordinate; the same LDS as the dense
+            projections in our MNIST benchmarks and 3x (logreg) to 21x (MLP) faster: 15.6 s instead of
+            305 s for the app's MNIST MLP demo on 2 cores), "rademacher" or "gaussian" (dense).
         proj_seed: projection seed (model i uses `proj_seed + i` with `proj_per_model`).
         proj_per_model: draw an independent projection for each model (default), as dattri does;
             averaging over models then also averages over projections (on MNIST logistic regression with
@@ -209,7 +211,7 @@ class TRAK(Attributor):
     def __init__(
         self,
         proj_dim: int | None = 2048,
-        proj_type: str = "rademacher",
+        proj_type: str = "sjlt",
         proj_seed: int = 0,
         regularization: float | str | None = "auto",
         regularization_factor: float = 1.0,

@@ -84,10 +84,10 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting(
             "proj_type",
             "choice",
-            "rademacher",
-            ("rademacher", "gaussian", "sjlt"),
-            "entries of the dense projection: random +-1, Gaussian, or a count sketch (sjlt: one +-1 per "
-            "gradient coordinate; same LDS in our MNIST benchmarks, 3x (logreg) to 21x (MLP) faster)",
+            "sjlt",
+            ("sjlt", "rademacher", "gaussian"),
+            "entries of the projection: a count sketch (sjlt, default: one +-1 per gradient coordinate; same "
+            "LDS in our MNIST benchmarks, 3x (logreg) to 21x (MLP) faster), or dense random +-1 / Gaussian",
         ),
     ),
     "repsim": (),

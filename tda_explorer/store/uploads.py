@@ -13,15 +13,22 @@ from pathlib import Path
 from tda_explorer.errors import DataError
 from tda_explorer.store.atomic import atomic_write_bytes
 
-UPLOAD_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq", ".txt")
+UPLOAD_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # what the table loaders read
+MAX_NAME = 120
 DEFAULT_MAX_BYTES = 200 * 2**20
 
 
 def safe_filename(name: str) -> str:
-    """The last path component of `name` with only `[A-Za-z0-9._-]` kept (never empty, never hidden)."""
+    """The last path component of `name` with only `[A-Za-z0-9._-]` kept (never empty, never hidden), at most
+    `MAX_NAME` characters: a longer name is cut before its extension, which is kept."""
     base = re.split(r"[\\/]", name)[-1]
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", base).lstrip(".") or "upload"
-    return cleaned[:120]
+    if len(cleaned) <= MAX_NAME:
+        return cleaned
+    suffix = Path(cleaned).suffix
+    if not suffix or len(suffix) > 16:
+        return cleaned[:MAX_NAME]
+    return cleaned[: MAX_NAME - len(suffix)] + suffix
 
 
 def save_upload(directory: str | Path, name: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
@@ -34,8 +41,8 @@ def save_upload(directory: str | Path, name: str, data: bytes, max_bytes: int = 
     suffix = Path(safe).suffix.lower()
     if suffix not in UPLOAD_SUFFIXES:
         raise DataError(
-            f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(UPLOAD_SUFFIXES)} file, "
-            "or give the path of an image folder instead."
+            f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(UPLOAD_SUFFIXES)} file "
+            "(a text dataset is a table with a text column), or give the path of an image folder instead."
         )
     if not data:
         raise DataError(

@@ -2,16 +2,27 @@
 
 `Executor.map(fn, jobs, progress)` is the whole interface. `LocalExecutor` runs
 in-process (workers=1) or on a local process pool (spawned workers, each
-single-threaded, so results equal the in-process ones bit for bit).
+single-threaded, so results equal the in-process ones bit for bit). By default
+(no `workers`, no `$TDA_WORKERS`) it decides per call: the first job runs in-process
+and is timed, and the pool is started for the rest only when jobs take at least
+`POOL_MIN_JOB_SECONDS` each — a spawned worker costs seconds to start (torch import)
+and per job to ship data, so small jobs are far faster in-process (measured on 2
+cores: 50 logistic-regression retrainings on digits 10.2 s in-process, 110.8 s on a
+2-worker pool). In-process jobs can report progress within the job (epochs) through
+`job_progress()`. Pool workers end when the parent process dies (a watchdog thread).
 `training.ray_executor.RayExecutor` runs the same jobs on Ray (a local instance or
 a cluster); `make_executor` picks one by name (`--executor` / `$TDA_EXECUTOR`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import multiprocessing as mp
 import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
@@ -34,22 +45,54 @@ class Executor(Protocol):
         ...
 
 
-def _init_worker() -> None:
+POOL_MIN_JOB_SECONDS = 5.0
+_JOB_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("job_progress", default=None)
+
+
+def job_progress() -> Progress | None:
+    """A Progress for the job running now in-process (`(done, total, msg)` within the job, e.g. epochs), or
+    None (in a pool worker, or outside an executor). The executor maps it onto its overall progress."""
+    return _JOB_PROGRESS.get()
+
+
+def _watch_parent(parent: int, interval: float = 1.0) -> None:
+    """Exit this worker as soon as its parent process is gone (a kill -9 of the CLI leaves no orphans)."""
+    while True:
+        time.sleep(interval)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watchdog").start()
+        with contextlib.suppress(Exception):  # Linux: also ask the kernel to signal us when the parent dies
+            import ctypes
+            import signal
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:
+                os._exit(1)
 
 
 class LocalExecutor:
-    """In-process (workers=1) or local process-pool executor.
+    """In-process, local process-pool, or automatic (the default) executor.
 
     Args:
-        workers: number of worker processes; None = `$TDA_WORKERS` or min(cpu count, 4).
+        workers: number of worker processes (1 = always in-process); None = `$TDA_WORKERS` if set, else
+            automatic: up to min(cpu count, 4) workers, used only when a job takes at least
+            `POOL_MIN_JOB_SECONDS` (the first job, run in-process, is timed).
     """
 
     def __init__(self, workers: int | None = None) -> None:
+        self.auto = False
+        if workers is None and os.environ.get("TDA_WORKERS"):
+            workers = int(os.environ["TDA_WORKERS"])
         if workers is None:
-            workers = int(os.environ.get("TDA_WORKERS", min(os.cpu_count() or 1, 4)))
+            self.auto, workers = True, min(os.cpu_count() or 1, 4)
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}.")
         self.workers = workers
@@ -63,32 +106,61 @@ class LocalExecutor:
     ) -> list[Any]:
         jobs = list(jobs)
         results: list[Any] = [None] * len(jobs)
-        if self.workers == 1 or len(jobs) <= 1:
-            for i, job in enumerate(jobs):
-                results[i] = fn(job)
-                if on_result is not None:
-                    on_result(i, results[i])
-                if progress is not None:
-                    progress(i + 1, len(jobs), f"job {i + 1}/{len(jobs)} done")
+        n = len(jobs)
+        serial = self.workers == 1 or n <= 1
+        first = 0
+        if self.auto and not serial:  # time the first job in-process, then decide
+            start = time.perf_counter()
+            self._run_here(fn, jobs, 0, results, progress, on_result)
+            first = 1
+            serial = time.perf_counter() - start < POOL_MIN_JOB_SECONDS or n - 1 <= 1
+        if serial:
+            for i in range(first, n):
+                self._run_here(fn, jobs, i, results, progress, on_result)
             return results
+        self._run_pool(fn, jobs, first, results, progress, on_result)
+        return results
+
+    @staticmethod
+    def _run_here(fn, jobs, i, results, progress, on_result) -> None:
+        """Job i in this process; its own progress (if it reports any) moves the overall bar within the job."""
+        n = len(jobs)
+
+        def within(done: int, total: int, msg: str) -> None:
+            if progress is not None and total > 0:
+                progress(
+                    round(i + min(done, total) / total, 3), n, f"job {i + 1}/{n}: {msg}"
+                )  # a fraction of a job
+
+        token = _JOB_PROGRESS.set(within if progress is not None else None)
+        try:
+            results[i] = fn(jobs[i])
+        finally:
+            _JOB_PROGRESS.reset(token)
+        if on_result is not None:
+            on_result(i, results[i])
+        if progress is not None:
+            progress(i + 1, n, f"job {i + 1}/{n} done")
+
+    def _run_pool(self, fn, jobs, first, results, progress, on_result) -> None:
+        n = len(jobs)
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(
-            min(self.workers, len(jobs)), mp_context=ctx, initializer=_init_worker
+            min(self.workers, n - first), mp_context=ctx, initializer=_init_worker, initargs=(os.getpid(),)
         ) as pool:
             # multiprocessing's pickler moves every CPU tensor it sends into shared memory in place (torch's
             # reduction), which would leave numpy views of the caller's tensors (e.g. a cached dataset's
             # labels) on freed memory. The workers get one deep copy of all jobs instead: a tensor shared
             # by the jobs is copied (and moved to shared memory) once.
-            sent = copy.deepcopy(jobs)
-            futures = {pool.submit(fn, job): i for i, job in enumerate(sent)}
-            for done, fut in enumerate(as_completed(futures), start=1):
+            sent = copy.deepcopy(jobs[first:])
+            futures = {pool.submit(fn, job): first + j for j, job in enumerate(sent)}
+            for done, fut in enumerate(as_completed(futures), start=first + 1):
                 i = futures[fut]
                 results[i] = fut.result()
                 if on_result is not None:
                     on_result(i, results[i])
                 if progress is not None:
-                    progress(done, len(jobs), f"job {i + 1}/{len(jobs)} done")
-        return results
+                    progress(done, n, f"job {i + 1}/{n} done")
 
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")

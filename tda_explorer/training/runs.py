@@ -25,7 +25,7 @@ from tda_explorer.models.imported import importable
 from tda_explorer.models.tasks import task_of
 from tda_explorer.store import Workspace, load_tensors, save_tensors
 from tda_explorer.training.config import TrainConfig
-from tda_explorer.training.executor import Executor, LocalExecutor
+from tda_explorer.training.executor import Executor, LocalExecutor, job_progress
 from tda_explorer.training.trainer import (
     Checkpoint,
     Progress,
@@ -62,12 +62,15 @@ def run_train_job(job: TrainJob) -> TrainResult:
     """Executor entry point: train; drop the weights when only eval logits are wanted.
 
     A `train_config` with its own `train_job(job)` (a multi-stage `StagedConfig`, a user's `UserTrainFn`)
-    runs the job itself; a `TrainConfig` runs the package's trainer.
+    runs the job itself; a `TrainConfig` runs the package's trainer (in-process, the executor's
+    `job_progress()` moves the bar epoch by epoch).
     """
     if hasattr(job.train_config, "train_job"):
         result = job.train_config.train_job(job)
     else:
-        result = train_model(job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets)
+        result = train_model(
+            job.model_config, job.train_config, job.data, job.seed, job.mask, job.eval_sets, job_progress()
+        )
     if not job.keep_checkpoints:
         result.checkpoints = []
     return result

@@ -119,12 +119,52 @@ def curve_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], x_title: str,
     return fig
 
 
-def histogram_figure(samples: dict[str, np.ndarray], x_title: str, nbins: int = 20) -> go.Figure:
-    """Overlaid histograms of named samples (e.g. a measurement across seeds with / without an example)."""
+def shared_bins(samples: dict[str, np.ndarray], max_bins: int = 30) -> dict[str, float]:
+    """Plotly `xbins` (start, end, size) shared by all samples, from the data: numpy's "auto" rule over the
+    pooled values, at least 4 and at most `max_bins` bins; a zero range gets a small symmetric width."""
+    pooled = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in samples.values()])
+    pooled = pooled[np.isfinite(pooled)]
+    if pooled.size == 0:
+        return {"start": 0.0, "end": 1.0, "size": 0.25}
+    lo, hi = float(pooled.min()), float(pooled.max())
+    if hi - lo <= 1e-12 * max(1.0, abs(lo)):
+        pad = max(abs(lo) * 1e-3, 1e-12)
+        lo, hi = lo - pad, hi + pad
+    n = int(np.clip(len(np.histogram_bin_edges(pooled, bins="auto")) - 1, 4, max_bins))
+    size = (hi - lo) / n
+    return {"start": lo - size / 2, "end": hi + size / 2, "size": size}
+
+
+def histogram_figure(samples: dict[str, np.ndarray], x_title: str, nbins: int | None = None) -> go.Figure:
+    """Overlaid histograms of named samples (e.g. a measurement across seeds with / without an example) on
+    bins shared by all samples and chosen from the data (`shared_bins`; `nbins` forces a count), each seed's
+    value also drawn as a tick below the axis (readable at 3 seeds as at 50); numbers in scientific notation."""
+    xbins = shared_bins(samples)
+    if nbins:
+        xbins["size"] = (xbins["end"] - xbins["start"]) / nbins
     fig = go.Figure()
-    for name, values in samples.items():
-        fig.add_trace(go.Histogram(x=np.asarray(values), name=name, opacity=0.6, nbinsx=nbins))
-    fig.update_layout(barmode="overlay", xaxis_title=x_title, yaxis_title="seeds", height=340)
+    colors = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
+    for j, (name, values) in enumerate(samples.items()):
+        values = np.asarray(values, dtype=np.float64)
+        color = colors[j % len(colors)]
+        fig.add_trace(
+            go.Histogram(x=values, name=name, opacity=0.55, xbins=xbins, marker_color=color, autobinx=False)
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=values, y=np.full(len(values), -0.06 - 0.06 * j), mode="markers", yaxis="y2",
+                marker={"symbol": "line-ns-open", "size": 14, "color": color}, showlegend=False,
+                hovertemplate="%{x:.4e}<extra>" + name.replace("<", "&lt;") + "</extra>",
+            )
+        )  # fmt: skip
+    fig.update_layout(
+        barmode="overlay",
+        xaxis={"title": x_title, "exponentformat": "e", "tickformat": ".3~g"},
+        yaxis={"title": "seeds", "domain": [0.18, 1.0], "rangemode": "tozero"},
+        yaxis2={"domain": [0.0, 0.12], "visible": False, "range": [-0.3, 0.0]},
+        height=380,
+        legend={"orientation": "h", "y": 1.1},
+    )
     return fig
 
 

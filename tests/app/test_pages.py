@@ -30,11 +30,12 @@ def prepared(tmp_path_factory):
 
 def app_at(prepared, monkeypatch, page: str | None = None) -> AppTest:
     monkeypatch.setenv("TDA_WORKSPACE", str(prepared["ws"].root))
+    monkeypatch.setenv("TDA_DEMO", "0")
     monkeypatch.chdir(ROOT)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
     at.run()
     if page is not None:
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
         at.run()
     assert not at.exception, at.exception
     return at
@@ -187,3 +188,39 @@ def test_pruning_page_computes_and_then_shows_the_cached_pruning_curve(prepared,
     assert not [b for b in at.button if b.label == "Compute the pruning curve"]
     curve = next(d.value for d in at.dataframe if "method_acc" in d.value.columns)
     assert curve["fraction"].tolist() == [0.0, 0.1, 0.2, 0.3]
+
+
+def test_deep_link_restores_run_page_query_and_attributor(prepared, monkeypatch):
+    monkeypatch.setenv("TDA_WORKSPACE", str(prepared["ws"].root))
+    monkeypatch.setenv("TDA_DEMO", "0")
+    monkeypatch.chdir(ROOT)
+    run = prepared["run"]
+    score_key = next(m["key"] for m in prepared["ws"].list("scores") if m["config"]["queries"] == "test")
+    query = prepared["splits"].test.ids[7]
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.query_params.update({"run": run.key, "page": "attribution", "query": query, "attributor": score_key})
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Attribution"
+    assert next(s for s in at.selectbox if s.label == "Test prediction").value == query
+    assert next(s for s in at.selectbox if s.label == "Attributor").value == score_key
+    # the URL follows the selection, so a reload or a shared link shows the same view
+    picker = next(s for s in at.selectbox if s.label == "Test prediction")
+    picker.set_value(picker.options[3])
+    rerun(at, "attribution")
+    assert at.query_params["query"] == [picker.options[3]] or at.query_params["query"] == picker.options[3]
+    assert prepared["ws"].root.joinpath(".app_last_run").read_text() == run.key
+
+
+def test_attribution_page_says_what_the_scores_explain(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "attribution")
+    next(t for t in at.toggle if t.label == "Only mistakes").set_value(True)
+    rerun(at, "attribution")
+    row = next(c.value for c in at.caption if c.value.startswith("true "))
+    predicted = row.split("predicted ")[1].split(" ·")[0]
+    text = " ".join(m.value for m in at.markdown)
+    assert f"push the model toward its prediction **{predicted}**" in text  # the default measurement
+    assert any(c.value.startswith("Reused from cache (computed ") for c in at.caption)
+    next(r for r in at.radio if r.label == "The scores explain").set_value("true_label")
+    rerun(at, "attribution")
+    assert "lower the loss of the true label" in " ".join(m.value for m in at.markdown)

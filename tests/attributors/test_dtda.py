@@ -52,7 +52,8 @@ def test_deltas_are_the_base_scores_with_explicit_sign(tiny_run, base, measureme
         attr.score(queries)
     attr.fit(run, train)
     result = attr.distribution(queries)
-    want = per_seed_scores(run, train, queries, method, **settings)
+    # the base with d-TDA's resolved settings (its defaults: last-layer gradients for influence / TRAK)
+    want = per_seed_scores(run, train, queries, method, **attr.settings["base_settings"])
     assert result.deltas.shape == (2, len(queries), len(train)) and result.measurements.shape == (
         2,
         len(queries),
@@ -63,7 +64,9 @@ def test_deltas_are_the_base_scores_with_explicit_sign(tiny_run, base, measureme
     torch.testing.assert_close(torch.from_numpy(result.mean_influence()), want.mean(0), rtol=1e-5, atol=1e-7)
     self_inf = torch.stack(
         [
-            make_attributor(method, **settings).fit(single_seed_view(run, s), train).self_influence()
+            make_attributor(method, **attr.settings["base_settings"])
+            .fit(single_seed_view(run, s), train)
+            .self_influence()
             for s in run.seeds
         ]
     ).mean(0)

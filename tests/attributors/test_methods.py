@@ -77,9 +77,12 @@ def tiny_logreg_run(seeds=(0,), n=80):
 
 @pytest.mark.parametrize("proj_dim", [27, 40, None])
 def test_trak_with_full_projection_matches_unprojected_formula(proj_dim):
-    """k >= p (= 27) and lambda = 0: phi (Phi^T Phi)^+ Phi^T = g (G^T G)^{-1} G^T, times Q = 1 - p_y."""
+    """k >= p (= 27) and lambda = 0: phi (Phi^T Phi)^+ Phi^T = g (G^T G)^{-1} G^T, times Q = 1 - p_y (a dense,
+    full-rank projection; the default count sketch collides coordinates even at k >= p)."""
     run, train, queries = tiny_logreg_run()
-    attr = make_attributor("trak", proj_dim=proj_dim, regularization=0.0).fit(run, train)
+    attr = make_attributor("trak", proj_dim=proj_dim, proj_type="rademacher", regularization=0.0).fit(
+        run, train
+    )
     model = run.model().double()
     g = example_grads(model, train.inputs.double(), train.labels, objective="margin", device=CPU)
     gq = example_grads(model, queries.inputs.double(), queries.labels, objective="margin", device=CPU)
@@ -173,8 +176,9 @@ def test_trak_relative_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_di
     """regularization=None: lambda_m = factor x trace(Phi_m^T Phi_m) / min(k, N); k > N (= 80) solves in the
     N-space, same scores."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
-    auto = make_attributor("trak", proj_dim=proj_dim, regularization=None, regularization_factor=0.5)
-    auto.fit(run, train)
+    auto = make_attributor(
+        "trak", proj_dim=proj_dim, proj_type="rademacher", regularization=None, regularization_factor=0.5
+    ).fit(run, train)
     phis = [m.phi.double() for m in auto.models_]
     want = [0.5 * float(phi.square().sum()) / min(proj_dim, len(train)) for phi in phis]
     assert auto.regularization_ == pytest.approx(want) and want[0] != pytest.approx(want[1])
@@ -195,7 +199,9 @@ def test_trak_relative_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_di
 def test_trak_kronecker_layout_uses_per_layer_kronecker_features():
     """proj_layout="kronecker": phi = kronecker_features(margin) with `kronecker_sizes`, seed proj_seed + i."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
-    attr = make_attributor("trak", proj_dim=12, proj_layout="kronecker", proj_seed=3, regularization=0.05)
+    attr = make_attributor(
+        "trak", proj_dim=12, proj_type="rademacher", proj_layout="kronecker", proj_seed=3, regularization=0.05
+    )
     attr.fit(run, train)
     assert all(m.phi is None for m in attr.models_)  # recomputed on use, never stored
     kernel = 0

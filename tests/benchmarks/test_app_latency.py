@@ -28,3 +28,21 @@ def test_measure_times_each_selection(tmp_path, monkeypatch):
     timing = measure(run_key, score_key, 2, workspace=tmp_path)
     assert len(timing["page_rerun_ms"]) == 2 and all(t > 0 for t in timing["page_rerun_ms"])
     assert all(f is not None and f >= 0 for f in timing["fragment_ms"])
+
+
+def test_journey_markdown_flags_a_step_over_budget():
+    from benchmarks.app_latency import journey_markdown
+
+    journey = {
+        "steps": [
+            {"step": "demo", "seconds": 20.9, "budget_s": 60.0, "within_budget": True},
+            {"step": "d-TDA", "seconds": 77.6, "budget_s": 60.0, "within_budget": False},
+        ],
+        "budget_s": 60.0,
+        "all_within_budget": False,
+        "load_average_before": [8.0, 0, 0],
+        "load_average_after": [9.0, 0, 0],
+    }
+    text = "\n".join(journey_markdown(journey))
+    assert "NOT all within budget" in text and "| d-TDA | 77.6 | **no** |" in text
+    assert journey_markdown(None) == []

@@ -29,7 +29,7 @@ def tiny_sst2_app(tmp_path, monkeypatch, tiny_sst2):
 
 
 def go(at: AppTest, page: str) -> AppTest:
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"views/{page}.py")
     at.run()
     assert not at.exception, at.exception
     return at

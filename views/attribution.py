@@ -1,5 +1,6 @@
 """Attribution: pick a test prediction, see the training examples that support and oppose it;
-switch attributor, or compare two side by side with their rank agreement."""
+switch attributor, or compare two side by side with their rank agreement. The user chooses what the scores
+explain: the predicted class (default) or the true label's loss (`tda_explorer.attributors.measurement`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import streamlit as st
 import appkit
 from tda_explorer.selection import rank_agreement
 from tda_explorer.viz import example_caption, example_image, example_markdown
+
+MEASURES = {"predicted": "the predicted class", "true_label": "the true label's loss"}
 
 appkit.page_guard()
 st.title("Attribution")
@@ -26,15 +29,22 @@ data = appkit.dataset_of(run)
 test, train = data.test, data.train
 names = {m["key"]: f"{m['config']['method']['method']} ({m['key'][:8]})" for m in stored}
 keys = list(names)
-if st.session_state.score_key not in keys:
-    st.session_state.score_key = keys[0]
-
-c1, c2 = st.columns(2)
-c1.selectbox("Attributor", keys, format_func=names.get, key="score_key")
+c1, c2, c3 = st.columns([2, 2, 3])
+appkit.synced_selectbox("Attributor", keys, "score_key", c1, format_func=names.get)
+meta = next(m for m in stored if m["key"] == st.session_state.score_key)
+c1.caption(appkit.cache_note(meta["extra"]["seconds"], meta["created"], reused=True))
 compare_key = c2.selectbox(
     "Compare with (optional)",
     [None, *[k for k in keys if k != st.session_state.score_key]],
     format_func=lambda k: "—" if k is None else names[k],
+)
+measurement = c3.radio(
+    "The scores explain",
+    list(MEASURES),
+    format_func=MEASURES.get,
+    key="measurement",
+    help="Predicted class: a supporting example pushes the model toward what it predicted (for a mistake: "
+    "why it made it). True label: a supporting example lowers the loss of the correct label.",
 )
 
 table = appkit.prediction_table(root, run.key)
@@ -63,10 +73,7 @@ picked = appkit.ids_from_rows(shown["id"].tolist(), event.selection.rows)
 if picked and picked != st.session_state.get("last_table_pick"):  # a new click wins over the selectbox
     st.session_state.query_id = picked[0]
 st.session_state.last_table_pick = picked
-ids = shown["id"].tolist()
-if st.session_state.query_id not in ids:
-    st.session_state.query_id = ids[0]
-st.selectbox("Test prediction", ids, key="query_id")
+appkit.synced_selectbox("Test prediction", shown["id"].tolist(), "query_id")
 
 
 @st.fragment
@@ -85,15 +92,28 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
         elif examples.kind == "text":
             col.markdown(example_markdown(examples, i, score, flagged=flagged))
         else:
-            col.markdown(f"*{caption}*")
+            col.markdown(f"*{appkit.escape_markdown(caption)}*")
+
+    pred_name, true_name = (appkit.escape_markdown(str(row[c])) for c in ("predicted", "true"))
+    if measurement == "predicted":
+        titles = (
+            f"Supporting — push the model toward its prediction **{pred_name}**",
+            f"Opposing — push it away from **{pred_name}**",
+        )
+    else:
+        titles = (
+            f"Supporting — lower the loss of the true label **{true_name}**",
+            f"Opposing — raise the loss of the true label **{true_name}**",
+        )
 
     def panel(score_key: str, container) -> np.ndarray:
-        result = appkit.cached_scores(root, score_key)
+        with st.spinner("Scoring the misclassified test examples at their predicted class (once, cached)…"):
+            result = appkit.measured_scores(root, run.key, score_key, measurement)
         r = result.query_ids.index(query_id)
         support, oppose = result.top_k(r, k)
         with container:
             st.markdown(f"**{names[score_key]}**")
-            for title, idx in (("Supporting (help the prediction)", support), ("Opposing (hurt it)", oppose)):
+            for title, idx in zip(titles, (support, oppose), strict=True):
                 st.markdown(title)
                 if train.kind == "text":  # sentences read best one per line
                     cols = [st.container()]
@@ -107,7 +127,7 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
     with left:
         st.markdown("**Query**")
         show(q, None, st, test)
-        st.caption(f"true {row['true']} · predicted {row['predicted']} · confidence {row['confidence']:.3f}")
+        st.caption(f"true {true_name} · predicted {pred_name} · confidence {row['confidence']:.3f}")
     with right:
         if compare_key is None:
             panel(score_key, st.container())

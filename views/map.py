@@ -4,6 +4,8 @@ gradients or AirRep embeddings, coloured by label, prediction or score; hovering
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import streamlit as st
 
@@ -43,6 +45,7 @@ if representation == "airrep":
 
 try:
     bar = st.progress(0.0, text="map…")
+    started = datetime.now(UTC)
     result = compute_map(
         run, data, representation, include_test, workspace=ws, progress=appkit.progress_callback(bar),
         airrep_settings=airrep_settings,
@@ -51,6 +54,12 @@ try:
 except TDAError as e:
     st.error(str(e))
     st.stop()
+map_meta = ws.meta("map", result.key)
+map_seconds = (datetime.fromisoformat(map_meta["created"]) - started).total_seconds()
+if appkit.was_reused(map_meta, started):
+    st.caption(f"Map reused from cache (computed {appkit.human_time(map_meta['created'])})")
+else:
+    st.caption(f"Map computed in {max(map_seconds, 0.0):.1f} s (cached for the next visit)")
 
 n_train = len(train)
 labels = np.concatenate([train.labels.numpy(), test.labels.numpy()[: len(result.ids) - n_train]])
@@ -88,7 +97,8 @@ if fallback:
         elif es.kind == "text":
             col.markdown(example_markdown(es, pos, flagged=is_flagged))
         else:
-            col.markdown(f"*{example_caption(es, pos, flagged=is_flagged)}*  \n{example_features(es, pos)}")
+            caption = appkit.escape_markdown(example_caption(es, pos, flagged=is_flagged))
+            col.markdown(f"*{caption}*  \n{appkit.escape_markdown(example_features(es, pos))}")
 train_ids = set(train.ids)
 chosen = [i for i in fallback if i in train_ids]
 if chosen:

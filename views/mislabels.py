@@ -51,7 +51,7 @@ for j, i in enumerate(order):
     elif train.kind == "text":
         col.markdown(example_markdown(train, i, float(score[i]), flagged=train.ids[i] in flags))
     else:
-        col.markdown(f"*{caption}*")
+        col.markdown(f"*{appkit.escape_markdown(caption)}*")
 
 st.subheader("Flag or unflag")
 with st.form("flag"):
@@ -77,7 +77,12 @@ if flags:
     st.caption(f"{len(flags)} flagged in this run:")
     st.dataframe(
         [
-            {"id": f.example_id, "suggested": f.suggested_label, "note": f.note, "updated": f.updated_at}
+            {
+                "id": f.example_id,
+                "suggested": f.suggested_label,
+                "note": f.note,
+                "updated": appkit.human_time(f.updated_at),
+            }
             for f in flags.values()
         ],
         hide_index=True,

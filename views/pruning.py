@@ -4,6 +4,7 @@ random removal; computed on demand and cached), export the kept and removed list
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -15,7 +16,6 @@ from tda_explorer.errors import TDAError
 from tda_explorer.evaluation import compute_pruning_curve, stored_pruning_curve
 from tda_explorer.selection import curve_fractions, removal_mask, usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
-from tda_explorer.training import LocalExecutor
 from tda_explorer.viz.figures import pruning_figure
 
 appkit.page_guard()
@@ -24,33 +24,60 @@ ws = appkit.workspace()
 run = appkit.require_run()
 data = appkit.dataset_of(run)
 train = data.train
-stored = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "val"]
-test_scores = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "test"]
+all_scores = appkit.list_scores(ws, run.key)
+stored = [m for m in all_scores if m["config"]["queries"] == "val"]
 
 st.caption(
     "Usefulness of a training example = its mean score over the validation queries (positive = it helps "
     "them). Pruning removes the least useful. Validation scores keep the test set untouched."
 )
-if not stored:
-    if not test_scores:
-        st.info("Compute an attributor on the Setup page first.")
-        st.stop()
-    base = test_scores[0]["config"]["method"]
-    if st.button(f"Compute {base['method']} scores on the validation set", type="primary"):
-        try:
-            bar = st.progress(0.0, text="scoring the validation set…")
-            settings = {k: v for k, v in base.items() if k != "method"}
-            appkit.compute_scores(
-                run, data, base["method"], settings, "val", ws, appkit.progress_callback(bar)
-            )
-            st.rerun()
-        except TDAError as e:
-            st.error(str(e))
+# The attributors the user can prune with: every method + settings computed for this run (test or validation).
+choices: dict[str, dict] = {}
+val_methods = [m["config"]["method"] for m in stored]
+# ready first (validation scores stored), then the cheapest: the first is the default
+for m in sorted(all_scores, key=lambda m: (m["config"]["method"] not in val_methods, m["extra"]["seconds"])):
+    method = m["config"]["method"]
+    choices.setdefault(
+        json.dumps(method, sort_keys=True), {"method": method, "seconds": m["extra"]["seconds"]}
+    )
+if not choices:
+    st.info("Compute an attributor on the Setup page first.")
     st.stop()
-
-names = {m["key"]: f"{m['config']['method']['method']} ({m['key'][:8]})" for m in stored}
-key = st.selectbox("Attributor (validation scores)", list(names), format_func=names.get)
+labels = {
+    k: f"{c['method']['method']} · {', '.join(f'{a}={b}' for a, b in c['method'].items() if a != 'method')}"
+    for k, c in choices.items()
+}
+picked = st.selectbox(
+    "Attributor (ready ones first, then the cheapest)", list(choices), format_func=labels.get, key="prune_method",
+    help="Scores on the validation set from this attributor rank the training examples.",
+)  # fmt: skip
+method_cfg = choices[picked]["method"]
+val = next((m for m in stored if m["config"]["method"] == method_cfg), None)
+if val is None:
+    box = st.empty()
+    with box.container():
+        st.caption(
+            f"{method_cfg['method']} has no validation-set scores yet (its test-set scores took "
+            f"{choices[picked]['seconds']:.1f} s)."
+        )
+        go = st.button(f"Compute {method_cfg['method']} scores on the validation set", type="primary")
+    if not go:
+        st.stop()
+    try:
+        bar = st.progress(0.0, text="scoring the validation set…")
+        settings = {k: v for k, v in method_cfg.items() if k != "method"}
+        appkit.compute_scores(
+            run, data, method_cfg["method"], settings, "val", ws, appkit.progress_callback(bar)
+        )
+    except TDAError as e:
+        st.error(str(e))
+        st.stop()
+    st.session_state._computed_val = method_cfg
+    st.rerun()  # draw the page afresh with the new scores (no stale button above them)
+key = val["key"]
 result = appkit.cached_scores(str(ws.root), key)
+just_computed = st.session_state.get("_computed_val") == method_cfg
+st.caption(appkit.cache_note(val["extra"]["seconds"], val["created"], reused=not just_computed))
 useful = usefulness(result.scores)
 
 mode = st.radio("Remove by", ["fraction", "score threshold"], horizontal=True)
@@ -87,15 +114,19 @@ curve_args = (useful, train, data.test, run.model_config, run.train_config, frac
 curve = stored_pruning_curve(*curve_args, workspace=ws)
 if curve is None:
     n_models = (2 * len(fractions) - 1) * n_seeds
-    st.caption(f"Not computed yet: retrains {n_models} models (pruned by {result.method} and at random).")
-    if st.button("Compute the pruning curve", type="primary"):
+    box = st.empty()  # the caption and button go away once the curve is drawn
+    with box.container():
+        st.caption(f"Not computed yet: retrains {n_models} models (pruned by {result.method} and at random).")
+        go = st.button("Compute the pruning curve", type="primary")
+    if go:
         try:
             bar = st.progress(0.0, text="retraining without the pruned examples…")
             curve = compute_pruning_curve(
-                *curve_args, workspace=ws, executor=LocalExecutor(), progress=appkit.progress_callback(bar),
+                *curve_args, workspace=ws, executor=appkit.app_executor(), progress=appkit.progress_callback(bar),
                 source=key,
             )  # fmt: skip
             bar.empty()
+            box.empty()
         except TDAError as e:
             st.error(str(e))
 if curve is not None:

@@ -11,7 +11,6 @@ import appkit
 from tda_explorer.errors import TDAError
 from tda_explorer.evaluation import LDSConfig, compute_lds_truth
 from tda_explorer.evaluation.report import evaluation_rows
-from tda_explorer.training import LocalExecutor
 from tda_explorer.viz.figures import bar_with_interval
 
 appkit.page_guard()
@@ -37,7 +36,7 @@ try:
     if go:
         bar = st.progress(0.0, text="retraining on subsets…")
         truth = compute_lds_truth(
-            data.train, data.test, run.model_config, run.train_config, config, ws, LocalExecutor(),
+            data.train, data.test, run.model_config, run.train_config, config, ws, appkit.app_executor(),
             appkit.progress_callback(bar),
         )  # fmt: skip
     else:

@@ -3,22 +3,28 @@ cached run), then compute the attributors you pick, each with its main settings.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import streamlit as st
 
+import appdemo
 import appkit
 from tda_explorer.attributors import ATTRIBUTORS
+from tda_explorer.attributors.measurement import compute_test_scores
 from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
 from tda_explorer.models import default_model_config
-from tda_explorer.store.uploads import save_upload
-from tda_explorer.training import LocalExecutor, TrainConfig, default_train_config, train_run
+from tda_explorer.store.uploads import UPLOAD_SUFFIXES, save_upload
+from tda_explorer.training import TrainConfig, default_train_config, train_run
 
 ARCHS = {"image": ["mlp", "logreg", "cnn"], "tabular": ["mlp", "logreg"], "text": ["text"]}
 
 appkit.page_guard()
 st.title("Setup")
 ws = appkit.workspace()
+if flash := st.session_state.pop("_setup_flash", None):  # what the last training did (set before its rerun)
+    st.success(flash)
 
 st.subheader("1 · Data and model")
 source = st.radio("Data", ["Built-in demo", "Upload a table", "Path on this machine"], horizontal=True)
@@ -33,14 +39,20 @@ else:
     c1, c2 = st.columns(2)
     kind = c1.selectbox("What the file holds", ["tabular", "text", "image folder"])
     kind = "image" if kind == "image folder" else kind
-    path = None
+    path, upload_problem = None, None
     if source == "Upload a table" and kind != "image":
-        upload = c2.file_uploader("CSV, TSV or Parquet", type=["csv", "tsv", "parquet", "pq"])
+        upload = c2.file_uploader(
+            "CSV, TSV or Parquet", type=[s.lstrip(".") for s in UPLOAD_SUFFIXES],
+            help="A header row; one column holds the label" + (", one the text" if kind == "text" else ""),
+        )  # fmt: skip
         if upload is not None:
             try:
                 path = str(save_upload(ws.root / "uploads", upload.name, upload.getvalue()))
             except TDAError as e:
-                st.error(str(e))
+                upload_problem = str(e)
+                st.error(upload_problem)
+    elif source == "Upload a table":
+        c2.info("Image folders can't be uploaded: give the folder's path (choose \"Path on this machine\").")
     else:
         path = c2.text_input("File or folder path", placeholder="/data/reviews.csv or /data/images/") or None
     options: dict = {}
@@ -49,21 +61,35 @@ else:
         options["label_column"] = c3.text_input("Label column", "label")
         if kind == "text":
             options["text_column"] = c4.text_input("Text column", "text")
+        else:
+            features = c4.text_input(
+                "Feature columns (comma-separated; blank = every other column)", "",
+                help="The numeric columns the model reads (loader option feature_columns).",
+            )  # fmt: skip
+            if features.strip():
+                options["feature_columns"] = [c.strip() for c in features.split(",") if c.strip()]
     spec_args = {"name": {"tabular": "tabular", "text": "text", "image": "images"}[kind], "path": path,
-                 "options": options}  # fmt: skip
+                 "options": options, "_problem": upload_problem}  # fmt: skip
 
 with st.form("train"):
     c1, c2, c3 = st.columns(3)
     arch = c1.selectbox("Model", ARCHS[kind])
-    seeds = c2.number_input("Seeds", min_value=1, max_value=20, value=1)
+    seeds = c2.number_input(
+        "Seeds", min_value=1, max_value=50, value=5, help="independent trainings; d-TDA and TRAK use several"
+    )
     epochs = c3.number_input("Epochs (blank = the model's default)", min_value=1, max_value=200, value=None)
     noise = st.slider(
         "Label noise: fraction of training labels flipped (seeded, recorded)", 0.0, 0.5, 0.0, 0.05
     )
     submitted = st.form_submit_button("Train (or reuse the cached run)", type="primary")
+if estimate := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds)):
+    st.caption(f"Training new seeds takes {estimate}; seeds already trained are reused.")
 
+problem = spec_args.pop("_problem", None)
 if submitted:
-    if spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
+    if problem:
+        st.error(f"The uploaded file can't be used: {problem}")
+    elif spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
         st.error("Choose a file (or give a path) first.")
     else:
         try:
@@ -72,13 +98,20 @@ if submitted:
             if epochs:
                 cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
             bar = st.progress(0.0, text="training…")
+            started = datetime.now(UTC)
             run = train_run(
-                splits, default_model_config(arch), cfg, range(int(seeds)), ws, LocalExecutor(1),
+                splits, default_model_config(arch), cfg, range(int(seeds)), ws, appkit.app_executor(),
                 appkit.progress_callback(bar),
             )  # fmt: skip
             bar.progress(1.0, text="done")
-            st.session_state.run_key = run.key
-            st.rerun()
+            meta = ws.meta("runs", run.key)
+            took = (datetime.now(UTC) - started).total_seconds()
+            st.session_state._setup_flash = (
+                f"Run {run.key}: " + appkit.cache_note(meta.get("extra", {}).get("seconds", took), meta.get("created"),
+                                                       appkit.was_reused(meta, started))
+            )  # fmt: skip
+            st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
+            st.rerun()  # so the sidebar, drawn before this page, lists the new run
         except TDAError as e:
             st.error(str(e))
 
@@ -89,7 +122,7 @@ st.write(
     f"Current run **{run.key}** — {run.dataset['name']} · {run.model_config.arch} · seeds {list(run.seeds)} · "
     f"mean test accuracy {run.mean_metric('test_acc'):.3f}"
 )
-default = ["grad_dot"] if "grad_dot" in ATTRIBUTORS else []
+default = ["trak"] if "trak" in ATTRIBUTORS else []  # count-sketch TRAK, one model: ~16 s on the demo
 # outside the form, so picking an attributor reruns the page and shows its settings below
 methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
 with st.form("attribute"):
@@ -129,15 +162,16 @@ if go:
     for method in methods:
         try:
             bar = st.progress(0.0, text=f"{method}…")
-            result = appkit.compute_scores(
-                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), "test", ws,
+            started = datetime.now(UTC)
+            result, _ = compute_test_scores(  # true-label and predicted-class scores, one fit
+                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), ws,
                 appkit.progress_callback(bar),
             )  # fmt: skip
-            bar.progress(1.0, text=f"{method} done")
+            bar.empty()
             st.session_state.score_key = result.key
-            st.success(
-                f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores in {result.seconds:.1f} s."
-            )
+            meta = ws.meta("scores", result.key)
+            note = appkit.cache_note(result.seconds, meta.get("created"), appkit.was_reused(meta, started))
+            st.success(f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores. {note}.")
         except TDAError as e:
             st.error(f"{method}: {e}")
 
@@ -156,7 +190,7 @@ if stored:
             {"key": m["key"], "method": m["config"]["method"]["method"], "queries": m["config"]["queries"],
              "settings": {k: v for k, v in m["config"]["method"].items() if k != "method"},
              "seconds": round(m["extra"]["seconds"], 2), "auto choice": _auto_choice(m["extra"]),
-             "created": m["created"]}
+             "computed": appkit.human_time(m["created"])}
             for m in stored
         ],
         hide_index=True,
@@ -166,6 +200,6 @@ with st.expander(f"All runs in the workspace ({len(runs)})"):
     st.dataframe(
         [{"key": m["key"], "dataset": m["config"]["dataset"]["name"], "model": m["config"]["model"]["arch"],
           "seeds": m["config"]["seeds"], "noise": m["config"]["dataset"].get("noise_fraction", 0.0),
-          "created": m["created"]} for m in runs],
+          "created": appkit.human_time(m["created"])} for m in runs],
         hide_index=True,
     )  # fmt: skip
