@@ -41,6 +41,15 @@ def init_session() -> None:
         st.session_state.setdefault(k, v)
 
 
+def _run_label(meta: dict) -> str:
+    """The run picker's label: data · model (imported ones by their factory) · seeds · key."""
+    cfg = meta["config"]
+    model = cfg["model"]["arch"]
+    if "imported" in cfg:
+        model = f"imported {cfg['imported'].get('factory', '')}"
+    return f"{cfg['dataset']['name']} · {model} · {len(cfg['seeds'])} seed(s) · {meta['key'][:8]}"
+
+
 def synced_selectbox(label: str, options: list, state_key: str, container=None, **kwargs):
     """A selectbox whose value lives in `st.session_state[state_key]` (the owner), not in the widget.
 
@@ -215,11 +224,7 @@ def sidebar() -> None:
             st.info("No run yet: train one on the Setup page.")
             return
         keys = [m["key"] for m in runs]
-        labels = {
-            m["key"]: f"{m['config']['dataset']['name']} · {m['config']['model']['arch']} · "
-            f"{len(m['config']['seeds'])} seed(s) · {m['key'][:8]}"
-            for m in runs
-        }
+        labels = {m["key"]: _run_label(m) for m in runs}
         if st.session_state.get("run_key") not in keys:  # a new session: the run the user last worked on
             last = _last_run(ws)
             st.session_state.run_key = last if last in keys else keys[0]

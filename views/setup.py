@@ -15,8 +15,9 @@ from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
 from tda_explorer.models import default_model_config
-from tda_explorer.store.uploads import UPLOAD_SUFFIXES, save_upload
-from tda_explorer.training import TrainConfig, default_train_config, train_run
+from tda_explorer.store.uploads import UPLOAD_SUFFIXES, WEIGHT_SUFFIXES, save_upload
+from tda_explorer.training import TrainConfig, default_train_config, import_run, train_run
+from tda_explorer.training.imported_hf import import_hf_run
 
 ARCHS = {"image": ["mlp", "logreg", "cnn"], "tabular": ["mlp", "logreg"], "text": ["text"]}
 
@@ -112,6 +113,74 @@ if submitted:
             )  # fmt: skip
             st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
             st.rerun()  # so the sidebar, drawn before this page, lists the new run
+        except TDAError as e:
+            st.error(str(e))
+
+with st.expander("Bring my model: a model trained elsewhere, on the data chosen above"):
+    st.caption(
+        "A PyTorch module: the factory that builds it (`package.module:function`, importable here) and one "
+        "weights file per seed (.pt state dict or .safetensors). Or a local Hugging Face classifier folder "
+        "(text data). Methods that retrain (LDS, pruning, LoRA ensembles, AirRep) need a recipe and are "
+        "refused with what to provide; the others work on the weights alone."
+    )
+    with st.form("import"):
+        how = st.radio("Model", ["PyTorch factory + weights", "Hugging Face folder"], horizontal=True)
+        factory = st.text_input("Factory", placeholder="mymodels:build")
+        weight_files = st.file_uploader(
+            "Weights, one file per seed",
+            type=[s.lstrip(".") for s in WEIGHT_SUFFIXES],
+            accept_multiple_files=True,
+        )
+        weight_paths = st.text_area("…or weight files on this machine, one seed per line", "")
+        hf_folders = st.text_area("Hugging Face folders, one per seed (one path per line)", "")
+        weight_decay = st.number_input("L2 coefficient of your training objective", min_value=0.0, value=0.0)
+        imported = st.form_submit_button("Import")
+    if imported:
+        try:
+            if (
+                problem
+                or not spec_args.get("name")
+                or (spec_args["name"] in ("tabular", "text", "images") and not spec_args.get("path"))
+            ):
+                raise TDAError(problem or "choose the data the model was trained on in section 1 first.")
+            splits = load_dataset(DatasetSpec(**spec_args))
+            bar = st.progress(0.0, text="importing…")
+            if how == "Hugging Face folder":
+                folders = [f.strip() for f in hf_folders.splitlines() if f.strip()]
+                if not folders:
+                    raise TDAError("give at least one Hugging Face folder (one path per line).")
+                run = import_hf_run(
+                    folders,
+                    splits,
+                    weight_decay=float(weight_decay),
+                    workspace=ws,
+                    progress=appkit.progress_callback(bar),
+                )
+            else:
+                paths = [
+                    str(
+                        save_upload(
+                            ws.root / "uploads" / "weights", f.name, f.getvalue(), suffixes=WEIGHT_SUFFIXES
+                        )
+                    )
+                    for f in weight_files or []
+                ] + [p.strip() for p in weight_paths.splitlines() if p.strip()]
+                if not factory.strip() or not paths:
+                    raise TDAError(
+                        "give the factory (package.module:function) and at least one weights file."
+                    )
+                run = import_run(
+                    factory.strip(),
+                    paths,
+                    splits,
+                    weight_decay=float(weight_decay),
+                    workspace=ws,
+                    progress=appkit.progress_callback(bar),
+                )
+            bar.progress(1.0, text="done")
+            st.session_state._setup_flash = f"Imported run {run.key} ({len(run.seeds)} seed(s))."
+            st.session_state.run_key = run.key
+            st.rerun()
         except TDAError as e:
             st.error(str(e))
 

@@ -14,6 +14,7 @@ from tda_explorer.errors import DataError
 from tda_explorer.store.atomic import atomic_write_bytes
 
 UPLOAD_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")  # what the table loaders read
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")  # what `import_run` reads
 MAX_NAME = 120
 DEFAULT_MAX_BYTES = 200 * 2**20
 
@@ -31,15 +32,26 @@ def safe_filename(name: str) -> str:
     return cleaned[: MAX_NAME - len(suffix)] + suffix
 
 
-def save_upload(directory: str | Path, name: str, data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+def save_upload(
+    directory: str | Path,
+    name: str,
+    data: bytes,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    suffixes: tuple[str, ...] = UPLOAD_SUFFIXES,
+) -> Path:
     """Store uploaded bytes as `<directory>/<sha256[:12]>-<safe name>` and return the path.
 
+    Args:
+        suffixes: the accepted file types (tables by default; `WEIGHT_SUFFIXES` for model weights).
+
     Raises:
-        DataError: the file is empty, larger than `max_bytes`, or not a supported table type.
+        DataError: the file is empty, larger than `max_bytes`, or not a supported type.
     """
     safe = safe_filename(name)
     suffix = Path(safe).suffix.lower()
-    if suffix not in UPLOAD_SUFFIXES:
+    if suffixes != UPLOAD_SUFFIXES and suffix not in suffixes:
+        raise DataError(f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(suffixes)} file.")
+    if suffix not in suffixes:
         raise DataError(
             f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(UPLOAD_SUFFIXES)} file "
             "(a text dataset is a table with a text column), or give the path of an image folder instead."

@@ -126,3 +126,35 @@ def test_setup_estimates_training_from_runs_measured_here(app):
     _train(app, 1)
     estimate = [c.value for c in app.caption if c.value.startswith("Training new seeds takes about")]
     assert estimate and "1 seed(s) ×" in estimate[0] and "measured on this machine" in estimate[0]
+
+
+def test_bring_my_model_imports_a_run_and_selects_it(app, tmp_path, monkeypatch):
+    """Issue 16: Setup's "Bring my model" takes a factory + weights, imports, and shows the run at once."""
+    import torch
+
+    (tmp_path / "usernets_app.py").write_text(
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usernets_app
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(usernets_app.build().state_dict(), tmp_path / f"w{seed}.pt")
+    app.run()
+    next(s for s in app.selectbox if s.label == "Dataset").set_value("digits")
+    importer = next(b for b in app.button if b.label == "Import")
+    next(t for t in app.text_input if t.label == "Factory").set_value("usernets_app:build")
+    importer.click()
+    app.run()
+    assert any("at least one weights file" in e.value for e in app.error)  # says what is missing
+    next(t for t in app.text_area if t.label.startswith("…or weight files")).set_value(
+        f"{tmp_path / 'w0.pt'}\n{tmp_path / 'w1.pt'}"
+    )
+    next(b for b in app.button if b.label == "Import").click()
+    app.run()
+    assert not app.exception, app.exception
+    key = app.session_state["run_key"]
+    assert key and app.sidebar.selectbox[0].value == key
+    text = " ".join(m.value for m in app.markdown)
+    assert f"Current run **{key}**" in text and "imported" in text and "seeds [0, 1]" in text
