@@ -85,7 +85,7 @@ print("RESULT " + json.dumps({"digest": work(sys.argv[1], sys.argv[2], float(sys
 
 SHARD_KINDS = {"featurize": "feature_shard", "lds": "lds_shard", "airrep": "airrep_shard"}
 FINAL_KINDS = {"featurize": "features", "lds": "lds_truth", "airrep": "airrep_data"}
-KILL_AFTER = {"featurize": 3, "lds": 5, "airrep": 5}  # progress reports seen before the kill
+KILL_AFTER = {"featurize": 3, "lds": 5, "airrep": 5}  # finished jobs reported before the kill
 
 
 def _env() -> dict[str, str]:
@@ -132,7 +132,8 @@ def _run_and_kill(mode: str, root: Path) -> None:
         while seen < KILL_AFTER[mode]:
             line = proc.stdout.readline()
             assert line, f"child ended before the kill: {proc.stderr.read()[-3000:]}"
-            seen += line.startswith("PROGRESS ")
+            # whole jobs only: in-process jobs also report fractions of themselves (epochs)
+            seen += line.startswith("PROGRESS ") and float(line.split()[1]).is_integer()
         time.sleep(random.Random(mode).uniform(0.0, 0.5))  # inside the pause, or the next job / write
     finally:
         os.kill(proc.pid, signal.SIGKILL)
