@@ -218,7 +218,8 @@ def sidebar() -> None:
     """The shared sidebar: workspace path and the run picker (owner: session key `run_key`)."""
     with st.sidebar:
         ws = workspace()
-        st.caption(f"Workspace: `{escape_markdown(str(ws.root))}`")
+        root = str(ws.root).replace("`", "'")  # a code span shows its text literally: no Markdown escapes
+        st.caption(f"Workspace: `{root}`")
         runs = ws.list_runs()
         if not runs:
             st.info("No run yet: train one on the Setup page.")

@@ -234,7 +234,8 @@ def test_first_hour(server, page, tmp_path, last_shot):
     wine.data.assign(label=wine.target.map(lambda i: f"class_{i}")).to_csv(path, index=False)
     page.get_by_text("Upload a table").click()
     settle(page)
-    page.locator('input[type="file"]').set_input_files(str(path))
+    table_uploader = page.get_by_test_id("stFileUploader").filter(has_text="CSV, TSV or Parquet")
+    table_uploader.locator('input[type="file"]').set_input_files(str(path))
     settle(page)
     page.get_by_role("button", name="Train (or reuse the cached run)").click()
     page.get_by_text(re.compile(r"tabular · mlp · seeds \[0, 1, 2, 3, 4, 5, 6\]")).first.wait_for(
