@@ -50,7 +50,9 @@ def save_upload(
     safe = safe_filename(name)
     suffix = Path(safe).suffix.lower()
     if suffixes != UPLOAD_SUFFIXES and suffix not in suffixes:
-        raise DataError(f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(suffixes)} file.")
+        raise DataError(
+            f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(suffixes)} file."
+        )
     if suffix not in suffixes:
         raise DataError(
             f"{name}: unsupported file type {suffix or '(none)'}; upload a {', '.join(UPLOAD_SUFFIXES)} file "
