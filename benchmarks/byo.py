@@ -12,9 +12,6 @@ Writes `benchmarks/results/byo.json` (`{mode: result}`); `python -m benchmarks.b
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks.measure import mode_parser, save_mode_result, short_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "byo.json"
@@ -146,11 +145,7 @@ def run_benchmark(mode: str) -> dict:
         "native_model": {"model": native_cfg.to_dict(), "training": native_train.to_dict()},
         "lds": {"n_subsets": lds_cfg.n_subsets, "alpha": lds_cfg.alpha, "seeds": list(lds_cfg.seeds)},
         "sides": result_sides,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_end": os.getloadavg(),
-        },
+        "machine": short_machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -182,22 +177,11 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_const", const="quick", dest="mode")
-    group.add_argument("--full", action="store_const", const="full", dest="mode")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = mode_parser(__doc__.split("\n")[0]).parse_args(argv)
     torch.set_num_threads(args.threads)
     mode = args.mode or "quick"
     result = run_benchmark(mode)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    stored[mode] = result
-    RESULTS.write_text(json.dumps(stored, indent=2, default=str) + "\n")
-    from benchmarks.report import write_report
-
-    write_report(RESULTS.parent, RESULTS.parent.parent / "RESULTS.md")
+    save_mode_result(RESULTS, mode, result)
     print(markdown(result))
     return 0
 

@@ -190,3 +190,39 @@ def run_isolated(args: list[str], timeout: float | None = None) -> None:
         raise
     if code != 0:
         raise IsolatedError(f"worker exited with code {code}")
+
+
+# ------------------------------------------------- per-method benchmarks run in a --quick / --full mode
+def mode_parser(description: str):
+    """The arguments every `{mode: result}` benchmark takes: `--quick` (default) / `--full`, `--threads`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_const", const="quick", dest="mode")
+    group.add_argument("--full", action="store_const", const="full", dest="mode")
+    parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def short_machine() -> dict:
+    """CPUs, torch threads and the load at the end of a benchmark (goes into its result)."""
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_end": os.getloadavg()}
+
+
+def save_mode_result(path, mode: str, result: dict, merge=None) -> None:
+    """Store `result` under `mode` in the JSON file `path` (other modes kept; `merge(old, new)` may combine
+    it with the stored result of the same mode) and rewrite RESULTS.md from every result file."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.report import write_report
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    if merge is not None and mode in stored:
+        result = merge(stored[mode], result)
+    stored[mode] = result
+    path.write_text(json.dumps(stored, indent=2, default=str) + "\n")
+    write_report(path.parent, path.parent.parent / "RESULTS.md")

@@ -22,9 +22,6 @@ Writes `benchmarks/results/robustness.json` (`{mode: result}`); `python -m bench
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -34,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks.measure import mode_parser, save_mode_result, short_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "robustness.json"
@@ -233,11 +232,7 @@ def run_benchmark(mode: str, protocols=PROTOCOLS, methods=("trak", "influence"))
         "sweep_units": "trace(Phi^T Phi) / N",
         "target": TARGET,
         "rows": rows,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_end": os.getloadavg(),
-        },
+        "machine": short_machine(),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -289,11 +284,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_const", const="quick", dest="mode")
-    group.add_argument("--full", action="store_const", const="full", dest="mode")
-    parser.add_argument("--threads", type=int, default=2)
+    parser = mode_parser(__doc__.split("\n")[0])
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--methods", default="trak,influence", help="comma list of trak, influence")
     args = parser.parse_args(argv)
@@ -301,18 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     mode = args.mode or "quick"
     methods = tuple(args.methods.split(","))
     result = run_benchmark(mode, tuple(args.protocols.split(",")), methods)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if mode in stored:  # keep the rows of methods not rerun (same protocols, same ground truths)
-        rerun = {"trak"} if "trak" in methods else set()
-        rerun |= {"influence/ekfac"} if "influence" in methods else set()
-        kept = [r for r in stored[mode]["rows"] if r["method"] not in rerun]
-        result["rows"] = kept + result["rows"]
-    stored[mode] = result
-    RESULTS.write_text(json.dumps(stored, indent=2, default=str) + "\n")
-    from benchmarks.report import write_report
+    rerun = ({"trak"} if "trak" in methods else set()) | (
+        {"influence/ekfac"} if "influence" in methods else set()
+    )
 
-    write_report(RESULTS.parent, RESULTS.parent.parent / "RESULTS.md")
+    def keep_other_methods(
+        old: dict, new: dict
+    ) -> dict:  # rows of methods not rerun (same protocols, truths)
+        new["rows"] = [r for r in old["rows"] if r["method"] not in rerun] + new["rows"]
+        return new
+
+    save_mode_result(RESULTS, mode, result, keep_other_methods)
     print(markdown(result))
     return 0
 

@@ -367,28 +367,40 @@ def import_run(
             progress(seed + 1, len(per_seed), f"seed {seed} imported")
 
     info = {"factory": name, "weights": hashes, "weight_decay": float(weight_decay), "task": task}
+    return store_imported_run(
+        ws, splits, model_cfg, recipe, checkpoints, metrics, info, splits.train.n_outputs
+    )
+
+
+def store_imported_run(
+    ws: Workspace,
+    splits: DatasetSplits,
+    model_cfg,
+    recipe,
+    checkpoints: dict[int, list[Checkpoint]],
+    metrics: dict[int, dict],
+    info: dict,
+    n_outputs: int,
+) -> TrainedRun:
+    """Write (or reuse) the "runs" artifact of an imported run whose seeds 0..S-1 are stored; the TrainedRun.
+
+    `info` is what was imported (factory, per-seed weight hashes, declared weight decay, task, ...)."""
+    seeds = sorted(checkpoints)
     run_cfg = {
         "dataset": splits.spec,
         "model": model_cfg.to_dict(),
         "train": None if recipe is None else recipe.to_dict(),
-        "seeds": list(range(len(per_seed))),
+        "seeds": seeds,
         "imported": info,
     }
     if not ws.exists("runs", run_cfg):
         with ws.write("runs", run_cfg, extra=run_summary(splits, metrics) | {"imported": True}):
             pass
+    key = ws.key("runs", run_cfg)
     return TrainedRun(
-        ws.key("runs", run_cfg),
-        splits.spec,
-        model_cfg,
-        recipe,
-        tuple(range(len(per_seed))),
-        splits.train.input_shape,
-        splits.train.n_outputs,
-        checkpoints,
-        metrics,
-        imported=info,
-    )
+        key, splits.spec, model_cfg, recipe, tuple(seeds), splits.train.input_shape, n_outputs, checkpoints,
+        metrics, imported=info,
+    )  # fmt: skip
 
 
 def load_imported_run(

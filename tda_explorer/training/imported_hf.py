@@ -26,13 +26,12 @@ from tda_explorer.models import HFConfig, prepare_inputs
 from tda_explorer.models.hf import HFClassifier, check_folder, folder_fingerprint
 from tda_explorer.store import Workspace
 from tda_explorer.training.config import TrainConfig
-from tda_explorer.training.imported import _seed_cfg
+from tda_explorer.training.imported import _seed_cfg, store_imported_run
 from tda_explorer.training.runs import (
     TrainedRun,
     _load_seed,
     _save_seed,
     accuracy,
-    run_summary,
     weights_hash,
 )
 from tda_explorer.training.trainer import (
@@ -191,25 +190,4 @@ def import_hf_run(
         "weight_decay": float(weight_decay),
         "task": "classification",
     }
-    run_cfg = {
-        "dataset": splits.spec,
-        "model": model_cfg.to_dict(),
-        "train": None if train_config is None else train_config.to_dict(),
-        "seeds": list(range(len(pairs))),
-        "imported": info,
-    }
-    if not ws.exists("runs", run_cfg):
-        with ws.write("runs", run_cfg, extra=run_summary(splits, metrics) | {"imported": True}):
-            pass
-    return TrainedRun(
-        ws.key("runs", run_cfg),
-        splits.spec,
-        model_cfg,
-        train_config,
-        tuple(range(len(pairs))),
-        splits.train.input_shape,
-        n_classes,
-        checkpoints,
-        metrics,
-        imported=info,
-    )
+    return store_imported_run(ws, splits, model_cfg, train_config, checkpoints, metrics, info, n_classes)
