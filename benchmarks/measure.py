@@ -205,6 +205,17 @@ def mode_parser(description: str):
     return parser
 
 
+def mode_main(argv, description: str, run_benchmark, markdown, results_path) -> int:
+    """`main` of a `{mode: result}` benchmark: parse `--quick/--full/--threads`, run, save, print the tables."""
+    args = mode_parser(description).parse_args(argv)
+    torch.set_num_threads(args.threads)
+    mode = args.mode or "quick"
+    result = run_benchmark(mode)
+    save_mode_result(results_path, mode, result)
+    print(markdown(result))
+    return 0
+
+
 def short_machine() -> dict:
     """CPUs, torch threads and the load at the end of a benchmark (goes into its result)."""
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_end": os.getloadavg()}

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.measure import mode_parser, save_mode_result, short_machine
+from benchmarks.measure import mode_main, short_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "mislabel.json"
@@ -175,13 +175,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = mode_parser(__doc__.split("\n")[0]).parse_args(argv)
-    torch.set_num_threads(args.threads)
-    mode = args.mode or "quick"
-    result = run_benchmark(mode)
-    save_mode_result(RESULTS, mode, result)
-    print(markdown(result))
-    return 0
+    return mode_main(argv, __doc__.split("\n")[0], run_benchmark, markdown, RESULTS)
 
 
 if __name__ == "__main__":

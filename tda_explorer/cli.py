@@ -40,26 +40,19 @@ def _key_values(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _seed_count(text: str) -> int:
-    """argparse type of `train --seeds`: an integer >= 1 (a run without seeds cannot be attributed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (a run needs a trained model), got {value}")
-    return value
+def _int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= `minimum` (`why` is said when it is smaller)."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}{why}, got {value}")
+        return value
 
-def _seed_start(text: str) -> int:
-    """argparse type of `train --seed0`: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+    return parse
 
 
 def _dataset_spec(args: argparse.Namespace):
@@ -291,8 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--model-option", action="append", metavar="KEY=VALUE", help="e.g. hidden=[512] or dropout=0.1"
     )
-    t.add_argument("--seeds", type=_seed_count, default=1, help="number of seeds, at least 1 (default 1)")
-    t.add_argument("--seed0", type=_seed_start, default=0, help="first seed (default 0)")
+    t.add_argument(
+        "--seeds",
+        type=_int_at_least(1, " (a run needs a trained model)"),
+        default=1,
+        help="number of seeds, at least 1 (default 1)",
+    )
+    t.add_argument("--seed0", type=_int_at_least(0), default=0, help="first seed (default 0)")
     t.add_argument("--epochs", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--batch-size", type=int)

@@ -47,7 +47,7 @@ from tda_explorer.attributors.source import Source
 from tda_explorer.attributors.trak import TRAK
 from tda_explorer.attributors.unrolled import Unrolled
 from tda_explorer.backend.device import get_device, get_dtype
-from tda_explorer.backend.features import gradient_features, select_seeds
+from tda_explorer.backend.features import gradient_features
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
@@ -295,7 +295,7 @@ class DTDA(Attributor):
     # ----------------------------------------------------------------------------------- protocol
     def fit(self, run: TrainedRun, train: ExampleSet) -> DTDA:
         """Fit one base attributor per chosen seed (on a single-seed view of the run); returns self."""
-        seeds = select_seeds(run, self.settings["seeds"])
+        seeds = run.select_seeds(self.settings["seeds"])
         self.n_train_, self.n_classes_, self.train_ids_ = len(train), run.n_classes, tuple(train.ids)
         self.members_ = []
         for i, seed in enumerate(seeds):
@@ -368,7 +368,7 @@ def compute_dtda(
     if not ws.exists(KIND, cfg):
         queries, train = getattr(splits, split), splits.train
         start = time.perf_counter()
-        seeds = select_seeds(run, attr.settings["seeds"])
+        seeds = run.select_seeds(attr.settings["seeds"])
         attr.n_train_, attr.n_classes_ = len(train), run.n_classes
         values, deltas, self_inf = [], [], []
         for i, seed in enumerate(seeds):

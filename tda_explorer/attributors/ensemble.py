@@ -46,7 +46,7 @@ from tda_explorer.attributors.ensemble_members import (
     lora_members,
     state_bytes,
 )
-from tda_explorer.backend.features import select_seeds, true_class_probability
+from tda_explorer.backend.features import true_class_probability
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
@@ -219,7 +219,7 @@ class Ensemble(Attributor):
             return float(sum(run.metrics.get(x, {}).get("seconds", math.nan) for x in seeds))
 
         if s["kind"] in ("independent", "dropout"):
-            seeds = select_seeds(run, "all" if s["n_models"] is None else s["n_models"])
+            seeds = run.select_seeds("all" if s["n_models"] is None else s["n_models"])
             if s["kind"] == "independent":
                 members = independent_members(run, seeds)
             else:
@@ -228,7 +228,7 @@ class Ensemble(Attributor):
             return members, cost
         lora = self._lora()
         base_seed = run.seeds[0] if lora.base_seed is None else lora.base_seed
-        select_seeds(run, [base_seed])  # a clear error for an unknown base seed
+        run.select_seeds([base_seed])  # a clear error for an unknown base seed
         ws = self.workspace if self.workspace is not None else Workspace()
         seeds = [s["lora_seed"] + i for i in range(s["n_adapters"])]
         trained = lora_members(run, train, lora, seeds, ws, self.progress)

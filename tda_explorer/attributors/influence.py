@@ -30,7 +30,7 @@ from tda_explorer.attributors import base, trak_tuning
 from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
 from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.device import get_dtype
-from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
+from tda_explorer.backend.features import gradient_features, group_matrix
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.hessian import CURVATURES, EigenInverse, LossHessian, cg_solve, lissa_solve
@@ -343,7 +343,7 @@ class Influence(Attributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> Influence:
         """Per member (seed, or seed x checkpoint): train gradients `[N, p]` and the damped inverse-Hessian
         operator; returns self."""
-        seeds = select_seeds(run, self.settings["seeds"])
+        seeds = run.select_seeds(self.settings["seeds"])
         wd = run.weight_decay if self.settings["weight_decay"] is None else self.settings["weight_decay"]
         self.n_train_ = len(train)
         self.weight_decay_ = float(wd)

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
-from tda_explorer.backend.features import representations, select_seeds
+from tda_explorer.backend.features import representations
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
@@ -51,7 +51,7 @@ class RepSim(FeatureDotAttributor):
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> RepSim:
         """Cache unit-norm train representations `[N, d]` per seed; returns self."""
-        self.models_ = [run.model(s) for s in select_seeds(run, self.settings["seeds"])]
+        self.models_ = [run.model(s) for s in run.select_seeds(self.settings["seeds"])]
         self.width_ = self._representations(self.models_[0], train.subset(range(min(1, len(train))))).shape[1]
         self._fit_units(train)
         return self

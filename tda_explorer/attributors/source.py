@@ -43,7 +43,7 @@ import torch
 from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
 from tda_explorer.backend.curvature import KroneckerCurvature, fit_averaged
 from tda_explorer.backend.device import get_device, get_dtype
-from tda_explorer.backend.features import gradient_features, group_matrix, select_seeds
+from tda_explorer.backend.features import gradient_features, group_matrix
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import flat_to_layer, layer_to_flat
 from tda_explorer.backend.scoring import dot_scores
@@ -345,7 +345,7 @@ class Source(Attributor):
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> Source:
         """Per seed: segments, averaged EK-FAC per segment, responses `r [N, p]`; returns self."""
-        seeds = select_seeds(run, self.settings["seeds"])
+        seeds = run.select_seeds(self.settings["seeds"])
         self.n_train_ = len(train)
         self.members_ = []
         for i, seed in enumerate(seeds):

@@ -19,7 +19,7 @@ import torch
 
 from tda_explorer.attributors import base
 from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
-from tda_explorer.backend.features import gradient_features, select_seeds
+from tda_explorer.backend.features import gradient_features
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import find_layers
@@ -98,7 +98,7 @@ class TracIn(FeatureDotAttributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> TracIn:
         """Load every checkpoint of the chosen seeds and cache the train features; returns self."""
         s = self.settings
-        seeds = select_seeds(run, s["seeds"])
+        seeds = run.select_seeds(s["seeds"])
         for seed in seeds:
             for c in run.checkpoints[seed]:
                 c.require_schedule("tracin", (s["lr_source"],))

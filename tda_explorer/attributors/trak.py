@@ -40,7 +40,6 @@ from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import (
     gradient_features,
     group_matrix,
-    select_seeds,
     true_class_probability,
 )
 from tda_explorer.backend.ghost import ghost_factors, ghost_supported
@@ -312,7 +311,7 @@ class TRAK(Attributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> TRAK:
         """Per model: features, the kernel factorised in the smaller of the k / N spaces, and `Q = 1 - p_y`."""
         s = self.settings
-        seeds = select_seeds(run, "all" if s["n_models"] is None else s["n_models"])
+        seeds = run.select_seeds("all" if s["n_models"] is None else s["n_models"])
         ckpts = [-1] if s["checkpoints"] == "final" else range(len(run.checkpoints[seeds[0]]))
         models = [(seed, c) for seed in seeds for c in ckpts]
         p = ParamSubset.resolve(run.model(seeds[0]), s["params"]).numel

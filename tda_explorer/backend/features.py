@@ -19,11 +19,6 @@ from tda_explorer.backend.projection import RandomProjector
 from tda_explorer.errors import ConfigError
 
 
-def select_seeds(run, seeds: str | int | Sequence[int]) -> tuple[int, ...]:
-    """`run.select_seeds(seeds)` (see `TrainedRun.select_seeds`)."""
-    return run.select_seeds(seeds)
-
-
 def gradient_features(
     model: nn.Module,
     inputs: torch.Tensor,

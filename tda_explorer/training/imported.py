@@ -35,7 +35,6 @@ from tda_explorer.models.imported import (
     call_factory,
     factory_name,
     find_head,
-    importable,
     register_factory,
     resolve_factory,
 )
@@ -63,11 +62,12 @@ class UserTrainFn:
 
     Used wherever the package retrains the run's model (LDS ground truth, pruning, counterfactuals):
     `train_examples` is the ExampleSet to train on (a subset of the training split), `seed` the seed of
-    that retraining; the returned state dict loads strictly into `model_factory()`.
+    that retraining; the returned state dict loads strictly into `model_factory()`. `fn` None (a run loaded
+    in another process) = the function registered or importable under `name`, looked up when a job runs.
     """
 
     name: str
-    fn: Callable = field(compare=False, repr=False)
+    fn: Callable | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"train_fn": self.name}
@@ -79,7 +79,8 @@ class UserTrainFn:
         examples = job.data if job.mask is None else job.data.subset(job.mask)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
-            state = self.fn(factory, examples, job.seed)
+            fn = self.fn if self.fn is not None else resolve_factory(self.name)  # registered since loading
+            state = fn(factory, examples, job.seed)
         model = ImportedModel(call_factory(factory, cfg.factory), cfg.head, cfg.task)
         load_strict(model.body, _as_state_dict(state, f"train_fn {self.name!r} result"), self.name)
         model.eval()
@@ -424,8 +425,8 @@ def load_imported_run(
         name = train["train_fn"]
         if train_fn is not None:
             register_factory(train_fn, name)
-        fn = train_fn if train_fn is not None else (resolve_factory(name) if importable(name) else None)
-        recipe = UserTrainFn(name, fn if fn is not None else _missing_train_fn(name))
+        # None: found by name when a job runs (registered by then, or an error saying what to pass)
+        recipe = UserTrainFn(name, train_fn)
     else:
         recipe = TrainConfig.from_dict(train)
     checkpoints, metrics = {}, {}
@@ -443,10 +444,3 @@ def load_imported_run(
         metrics,
         imported=info,
     )
-
-
-def _missing_train_fn(name: str) -> Callable:
-    def missing(*_args: Any) -> Any:
-        return resolve_factory(name)(*_args)  # registered since loading, or raises what to pass
-
-    return missing

@@ -57,7 +57,6 @@ from tda_explorer.attributors.base import Attributor, as_setting, register
 from tda_explorer.attributors.unrolled.replay import Trajectory
 from tda_explorer.attributors.unrolled.reverse import measurement_gradients, reverse_pass
 from tda_explorer.backend.device import get_dtype
-from tda_explorer.backend.features import select_seeds
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
@@ -127,7 +126,7 @@ class Unrolled(Attributor):
         if run.train_config is None:
             raise ConfigError("unrolled needs the run's training recipe (train_config); this run has none.")
         recipe = run_training_config(run)
-        seeds = select_seeds(run, self.settings["seeds"])
+        seeds = run.select_seeds(self.settings["seeds"])
         self.n_train_, self.members_ = len(train), []
         for i, seed in enumerate(seeds):
             traj = Trajectory(run.model_config, recipe, train, seed, get_dtype(), self.settings["every"])
