@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from tda_explorer.backend.grads import example_grads
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import ArtifactKind, Workspace, load_array, register_kind, save_array
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -41,6 +42,22 @@ class MapResult:
     ids: list[str]
     split: list[str]
     key: str
+
+
+def _load_map(path: Path, meta: dict) -> MapResult:
+    extra = meta["extra"]
+    return MapResult(load_array(path / "coords.npy"), extra["ids"], extra["split"], path.name)
+
+
+MAP = register_kind(
+    ArtifactKind(
+        "map",
+        files=("coords.npy",),
+        save=lambda d, coords: save_array(d, "coords", coords),
+        load=_load_map,
+        recompute="draw the map again (the app's Map page or `tda-explorer map ...`)",
+    )
+)
 
 
 def airrep_sources(workspace: Workspace, run_key: str) -> list[dict]:
@@ -134,20 +151,19 @@ def compute_map(
     }
     ids = list(splits.train.ids) + (list(splits.test.ids) if include_test else [])
     split = ["train"] * len(splits.train) + (["test"] * len(splits.test) if include_test else [])
-    if not ws.exists("map", cfg):
+
+    def compute() -> np.ndarray:
         if progress:
             progress(0, 2, f"{representation} features")
         feats = example_representation(run, splits, representation, include_test, airrep_settings, ws)
         if progress:
             progress(1, 2, "UMAP layout (the first map of a server compiles numba code: ~15 s)")
         coords = umap_layout(feats, n_neighbors, seed)
-        with ws.write("map", cfg, extra={"ids": ids, "split": split}) as d:
-            save_array(d, "coords", coords)
         if progress:
             progress(2, 2, "done")
-    path = ws.open("map", cfg)
-    meta = ws.meta("map", path.name)
-    return MapResult(load_array(path / "coords.npy"), meta["extra"]["ids"], meta["extra"]["split"], path.name)
+        return coords
+
+    return ws.cached(MAP.name, cfg, compute, extra={"ids": ids, "split": split})
 
 
 # How the layout is made (part of the map's key): exact cosine k-nearest neighbours (brute force, no

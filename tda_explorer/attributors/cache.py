@@ -15,7 +15,7 @@ import numpy as np
 from tda_explorer.attributors.base import make_attributor
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ArtifactError, ConfigError
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, save_arrays
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -87,7 +87,8 @@ def compute_scores(
     if getattr(attributor, "validation", False) is None:  # TRAK's "auto" holds the validation split out
         attributor.validation = splits.val
     cfg = score_config(run, method, attributor.settings, split)
-    if not ws.exists("scores", cfg):
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
         queries = getattr(splits, split)
         start = time.perf_counter()
         attributor.fit(run, splits.train)
@@ -101,10 +102,16 @@ def compute_scores(
         seconds = time.perf_counter() - start
         extra = {"query_ids": list(queries.ids), "train_ids": list(splits.train.ids), "seconds": seconds}
         extra.update(getattr(attributor, "artifact_extra_", {}))  # e.g. ensemble members' seeds and costs
-        with ws.write("scores", cfg, extra=extra) as d:
-            save_array(d, "scores", scores)
-            save_array(d, "self_influence", self_inf)
-    return load_scores(ws, cfg)
+        return {"scores": scores, "self_influence": self_inf}, extra
+
+    return ws.cached(
+        "scores",
+        cfg,
+        compute,
+        save=lambda d, value: save_arrays(d, value[0]),
+        load=lambda _path, _meta: load_scores(ws, cfg),
+        extra=lambda value: value[1],
+    )
 
 
 def load_scores(ws: Workspace, cfg: dict) -> ScoreResult:

@@ -40,7 +40,7 @@ from tda_explorer.evaluation.pruning import (
     pruning_curve,
     usefulness_from_scores,
 )
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, save_array, save_arrays
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import TrainedRun, retrain_on_subsets
 from tda_explorer.training.stages import run_training_config
@@ -252,8 +252,8 @@ def validate_dtda(
         raise ConfigError("no (query, train) pair to validate: d-TDA predicts no change anywhere.")
     ids = [(queries.ids[q], train.ids[t]) for q, t in idx]
     cfg = {"dtda": result.config, "pairs": [list(p) for p in ids], "seeds": list(result.seeds)}
-    if not ws.exists(VALIDATION_KIND, cfg):
-        start = time.perf_counter()
+
+    def compute() -> dict[str, np.ndarray]:
         removed = sorted({t for _, t in idx})
         logits = leave_one_out_logits(
             run, splits, [train.ids[t] for t in removed], split, result.seeds, ws, executor, progress
@@ -263,14 +263,21 @@ def validate_dtda(
             t: measurement_values(torch.from_numpy(logits[train.ids[t]]), targets, result.measurement)
             for t in removed
         }
-        retrained = np.stack([values[t][:, q].numpy() for q, t in idx])  # [P, S]
-        with_data = np.stack([result.measurements[:, q] for q, _ in idx])
-        predicted = np.stack([result.pair(q, t)[1] for q, t in idx])
-        with ws.write(VALIDATION_KIND, cfg, extra={"seconds": time.perf_counter() - start}) as d:
-            save_array(d, "with_data", with_data)
-            save_array(d, "predicted", predicted)
-            save_array(d, "retrained", retrained)
-    return load_dtda_validation(ws.open(VALIDATION_KIND, cfg).name, ws)
+        return {
+            "with_data": np.stack([result.measurements[:, q] for q, _ in idx]),
+            "predicted": np.stack([result.pair(q, t)[1] for q, t in idx]),
+            "retrained": np.stack([values[t][:, q].numpy() for q, t in idx]),  # [P, S]
+        }
+
+    start = time.perf_counter()
+    return ws.cached(
+        VALIDATION_KIND,
+        cfg,
+        compute,
+        save=save_arrays,
+        load=lambda path, _meta: load_dtda_validation(path.name, ws),
+        extra=lambda _arrays: {"seconds": time.perf_counter() - start},
+    )
 
 
 def load_dtda_validation(key: str, workspace: Workspace | None = None) -> DTDAValidation:

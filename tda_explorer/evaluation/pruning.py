@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -186,14 +187,20 @@ def compute_pruning_curve(
     """
     ws = workspace or Workspace()
     cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
-    if not ws.exists(PRUNING_KIND, cfg):
-        curve = pruning_curve(usefulness, *curve_args, **curve_kwargs, executor=executor, progress=progress)
-        extra = {"n_removed": list(curve.n_removed), "source": source}
-        with ws.write(PRUNING_KIND, cfg, extra=extra) as d:
-            for name in _CURVE_ARRAYS:
-                save_array(d, name, getattr(curve, name))
-            save_array(d, "removal_order", np.asarray(curve.removal_order, dtype=str))
-    return _load_curve(ws, cfg)
+    return ws.cached(
+        PRUNING_KIND,
+        cfg,
+        lambda: pruning_curve(usefulness, *curve_args, **curve_kwargs, executor=executor, progress=progress),
+        save=_save_curve,
+        load=lambda _path, _meta: _load_curve(ws, cfg),
+        extra=lambda curve: {"n_removed": list(curve.n_removed), "source": source},
+    )
+
+
+def _save_curve(d: Path, curve: PruningCurve) -> None:
+    for name in _CURVE_ARRAYS:
+        save_array(d, name, getattr(curve, name))
+    save_array(d, "removal_order", np.asarray(curve.removal_order, dtype=str))
 
 
 def stored_pruning_curve(

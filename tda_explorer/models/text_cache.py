@@ -127,7 +127,7 @@ def clear_memory() -> None:
 
 def frozen_states(model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
     """The frozen states of `texts` for `model` (`float32 [n, max_length, H + 1]`), cached (module docstring)."""
-    from tda_explorer.store import Workspace, load_array, save_array
+    from tda_explorer.store import Workspace, load_arrays, save_arrays
     from tda_explorer.store.keys import config_hash
 
     texts = list(texts)
@@ -138,14 +138,17 @@ def frozen_states(model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
     ws = None if os.environ.get(ENV_VAR, "").lower() == "memory" else Workspace()
-    if ws is not None and ws.exists(STATE_KIND, cfg):
-        path = ws.open(STATE_KIND, cfg)
-        values, lengths = load_array(path / "values.npy"), load_array(path / "lengths.npy")
-        return _remember(key, _from_disk(values, lengths, model.cfg.max_length))
-    states = compute_states(model, texts, n_layers)
-    if ws is not None:
-        values, lengths = _to_disk(states)
-        with ws.write(STATE_KIND, cfg, extra={"n": len(texts), "layers": n_layers}) as d:
-            save_array(d, "values", values)
-            save_array(d, "lengths", lengths)
+    if ws is None:
+        return _remember(key, compute_states(model, texts, n_layers))
+    max_length = model.cfg.max_length
+    states = ws.cached(
+        STATE_KIND,
+        cfg,
+        lambda: compute_states(model, texts, n_layers),
+        save=lambda d, states: save_arrays(
+            d, dict(zip(("values", "lengths"), _to_disk(states), strict=True))
+        ),
+        load=lambda path, _meta: _from_disk(*load_arrays(path, ("values", "lengths")).values(), max_length),
+        extra={"n": len(texts), "layers": n_layers},
+    )
     return _remember(key, states)

@@ -7,7 +7,14 @@ process) never see half-written results. See `Workspace` for the API.
 
 from __future__ import annotations
 
-from tda_explorer.store.arrays import load_array, load_tensors, save_array, save_tensors
+from tda_explorer.store.arrays import (
+    load_array,
+    load_arrays,
+    load_tensors,
+    save_array,
+    save_arrays,
+    save_tensors,
+)
 from tda_explorer.store.atomic import (
     atomic_directory,
     atomic_write,
@@ -19,15 +26,18 @@ from tda_explorer.store.atomic import (
 )
 from tda_explorer.store.flags import FlagRecord, FlagsRecoveredWarning, FlagStore
 from tda_explorer.store.keys import canonical_json, config_diff, config_hash, to_jsonable
+from tda_explorer.store.kinds import ArtifactKind, artifact_kind, register_kind
 from tda_explorer.store.workspace import META_FILE, ArtifactWrite, Workspace
 
 __all__ = [
     "META_FILE",
+    "ArtifactKind",
     "ArtifactWrite",
     "FlagRecord",
     "FlagStore",
     "FlagsRecoveredWarning",
     "Workspace",
+    "artifact_kind",
     "atomic_directory",
     "atomic_write",
     "atomic_write_bytes",
@@ -38,9 +48,12 @@ __all__ = [
     "config_diff",
     "config_hash",
     "load_array",
+    "load_arrays",
     "load_tensors",
+    "register_kind",
     "remove_directory",
     "save_array",
+    "save_arrays",
     "save_tensors",
     "to_jsonable",
 ]

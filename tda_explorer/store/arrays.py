@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -161,3 +161,16 @@ def load_array(path: str | Path, *, mmap_mode: MmapMode = None) -> np.ndarray:
             f"Cannot read {path} as a plain .npy array ({exc}); "
             "delete the artifact directory and recompute it."
         ) from exc
+
+
+def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """`save_array(directory, name, array)` for each `name -> array` (a `Workspace.cached` save)."""
+    for name, array in arrays.items():
+        save_array(directory, name, array)
+
+
+def load_arrays(
+    directory: str | Path, names: Iterable[str], *, mmap_mode: MmapMode = None
+) -> dict[str, np.ndarray]:
+    """`{name: load_array(directory / f"{name}.npy")}` for each name (checked like `load_array`)."""
+    return {name: load_array(Path(directory) / f"{name}.npy", mmap_mode=mmap_mode) for name in names}

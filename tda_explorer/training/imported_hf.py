@@ -25,12 +25,11 @@ from tda_explorer.errors import ConfigError
 from tda_explorer.models import HFConfig, prepare_inputs
 from tda_explorer.models.hf import HFClassifier, check_folder, folder_fingerprint
 from tda_explorer.store import Workspace
+from tda_explorer.training.artifacts import cached_seed
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.imported import _seed_cfg, store_imported_run
 from tda_explorer.training.runs import (
     TrainedRun,
-    _load_seed,
-    _save_seed,
     accuracy,
     weights_hash,
 )
@@ -170,16 +169,20 @@ def import_hf_run(
         seed_hash = weights_hash([state])
         hashes.append(seed_hash)
         cfg = _seed_cfg(splits.spec, model_cfg, seed_hash, seed)
-        if not ws.exists("models", cfg):
+
+        def imported_seed(seed: int = seed, model=model, state: dict = state) -> tuple:
             model.eval()
             with single_thread():
                 accs = {
                     f"{k}_acc": accuracy(predict_logits(model, prepare_inputs(model, es.inputs)), es.labels)
                     for k, es in evals.items()
                 }
-            result = TrainResult(seed, [Checkpoint(state=state)], 0.0, [])
-            _save_seed(ws, cfg, result, accs | {"seconds": 0.0, "imported": True})
-        checkpoints[seed], metrics[seed] = _load_seed(ws, cfg)
+            return TrainResult(seed, [Checkpoint(state=state)], 0.0, []), accs | {
+                "seconds": 0.0,
+                "imported": True,
+            }
+
+        checkpoints[seed], metrics[seed] = cached_seed(ws, cfg, imported_seed)
         if progress is not None:
             progress(seed + 1, len(pairs), f"seed {seed} imported")
 
