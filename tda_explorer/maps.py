@@ -27,7 +27,14 @@ from tda_explorer.backend.grads import example_grads
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import ArtifactKind, Workspace, load_array, register_kind, save_array
+from tda_explorer.store import (
+    ArtifactKind,
+    Workspace,
+    load_array,
+    register_kind,
+    require_workspace,
+    save_array,
+)
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -113,7 +120,9 @@ def example_representation(
     if name == "airrep":
         if airrep_settings is None:
             raise ConfigError("the airrep representation needs the settings of a computed AirRep.")
-        return airrep_embeddings(run, splits, airrep_settings, include_test, workspace or Workspace())
+        return airrep_embeddings(
+            run, splits, airrep_settings, include_test, require_workspace(workspace, "example_representation")
+        )
     model = run.model()
     parts = [splits.train] + ([splits.test] if include_test else [])
     out = []
@@ -139,7 +148,7 @@ def compute_map(
     airrep_settings: dict | None = None,
 ) -> MapResult:
     """UMAP coordinates of the run's examples (cached; see module docstring)."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "compute_map")
     cfg = {
         "run": run.key,
         "representation": representation,

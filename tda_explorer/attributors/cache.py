@@ -15,7 +15,7 @@ import numpy as np
 from tda_explorer.attributors.base import make_attributor
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ArtifactError, ConfigError
-from tda_explorer.store import Workspace, load_array, save_arrays
+from tda_explorer.store import Workspace, default_workspace, load_array, save_arrays
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -79,7 +79,7 @@ def compute_scores(
     they are reused), e.g. to score other queries without fitting again."""
     if split not in QUERY_SPLITS:
         raise ConfigError(f"query split {split!r} is not one of {QUERY_SPLITS}.")
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     settings = dict(settings or {})
     attributor = make_attributor(method, progress=progress, **settings)
     if getattr(attributor, "workspace", False) is None:  # methods that cache artifacts (LoRA ensembles)

@@ -52,7 +52,7 @@ from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -362,7 +362,7 @@ def compute_dtda(
     """
     if split not in ("test", "val"):
         raise ConfigError(f"query split {split!r} is not one of ('test', 'val').")
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "compute_dtda")
     attr = DTDA(**dict(settings or {}))
     cfg = dtda_config(run, attr, split)
     if not ws.exists(KIND, cfg):

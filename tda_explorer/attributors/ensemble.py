@@ -50,7 +50,7 @@ from tda_explorer.backend.features import true_class_probability
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, require_workspace
 from tda_explorer.training.runs import TrainedRun
 
 COMBINE = ("native", "mean")
@@ -115,7 +115,7 @@ class Ensemble(Attributor):
         rank / lora_alpha / lora_epochs / lora_lr / base_seed / lora_targets / reinit_head: lora: see
             `LoraSettings`.
         lora_seed: lora: member i is fine-tuned with seed `lora_seed + i`.
-        workspace: where LoRA fine-tunes are cached (default `Workspace()`); not part of the settings.
+        workspace: where LoRA fine-tunes are cached (required for `kind="lora"`; `compute_scores` passes its own); not part of the settings.
     """
 
     name = "ensemble"
@@ -229,7 +229,7 @@ class Ensemble(Attributor):
         lora = self._lora()
         base_seed = run.seeds[0] if lora.base_seed is None else lora.base_seed
         run.select_seeds([base_seed])  # a clear error for an unknown base seed
-        ws = self.workspace if self.workspace is not None else Workspace()
+        ws = require_workspace(self.workspace, "a LoRA ensemble")
         seeds = [s["lora_seed"] + i for i in range(s["n_adapters"])]
         trained = lora_members(run, train, lora, seeds, ws, self.progress)
         self.adapters_ = trained

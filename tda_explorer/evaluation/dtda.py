@@ -40,7 +40,8 @@ from tda_explorer.evaluation.pruning import (
     pruning_curve,
     usefulness_from_scores,
 )
-from tda_explorer.store import Workspace, load_array, save_array, save_arrays
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array, save_arrays
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import TrainedRun, retrain_on_subsets
 from tda_explorer.training.stages import run_training_config
@@ -189,7 +190,7 @@ def leave_one_out_logits(
     Returns:
         `{train id: float32 [S, n_query, C]}`, the `split` queries' logits under each seed's retrained model.
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "leave_one_out_logits")
     seeds = tuple(run.seeds if seeds is None else seeds)
     train = splits.train
 
@@ -200,16 +201,17 @@ def leave_one_out_logits(
     if todo:
         masks = np.ones((len(todo), len(train)), dtype=bool)
         masks[np.arange(len(todo)), train.index_of(todo)] = False
-        logits = retrain_on_subsets(
-            run.model_config,
-            run_training_config(run),
-            train,
-            masks,
-            seeds,
-            getattr(splits, split),
-            executor,
-            progress,
-        )  # [U, S, n_query, C]
+        with states_stored_in(ws):
+            logits = retrain_on_subsets(
+                run.model_config,
+                run_training_config(run),
+                train,
+                masks,
+                seeds,
+                getattr(splits, split),
+                executor,
+                progress,
+            )  # [U, S, n_query, C]
         for i, t in enumerate(todo):
             with ws.write(RETRAIN_KIND, cfg(t)) as d:
                 save_array(d, "logits", logits[i].numpy())
@@ -241,7 +243,7 @@ def validate_dtda(
     Returns:
         DTDAValidation (per pair: with / predicted / retrained samples over the seeds).
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "validate_dtda")
     result = compute_dtda(run, splits, settings, split, ws)
     queries, train = getattr(splits, split), splits.train
     if pairs is None:
@@ -283,7 +285,7 @@ def validate_dtda(
 def load_dtda_validation(key: str, workspace: Workspace | None = None) -> DTDAValidation:
     """A stored DTDAValidation by its artifact key (`DTDAValidation.key`; list them with
     `Workspace.list("dtda_validation")`, whose configs hold the d-TDA config under "dtda")."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "load_dtda_validation")
     meta = ws.meta(VALIDATION_KIND, key)
     path = ws.path(VALIDATION_KIND, key)
     cfg = meta["config"]

@@ -44,7 +44,8 @@ from tda_explorer.evaluation._common import (
     offset_progress,
 )
 from tda_explorer.models import ModelConfig
-from tda_explorer.store import Workspace, load_array, save_array, save_arrays
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array, save_arrays
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
@@ -227,7 +228,7 @@ def compute_lds_truth(
         queries: the query examples whose loss is the target (e.g. the test set).
         model_config, train_config: how each subset model is trained (as for the run being explained).
         config: LDS settings (default `LDSConfig()`: M=100, alpha=0.5, one seed).
-        workspace: where shards and the result are cached (default `Workspace()`).
+        workspace: where shards and the result are cached (required).
         executor: runs the retrainings (default: `training.runs.default_executor`, local processes).
         progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count as done).
 
@@ -235,7 +236,7 @@ def compute_lds_truth(
         The LDSTruth (masks `[M, N]`, losses `[M, n_query]`, ...).
     """
     config = config or LDSConfig()
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "compute_lds_truth")
     base = _base_config(train, queries, model_config, train_config, config)
     truth_cfg = {**base, "n_subsets": config.n_subsets}  # = lds_truth_config(...), fingerprinted once
     m, r, n = config.n_subsets, len(config.seeds), len(train)
@@ -248,16 +249,17 @@ def compute_lds_truth(
         """Query logits `[b - a, R, n_query, C]` of subsets a..b-1 (a "lds_shard" artifact)."""
         retrain = retrain_fixed_seed if config.mode == "fixed" else retrain_on_subsets
         report = offset_progress(progress, done[0], m * r, f"LDS ground truth, subsets {a}-{b - 1}")
-        logits = retrain(
-            model_config,
-            train_config,
-            train,
-            subset_masks(n, config, range(a, b)),
-            config.seeds,
-            queries,
-            executor,
-            report,
-        ).numpy()
+        with states_stored_in(ws):
+            logits = retrain(
+                model_config,
+                train_config,
+                train,
+                subset_masks(n, config, range(a, b)),
+                config.seeds,
+                queries,
+                executor,
+                report,
+            ).numpy()
         done[0] += (b - a) * r
         return logits
 
@@ -312,7 +314,7 @@ def _check_shard(path: Path, lead: tuple[int, int]) -> np.ndarray:
 
 def load_lds_truth(key: str, workspace: Workspace | None = None) -> LDSTruth:
     """An LDSTruth from its artifact key (`LDSTruth.key`), without the data it was made from."""
-    return _load(workspace or Workspace(), key)
+    return _load(require_workspace(workspace, "load_lds_truth"), key)
 
 
 def _load(ws: Workspace, key: str) -> LDSTruth:

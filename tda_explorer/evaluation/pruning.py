@@ -31,7 +31,7 @@ from tda_explorer.evaluation._common import (
     fingerprint,
 )
 from tda_explorer.models import ModelConfig
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
@@ -182,10 +182,10 @@ def compute_pruning_curve(
     """`pruning_curve(usefulness, train, test, model_config, train_config, fractions, seeds, random_seed)`,
     computed once and stored in the workspace (reused when the config matches).
 
-    `workspace` (default `Workspace()`) holds the artifact; `source` is a free-form note of where the
+    `workspace` (required) holds the artifact; `source` is a free-form note of where the
     usefulness came from (e.g. the score artifact key), kept in the metadata.
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "compute_pruning_curve")
     cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
     return ws.cached(
         PRUNING_KIND,
@@ -207,7 +207,7 @@ def stored_pruning_curve(
     usefulness: torch.Tensor | np.ndarray, *curve_args, workspace: Workspace | None = None, **curve_kwargs
 ) -> PruningCurve | None:
     """The stored curve for exactly these `pruning_curve` arguments, or None (nothing is retrained)."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "stored_pruning_curve")
     cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
     return _load_curve(ws, cfg) if ws.exists(PRUNING_KIND, cfg) else None
 

@@ -31,7 +31,7 @@ from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, prepare_inputs
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.executor import Executor, LocalExecutor
 from tda_explorer.training.trainer import Progress, load_model
 
@@ -188,7 +188,7 @@ def featurize(
         model_config: the model's config; `state` its weights (e.g. `run.checkpoints[seed][-1].state`).
         examples: the examples (n rows); input shape and class count come from them.
         config: what to compute (default `FeatureConfig()`: raw per-example loss gradients).
-        workspace: where shards and the result are cached (default `Workspace()`).
+        workspace: where shards and the result are cached (required).
         executor: runs the shards (default `LocalExecutor()`; `RayExecutor` spreads them over Ray).
         progress: `progress(done, total, msg)` over shards (shards already saved count as done).
 
@@ -196,7 +196,7 @@ def featurize(
         Features with a memory-mapped `array [n, d]`.
     """
     config = config or FeatureConfig()
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "featurize")
     executor = executor or LocalExecutor()
     cfg = features_config(model_config, state, examples, config)
     if ws.exists(FEATURES_KIND, cfg):

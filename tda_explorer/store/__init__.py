@@ -27,7 +27,13 @@ from tda_explorer.store.atomic import (
 from tda_explorer.store.flags import FlagRecord, FlagsRecoveredWarning, FlagStore
 from tda_explorer.store.keys import canonical_json, config_diff, config_hash, to_jsonable
 from tda_explorer.store.kinds import ArtifactKind, artifact_kind, register_kind
-from tda_explorer.store.workspace import META_FILE, ArtifactWrite, Workspace
+from tda_explorer.store.workspace import (
+    META_FILE,
+    ArtifactWrite,
+    Workspace,
+    default_workspace,
+    require_workspace,
+)
 
 __all__ = [
     "META_FILE",
@@ -47,11 +53,13 @@ __all__ = [
     "clean_stale_temps",
     "config_diff",
     "config_hash",
+    "default_workspace",
     "load_array",
     "load_arrays",
     "load_tensors",
     "register_kind",
     "remove_directory",
+    "require_workspace",
     "save_array",
     "save_arrays",
     "save_tensors",

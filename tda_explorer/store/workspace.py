@@ -345,6 +345,27 @@ class Workspace:
         return self._flags
 
 
+def default_workspace(workspace: Workspace | None = None) -> Workspace:
+    """`workspace`, else the default one (`Workspace()`: `$TDA_WORKSPACE`, else `./workspace`).
+
+    The one place a default workspace is chosen, used only by the public entry points documented with
+    one (`train_run`, `import_run`, `import_hf_run`, `load_run`, `compute_scores`); the CLI and the app
+    open theirs. Everything below them takes the workspace as an argument (`require_workspace`).
+    """
+    return Workspace() if workspace is None else workspace
+
+
+def require_workspace(workspace: Workspace | None, caller: str) -> Workspace:
+    """`workspace`, or ConfigError if the caller of `caller` passed none (the core never picks one)."""
+    if not isinstance(workspace, Workspace):
+        raise ConfigError(
+            f"{caller} caches its results in a workspace: pass workspace=Workspace(root) (got "
+            f"{type(workspace).__name__}). The core never opens one itself; train_run, import_run, load_run and "
+            "compute_scores default to $TDA_WORKSPACE or ./workspace."
+        )
+    return workspace
+
+
 def _check_name(name: str, what: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or (what == "kind" and name == EXPORTS):
         raise ConfigError(

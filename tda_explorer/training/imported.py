@@ -39,7 +39,7 @@ from tda_explorer.models.imported import (
     resolve_factory,
 )
 from tda_explorer.models.tasks import check_task
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, default_workspace
 from tda_explorer.training.artifacts import cached_seed, load_seed, run_summary, store_run
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import (
@@ -305,7 +305,7 @@ def import_run(
         task: "classification" (cross-entropy on the logits) or "regression" (half squared error on
             float targets); see `models.tasks`.
         weight_decay: L2 coefficient of the user's objective (`wd/2 ||theta||^2`), added to curvatures.
-        workspace: where the run is stored (default: `Workspace()`).
+        workspace: where the run is stored (default: `store.default_workspace`).
         progress: `progress(done, total, msg)` per seed.
 
     Returns:
@@ -327,7 +327,7 @@ def import_run(
     register_factory(factory, name)
     recipe = _recipe(train_config, train_fn)
     per_seed = parse_weights(weights)
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
 
     module = call_factory(factory, name)
     load_strict(module, per_seed[0][-1]["state"], "weights[0]")

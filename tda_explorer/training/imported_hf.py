@@ -24,7 +24,7 @@ from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import HFConfig, prepare_inputs
 from tda_explorer.models.hf import HFClassifier, check_folder, folder_fingerprint
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, default_workspace
 from tda_explorer.training.artifacts import cached_seed
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.imported import _seed_cfg, store_imported_run
@@ -126,7 +126,7 @@ def import_hf_run(
         max_length: token limit per text (incl. special tokens).
         train_config: the package's recipe for methods that fine-tune or retrain (LoRA ensembles), or None.
         weight_decay: L2 coefficient of the fine-tuning objective, added to curvatures (0 by default).
-        workspace: where the run is stored (default `Workspace()`).
+        workspace: where the run is stored (default: `store.default_workspace`).
         progress: `progress(done, total, msg)` per seed.
 
     Returns:
@@ -155,7 +155,7 @@ def import_hf_run(
             raise ConfigError(
                 "the adapters sit on base folders with different weights; a run's seeds share one base."
             )
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     f0, a0 = pairs[0]
     model_cfg = HFConfig(f0, a0, max_length, fingerprint=folder_fingerprint(f0, a0))
     evals = {"train": splits.train, "val": splits.val, "test": splits.test}

@@ -22,7 +22,8 @@ from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict, prepare_inputs
 from tda_explorer.models.imported import importable
 from tda_explorer.models.tasks import task_of
-from tda_explorer.store import Workspace
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, default_workspace, require_workspace
 from tda_explorer.training.artifacts import load_seed, run_summary, save_seed, store_run
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor, job_progress
@@ -289,7 +290,8 @@ def train_seeds(
         if progress is not None:
             progress(done_before + done, len(seeds), msg)
 
-    executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
+    with states_stored_in(ws):  # a text model's frozen states, shared by the seeds' workers
+        executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
     loaded = {s: load_seed(ws, seed_config(s)) for s in seeds}
     return {s: c for s, (c, _) in loaded.items()}, {s: m for s, (_, m) in loaded.items()}
 
@@ -311,7 +313,7 @@ def train_run(
         ConfigError: `seeds` is empty, repeats a seed or holds a non-integer (see `check_run_seeds`).
     """
     seeds = check_run_seeds(seeds)
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     checkpoints, metrics = train_seeds(
         splits,
         model_config,
@@ -369,7 +371,7 @@ def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
         ArtifactError: The run or one of its seeds' models is missing, corrupt or inconsistent (the
             message names the artifact and how to recompute it).
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "load_native_run")
     meta = ws.meta("runs", key)
     cfg, seeds, extra = run_meta_fields(key, meta)
     if "train" not in cfg:

@@ -29,7 +29,7 @@ import torch
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict
-from tda_explorer.store import Workspace, load_array
+from tda_explorer.store import Workspace, load_array, require_workspace
 from tda_explorer.training.artifacts import load_seed, run_summary, store_run
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
@@ -234,7 +234,7 @@ def train_stages(
     """
     staged = stages if isinstance(stages, StagedConfig) else StagedConfig(tuple(stages))
     masks = staged.masks(len(splits.train))
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "train_stages")
     seeds = check_run_seeds(seeds)
     checkpoints, metrics = train_seeds(
         splits,
@@ -265,7 +265,7 @@ def train_stages(
 
 def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     """A staged TrainedRun from its run key (`load_run` calls this for runs with stages)."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "load_staged_run")
     cfg, seeds, extra = run_meta_fields(key, ws.meta("runs", key))
     masks = load_array(ws.path("runs", key) / "stage_masks.npy").astype(bool)
     if len(masks) != len(cfg["stages"]):

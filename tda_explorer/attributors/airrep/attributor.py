@@ -45,7 +45,7 @@ from tda_explorer.backend.features import group_matrix
 from tda_explorer.backend.scoring import TopK, dot_scores, streaming_topk
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, require_workspace
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
@@ -69,7 +69,7 @@ class AirRep(Attributor):
         training: `RankTrainConfig` fields (lr, weight_decay, epochs, subsets_per_step, ...).
         batch_size: examples per forward pass when embedding.
         progress: `progress(done, total, msg)` for data generation and encoder training.
-        workspace: where data, checkpoints and the encoder are cached (default `Workspace()`); not a
+        workspace: where data, checkpoints and the encoder are cached (required to fit; `compute_scores` passes its own); not a
             setting (it does not change the result).
         executor: runs the subset retrainings (default `LocalExecutor()`); not a setting.
         label_queries: label queries to use instead of the run dataset's validation split; not a
@@ -131,7 +131,7 @@ class AirRep(Attributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> AirRep:
         """Generate (or load) the training data, train (or load) the encoder, embed `train` once."""
         s = self.settings
-        ws = self.workspace or Workspace()
+        ws = require_workspace(self.workspace, "AirRep.fit")
         queries = self._label_queries(run)
         self.data_: AirRepData = generate_airrep_data(
             train,
