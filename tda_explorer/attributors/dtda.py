@@ -25,7 +25,7 @@ From X = {m(theta_s)}_s and Y = {m(theta_s) + delta_s(z)}_s (`DTDAResult`):
 - Wasserstein-2 influence `W2(X, Y) = sqrt(mean_k (sort(X)_k - sort(Y)_k)^2)` (1-D, equal sizes, >= 0).
 
 As an Attributor, `score()` is the mean influence `[n_query, n_train]` and `self_influence()` the mean
-over seeds of the base's self-influence. `compute_dtda` keeps the per-seed values (`measurements
+over seeds of the base's self-influence. `DTDA.compute` (or `compute_dtda`) keeps the per-seed values (`measurements
 [S, n_query]`, `deltas [S, n_query, n_train]`) for histograms and caches them (artifact kind "dtda"),
 fitting one seed's base at a time.
 """
@@ -52,7 +52,7 @@ from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace, load_array, require_workspace, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_arrays
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -324,6 +324,66 @@ class DTDA(Attributor):
             config=self.config(),
         )
 
+    def compute(
+        self,
+        run: TrainedRun,
+        splits: DatasetSplits,
+        split: str = "test",
+        workspace: Workspace | None = None,
+        progress: Progress | None = None,
+    ) -> DTDAResult:
+        """d-TDA values of the `split` queries against the training set; cached (artifact kind "dtda").
+
+        Unlike `fit` + `distribution`, fits one seed's base at a time and keeps only its `[n_query, N]`
+        deltas, so memory holds one base.
+
+        Args:
+            run, splits: the run and its data (`splits.train` is what is attributed).
+            split: "test" or "val".
+            workspace: where the result is cached (required).
+            progress: `progress(done, total, msg)` over the seeds (default: the attributor's).
+
+        Returns:
+            The DTDAResult (per-seed measurements `[S, n_query]` and deltas `[S, n_query, N]`).
+        """
+        if split not in ("test", "val"):
+            raise ConfigError(f"query split {split!r} is not one of ('test', 'val').")
+        ws = require_workspace(workspace, "DTDA.compute")
+        progress = progress or self.progress
+        cfg = dtda_config(run, self, split)
+        queries, train = getattr(splits, split), splits.train
+
+        def seed_by_seed() -> tuple[dict[str, np.ndarray], dict]:
+            start = time.perf_counter()
+            seeds = run.select_seeds(self.settings["seeds"])
+            self.n_train_, self.n_classes_ = len(train), run.n_classes
+            values, deltas, self_inf = [], [], []
+            for i, seed in enumerate(seeds):
+                member = self._fit_seed(run, train, seed)
+                v, d = self._seed_values(member, queries)
+                values.append(v.numpy())
+                deltas.append(d.numpy())
+                self_inf.append(_implicit_self_influence(member.base, len(train)))
+                del member
+                if progress is not None:
+                    progress(i + 1, len(seeds), f"dtda: seed {seed} done")
+            arrays = {
+                "measurements": np.stack(values),
+                "deltas": np.stack(deltas).astype(np.float32),
+                "self_influence": np.mean(self_inf, axis=0).astype(np.float32),
+            }
+            ids = {"query_ids": list(queries.ids), "train_ids": list(train.ids), "seeds": list(seeds)}
+            return arrays, ids | {"seconds": time.perf_counter() - start}
+
+        return ws.cached(
+            KIND,
+            cfg,
+            seed_by_seed,
+            save=lambda d, value: save_arrays(d, value[0]),
+            load=lambda _path, _meta: load_dtda(ws, cfg),
+            extra=lambda value: value[1],
+        )
+
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """Mean influence `[n_query, N]` float32: `helps_sign * mean_s delta_s` (positive = z helps)."""
         self._check_fitted()
@@ -349,48 +409,8 @@ def compute_dtda(
     workspace: Workspace | None = None,
     progress: Progress | None = None,
 ) -> DTDAResult:
-    """d-TDA values of the `split` queries against the training set; cached (artifact kind "dtda").
-
-    Fits one seed's base at a time and keeps only its `[n_query, N]` deltas, so memory holds one base.
-
-    Args:
-        settings: DTDA settings (base, measurement, target_class, seeds, base_settings).
-        split: "test" or "val".
-
-    Returns:
-        The DTDAResult (per-seed measurements `[S, n_query]` and deltas `[S, n_query, N]`).
-    """
-    if split not in ("test", "val"):
-        raise ConfigError(f"query split {split!r} is not one of ('test', 'val').")
-    ws = require_workspace(workspace, "compute_dtda")
-    attr = DTDA(**dict(settings or {}))
-    cfg = dtda_config(run, attr, split)
-    if not ws.exists(KIND, cfg):
-        queries, train = getattr(splits, split), splits.train
-        start = time.perf_counter()
-        seeds = run.select_seeds(attr.settings["seeds"])
-        attr.n_train_, attr.n_classes_ = len(train), run.n_classes
-        values, deltas, self_inf = [], [], []
-        for i, seed in enumerate(seeds):
-            member = attr._fit_seed(run, train, seed)
-            v, d = attr._seed_values(member, queries)
-            values.append(v.numpy())
-            deltas.append(d.numpy())
-            self_inf.append(_implicit_self_influence(member.base, len(train)))
-            del member
-            if progress is not None:
-                progress(i + 1, len(seeds), f"dtda: seed {seed} done")
-        extra = {
-            "query_ids": list(queries.ids),
-            "train_ids": list(train.ids),
-            "seeds": list(seeds),
-            "seconds": time.perf_counter() - start,
-        }
-        with ws.write(KIND, cfg, extra=extra) as d:
-            save_array(d, "measurements", np.stack(values))
-            save_array(d, "deltas", np.stack(deltas).astype(np.float32))
-            save_array(d, "self_influence", np.mean(self_inf, axis=0).astype(np.float32))
-    return load_dtda(ws, cfg)
+    """`DTDA(**settings).compute(run, splits, split, workspace, progress)` (see `DTDA.compute`)."""
+    return DTDA(**dict(settings or {})).compute(run, splits, split, workspace, progress)
 
 
 def load_dtda(ws: Workspace, cfg: dict) -> DTDAResult:

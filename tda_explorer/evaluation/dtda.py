@@ -282,6 +282,16 @@ def validate_dtda(
     )
 
 
+def stored_dtda_validation(dtda_config: dict, workspace: Workspace) -> DTDAValidation | None:
+    """The newest stored validation of the d-TDA result made with `dtda_config` (`DTDAResult.config`),
+    or None; nothing is retrained."""
+    ws = require_workspace(workspace, "stored_dtda_validation")
+    for meta in ws.list(VALIDATION_KIND):
+        if meta["config"].get("dtda") == dtda_config:
+            return load_dtda_validation(meta["key"], ws)
+    return None
+
+
 def load_dtda_validation(key: str, workspace: Workspace | None = None) -> DTDAValidation:
     """A stored DTDAValidation by its artifact key (`DTDAValidation.key`; list them with
     `Workspace.list("dtda_validation")`, whose configs hold the d-TDA config under "dtda")."""

@@ -166,7 +166,7 @@ def test_compute_dtda_caches_and_keeps_per_seed_values(tmp_path, tiny_run, monke
     from tda_explorer.attributors import dtda
 
     monkeypatch.setattr(dtda.DTDA, "_fit_seed", lambda *a: pytest.fail("recomputed a cached result"))
-    again = compute_dtda(run, splits, settings, "test", ws)
+    again = dtda.DTDA(**settings).compute(run, splits, "test", ws)  # the public method behind compute_dtda
     assert again.key == first.key and again.train_ids == tuple(train.ids)
     np.testing.assert_array_equal(again.deltas, first.deltas)
 
