@@ -65,13 +65,13 @@ def measure_journey(workspace: Path) -> list[dict]:
     from tda_explorer.attributors.cache import compute_scores
     from tda_explorer.attributors.dtda import compute_dtda
     from tda_explorer.attributors.measurement import compute_test_scores
+    from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.demo import DEMO_ARCH, DEMO_ATTRIBUTORS, DEMO_DATASET, DEMO_SEEDS
     from tda_explorer.evaluation import compute_pruning_curve
     from tda_explorer.evaluation.mislabel import training_loss_scores
     from tda_explorer.maps import compute_map
     from tda_explorer.models import default_model_config
-    from tda_explorer.selection import curve_fractions, removal_mask, usefulness
     from tda_explorer.store import Workspace
     from tda_explorer.store.exports import export_table, write_exports
     from tda_explorer.training import LocalExecutor, default_train_config, train_run

@@ -10,7 +10,7 @@ import numpy as np
 import streamlit as st
 
 import appkit
-from tda_explorer.selection import rank_agreement
+from tda_explorer.backend.stats import rank_agreement
 from tda_explorer.viz import example_caption, example_image, example_markdown
 
 MEASURES = {"predicted": "the predicted class", "true_label": "the true label's loss"}

@@ -12,9 +12,9 @@ import pandas as pd
 import streamlit as st
 
 import appkit
+from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
 from tda_explorer.errors import TDAError
 from tda_explorer.evaluation import compute_pruning_curve, stored_pruning_curve
-from tda_explorer.selection import curve_fractions, removal_mask, usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 

@@ -1,8 +1,8 @@
 """Pruning curves: remove the k% least useful training examples, retrain, and compare with random removal.
 
-Usefulness is `[n_train]`, higher = more useful to held-out data; `usefulness_from_scores` sums a score
-matrix over validation queries (positive score = helps, so the most harmful examples have the lowest sum
-and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
+Usefulness is `[n_train]`, higher = more useful to held-out data; `usefulness_from_scores` averages a score
+matrix over validation queries (`backend.usefulness.usefulness`; positive score = helps, so the most
+harmful examples have the lowest mean and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
 the method (by usefulness, lowest first) and for the random baseline (one seeded permutation).
 
 `compute_pruning_curve` is the cached form (artifact kind "pruning_curve", keyed by a digest of the
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tda_explorer.backend.usefulness import usefulness as mean_usefulness
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.evaluation._common import (
@@ -43,12 +44,14 @@ _CURVE_ARRAYS = ("method_acc", "random_acc", "method_loss", "random_loss")
 
 
 def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Usefulness to a validation set: `scores.sum(0)`, float64 `[n_train]` (higher = more useful).
+    """Usefulness to a validation set: `scores.mean(0)`, float64 `[n_train]` (higher = more useful).
+
+    The package's one definition, `backend.usefulness.usefulness`, after a shape check.
 
     Args:
         scores: `[n_val, n_train]`, positive = the training example helps the validation example.
     """
-    return as_float64(scores, "scores", (None, None)).sum(axis=0)
+    return mean_usefulness(as_float64(scores, "scores", (None, None)))
 
 
 @dataclass(frozen=True, eq=False)
