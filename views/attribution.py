@@ -10,8 +10,8 @@ import numpy as np
 import streamlit as st
 
 import appkit
+from appviews import show_example
 from tda_explorer.backend.stats import rank_agreement
-from tda_explorer.viz import example_caption, example_image, example_markdown
 
 MEASURES = {"predicted": "the predicted class", "true_label": "the true label's loss"}
 
@@ -85,14 +85,7 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
     row = table.loc[table["id"] == query_id].iloc[0]
 
     def show(i: int, score: float | None, col, examples) -> None:
-        flagged = examples is train and examples.ids[i] in flags
-        caption = example_caption(examples, i, score, flagged=flagged)
-        if examples.kind == "image":
-            col.image(example_image(examples, i, size=84), caption=caption)
-        elif examples.kind == "text":
-            col.markdown(example_markdown(examples, i, score, flagged=flagged))
-        else:
-            col.markdown(f"*{appkit.escape_markdown(caption)}*")
+        show_example(col, examples, i, score, flagged=examples is train and examples.ids[i] in flags)
 
     pred_name, true_name = (appkit.escape_markdown(str(row[c])) for c in ("predicted", "true"))
     if measurement == "predicted":

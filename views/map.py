@@ -10,10 +10,10 @@ import numpy as np
 import streamlit as st
 
 import appkit
+from appviews import cached_train_predictions, show_example
 from tda_explorer.errors import TDAError
 from tda_explorer.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
 from tda_explorer.selection import ids_from_selection
-from tda_explorer.viz import example_caption, example_features, example_image, example_markdown
 from tda_explorer.viz.figures import scatter_map
 
 PREVIEW_MAX = 24
@@ -70,8 +70,7 @@ categorical = True
 if color_by == "label":
     color = names
 elif color_by == "prediction":
-    probs_train = run.predict(train).numpy()
-    pred = probs_train.argmax(1)
+    pred = cached_train_predictions(root, run.key).argmax(1)
     if include_test:
         pred = np.concatenate([pred, appkit.cached_predictions(root, run.key).argmax(1)])
     color = np.array([train.class_names[i] for i in pred], dtype=object)
@@ -91,14 +90,9 @@ if fallback:
     st.markdown(f"**Preview** ({min(len(fallback), PREVIEW_MAX)} of {len(fallback)})")
     cols = st.columns(2 if train.kind == "text" else 8)
     for j, (es, pos) in enumerate(locate_examples(data, fallback[:PREVIEW_MAX])):
-        col, is_flagged = cols[j % len(cols)], es is train and es.ids[pos] in flags
-        if es.kind == "image":
-            col.image(example_image(es, pos, size=84), caption=example_caption(es, pos, flagged=is_flagged))
-        elif es.kind == "text":
-            col.markdown(example_markdown(es, pos, flagged=is_flagged))
-        else:
-            caption = appkit.escape_markdown(example_caption(es, pos, flagged=is_flagged))
-            col.markdown(f"*{caption}*  \n{appkit.escape_markdown(example_features(es, pos))}")
+        show_example(
+            cols[j % len(cols)], es, pos, flagged=es is train and es.ids[pos] in flags, features=True
+        )
 train_ids = set(train.ids)
 chosen = [i for i in fallback if i in train_ids]
 if chosen:

@@ -6,8 +6,8 @@ import numpy as np
 import streamlit as st
 
 import appkit
+from appviews import show_example
 from tda_explorer.evaluation.mislabel import mislabel_metrics, roc_points
-from tda_explorer.viz import example_caption, example_image, example_markdown
 from tda_explorer.viz.figures import roc_figure
 
 appkit.page_guard()
@@ -44,14 +44,7 @@ order = [int(i) for i in np.argsort(-score, kind="stable") if not (hide_flagged 
 
 cols = st.columns(2 if train.kind == "text" else 4)
 for j, i in enumerate(order):
-    col = cols[j % len(cols)]
-    caption = example_caption(train, i, float(score[i]), flagged=train.ids[i] in flags)
-    if train.kind == "image":
-        col.image(example_image(train, i, size=84), caption=caption)
-    elif train.kind == "text":
-        col.markdown(example_markdown(train, i, float(score[i]), flagged=train.ids[i] in flags))
-    else:
-        col.markdown(f"*{appkit.escape_markdown(caption)}*")
+    show_example(cols[j % len(cols)], train, i, float(score[i]), flagged=train.ids[i] in flags)
 
 st.subheader("Flag or unflag")
 with st.form("flag"):
