@@ -9,8 +9,8 @@ averaged corrected eigenvalues, plus the stage's weight decay and a small dampin
 examples its stage trains on (`N_l` of them), and `g_l(z)` = the loss gradient of z averaged over the
 same checkpoints (0 when z is not trained on in that stage). "The segment's checkpoints" are those
 inside it plus, with `include_start` (default), the one it starts from (the previous segment's last,
-also across a stage boundary: the next stage starts from those weights); on mnist5k this raised LDS
-(quick benchmark, L = 3: early-stopped 0.26 -> 0.33, converged 0.41 -> 0.43, two-stage 0.62 -> 0.64).
+also across a stage boundary: the next stage starts from those weights), which raised LDS on mnist5k
+(`benchmarks/RESULTS.md`, "Design measurements").
 With, elementwise in the EK-FAC eigenbasis of `H_l`,
 
     S_l = exp(-eta_l K_l H_l),        F_l = (I - exp(-eta_l K_l H_l)) H_l^{-1}

@@ -8,8 +8,8 @@ Per model m (a seed's final checkpoint, or every checkpoint with `checkpoints="a
 `attributors.trak_tuning`) lambda = c x `trace(Phi_m^T Phi_m) / N` with c chosen per run by a held-out
 mini-LDS on the validation split (a few retrainings with the run's own recipe), or c = 2 without a
 recipe: with k close to or above N, or many near-zero directions, the unregularised kernel interpolates
-the training set and the scores lose their ranking (digits, 5 models, k = 512: LDS 0.25 at lambda = 0),
-and the best lambda depends on the training recipe (see `trak_tuning`). `regularization=None` keeps the
+the training set and the scores lose their ranking, and the best lambda depends on the training recipe
+(see `trak_tuning`; measurements in `benchmarks/RESULTS.md`, "Design measurements"). `regularization=None` keeps the
 previous rule, `regularization_factor` x the mean nonzero eigenvalue `trace / min(k, N)`.
 
 The kernel system is solved in the smaller space (a Cholesky factor, no explicit inverse):
@@ -82,12 +82,11 @@ class KernelSolver:
     Cholesky factor; a singular one (lambda = 0 and rank deficient) gets the Moore-Penrose pseudo-inverse
     from a rank-revealing pivoted Cholesky `P^T A P = L L^T` (LAPACK `pstrf`, rank r at its default
     tolerance `n eps max(diag)`) and a Householder QR of `P L = Q R` (Q kept as its reflectors):
-    `A^+ = Q (R R^T)^{-1} Q^T`, applied with two triangular solves (condition number of R, not R^2).
-    On MNIST logistic regression's TRAK kernels (k = 2,048, rank ~1,950) that is pstrf 0.4 s + QR 0.4 s
-    against 19-23 s for the eigendecomposition behind `pinv` (both measured on the 2-core box under
-    load), and it equals `pinv(A, hermitian=True)` to ~1e-12 when the spectrum has a gap at the rank
-    (tested). Solving against the factor costs `O(n^2 c)` for c right-hand sides; the explicit inverse
-    cost `2 n^3` more at fit time (MNIST logistic regression, TRAK-10 at k = 2,048: 2.5 of 9.1 s).
+    `A^+ = Q (R R^T)^{-1} Q^T`, applied with two triangular solves (condition number of R, not R^2); it
+    equals `pinv(A, hermitian=True)` to ~1e-12 when the spectrum has a gap at the rank (tested), at a
+    fraction of the cost of the eigendecomposition behind `pinv`. Solving against the factor costs
+    `O(n^2 c)` for c right-hand sides, with no `2 n^3` explicit inverse at fit time (timings in
+    `benchmarks/RESULTS.md`, "Design measurements").
     """
 
     def __init__(self, gram: torch.Tensor, regularization: float, dtype: torch.dtype) -> None:
@@ -176,13 +175,13 @@ class TRAK(Attributor):
 
     Args:
         proj_dim: projection size k (None = no projection, use raw gradients).
-        proj_type: "sjlt" (default: a count sketch, one +-1 per gradient coordinate; the same LDS as the dense
-            projections in our MNIST benchmarks and 3x (logreg) to 21x (MLP) faster: 15.6 s instead of
-            305 s for the app's MNIST MLP demo on 2 cores), "rademacher" or "gaussian" (dense).
+        proj_type: one of `backend.projection.PROJECTIONS`: "sjlt" (default: a count sketch, one +-1 per
+            gradient coordinate, `O(b p)` per batch), "rademacher" or "gaussian" (dense +-1 / N(0, 1)
+            entries, an `O(b p k)` product); the same LDS in our benchmarks (see `benchmarks/RESULTS.md`).
         proj_seed: projection seed (model i uses `proj_seed + i` with `proj_per_model`).
         proj_per_model: draw an independent projection for each model (default), as dattri does;
-            averaging over models then also averages over projections (on MNIST logistic regression with
-            10 models: LDS 0.75 -> 0.82 at regularization = mean eigenvalue of `Phi^T Phi`). False = one
+            averaging over models then also averages over projections (a higher LDS with 10 models; see
+            `benchmarks/RESULTS.md`, "Design measurements"). False = one
             projection shared by all models.
         regularization: "auto" (default): lambda = c x `trace(Phi^T Phi) / N` per model, c chosen by a
             held-out mini-LDS on the validation split (`trak_tuning`; needs the run's recipe, else
