@@ -213,12 +213,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         progress=update,
     )
     bar.close()
-    accs = [m["test_acc"] for m in run.metrics.values()]
-    print(
-        f"imported {len(run.seeds)} seed(s), mean test accuracy {sum(accs) / len(accs):.4f}", file=sys.stderr
-    )
-    print(run.key)
-    return 0
+    return _report_import(run)
 
 
 def _import_hf(args: argparse.Namespace) -> int:
@@ -243,6 +238,11 @@ def _import_hf(args: argparse.Namespace) -> int:
         progress=update,
     )
     bar.close()
+    return _report_import(run)
+
+
+def _report_import(run) -> int:
+    """Print an imported run's mean test accuracy (stderr) and its key (stdout); exit code 0."""
     accs = [m["test_acc"] for m in run.metrics.values()]
     print(
         f"imported {len(run.seeds)} seed(s), mean test accuracy {sum(accs) / len(accs):.4f}", file=sys.stderr

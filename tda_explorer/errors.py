@@ -25,3 +25,10 @@ class NotFittedError(TDAError, RuntimeError):
 
 class ArtifactError(TDAError, RuntimeError):
     """A workspace artifact is missing, unreadable, or was made by a different config."""
+
+
+def check_choice(what: str, value: object, choices) -> None:
+    """ConfigError `"<what> <value!r> is not one of <choices>."` unless `value` is one of `choices`."""
+    if value not in choices:
+        shown = sorted(choices) if isinstance(choices, (set, frozenset, dict)) else tuple(choices)
+        raise ConfigError(f"{what} {value!r} is not one of {shown}.")

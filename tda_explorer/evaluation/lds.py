@@ -188,26 +188,15 @@ def lds_truth_config(
     train_config: TrainConfig,
     config: LDSConfig,
 ) -> dict:
-    """The config dict that keys the "lds_truth" artifact (data fingerprints, model, training, settings)."""
-    return {**_base_config(train, queries, model_config, train_config, config), "n_subsets": config.n_subsets}
-
-
-def _base_config(
-    train: ExampleSet,
-    queries: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    config: LDSConfig,
-) -> dict:
-    lds = config.key_dict()
-    del lds["n_subsets"]
+    """The config dict that keys the "lds_truth" artifact (data fingerprints, model, training, settings);
+    a shard's ("lds_shard") is the same without `n_subsets`, plus its subset range."""
     return {
         "train": {"fingerprint": fingerprint(train), "n": len(train)},
         "queries": {"fingerprint": fingerprint(queries), "n": len(queries)},
         "model": model_config.to_dict(),
         "training": train_config.to_dict(),
         "target": "loss",
-        **lds,
+        **config.key_dict(),
     }
 
 
@@ -237,8 +226,8 @@ def compute_lds_truth(
     """
     config = config or LDSConfig()
     ws = require_workspace(workspace, "compute_lds_truth")
-    base = _base_config(train, queries, model_config, train_config, config)
-    truth_cfg = {**base, "n_subsets": config.n_subsets}  # = lds_truth_config(...), fingerprinted once
+    truth_cfg = lds_truth_config(train, queries, model_config, train_config, config)
+    base = {k: v for k, v in truth_cfg.items() if k != "n_subsets"}
     m, r, n = config.n_subsets, len(config.seeds), len(train)
     config.subset_size(n)
     shards = [(a, min(a + config.shard_size, m)) for a in range(0, m, config.shard_size)]

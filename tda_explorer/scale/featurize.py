@@ -29,7 +29,7 @@ from tda_explorer.backend.features import gradient_features, representations
 from tda_explorer.backend.grads import OBJECTIVES, ParamSubset
 from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
 from tda_explorer.data.example_set import ExampleSet
-from tda_explorer.errors import ArtifactError, ConfigError
+from tda_explorer.errors import ArtifactError, ConfigError, check_choice
 from tda_explorer.models import ModelConfig, prepare_inputs
 from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.executor import Executor, LocalExecutor
@@ -64,12 +64,9 @@ class FeatureConfig:
     shard_size: int = 1024
 
     def __post_init__(self) -> None:
-        if self.kind not in FEATURE_KINDS:
-            raise ConfigError(f"feature kind {self.kind!r} is not one of {FEATURE_KINDS}.")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective {self.objective!r} is not one of {sorted(OBJECTIVES)}.")
-        if self.projection_kind not in PROJECTIONS:
-            raise ConfigError(f"projection_kind {self.projection_kind!r} is not one of {PROJECTIONS}.")
+        check_choice("feature kind", self.kind, FEATURE_KINDS)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("projection_kind", self.projection_kind, PROJECTIONS)
         if not isinstance(self.params, str):
             object.__setattr__(self, "params", tuple(str(p) for p in self.params))
         for name, minimum in (("shard_size", 1), ("projection_seed", 0)):

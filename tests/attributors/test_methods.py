@@ -13,6 +13,7 @@ from tda_explorer.backend.projection import kronecker_features, kronecker_sizes
 from tda_explorer.errors import ConfigError, NotFittedError
 from tda_explorer.models import LogRegConfig, build_model
 from tda_explorer.training import TrainConfig
+from tests.fixtures import assert_same_attribution
 
 from .conftest import as_examples, make_run
 
@@ -253,11 +254,7 @@ def test_feature_dot_streams_train_features_when_they_do_not_fit(tiny_run, monke
     streamed = make_attributor(method, **settings).fit(run, train)
     assert streamed.streaming_ and streamed.train_features_ is None
     groups = torch.rand(3, len(train)) > 0.5
-    torch.testing.assert_close(streamed.score(queries), cached.score(queries), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(streamed.self_influence(), cached.self_influence(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        streamed.score_groups(queries, groups), cached.score_groups(queries, groups), rtol=1e-5, atol=1e-5
-    )
+    assert_same_attribution(streamed, cached, queries, groups, rtol=1e-5, atol=1e-6, group_atol=1e-5)
 
 
 def test_trak_sjlt_ghost_sketch_equals_materialised_gradients(tiny_run, monkeypatch):
