@@ -15,6 +15,7 @@ import numpy as np
 from tda_explorer.attributors.base import make_attributor
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ArtifactError, ConfigError
+from tda_explorer.models.text_cache import states_stored_in
 from tda_explorer.store import Workspace, default_workspace, load_array, save_arrays
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
@@ -91,10 +92,11 @@ def compute_scores(
     def compute() -> tuple[dict[str, np.ndarray], dict]:
         queries = getattr(splits, split)
         start = time.perf_counter()
-        attributor.fit(run, splits.train)
-        if on_fitted is not None:
-            on_fitted(attributor)
-        scores = attributor.score(queries).numpy().astype(np.float32)
+        with states_stored_in(ws):  # a text model's frozen states, reused by the next process
+            attributor.fit(run, splits.train)
+            if on_fitted is not None:
+                on_fitted(attributor)
+            scores = attributor.score(queries).numpy().astype(np.float32)
         if attributor.cached_self_influence:
             self_inf = attributor.self_influence().numpy().astype(np.float32)
         else:  # e.g. unrolled: one reverse pass per training example; not run implicitly
