@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tda_explorer.attributors.cache import ScoreResult, compute_scores, list_scores, load_scores
+from tda_explorer.attributors.scores import ScoreResult, compute_scores, list_scores, load_scores
 from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainedRun, load_run

@@ -38,7 +38,7 @@ BUDGET_MS = 300.0
 
 def prepare(method: str, arch: str, dataset: str = "mnist5k", workspace: Path = WORKSPACE) -> tuple[str, str]:
     """Train (or reuse) the run and compute (or reuse) `method`'s test scores; (run key, score key)."""
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.models import default_model_config
     from tda_explorer.store import Workspace
@@ -62,9 +62,9 @@ def measure_journey(workspace: Path) -> list[dict]:
     """
     from sklearn.datasets import load_wine
 
-    from tda_explorer.attributors.cache import compute_scores
     from tda_explorer.attributors.dtda import compute_dtda
     from tda_explorer.attributors.measurement import compute_test_scores
+    from tda_explorer.attributors.scores import compute_scores
     from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.demo import DEMO_ARCH, DEMO_ATTRIBUTORS, DEMO_DATASET, DEMO_SEEDS

@@ -158,7 +158,7 @@ def _run_line(meta: dict) -> str:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
     from tda_explorer.cli_commands.common import check_method
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.store import Workspace

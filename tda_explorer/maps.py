@@ -71,7 +71,7 @@ def airrep_sources(workspace: Workspace, run_key: str) -> list[dict]:
     """Fitted AirRep encoders of a run: one `{"score_key", "settings", "encoder_key"}` per stored AirRep
     score artifact whose encoder is still in the workspace, newest first."""
     from tda_explorer.attributors.airrep.train import ENCODER_KIND
-    from tda_explorer.attributors.cache import list_scores
+    from tda_explorer.attributors.scores import list_scores
 
     out = []
     for meta in list_scores(workspace, run_key):

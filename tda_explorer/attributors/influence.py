@@ -144,7 +144,7 @@ class Influence(Attributor):
 
     name = "influence"
     #: Where "auto" caches its held-out retrainings and the validation examples it holds out (set by
-    #: `cache.compute_scores`; default: no cache, the run's dataset's validation split).
+    #: `scores.compute_scores`; default: no cache, the run's dataset's validation split).
     workspace = None
     validation: ExampleSet | None = None
 

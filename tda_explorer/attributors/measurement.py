@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tda_explorer.attributors.base import make_attributor
-from tda_explorer.attributors.cache import ScoreResult
+from tda_explorer.attributors.scores import ScoreResult
 from tda_explorer.data import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_array, save_array
@@ -111,7 +111,7 @@ def compute_test_scores(
 ) -> tuple[ScoreResult, ScoreResult]:
     """The test-query scores for both measurements with one fit: `(true_label, predicted)` (both cached).
     The predicted-class rows reuse the attributor `compute_scores` fitted, so they cost one scoring pass."""
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
 
     fitted: list = []
     base = compute_scores(run, splits, method, settings, "test", workspace, progress, on_fitted=fitted.append)

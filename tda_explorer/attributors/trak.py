@@ -200,7 +200,7 @@ class TRAK(Attributor):
     """
 
     name = "trak"
-    #: Where "auto" caches its held-out retrainings (`cache.compute_scores` sets it), and the validation
+    #: Where "auto" caches its held-out retrainings (`scores.compute_scores` sets it), and the validation
     #: examples it holds out (default: the run's dataset's validation split). Not settings: no effect on
     #: the scores beyond the chosen lambda, which is recorded in `tuning_`.
     workspace = None

@@ -141,7 +141,7 @@ class Context:
 def method_scores(ctx: Context, args: argparse.Namespace, split: str):
     """The ScoreResult of `--method` with its `--set` settings on the `split` queries: from the
     workspace when the app or the CLI computed it before, else computed (progress on stderr) and stored."""
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
 
     update, bar = progress_bar(f"{args.method} scores")
     try:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from tda_explorer.attributors.cache import list_scores, load_scores
+from tda_explorer.attributors.scores import list_scores, load_scores
 from tda_explorer.backend.usefulness import removal_mask, usefulness
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.evaluation.mislabel import training_loss_scores

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.attributors.scores import compute_scores
 from tda_explorer.data import DatasetSpec, load_dataset
 from tda_explorer.models import LogRegConfig
 from tda_explorer.store import Workspace

@@ -105,7 +105,7 @@ def test_cached_scores_record_the_auto_choice(tmp_path, monkeypatch):
     """compute_scores hands TRAK the workspace and the validation split; the choice lands in the metadata."""
     import numpy as np
 
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
     from tda_explorer.data import DatasetSplits, load_digits_splits
     from tda_explorer.models import LogRegConfig
     from tda_explorer.training import LocalExecutor, TrainConfig, train_run

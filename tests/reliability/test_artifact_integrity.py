@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tda_explorer.attributors.cache import load_scores
+from tda_explorer.attributors.scores import load_scores
 from tda_explorer.cli import main
 from tda_explorer.data import load_digits_splits
 from tda_explorer.errors import ArtifactError, ConfigError

@@ -156,7 +156,7 @@ class AirRep(Attributor):
         self.encoder_ = self.trained_.encoder
         self.train_embeddings_ = self.embed(train)
         self.costs_ = {"data_seconds": self.data_.seconds, "train_seconds": self.trained_.seconds}
-        self.artifact_extra_ = {  # recorded next to cached scores (attributors.cache)
+        self.artifact_extra_ = {  # recorded next to cached scores (attributors.scores)
             "airrep": {
                 **self.costs_,
                 "data_key": self.data_.key,

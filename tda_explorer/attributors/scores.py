@@ -1,4 +1,4 @@
-"""Cached attribution: compute an attributor's scores for a run once, store them, reuse them.
+"""Attribution scores of a run, the package's main use case: computed once per setting, stored, reused.
 
 Artifact kind "scores", keyed by {run key, attributor config, query split}. Contents:
 `scores.npy` float32 `[n_query, n_train]` (positive = helps), `self_influence.npy` float32
