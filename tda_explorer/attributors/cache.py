@@ -86,7 +86,7 @@ def compute_scores(
         attributor.workspace = ws
     if getattr(attributor, "validation", False) is None:  # TRAK's "auto" holds the validation split out
         attributor.validation = splits.val
-    cfg = score_config(run, method, attributor.settings, split)
+    cfg = score_config(run, method, attributor.settings.config(), split)
     if not ws.exists("scores", cfg):
         queries = getattr(splits, split)
         start = time.perf_counter()

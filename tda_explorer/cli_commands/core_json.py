@@ -17,8 +17,8 @@ from tda_explorer.cli_commands.common import (
     add_json_arg,
     check_method,
     method_scores,
+    method_settings_from_args,
     open_run,
-    parse_settings,
     print_json,
 )
 
@@ -62,7 +62,7 @@ def runs_json(args: argparse.Namespace) -> int:
 
 def attribute_json(args: argparse.Namespace) -> int:
     """`attribute --json`: the score artifact's key, folder, shape and compute seconds."""
-    check_method(args.method, parse_settings(args.set))
+    check_method(args.method, method_settings_from_args(args))
     ctx = open_run(args)
     result = method_scores(ctx, args, args.split)
     print_json(
