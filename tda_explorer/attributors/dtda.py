@@ -130,7 +130,7 @@ def _influence_effects(base: Influence, queries: ExampleSet, targets: torch.Tens
     (m,) = base.members_
     inputs = prepare_inputs(m.model, queries.inputs)
     v = gradient_features(m.model, inputs, targets, base.settings.params, objective, dtype=base._dtype())
-    return m.dot(m.inverse(v) / base.n_train_)  # dtheta = +(H + shift)^{-1} g / N
+    return m.dot(m.inverse.solve(v) / base.n_train_)  # dtheta = +(H + shift)^{-1} g / N
 
 
 def _source_effects(base: Source, queries: ExampleSet, targets: torch.Tensor, objective: str):

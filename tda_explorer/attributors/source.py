@@ -46,6 +46,7 @@ from tda_explorer.backend.curvature import KroneckerCurvature, fit_averaged
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix
 from tda_explorer.backend.grads import ParamSubset
+from tda_explorer.backend.inverse import CurvatureProblem
 from tda_explorer.backend.layers import flat_to_layer, layer_to_flat
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
@@ -238,19 +239,17 @@ class Source(Attributor):
             previous = idx
         return out
 
-    def _curvature(self, model: torch.nn.Module, wd: float) -> KroneckerCurvature:
+    def _curvature(
+        self, model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, wd: float
+    ) -> KroneckerCurvature:
+        """The (unfitted) EK-FAC curvature of one checkpoint over the examples its stage trains on, built by
+        the same rule as influence's (`backend.inverse.CurvatureProblem`); Source applies spectral
+        functions of it (`segment_step`), not its inverse."""
         s = self.settings
-        return KroneckerCurvature(
-            model,
-            s.params,
-            corrected=True,
-            damping=s.damping,
-            damping_factor=s.damping_factor,
-            weight_decay=wd,
-            seed=s.seed,
-            fisher_samples=s.fisher_samples,
-            batch_size=s.batch_size,
+        problem = CurvatureProblem(
+            model, inputs, labels, s.params, s.batch_size, seed=s.seed, fisher_samples=s.fisher_samples
         )
+        return problem.kronecker(True, s.damping, s.damping_factor, wd)
 
     def _member(self, run: TrainedRun, seed: int, train: ExampleSet) -> _Member:
         s, dtype, n = self.settings, get_dtype(), len(train)
@@ -262,7 +261,10 @@ class Source(Attributor):
         curvs = []
         for seg in segments:
             keep = torch.from_numpy(masks[seg.stage])
-            members = [self._curvature(models[i], seg.weight_decay) for i in seg.averaged]
+            members = [
+                self._curvature(models[i], inputs[i][keep], train.labels[keep], seg.weight_decay)
+                for i in seg.averaged
+            ]
             curv = fit_averaged(members, [inputs[i][keep] for i in seg.averaged])
             seg.damping = {name: f.damping for name, f in curv.factors_.items()}
             curvs.append(curv)

@@ -44,7 +44,7 @@ from tda_explorer.backend.features import (
 )
 from tda_explorer.backend.ghost import ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
-from tda_explorer.backend.inverse import absolute_damping
+from tda_explorer.backend.inverse import KernelInverse, KernelProblem, make_inverse, mean_nonzero_eigenvalue
 from tda_explorer.backend.layers import find_layers
 from tda_explorer.backend.projection import RandomProjector, kronecker_features, kronecker_sizes
 from tda_explorer.backend.scoring import dot_scores
@@ -71,83 +71,6 @@ def _q_weights(model: torch.nn.Module, train: ExampleSet) -> torch.Tensor:
     return train.labels.to(device, dtype) - out[:, 0]
 
 
-class KernelSolver:
-    """`(gram + lambda I)^{-1} x` for a PSD Gram matrix `[n, n]`, without forming the inverse.
-
-    Factorises once in float64 and keeps the factor in `dtype`, or in float64 when lambda = 0 (the
-    unregularised system can be arbitrarily ill-conditioned; with lambda = c x the mean nonzero eigenvalue
-    the condition number is at most `min(k, N) / c + 1`, safe in float32). A positive definite matrix gets a
-    Cholesky factor; a singular one (lambda = 0 and rank deficient) gets the Moore-Penrose pseudo-inverse
-    from a rank-revealing pivoted Cholesky `P^T A P = L L^T` (LAPACK `pstrf`, rank r at its default
-    tolerance `n eps max(diag)`) and a Householder QR of `P L = Q R` (Q kept as its reflectors):
-    `A^+ = Q (R R^T)^{-1} Q^T`, applied with two triangular solves (condition number of R, not R^2).
-    On MNIST logistic regression's TRAK kernels (k = 2,048, rank ~1,950) that is pstrf 0.4 s + QR 0.4 s
-    against 19-23 s for the eigendecomposition behind `pinv` (both measured on the 2-core box under
-    load), and it equals `pinv(A, hermitian=True)` to ~1e-12 when the spectrum has a gap at the rank
-    (tested). Solving against the factor costs `O(n^2 c)` for c right-hand sides; the explicit inverse
-    cost `2 n^3` more at fit time (MNIST logistic regression, TRAK-10 at k = 2,048: 2.5 of 9.1 s).
-    """
-
-    def __init__(self, gram: torch.Tensor, regularization: float, dtype: torch.dtype) -> None:
-        gram = gram.to(torch.float64, copy=True)
-        gram.diagonal().add_(regularization)
-        factor, info = torch.linalg.cholesky_ex(gram)
-        self.cholesky = int(info) == 0
-        keep = torch.float64 if regularization == 0 else dtype
-        if self.cholesky:
-            self.matrix, self.tau = factor.to(keep), None
-        else:
-            reflectors, self.tau = pivoted_pseudo_factor(gram)
-            self.matrix = reflectors.to(keep)
-            self.tau = self.tau.to(keep)
-
-    @property
-    def rank(self) -> int:
-        """Rank of the factorised matrix (n for a positive definite one)."""
-        return self.matrix.shape[1]
-
-    def solve(self, x: torch.Tensor) -> torch.Tensor:
-        """`(gram + lambda I)^{-1} x` (pseudo-inverse when singular) `[n, c]`, in the factor's dtype."""
-        x = x.to(self.matrix)
-        if self.cholesky:
-            return torch.cholesky_solve(x, self.matrix)
-        h, r = self.matrix, self.rank
-        if r == 0:
-            return torch.zeros_like(x)
-        tri = h[:r]  # R in its upper triangle (solve_triangular reads only that half)
-        y = torch.ormqr(h, self.tau, x, transpose=True)[:r]  # Q^T x
-        y = torch.linalg.solve_triangular(tri, y, upper=True)  # R^{-1} Q^T x
-        y = torch.linalg.solve_triangular(tri.mT, y, upper=False)  # (R R^T)^{-1} Q^T x
-        return torch.ormqr(h, self.tau, torch.cat([y, y.new_zeros(len(x) - r, y.shape[1])]))
-
-
-def pivoted_pseudo_factor(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Householder QR `(reflectors [n, r], tau [r])` (`torch.geqrf` form) of the permuted pivoted-Cholesky
-    factor of a PSD float64 `gram [n, n]`, so that `pinv(gram) = Q (R R^T)^{-1} Q^T`.
-
-    r is the numerical rank found by LAPACK's pivoted Cholesky (`dpstrf`, default tolerance), R is the
-    upper triangle of `reflectors[:r]`. The pivoted Cholesky runs on the CPU (an `n x n` matrix).
-    """
-    import numpy as np
-    from scipy.linalg import lapack
-
-    a = gram.detach().to("cpu", torch.float64).numpy()
-    c, piv, rank, info = lapack.dpstrf(a, lower=1)
-    if info < 0:
-        raise RuntimeError(f"LAPACK dpstrf rejected argument {-info} (matrix shape {tuple(a.shape)}).")
-    lower = torch.from_numpy(np.tril(c[:, :rank]))
-    factor = torch.empty_like(lower)
-    factor[torch.from_numpy(piv.astype(np.int64) - 1)] = lower  # gram = factor @ factor.T
-    reflectors, tau = torch.geqrf(factor.to(gram.device))
-    return reflectors, tau
-
-
-def mean_nonzero_eigenvalue(gram: torch.Tensor, rank_bound: int) -> float:
-    """`trace(gram) / rank_bound`: with `gram` = `Phi^T Phi` or `Phi Phi^T` and `rank_bound` = min(k, N), the
-    mean of the (at most min(k, N)) nonzero eigenvalues of `Phi^T Phi`."""
-    return float(gram.diagonal().sum(dtype=torch.float64)) / max(1, rank_bound)
-
-
 @dataclass
 class _Model:
     """One TRAK model: the network, its projection, and its kernel solver in the smaller space.
@@ -163,7 +86,7 @@ class _Model:
     projector: RandomProjector | None
     seed: int
     phi: torch.Tensor | None
-    kernel: KernelSolver | None
+    kernel: KernelInverse | None
     dual: bool
     regularization: float
 
@@ -263,16 +186,19 @@ class TRAK(Attributor):
             if s.damping == "auto":
                 grams.append((gram, dtype))
             else:
-                m.regularization = self._lambda(gram, gram.shape[0])  # min(k, N)
-                m.kernel = KernelSolver(gram, m.regularization, dtype)
+                damping = None if s.damping is None else float(s.damping)  # relative: x trace / min(k, N)
+                m.kernel = make_inverse("kernel", KernelProblem(gram, gram.shape[0], dtype), damping=damping,
+                                        damping_factor=s.damping_factor)  # fmt: skip
+                m.regularization = m.kernel.info["damping"]
             del gram
             if self.progress is not None:
                 self.progress(i + 1, len(models), f"trak: model {i + 1}/{len(models)} featurized")
         if s.damping == "auto":
             self.tuning_ = self._choose(heldout, parts, scales)
-            for m, (gram, dtype), scale in zip(self.models_, grams, scales, strict=True):
-                m.regularization = absolute_damping(None, self.tuning_.factor, scale)
-                m.kernel = KernelSolver(gram, m.regularization, dtype)
+            for m, (gram, dtype) in zip(self.models_, grams, strict=True):
+                problem = KernelProblem(gram, len(train), dtype)  # relative to trace / N, as `scales`
+                m.kernel = make_inverse("kernel", problem, damping=None, damping_factor=self.tuning_.factor)
+                m.regularization = m.kernel.info["damping"]
             self.artifact_extra_ = {
                 "trak_regularization": {**self.tuning_.to_dict(), "lambdas": self.regularization_}
             }
@@ -310,12 +236,6 @@ class TRAK(Attributor):
             factor, "validation-lds", table=table, n_subsets=len(masks), n_queries=len(val)
         )
 
-    def _lambda(self, gram: torch.Tensor, rank_bound: int) -> float:
-        """One model's lambda: absolute, or `factor x trace(Phi^T Phi) / min(k, N)` (mean nonzero eigenvalue)."""
-        s = self.settings
-        damping = None if s.damping is None else float(s.damping)
-        return absolute_damping(damping, s.damping_factor, lambda: mean_nonzero_eigenvalue(gram, rank_bound))
-
     def kernel_scores(
         self, queries: ExampleSet, targets: torch.Tensor | None = None, objective: str = "margin"
     ) -> torch.Tensor:
@@ -329,9 +249,9 @@ class TRAK(Attributor):
             v = self._features(m, queries, targets, objective)
             phi = self._train_features(m)
             if m.dual:
-                total = total + m.kernel.solve(dot_scores(v, phi).T).T.float().cpu()
+                total = total + m.kernel.solve(dot_scores(v, phi)).float().cpu()
             else:
-                total = total + dot_scores(m.kernel.solve(v.T).T.to(phi), phi)
+                total = total + dot_scores(m.kernel.solve(v).to(phi), phi)
         return total / len(self.models_)
 
     def _query_kernel(self, queries: ExampleSet) -> torch.Tensor:
@@ -352,7 +272,7 @@ class TRAK(Attributor):
         for m in self.models_:
             phi = self._train_features(m)
             # primal: rowsum(Phi K^-1 * Phi); dual: diag(Phi Phi^T D) = rowsum(Phi * (D Phi))
-            solved = m.kernel.solve(phi.T).T if not m.dual else m.kernel.solve(phi)
+            solved = m.kernel.solve(phi) if not m.dual else m.kernel.solve(phi.T).T
             quad = quad + solved.to(phi).mul(phi).sum(1)
         own = self.q_ if self.regression_ else 1.0  # regression: the loss gradient is -Q times the output's
         return (quad / len(self.models_) * self.q_ * own).float().cpu()

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tda_explorer.backend.damping import absolute_damping, check_damping
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.grads import DEFAULT_MEMORY_BYTES, ParamSubset, forward_saved_bytes
-from tda_explorer.backend.inverse import absolute_damping, check_damping
 from tda_explorer.backend.layers import LayerInfo, capture_layers, find_layers, flat_to_layer, layer_to_flat
 from tda_explorer.errors import ConfigError, NotFittedError
 from tda_explorer.models.tasks import batch_loss, sample_fisher_targets, task_of

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tda_explorer.attributors import make_attributor
-from tda_explorer.attributors.trak import KernelSolver
 from tda_explorer.backend.grads import ParamSubset, example_grads
 from tda_explorer.backend.layers import LayerInfo, find_layers
 from tda_explorer.backend.projection import kronecker_features, kronecker_sizes
@@ -288,30 +287,3 @@ def test_ghost_path_equals_materialised_gradients(tiny_run, monkeypatch, method)
     torch.testing.assert_close(
         ghost.score_groups(queries, groups), dense.score_groups(queries, groups), rtol=1e-4, atol=1e-5
     )
-
-
-@pytest.mark.parametrize("rank", [0, 1, 7, 20])
-def test_kernel_solver_singular_gram_applies_the_pseudo_inverse(rank):
-    """lambda = 0 and a rank-deficient Gram: the pivoted-Cholesky factor applies pinv(A) (eigen reference)."""
-    gen = torch.Generator().manual_seed(rank)
-    x = (
-        torch.randn(50, rank, generator=gen, dtype=torch.float64)
-        @ torch.randn(rank, 30, generator=gen).double()
-    )
-    gram = x.T @ x  # [30, 30], rank `rank` (< 30: Cholesky fails)
-    b = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    solver = KernelSolver(gram, 0.0, torch.float32)
-    assert not solver.cholesky and solver.rank == rank and solver.matrix.dtype == torch.float64
-    torch.testing.assert_close(
-        solver.solve(b), torch.linalg.pinv(gram, hermitian=True) @ b, rtol=1e-8, atol=1e-10
-    )
-
-
-def test_kernel_solver_regularised_gram_solves_the_damped_system():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(10, 30, generator=gen, dtype=torch.float64)
-    gram, b = x.T @ x, torch.randn(30, 3, generator=gen, dtype=torch.float64)
-    solver = KernelSolver(gram, 0.5, torch.float32)
-    assert solver.cholesky and solver.rank == 30 and solver.matrix.dtype == torch.float32
-    want = torch.linalg.solve(gram + 0.5 * torch.eye(30, dtype=torch.float64), b)
-    torch.testing.assert_close(solver.solve(b).double(), want, rtol=1e-4, atol=1e-5)
