@@ -64,6 +64,10 @@ class Attributor(ABC):
         """JSON-able identity of this attributor (name + settings), used in artifact keys."""
         return {"method": self.name, **self.settings.config()}
 
+    def get_params(self) -> dict:
+        """The settings as plain JSON-able values (`make_attributor(self.name, **params)` rebuilds it)."""
+        return self.settings.as_dict()
+
     def clone(self, **changes: Any) -> Attributor:
         """An unfitted attributor of the same class with these settings changed (and the same progress)."""
         return type(self)(self.settings.replace(**changes), progress=self.progress)

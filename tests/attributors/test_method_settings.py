@@ -125,6 +125,7 @@ def test_settings_are_frozen_and_rebuild_an_equal_attributor():
     passed = ATTRIBUTORS["influence"](InfluenceSettings(solver="exact", params=("fc",), damping=0.5))
     assert passed.config() == attr.config()
     assert attr.clone(damping=1.0).settings.damping == 1.0 and attr.settings.damping == 0.5
+    assert attr.get_params() == dict(attr.settings) and attr.get_params()["params"] == ["fc"]
 
 
 def test_trak_damping_keeps_its_old_name_in_cache_keys_and_as_a_deprecated_alias():
