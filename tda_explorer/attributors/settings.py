@@ -178,7 +178,8 @@ class MethodSettings(Mapping):
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 listed = ", ".join(valid) or "(none)"
                 raise ConfigError(
-                    f"unknown setting {name!r} for method {method!r}{hint}; valid settings: {listed}."
+                    f"unknown setting {name!r} for method {method or cls.__name__!r}{hint}; valid settings: "
+                    f"{listed}."
                 )
         return cls(**values)
 
