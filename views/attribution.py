@@ -10,6 +10,7 @@ import numpy as np
 import streamlit as st
 
 import appkit
+import apptrust
 from tda_explorer.selection import rank_agreement
 from tda_explorer.viz import example_caption, example_image, example_markdown
 
@@ -33,6 +34,7 @@ c1, c2, c3 = st.columns([2, 2, 3])
 appkit.synced_selectbox("Attributor", keys, "score_key", c1, format_func=names.get)
 meta = next(m for m in stored if m["key"] == st.session_state.score_key)
 c1.caption(appkit.cache_note(meta["extra"]["seconds"], meta["created"], reused=True))
+apptrust.lds_cue(run, st.session_state.score_key, c1, "attribution")
 compare_key = c2.selectbox(
     "Compare with (optional)",
     [None, *[k for k in keys if k != st.session_state.score_key]],
@@ -46,6 +48,7 @@ measurement = c3.radio(
     help="Predicted class: a supporting example pushes the model toward what it predicted (for a mistake: "
     "why it made it). True label: a supporting example lowers the loss of the correct label.",
 )
+apptrust.suggest_best(run, st.session_state.score_key, names, "score_key")
 
 table = appkit.prediction_table(root, run.key)
 only_mistakes = st.toggle("Only mistakes", value=False)

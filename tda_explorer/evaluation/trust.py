@@ -10,6 +10,8 @@ the query loss at the true label, so it is always measured on the stored true-la
   measurement (the one over the most subsets when there are several). Reads metadata only.
 - `record_lds(run, ws, score_key, truth)`: score one artifact against a truth and store the measurement
   (the Evaluation page records what it computes).
+- `measure_stored(run, splits, ws)`: the same after recording unmeasured attributors against the largest
+  stored ground truth of the run (cheap: no retraining).
 - `quick_check(run, splits, score_key_or_method, ws, n_subsets=20, ...)`: a small LDS: the ground truth of
   `lds.compute_lds_truth` (cached and shared; a larger stored truth for the same data is reused instead;
   its shards are reused by a later, larger truth), then `record_lds`.
@@ -175,22 +177,45 @@ def resolve_score_key(run: TrainedRun, workspace: Workspace, score_key_or_method
     )
 
 
+_SETTINGS = ("alpha", "seeds", "subset_seed", "mode")  # the LDSConfig fields in a truth's key, beyond M
+
+
 def _stored_truth(
-    run: TrainedRun, splits: DatasetSplits, workspace: Workspace, config: LDSConfig
+    run: TrainedRun, splits: DatasetSplits, workspace: Workspace, config: LDSConfig | None
 ) -> LDSTruth | None:
-    """The stored ground truth for the run's data, model and recipe with the settings of `config` but at
-    least `config.n_subsets` subsets (the largest one), or None."""
+    """The largest stored ground truth for the run's data, model and recipe, or None. With `config`: only
+    truths with its settings and at least `config.n_subsets` subsets; without: any settings ("fresh" first)."""
     want = to_jsonable(
-        lds_truth_config(splits.train, splits.test, run.model_config, run.train_config, config)
+        lds_truth_config(splits.train, splits.test, run.model_config, run.train_config, config or LDSConfig())
     )
     want.pop("n_subsets")
+    if config is None:
+        want = {k: v for k, v in want.items() if k not in _SETTINGS}
     best = None
     for meta in workspace.list(TRUTH_KIND):
-        have = dict(meta["config"])
+        have = {k: v for k, v in meta["config"].items() if config is not None or k not in _SETTINGS}
         n = have.pop("n_subsets", 0)
-        if have == want and n >= config.n_subsets and (best is None or n > best[0]):
-            best = (n, meta["key"])
+        rank = (meta["config"].get("mode", "fresh") == "fresh", n)
+        if have == want and n >= (config.n_subsets if config else 2) and (best is None or rank > best[0]):
+            best = (rank, meta["key"])
     return None if best is None else load_lds_truth(best[1], workspace)
+
+
+def measure_stored(run: TrainedRun, splits: DatasetSplits, workspace: Workspace) -> dict[str, LDSMeasure]:
+    """`measured_lds` after recording every unmeasured test-score artifact of the run against the largest
+    stored ground truth of its data (a matmul each; nothing is retrained). The run's own recipe only."""
+    measures = measured_lds(run, workspace)
+    tests = [m["key"] for m in list_scores(workspace, run.key) if m["config"]["queries"] == "test"]
+    todo = [k for k in tests if k not in measures]
+    truth = _stored_truth(run, splits, workspace, None) if todo and run.train_config is not None else None
+    if truth is None:
+        return measures
+    for key in todo:
+        try:
+            record_lds(run, workspace, key, truth)
+        except ConfigError:
+            continue  # scores of other queries (e.g. a subset of the test set): not comparable, left out
+    return measured_lds(run, workspace)
 
 
 def quick_check_seconds(run: TrainedRun, n_subsets: int = QUICK_SUBSETS, alpha: float = 0.5) -> float | None:

@@ -180,6 +180,9 @@ def test_pruning_page_computes_and_then_shows_the_cached_pruning_curve(prepared,
     chart = at.get("plotly_chart")
     assert len(chart) == 1
     assert "random removal" in chart[0].proto.spec
+    # no stale controls above the drawn curve
+    assert not [c for c in at.caption if c.value.startswith("Not computed yet")]
+    assert not [b for b in at.button if b.label == "Compute the pruning curve"]
     # the next visit reads the stored curve: no button, same chart
     at = app_at(prepared, monkeypatch, "pruning")
     next(s for s in at.select_slider if s.label == "Largest fraction removed").set_value(0.3)

@@ -11,6 +11,7 @@ from tda_explorer.errors import ConfigError
 from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
 from tda_explorer.evaluation.trust import (
     best_attributor,
+    measure_stored,
     measured_lds,
     quick_check,
     quick_check_seconds,
@@ -70,6 +71,14 @@ def test_best_attributor_is_the_highest_measured(setup, tiny):
     best = best_attributor(run, ws)
     assert best.mean == max(m.mean for m in measures.values())
     assert best.score_key in (dot.key, cos.key) and np.isfinite(best.mean)
+
+
+def test_stored_truth_measures_new_attributors_without_retraining(setup, tiny):
+    ws, run, _, _ = setup  # after the quick checks: a 6-subset truth is stored
+    new = compute_scores(run, tiny, "grad_dot", {"params": "all"}, "test", ws)
+    assert new.key not in measured_lds(run, ws)
+    m = measure_stored(run, tiny, ws)[new.key]
+    assert m.n_subsets == 6 and m.method == "grad_dot" and np.isfinite(m.mean)
 
 
 def test_bad_inputs_say_what_exists(setup, tiny):
