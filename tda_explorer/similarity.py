@@ -3,8 +3,10 @@
 `most_similar(run, splits, example_id, k)` ranks the training examples by the cosine similarity of their
 features to the example's (train or test), under the run's first model:
 - representation "penultimate": the model's penultimate features (`model.features`);
-- representation "gradients": per-example loss gradients of all parameters (at the example's own label),
-  projected to `GRADIENT_DIM` dims by a seeded count sketch ("sjlt"; inner products preserved in expectation).
+- representation "gradients": per-example loss gradients of the last layer ("head", at the example's own
+  label), projected to `GRADIENT_DIM` dims by a seeded count sketch ("sjlt"; inner products preserved in
+  expectation). The head, not all parameters: on the MNIST MLP all-parameter features took minutes on 2
+  loaded cores, which a click should not cost.
 Features are `scale.featurize` artifacts (computed once per model and example set, shared with other users of
 the workspace); the search is FAISS exact inner product over unit rows (`backend.knn.FaissTopK("flat",
 normalize=True)`), i.e. cosine. Similarity in [-1, 1], larger = more alike; the example itself is left out.
@@ -52,7 +54,7 @@ def feature_config(representation: str) -> FeatureConfig:
     if representation == "penultimate":
         return FeatureConfig(kind="repr", normalize=True)
     if representation == "gradients":
-        return FeatureConfig(kind="grad", params="all", projection_dim=GRADIENT_DIM, projection_kind="sjlt")
+        return FeatureConfig(kind="grad", params="head", projection_dim=GRADIENT_DIM, projection_kind="sjlt")
     raise ConfigError(f"similarity representation {representation!r} is not one of {REPRESENTATIONS}.")
 
 
