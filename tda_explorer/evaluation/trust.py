@@ -207,7 +207,8 @@ def measure_stored(run: TrainedRun, splits: DatasetSplits, workspace: Workspace)
     measures = measured_lds(run, workspace)
     tests = [m["key"] for m in list_scores(workspace, run.key) if m["config"]["queries"] == "test"]
     todo = [k for k in tests if k not in measures]
-    truth = _stored_truth(run, splits, workspace, None) if todo and run.train_config is not None else None
+    ready = todo and run.train_config is not None and workspace.list(TRUTH_KIND)  # (no data hashing without)
+    truth = _stored_truth(run, splits, workspace, None) if ready else None
     if truth is None:
         return measures
     for key in todo:
