@@ -14,7 +14,7 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import TDAError
 from tda_explorer.similarity import REPRESENTATIONS, most_similar
 from tda_explorer.training import TrainedRun
-from tda_explorer.viz import example_caption, example_image, example_markdown
+from tda_explorer.viz import example_caption, example_features, example_image, example_markdown
 
 FLAG_STATUS = ("all", "flagged", "not flagged")
 
@@ -75,23 +75,32 @@ def filter_widget(where: str, examples: ExampleSet, scores: np.ndarray | None = 
 
 
 def show_example(
-    examples: ExampleSet, i: int, col, score: float | None = None, flagged: bool = False
+    col,
+    examples: ExampleSet,
+    i: int,
+    score: float | None = None,
+    *,
+    flagged: bool = False,
+    features: bool = False,
 ) -> None:
-    """One example in a gallery cell: image with caption, text snippet, or the tabular caption."""
+    """Example `i` in a gallery cell `col`: image with its caption (id, label, score, flag), the text as
+    Markdown, or the tabular caption (and its first feature values when `features`)."""
+    i = int(i)
     caption = example_caption(examples, i, score, flagged=flagged)
     if examples.kind == "image":
         col.image(example_image(examples, i, size=84), caption=caption)
     elif examples.kind == "text":
         col.markdown(example_markdown(examples, i, score, flagged=flagged))
     else:
-        col.markdown(f"*{appkit.escape_markdown(caption)}*")
+        more = f"  \n{appkit.escape_markdown(example_features(examples, i))}" if features else ""
+        col.markdown(f"*{appkit.escape_markdown(caption)}*" + more)
 
 
 def grid(train: ExampleSet, positions, scores, flags, n_cols: int = 8) -> None:
     """Training examples at `positions` with their `scores` (same length) in a grid (texts one per line)."""
     cols = [st.container()] if train.kind == "text" else st.columns(n_cols)
     for j, (t, s) in enumerate(zip(positions, scores, strict=True)):
-        show_example(train, int(t), cols[j % len(cols)], float(s), train.ids[int(t)] in flags)
+        show_example(cols[j % len(cols)], train, int(t), float(s), flagged=train.ids[int(t)] in flags)
 
 
 def similar_gallery(run: TrainedRun, example_id: str, where: str, flags) -> None:
@@ -108,7 +117,7 @@ def similar_gallery(run: TrainedRun, example_id: str, where: str, flags) -> None
     try:
         with st.spinner("Features of the training set (once per run, cached)…"):
             ranked = most_similar(
-                run, data, example_id, len(train), representation, appkit.workspace(), appkit.app_executor()
+                run, data, example_id, appkit.workspace(), len(train), representation, appkit.app_executor()
             )
     except TDAError as e:
         st.error(str(e))

@@ -61,18 +61,17 @@ def feature_config(representation: str) -> FeatureConfig:
 def similarity_features(
     run: TrainedRun,
     splits: DatasetSplits,
+    workspace: Workspace,
     representation: str = "penultimate",
-    workspace: Workspace | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> tuple[Features, Features]:
     """`(train, test)` features `[n, d]` of the run's first model (cached artifacts, see `scale.featurize`)."""
     config = feature_config(representation)
-    ws = workspace or Workspace()
     state = run.checkpoints[run.seeds[0]][-1].state
     executor = executor or LocalExecutor(1)
     return tuple(
-        featurize(run.model_config, state, es, config, ws, executor, progress)
+        featurize(run.model_config, state, es, config, workspace, executor, progress)
         for es in (splits.train, splits.test)
     )
 
@@ -81,9 +80,9 @@ def most_similar(
     run: TrainedRun,
     splits: DatasetSplits,
     example_id: str,
+    workspace: Workspace,
     k: int = 16,
     representation: str = "penultimate",
-    workspace: Workspace | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> Similar:
@@ -94,7 +93,7 @@ def most_similar(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}.")
     ((es, pos),) = locate_examples(splits, [example_id])
-    train_f, test_f = similarity_features(run, splits, representation, workspace, executor, progress)
+    train_f, test_f = similarity_features(run, splits, workspace, representation, executor, progress)
     in_train = es is splits.train
     query = (train_f if in_train else test_f).array[pos : pos + 1]
     n = len(train_f.array)

@@ -36,10 +36,10 @@ def brute_force(train: np.ndarray, query: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("representation", REPRESENTATIONS)
 def test_matches_brute_force_for_test_and_train_queries(setup, representation):
     run, splits, ws = setup
-    train_f, test_f = similarity_features(run, splits, representation, ws)
+    train_f, test_f = similarity_features(run, splits, ws, representation)
     assert train_f.array.shape[0] == 300 and test_f.array.shape[0] == 30
     for query_id, split_f, row in ((splits.test.ids[4], test_f, 4), (splits.train.ids[7], train_f, 7)):
-        sim = most_similar(run, splits, query_id, k=10, representation=representation, workspace=ws)
+        sim = most_similar(run, splits, query_id, ws, k=10, representation=representation)
         ref = brute_force(np.asarray(train_f.array), np.asarray(split_f.array[row]))
         if split_f is train_f:
             ref[row] = -np.inf  # the example itself is left out
@@ -54,8 +54,8 @@ def test_matches_brute_force_for_test_and_train_queries(setup, representation):
 def test_bad_inputs(setup):
     run, splits, ws = setup
     with pytest.raises(ConfigError, match="neither"):
-        most_similar(run, splits, "nope", workspace=ws)
+        most_similar(run, splits, "nope", ws)
     with pytest.raises(ConfigError, match="representation"):
-        most_similar(run, splits, splits.test.ids[0], representation="pixels", workspace=ws)
+        most_similar(run, splits, splits.test.ids[0], ws, representation="pixels")
     with pytest.raises(ConfigError, match="k must"):
-        most_similar(run, splits, splits.test.ids[0], k=0, workspace=ws)
+        most_similar(run, splits, splits.test.ids[0], ws, k=0)

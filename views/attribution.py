@@ -124,7 +124,7 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
     left, right = st.columns([1, 4])
     with left:
         st.markdown("**Query**")
-        appgallery.show_example(test, q, st)
+        appgallery.show_example(st, test, q)
         st.caption(f"true {true_name} · predicted {pred_name} · confidence {row['confidence']:.3f}")
     with right:
         if compare_key is None:

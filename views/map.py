@@ -14,7 +14,6 @@ import appkit
 from tda_explorer.errors import TDAError
 from tda_explorer.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
 from tda_explorer.selection import ids_from_selection
-from tda_explorer.viz import example_caption, example_features
 from tda_explorer.viz.figures import scatter_map
 
 PREVIEW_MAX = 24
@@ -103,12 +102,9 @@ if fallback:
     st.markdown(f"**Preview** ({len(shown)} of {len(fallback)} selected{note})")
     cols = st.columns(2 if train.kind == "text" else 8)
     for j, (es, pos) in enumerate(shown):
-        col, is_flagged = cols[j % len(cols)], es is train and es.ids[pos] in flags
-        if es.kind == "tabular":
-            caption = appkit.escape_markdown(example_caption(es, pos, flagged=is_flagged))
-            col.markdown(f"*{caption}*  \n{appkit.escape_markdown(example_features(es, pos))}")
-        else:
-            appgallery.show_example(es, pos, col, flagged=is_flagged)
+        appgallery.show_example(
+            cols[j % len(cols)], es, pos, flagged=es is train and es.ids[pos] in flags, features=True
+        )
     if st.toggle("Sort the training set by similarity to one selected example", key="similar_map"):
         anchor = st.selectbox("Similar to", fallback, key="similar_map_anchor")
         appgallery.similar_gallery(run, anchor, "map", flags)

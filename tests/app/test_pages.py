@@ -113,7 +113,7 @@ def test_attribution_sorts_the_training_set_by_similarity(prepared, monkeypatch)
     at.toggle(key="similar_attribution").set_value(True)
     rerun(at, "attribution")
     assert any(c.value.startswith(f"Training examples most similar to {query}") for c in at.caption)
-    expected = most_similar(prepared["run"], prepared["splits"], query, 16, workspace=prepared["ws"])
+    expected = most_similar(prepared["run"], prepared["splits"], query, prepared["ws"], 16)
     shown = [c.split(" · ")[0] for img in at.get("image")[17:] for c in img.captions]
     assert sorted(shown) == sorted(expected.ids)  # (the grid lists its images column by column)
 
