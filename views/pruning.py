@@ -33,7 +33,8 @@ st.caption(
     "them). Pruning removes the least useful. Validation scores keep the test set untouched."
 )
 # The attributors the user can prune with: every method + settings computed for this run (test or validation).
-# Default (first): the best measured one (LDS on this run, `tda_explorer.evaluation.trust`), else the cheapest.
+# Default (first): the best measured one (LDS on this run, `tda_explorer.evaluation.trust`), else one whose
+# validation scores are ready, else the cheapest.
 measures = apptrust.measures(run)
 by_method = {
     json.dumps(m["config"]["method"], sort_keys=True): m
@@ -54,7 +55,10 @@ if not choices:
 def rank(k: str) -> tuple:
     measured = lds.get(k)
     ok = measured is not None and np.isfinite(measured.mean)
-    return (not ok, -measured.mean if ok else 0.0, choices[k]["seconds"])
+    ready = any(
+        json.dumps(m["config"]["method"], sort_keys=True) == k for m in stored
+    )  # validation scores stored
+    return (not ok, -measured.mean if ok else 0.0, not ready, choices[k]["seconds"])
 
 
 order = sorted(choices, key=rank)
@@ -65,7 +69,7 @@ labels = {
 }
 c1, c2 = st.columns([3, 2])
 picked = c1.selectbox(
-    "Attributor (best measured LDS first, then the cheapest)", order, format_func=labels.get, key="prune_method",
+    "Attributor (best measured LDS first, then ready, then the cheapest)", order, format_func=labels.get, key="prune_method",
     help="Scores on the validation set from this attributor rank the training examples.",
 )  # fmt: skip
 if picked in by_method:
@@ -145,10 +149,10 @@ if curve is None:
                 *curve_args, workspace=ws, executor=appkit.app_executor(), progress=appkit.progress_callback(bar),
                 source=key,
             )  # fmt: skip
+            bar.empty()
+            box.empty()
         except TDAError as e:
             st.error(str(e))
-        else:
-            st.rerun()  # draw the page afresh: the stored curve, without the "Not computed yet" controls
 if curve is not None:
     chosen = float(removed.mean())
     st.plotly_chart(
