@@ -9,8 +9,9 @@ import streamlit as st
 
 import appkit
 from tda_explorer.errors import TDAError
-from tda_explorer.evaluation import LDSConfig, compute_lds_truth, trust
+from tda_explorer.evaluation import LDSConfig, compute_lds_truth
 from tda_explorer.evaluation.report import evaluation_rows
+from tda_explorer.evaluation.trust import record_lds
 from tda_explorer.viz.figures import bar_with_interval
 
 appkit.page_guard()
@@ -48,7 +49,7 @@ rows = evaluation_rows(run, data, ws, truth)
 if truth is not None:  # the attributor pickers show these LDS values (trust cues)
     for row in rows:
         if row["key"] and row["lds"] == row["lds"]:
-            trust.record_lds(run, ws, row["key"], truth)
+            record_lds(run, ws, row["key"], truth)
 if not rows:
     st.info("Compute an attributor on the Setup page first.")
     st.stop()
