@@ -31,7 +31,7 @@ from tda_explorer.errors import ConfigError
 MEASUREMENT_HELP = (
     "what the scores explain: 'predicted' = the loss of the class the model predicted (positive score = "
     "the training example pushes the model toward its prediction) or 'true_label' = the loss of the "
-    "query's label (positive = the example lowers it)"
+    "query's label (positive = the example lowers it). d-TDA's own measurement setting is --set measurement=..."
 )
 
 
