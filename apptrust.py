@@ -25,7 +25,9 @@ def lds_cue(run: TrainedRun, score_key: str | None, container, where: str) -> No
         return
     m = measures(run).get(score_key)
     if m is not None:
-        container.caption(f"{m.label()}: measured on this run (higher = scores predict retraining better)")
+        container.caption(
+            f"{m.label()} on this run: how well the scores predict retraining (higher = better)"
+        )
         return
     if run.train_config is None:
         container.caption("LDS not measured: this imported run has no training recipe to retrain with.")

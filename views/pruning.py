@@ -72,7 +72,7 @@ picked = c1.selectbox(
     "Attributor (best measured LDS first, then ready, then the cheapest)", order, format_func=labels.get, key="prune_method",
     help="Scores on the validation set from this attributor rank the training examples.",
 )  # fmt: skip
-if picked in by_method:
+if picked in by_method and lds.get(picked) is None:  # (a measured LDS is in the picker's label)
     with c2:
         apptrust.lds_cue(run, by_method[picked]["key"], st, "pruning")
 method_cfg = choices[picked]["method"]
