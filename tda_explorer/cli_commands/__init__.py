@@ -1,13 +1,13 @@
 """The CLI's commands beyond train/import/runs/attribute: every app capability, headless.
 
 `add_commands(sub)` registers them on `tda_explorer.cli.build_parser()`'s subparsers:
-explain, dtda, map, export (`explore`), evaluate, mislabels, flags, prune (`quality`), and `--json` for
+explain (`explain`), dtda, map, export (`explore`), evaluate, mislabels, flags, prune (`quality`), and `--json` for
 train, import, runs and attribute (`core_json`).
 """
 
 from __future__ import annotations
 
-from tda_explorer.cli_commands import explore, quality
+from tda_explorer.cli_commands import explain, explore, quality
 from tda_explorer.cli_commands.common import add_method_flags, one_line_errors, settings_epilog
 from tda_explorer.cli_commands.core_json import add_json_variants
 
@@ -18,6 +18,7 @@ def add_commands(sub) -> None:
     """Register every command of this package on an argparse subparsers object, and `--json` on the
     commands registered before (train, import, runs, attribute)."""
     add_json_variants(sub)
+    explain.add_commands(sub)
     explore.add_commands(sub)
     quality.add_commands(sub)
     for parser in sub.choices.values():
