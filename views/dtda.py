@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import appgallery
 import appkit
-from appviews import show_example
 from tda_explorer.attributors.dtda import BASES, MEASUREMENTS, compute_dtda
 from tda_explorer.errors import TDAError
 from tda_explorer.viz.figures import histogram_figure, violin_figure
@@ -84,7 +84,7 @@ z_id = st.selectbox("Training example to remove", candidates)
 z = result.train_ids.index(z_id)
 left, mid, m1, m2, m3 = st.columns([1, 1, 1, 1, 1])
 for col, examples, i in ((left, test, test.index_of([ids[q]])[0]), (mid, train, train.index_of([z_id])[0])):
-    show_example(col, examples, i)
+    appgallery.show_example(col, examples, i)
 m1.metric("mean influence", f"{mean_inf[z]:+.3e}", help="positive = the example helps this prediction")
 m2.metric("variance influence", f"{var_inf[z]:+.3e}", help="Var without − Var with, over seeds")
 m3.metric("W2 influence", f"{w2_inf[z]:.3e}")

@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import numpy as np
 import streamlit as st
 
+import appgallery
 import appkit
-from appviews import cached_train_predictions, show_example
+from appviews import cached_train_predictions
 from tda_explorer.errors import TDAError
 from tda_explorer.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
 from tda_explorer.selection import ids_from_selection
@@ -87,12 +88,26 @@ event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box", 
 selected = ids_from_selection(event)
 fallback = st.multiselect("Selected examples (or pick ids here)", list(result.ids), default=selected[:200])
 if fallback:
-    st.markdown(f"**Preview** ({min(len(fallback), PREVIEW_MAX)} of {len(fallback)})")
+    train_scores = None if categorical else np.asarray(mislabel[color_by], dtype=np.float64)
+    flt = appgallery.filter_widget("map", train, train_scores, color_by if not categorical else "score")
+    keep = {"train": flt.mask(train, flags, train_scores)}
+    keep["test"] = flt.mask(test, flags, None if train_scores is None else np.full(len(test), np.nan))
+    located = [
+        (es, pos)
+        for es, pos in locate_examples(data, fallback)
+        if keep["train" if es is train else "test"][pos]
+    ]
+    shown = located[:PREVIEW_MAX]
+    note = f", {len(located)} pass the filter" if flt.active else ""
+    st.markdown(f"**Preview** ({len(shown)} of {len(fallback)} selected{note})")
     cols = st.columns(2 if train.kind == "text" else 8)
-    for j, (es, pos) in enumerate(locate_examples(data, fallback[:PREVIEW_MAX])):
-        show_example(
+    for j, (es, pos) in enumerate(shown):
+        appgallery.show_example(
             cols[j % len(cols)], es, pos, flagged=es is train and es.ids[pos] in flags, features=True
         )
+    if st.toggle("Sort the training set by similarity to one selected example", key="similar_map"):
+        anchor = st.selectbox("Similar to", fallback, key="similar_map_anchor")
+        appgallery.similar_gallery(run, anchor, "map", flags)
 train_ids = set(train.ids)
 chosen = [i for i in fallback if i in train_ids]
 if chosen:

@@ -9,9 +9,9 @@ import streamlit as st
 
 import appdemo
 import appkit
+from appsettings import form_widgets, settings_form
 from tda_explorer.attributors import ATTRIBUTORS
 from tda_explorer.attributors.measurement import compute_test_scores
-from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
 from tda_explorer.models import default_model_config
@@ -197,35 +197,10 @@ methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
 with st.form("attribute"):
     chosen_settings: dict[str, dict] = {}
     for method in methods:
-        specs = main_settings(method)
-        if not specs:
+        if not form_widgets(method):
             continue
         with st.expander(f"{method} settings"):
-            values = {}
-            for s in specs:
-                label, key = s.name, f"set_{method}_{s.name}"
-                if s.kind == "choice":
-                    values[s.name] = st.selectbox(
-                        label, s.choices, index=s.choices.index(s.default), help=s.help, key=key
-                    )
-                elif s.kind == "int":
-                    values[s.name] = int(
-                        st.number_input(
-                            label, value=int(s.default), min_value=int(s.minimum or 0), help=s.help, key=key
-                        )
-                    )
-                else:
-                    value = st.number_input(
-                        label,
-                        value=None if s.default is None else float(s.default),
-                        min_value=s.minimum,
-                        help=s.help,
-                        key=key,
-                        format="%g",
-                    )
-                    if value is not None:  # empty: the attributor's own default (e.g. "auto")
-                        values[s.name] = float(value)
-            chosen_settings[method] = settings_kwargs(values)
+            chosen_settings[method] = settings_form(method)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 if go:
     for method in methods:

@@ -87,7 +87,7 @@ def compute_scores(
         attributor.workspace = ws
     if getattr(attributor, "validation", False) is None:  # TRAK's "auto" holds the validation split out
         attributor.validation = splits.val
-    cfg = score_config(run, method, attributor.settings, split)
+    cfg = score_config(run, method, attributor.settings.config(), split)
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:
         queries = getattr(splits, split)
