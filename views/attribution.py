@@ -9,6 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
+import appexact
 import appkit
 from tda_explorer.selection import rank_agreement
 from tda_explorer.viz import example_caption, example_image, example_markdown
@@ -140,6 +141,7 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
             m1.metric("Spearman over all training examples", f"{agree['spearman']:.3f}")
             m2.metric(f"top-{k} overlap", f"{agree['top_k_overlap']:.0%}")
             m3.metric(f"bottom-{k} overlap", f"{agree['bottom_k_overlap']:.0%}")
+    appexact.render(run, query_id, measurement, k)
     st.caption(f"server time for this view: {1000 * (time.perf_counter() - start):.0f} ms")
 
 

@@ -150,6 +150,12 @@ class Unrolled(Attributor):
         self._check_fitted()
         return {m.seed: m.replay_gap for m in self.members_}
 
+    @property
+    def chosen_seeds_(self) -> tuple[int, ...]:
+        """The run seeds replayed by `fit`, in order."""
+        self._check_fitted()
+        return tuple(m.seed for m in self.members_)
+
     def _chunk(self, traj: Trajectory) -> int:
         if self.settings["query_chunk"] is not None:
             return self.settings["query_chunk"]
