@@ -132,7 +132,7 @@ def markdown(doc: dict) -> str:
                 ""
                 if ms is None
                 else (
-                    f" (M = {row['n_subsets']}, test acc {row['test_acc_seed0']:.3f}, metasmoothness "
+                    f" (M = {row.get('n_subsets', doc.get('n_subsets'))}, test acc {row['test_acc_seed0']:.3f}, metasmoothness "
                     f"{ms['score']:.2f}, query-loss difference corr {ms['loss_corr']:.2f}):"
                 )
             )

@@ -43,6 +43,7 @@ def test_exact_scores_match_the_attributor_and_are_cached(setup, tmp_path):
     first = exact_scores_for_query(run, qid, ws, splits, progress=lambda d, t, m: steps.append(m))
     assert not first.cached and first.seeds == (0, 1) and first.target == int(splits.test.labels[3])
     assert any("exact" in m for m in steps)
+    assert sum("unrolled: seed 0, queries" in m for m in steps) == 4  # per replayed segment (15 steps, k=4)
     ref = Unrolled(seeds="all").fit(run, splits.train).score(splits.test.subset([3]))[0].numpy()
     np.testing.assert_allclose(first.scores, ref, rtol=1e-5, atol=1e-7)
     assert first.per_seed.shape == (2, len(splits.train))

@@ -185,10 +185,19 @@ class Unrolled(Attributor):
         for a in range(0, len(queries), chunk):
             b = min(a + chunk, len(queries))
             cot = measurement_gradients(model, traj.flat, member.theta, x[a:b], targets[a:b], objective)
-            out[a:b] = reverse_pass(traj, cot)
-            if self.progress is not None:
-                self.progress(b, len(queries), f"unrolled: seed {member.seed}, {b}/{len(queries)} queries")
+            out[a:b] = reverse_pass(traj, cot, self._step_progress(member.seed, a, b, len(queries)))
         return out
+
+    def _step_progress(self, seed: int, a: int, b: int, n: int):
+        """Progress over the query rows `[a, b)` of `n`, advanced per replayed segment (None without one)."""
+        if self.progress is None:
+            return None
+        report = self.progress
+
+        def step(done: int, total: int) -> None:
+            report(a + round((b - a) * done / total), n, f"unrolled: seed {seed}, queries {a}-{b - 1} of {n}")
+
+        return step
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32: `-dloss(q)/dw_i` averaged over seeds (positive = i helps q)."""
