@@ -145,6 +145,7 @@ def markdown(doc: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + f" | {r['cpu_seconds']} |")
         c = row.get("cost")
         if c:
+            lines.append("")
             lines.append(
                 f"Cost (CPU s, one thread; load {c['fit']['load_1m']}): training once {c['training_once']['cpu_seconds']}; "
                 f"one query = replay {c['fit']['cpu_seconds']} + reverse pass {c['one_query_score']['cpu_seconds']} "
@@ -152,6 +153,7 @@ def markdown(doc: dict) -> str:
                 f"all 500 at that rate = {c['all_500_cpu_vs_training']} x training."
             )
         lines.append("")
+    lines += [f"Note: {note}\n" for note in doc.get("notes", [])]
     return "\n".join(lines)
 
 
