@@ -231,6 +231,7 @@ METHOD_SECTIONS = (
     ("ensembles.json", "benchmarks.ensembles", "Efficient ensembles (Deng et al.): dropout and LoRA members"),
     ("source_dtda.json", "benchmarks.source_dtda", "Source (unrolled differentiation) and d-TDA validation"),
     ("unrolled.json", "benchmarks.unrolled", "Unrolled (exact replay): fixed- vs fresh-seed LDS and cost"),
+    ("unrolled_smooth.json", "benchmarks.unrolled_smooth", "Unrolled: LDS vs removed fraction and recipe"),
     ("airrep.json", "benchmarks.airrep", "AirRep: learned representations with attention pooling"),
     ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
     ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),

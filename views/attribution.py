@@ -9,6 +9,7 @@ import time
 import numpy as np
 import streamlit as st
 
+import appexact
 import appgallery
 import appkit
 import apptrust
@@ -141,6 +142,7 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
             m3.metric(f"bottom-{k} overlap", f"{agree['bottom_k_overlap']:.0%}")
     if st.toggle("Sort the training set by similarity to this example", key="similar_attribution"):
         appgallery.similar_gallery(run, query_id, "attribution", flags)
+    appexact.render(run, query_id, measurement, k)
     st.caption(f"server time for this view: {1000 * (time.perf_counter() - start):.0f} ms")
 
 

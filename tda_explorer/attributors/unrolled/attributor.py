@@ -29,17 +29,18 @@ n_s = 0 SGD / 1 momentum / 2 Adam, snapshot every k steps):
   + chunk * p * (1 + n_s) * s * ~4                   cotangents and the vmapped product's work
   + Q * N * 8                                        the result (float64)
 
-k = ceil(sqrt(T)) by default (`every`) balances the first two; `chunk` comes from `memory_bytes`.
-Measured on the MNIST MLP (235k parameters, 945 steps, float32, one thread, `benchmarks/unrolled.py`):
-1.9 CPU s per query in chunks of 32 (100 queries = 66x one training in CPU time; all 500 about 330x),
-one query alone 9 CPU s including the replay in `fit`.
+k = ceil(sqrt(T)) by default (`every`) balances the first two; `chunk` comes from `memory_bytes`. The
+compute does not depend on k (each segment is replayed once per reverse pass); only memory does. Per query
+and step the reverse pass needs one Hessian-vector product of the batch loss (about 2-3 gradient
+evaluations), so Q queries cost about Q times one training in gradient work whatever the batching; the
+batching over queries only removes per-step overhead.
 
-Exact is not the same as predictive: the derivative is exact for infinitesimal weight changes
-(finite differences of real retraining agree to ~1e-8 in the float64 tests, and to 3e-7 for one example
-of the MNIST MLP at eps = 1e-4), but a ReLU network trained at a large learning rate is not
-"metasmooth" (Engstrom et al., 2025): on the default MNIST MLP other examples leave the linear regime
-already at eps = 1e-4 and all at 1e-2, and fixed-seed LDS with half the data removed is 0.27 against
-0.47 for EK-FAC influence (100 queries; see `benchmarks/RESULTS.md`).
+Exact is not the same as predictive: the derivative is exact for infinitesimal weight changes (finite
+differences of real retraining agree to ~1e-8 in the float64 tests), but a ReLU network trained at a large
+effective learning rate is not "metasmooth" (Engstrom et al., 2025): its final weights do not respond
+linearly to weight changes of the size of a subset removal, and first-order predictions lose their
+ranking. `smooth.metasmoothness` measures this with three trainings; `smooth.SMOOTH_RECIPES` holds named
+recipes chosen for it, and `benchmarks/unrolled_smooth.py` measures LDS against recipe and removed fraction.
 On small or smooth problems (convex models, small learning rates) it is near-perfect.
 Requires a run made by this package's trainer (`train_run` / `train_stages`); `fit` checks that the
 replay reproduces the run's final weights and warns if not.
@@ -126,6 +127,12 @@ class Unrolled(Attributor):
         self._check_fitted()
         return {m.seed: m.replay_gap for m in self.members_}
 
+    @property
+    def chosen_seeds_(self) -> tuple[int, ...]:
+        """The run seeds replayed by `fit`, in order."""
+        self._check_fitted()
+        return tuple(m.seed for m in self.members_)
+
     def _chunk(self, traj: Trajectory) -> int:
         if self.settings.query_chunk is not None:
             return self.settings.query_chunk
@@ -154,10 +161,19 @@ class Unrolled(Attributor):
         for a in range(0, len(queries), chunk):
             b = min(a + chunk, len(queries))
             cot = measurement_gradients(model, traj.flat, member.theta, x[a:b], targets[a:b], objective)
-            out[a:b] = reverse_pass(traj, cot)
-            if self.progress is not None:
-                self.progress(b, len(queries), f"unrolled: seed {member.seed}, {b}/{len(queries)} queries")
+            out[a:b] = reverse_pass(traj, cot, self._step_progress(member.seed, a, b, len(queries)))
         return out
+
+    def _step_progress(self, seed: int, a: int, b: int, n: int):
+        """Progress over the query rows `[a, b)` of `n`, advanced per replayed segment (None without one)."""
+        if self.progress is None:
+            return None
+        report = self.progress
+
+        def step(done: int, total: int) -> None:
+            report(a + round((b - a) * done / total), n, f"unrolled: seed {seed}, queries {a}-{b - 1} of {n}")
+
+        return step
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32: `-dloss(q)/dw_i` averaged over seeds (positive = i helps q)."""

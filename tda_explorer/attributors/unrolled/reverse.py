@@ -91,14 +91,17 @@ def _optimizer_adjoint(kind: str, a: torch.Tensor, state: list[torch.Tensor], ct
     return (1 - b1) * m_tot + (2 * (1 - b2)) * g * v_tot
 
 
-def reverse_pass(traj: Trajectory, cotangent: torch.Tensor) -> torch.Tensor:
+def reverse_pass(
+    traj: Trajectory, cotangent: torch.Tensor, progress: Callable[[int, int], None] | None = None
+) -> torch.Tensor:
     """`dm/dw` float64 `[n_rows, N]` for final-parameter cotangents `grad m(theta_T)` `[n_rows, p]`.
 
-    Replays each segment (last first) from its snapshot and walks its steps backwards.
+    Replays each segment (last first) from its snapshot and walks its steps backwards; `progress(done,
+    total)` is called with the steps walked so far after each segment.
     """
     a = cotangent.to(traj.dtype).clone()
     out = torch.zeros(len(a), len(traj.data), dtype=torch.float64)
-    labels = traj.data.labels
+    labels, walked = traj.data.labels, 0
     for k in reversed(range(len(traj.plans))):
         kind, cfg = traj.optimizer_kind(k), traj.plans[k].config
         model, opt = traj.models[k], traj.optimizers[k]
@@ -133,4 +136,7 @@ def reverse_pass(traj: Trajectory, cotangent: torch.Tensor) -> torch.Tensor:
                 if kind == "momentum":
                     state[0].mul_(cfg.momentum)
                 out.index_add_(1, step.batch, wbar.to(torch.float64))
+            if progress is not None:
+                walked += seg.stop - seg.start
+                progress(walked, traj.total_steps)
     return out
