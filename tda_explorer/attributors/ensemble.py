@@ -1,9 +1,11 @@
 """Efficient ensembles (Deng et al., 2024): a gradient attributor averaged over ensemble members.
 
-`score[q, t] = mean_m score_base(q, t; member m)` (`combine="mean"`), or the base attributor's own
-multi-model average over the members (`combine="native"`, the default): identical for Grad-Dot,
-Grad-Cos, TracIn and influence functions, which average per-model scores; for TRAK it is TRAK's
-ensemble `(mean_m K_m(q))[t] * (mean_m Q_m)[t]` (the paper's formulation of TRAK over I models).
+`score[q, t] = mean_m score_base(q, t; member m)` (`combine="mean"`, the default for TRAK: the naive
+ensemble of independently fitted members), or the base attributor's own multi-model average over the members
+(`combine="native"`): identical for Grad-Dot, Grad-Cos, TracIn and influence functions, which average
+per-model scores; for TRAK it is TRAK's ensemble `(mean_m K_m(q))[t] * (mean_m Q_m)[t]` (the paper's
+formulation of TRAK over I models), i.e. exactly `trak` over the same seeds, which is why it is not the
+default. With a single member both equal the base.
 
 Members (`kind`, see `ensemble_members`):
 - "independent": I = `n_models` seeds of the run (the naive ensemble); training cost I full models.
@@ -109,8 +111,9 @@ class Ensemble(Attributor):
         mask_seed: dropout: seed of the masks (member j of run seed s uses `member_mask_seed(mask_seed, s, j)`).
         dropout_p: dropout: mask probability; None = each dropout layer's own `p`.
         q_only: dropout + TRAK: kernels from the plain models, dropout members only for Q.
-        combine: "native" (the base's own multi-model average) or "mean" (one base fit per member, scores
-            averaged).
+        combine: "mean" (one base fit per member, scores averaged) or "native" (the base's own
+            multi-model average; for TRAK the same scores as `trak` over the members); None (default) =
+            "mean" for TRAK (without `q_only`), "native" for the other bases (the same scores in one fit).
         n_adapters: lora: number of LoRA members.
         rank / lora_alpha / lora_epochs / lora_lr / base_seed / lora_targets / reinit_head: lora: see
             `LoraSettings`.
@@ -130,7 +133,7 @@ class Ensemble(Attributor):
         mask_seed: int = 0,
         dropout_p: float | None = None,
         q_only: bool = False,
-        combine: str = "native",
+        combine: str | None = None,
         n_adapters: int = 4,
         rank: int = 4,
         lora_alpha: float | None = None,
@@ -149,6 +152,8 @@ class Ensemble(Attributor):
             raise ConfigError(f"leave {key!r} out of base_settings: the ensemble chooses the models.")
         if kind not in MEMBER_KINDS:
             raise ConfigError(f"ensemble kind {kind!r} is not one of {MEMBER_KINDS}.")
+        if combine is None:  # the naive ensemble's mean, in one native fit where that is the same scores
+            combine = "mean" if base == "trak" and not q_only else "native"
         if combine not in COMBINE:
             raise ConfigError(f"combine {combine!r} is not one of {COMBINE}.")
         if n_models is not None and (

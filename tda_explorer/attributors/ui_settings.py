@@ -109,8 +109,8 @@ MAIN_SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting(
             "combine",
             "choice",
-            "native",
-            ("native", "mean"),
+            "mean",
+            ("mean", "native"),
             "the base's own multi-model average, or one fit per member with the scores averaged",
         ),
     ),

@@ -77,9 +77,9 @@ def test_mean_combine_is_the_mean_of_the_base_over_members(dropout_run, base, se
     _close(ens.score(queries), torch.stack([a.score(queries) for a in singles]).mean(0))
     _close(ens.self_influence(), torch.stack([a.self_influence() for a in singles]).mean(0))
     # native = the base's own multi-model fit over the same members
-    native = make_attributor("ensemble", base=base, base_settings=settings, kind="independent").fit(
-        run, train
-    )
+    native = make_attributor(
+        "ensemble", base=base, base_settings=settings, kind="independent", combine="native"
+    ).fit(run, train)
     whole = make_attributor(base, **settings, **{key: everything}).fit(run, train)
     _close(native.score(queries), whole.score(queries))
     if base != "trak":  # per-model averaging: native == mean (TRAK averages K and Q separately)
