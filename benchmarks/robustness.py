@@ -399,7 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     def keep_other_methods(
         old: dict, new: dict
     ) -> dict:  # rows of methods not rerun (same protocols, truths)
-        new["rows"] = [r for r in old["rows"] if r["method"] not in rerun] + new["rows"]
+        redone = set(new["runs"])  # rows of the rerun methods on protocols not rerun are kept too
+        keep = [r for r in old["rows"] if r["method"] not in rerun or r["protocol"] not in redone]
+        new["rows"] = keep + new["rows"]
+        new["runs"] = {**old.get("runs", {}), **new["runs"]}
         return new
 
     save_mode_result(RESULTS, mode, result, keep_other_methods)
