@@ -11,10 +11,11 @@ PORT ?= 8501
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-bench.txt pyproject.toml
+$(STAMP): requirements.txt requirements-bench.txt requirements-bench-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-bench.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 

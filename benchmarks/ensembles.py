@@ -65,23 +65,32 @@ BASES = {
 def _variants(base: str, members: int, dropout_models: int) -> list[tuple[str, dict, dict | None]]:
     """(label, ensemble settings, base settings override) rows for one wrapped method."""
     drop = {"kind": "dropout", "n_models": dropout_models, "n_masks": members // dropout_models}
+    native = {"combine": "native"}  # the stored results used the base's own multi-model average
     rows: list[tuple[str, dict, dict | None]] = [
-        ("single model", {"kind": "independent", "n_models": 1}, None)
+        ("single model", {"kind": "independent", "n_models": 1, **native}, None)
     ]
     if dropout_models > 1:
         rows.append(
-            (f"naive, {dropout_models} models", {"kind": "independent", "n_models": dropout_models}, None)
+            (
+                f"naive, {dropout_models} models",
+                {"kind": "independent", "n_models": dropout_models, **native},
+                None,
+            )
         )
     rows += [
-        ("naive", {"kind": "independent", "n_models": members}, None),
-        (f"dropout p={DROPOUT_P}", {**drop, "dropout_p": DROPOUT_P}, None),
-        (f"dropout p={DROPOUT} (training p)", drop, None),
+        ("naive", {"kind": "independent", "n_models": members, **native}, None),
+        (f"dropout p={DROPOUT_P}", {**drop, "dropout_p": DROPOUT_P, **native}, None),
+        (f"dropout p={DROPOUT} (training p)", {**drop, **native}, None),
     ]
     if base == "trak":
         rows.append(
-            (f"dropout p={DROPOUT_P}, Q only", {**drop, "dropout_p": DROPOUT_P, "q_only": True}, None)
+            (
+                f"dropout p={DROPOUT_P}, Q only",
+                {**drop, "dropout_p": DROPOUT_P, "q_only": True, **native},
+                None,
+            )
         )
-    lora = {"kind": "lora", "n_adapters": members, **LORA}
+    lora = {"kind": "lora", "n_adapters": members, **LORA, **native}
     rows.append(("LoRA", lora, BASES[base][1]))
     rows.append(("LoRA, head kept", {**lora, "reinit_head": False}, BASES[base][1]))
     if base == "grad_dot":

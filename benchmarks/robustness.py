@@ -17,11 +17,15 @@ factor it chose and by which rule), lambda = 0 (plain TRAK, the peers' default),
 c in `SWEEP`) in hindsight. The sweep reuses one eigendecomposition per model (`trak_tuning.spectral_parts`);
 every row reads the same ground truth, which "auto" never reads (it holds out the validation split).
 
+`--methods kronfluence` adds our default EK-FAC beside kronfluence 1.0.1's (`benchmarks.peers.kronfluence_runner`,
+with its literal default damping and with its heuristic): LDS and wall seconds on the same model and truth.
+
 Writes `benchmarks/results/robustness.json` (`{mode: result}`); `python -m benchmarks.robustness --quick|--full`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -198,6 +202,67 @@ def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
     return [row]
 
 
+#: kronfluence's two damping choices beside our EK-FAC: its literal default (1e-8) and its heuristic.
+KRONFLUENCE_DAMPINGS = ("defaults", "heuristic")
+
+
+def kronfluence_rows(name: str, run, splits, queries, truth) -> list[dict]:
+    """kronfluence 1.0.1 EK-FAC (CPU) with its defaults and its damping heuristic beside our default EK-FAC.
+
+    Same run (first seed's final model), training set, queries and ground truth. Our wall time is fit +
+    score with `damping_factor="auto"` and with the fixed 0.1; "auto" is timed twice: `cold` includes
+    its 16 held-out retrainings unless an earlier step cached them, `auto` reuses them (a warm workspace,
+    the app's case after the first fit).
+    """
+    from benchmarks.peers.kronfluence_runner import run_kronfluence
+    from tda_explorer.attributors import make_attributor
+    from tda_explorer.evaluation import lds_score
+
+    ours = {}
+    for label, settings in (("cold", {}), ("auto", {}), ("0.1", {"damping_factor": 0.1})):
+        start = time.perf_counter()
+        att = make_attributor("influence", **settings).fit(run, splits.train)
+        scores = att.score(queries)
+        ours[label] = {"lds": lds_score(scores, truth).mean, "seconds": round(time.perf_counter() - start, 2)}
+    peers = {}
+    model = run.model()
+    for damping in KRONFLUENCE_DAMPINGS:
+        res = run_kronfluence(
+            run.model,
+            model.state_dict(),
+            splits.train.inputs,
+            splits.train.labels,
+            queries.inputs,
+            queries.labels,
+            damping=damping,
+        )
+        peers[damping] = {
+            "lds": lds_score(torch.from_numpy(res.scores), truth).mean,
+            "seconds": round(res.seconds, 2),
+            "factor_seconds": res.settings["factor_seconds"],
+            "score_seconds": res.settings["score_seconds"],
+        }
+    best_peer = max(p["lds"] for p in peers.values())
+    row = {
+        "protocol": name,
+        "method": "kronfluence",
+        "ours": ours,
+        "kronfluence": peers,
+        "load": round(os.getloadavg()[0], 2),
+        "threads": torch.get_num_threads(),
+        "lds_met": bool(ours["auto"]["lds"] >= best_peer),
+        "time_met": bool(ours["auto"]["seconds"] <= peers["heuristic"]["seconds"]),
+    }
+    row["met"] = row["lds_met"] and row["time_met"]
+    log(
+        f"{name} kronfluence: ours auto {ours['auto']['lds']:.3f} in {ours['auto']['seconds']:.1f}s "
+        f"(0.1: {ours['0.1']['lds']:.3f}) | kronfluence defaults {peers['defaults']['lds']:.3f} in "
+        f"{peers['defaults']['seconds']:.1f}s, heuristic {peers['heuristic']['lds']:.3f} in "
+        f"{peers['heuristic']['seconds']:.1f}s"
+    )
+    return [row]
+
+
 def run_benchmark(mode: str, protocols=PROTOCOLS, methods=("trak", "influence")) -> dict:
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth
@@ -222,6 +287,8 @@ def run_benchmark(mode: str, protocols=PROTOCOLS, methods=("trak", "influence"))
             rows += protocol_rows(name, run, splits, queries, truth, cfg)
         if "influence" in methods:
             rows += influence_rows(name, run, splits, queries, truth)
+        if "kronfluence" in methods:
+            rows += kronfluence_rows(name, run, splits, queries, truth)
     return {
         "benchmark": "robustness",
         "mode": mode,
@@ -252,9 +319,9 @@ def markdown(result: dict) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
-        ch = r["chosen"]
         if r["method"] != "trak":
             continue
+        ch = r["chosen"]
         lines.append(
             f"| {r['protocol']} | {r['method']} | {r['proj_dim']} | {r['n_models']} | {r['default']:.3f} "
             f"(c={ch['factor']:g}, {ch['rule']}) | {r['lambda0']:.3f} | {r['previous_default']:.3f} | "
@@ -277,29 +344,65 @@ def markdown(result: dict) -> str:
                 f"| {r['protocol']} | {r['default']:.3f} ({r['chosen']['factor']:.3g}) | {r['lambda0']:.3f} | {r['best']:.3f} "
                 f"({r['best_factor']:g}) | {r['default'] - r['best']:+.3f} | {'met' if r['met'] else 'MISSED'} |"
             )
+    kron = [r for r in result["rows"] if r["method"] == "kronfluence"]
+    if kron:
+        lines += ["", *kronfluence_markdown(kron)]
     met = sum(r["met"] for r in result["rows"])
     accs = ", ".join(f"{k} {v['test_acc']:.3f}" for k, v in result["runs"].items())
     lines += ["", f"Met on {met} / {len(result['rows'])} rows. Test accuracy: {accs}."]
     return "\n".join(lines)
 
 
+def kronfluence_markdown(rows: list[dict]) -> list[str]:
+    """The kronfluence table: LDS and wall seconds, ours (auto, 0.1) vs kronfluence (defaults, heuristic)."""
+    lines = [
+        "EK-FAC influence beside kronfluence 1.0.1 (`Analyzer(cpu=True)`, same first-seed model, queries and "
+        'ground truth; measurement = query loss). Ours: default `damping_factor="auto"` (held-out '
+        "retrainings cached; cold = the first fit, which makes them) and the fixed 0.1; kronfluence: its literal default damping 1e-8 and its "
+        "heuristic (0.1 x mean eigenvalue). Seconds = fit + score, wall, at the load shown. Target: ours "
+        "(auto) LDS >= both kronfluence rows and wall <= kronfluence's heuristic.",
+        "",
+        "| protocol | ours auto LDS (s) | ours 0.1 LDS (s) | kronfluence defaults LDS (s) "
+        "| kronfluence heuristic LDS (s: factors + scores) | load | LDS met | time met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def cold(o: dict) -> str:
+        return f"; cold {o['cold']['seconds']:.1f}" if "cold" in o else ""
+
+    for r in rows:
+        o, k = r["ours"], r["kronfluence"]
+        h = k["heuristic"]
+        lines.append(
+            f"| {r['protocol']} | {o['auto']['lds']:.3f} ({o['auto']['seconds']:.1f}{cold(o)}) | "
+            f"{o['0.1']['lds']:.3f} ({o['0.1']['seconds']:.1f}) | {k['defaults']['lds']:.3f} "
+            f"({k['defaults']['seconds']:.1f}) | {h['lds']:.3f} ({h['seconds']:.1f}: {h['factor_seconds']:.1f} + "
+            f"{h['score_seconds']:.1f}) | {r['load']:.1f} | {'met' if r['lds_met'] else 'MISSED'} | "
+            f"{'met' if r['time_met'] else 'MISSED'} |"
+        )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = mode_parser(__doc__.split("\n")[0])
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
-    parser.add_argument("--methods", default="trak,influence", help="comma list of trak, influence")
+    parser.add_argument(
+        "--methods", default="trak,influence", help="comma list of trak, influence, kronfluence"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     mode = args.mode or "quick"
     methods = tuple(args.methods.split(","))
     result = run_benchmark(mode, tuple(args.protocols.split(",")), methods)
-    rerun = ({"trak"} if "trak" in methods else set()) | (
-        {"influence/ekfac"} if "influence" in methods else set()
-    )
+    rerun = {{"influence": "influence/ekfac"}.get(m, m) for m in methods}
 
     def keep_other_methods(
         old: dict, new: dict
     ) -> dict:  # rows of methods not rerun (same protocols, truths)
-        new["rows"] = [r for r in old["rows"] if r["method"] not in rerun] + new["rows"]
+        redone = set(new["runs"])  # rows of the rerun methods on protocols not rerun are kept too
+        keep = [r for r in old["rows"] if r["method"] not in rerun or r["protocol"] not in redone]
+        new["rows"] = keep + new["rows"]
+        new["runs"] = {**old.get("runs", {}), **new["runs"]}
         return new
 
     save_mode_result(RESULTS, mode, result, keep_other_methods)

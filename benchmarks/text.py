@@ -300,7 +300,9 @@ def markdown(result: dict) -> str:
             f"| {r['method']} | {lds['mean']:.3f} | [{lds['ci_low']:.3f}, {lds['ci_high']:.3f}] | "
             f"{r['seconds']:.0f} | {cpu:.0f} | {r['fit']['load_before']:.1f} |"
         )
-    mis = result["mislabel"]
+    mis = result.get("mislabel")
+    if mis is None:  # only the label-agreement block (`benchmarks.text_labels`) is stored for this mode
+        return "\n".join(lines + label_lines(result))
     lines += [
         "",
         f"Mislabel detection ({mis['n_flipped']} of {result['dataset']['n_train']} labels flipped):",
@@ -312,7 +314,17 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['method']} | {r['auc']:.3f} | {r['recall_at']['0.1']:.1%} | {r['wall_seconds']:.0f} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + label_lines(result))
+
+
+def label_lines(result: dict) -> list[str]:
+    """The label-agreement / diversity section (`benchmarks.text_labels`) when the mode has one."""
+    if not result.get("labels"):
+        return []
+    from benchmarks.text_labels import markdown as labels_markdown
+
+    return ["", "#### Do the top proponents share the query's label? (`python -m benchmarks.text_labels`)", "",
+            labels_markdown(result["labels"])]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_benchmark(mode, args.workers)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if stored.get(mode, {}).get("labels"):  # the label-agreement block (benchmarks.text_labels) stays
+        result["labels"] = stored[mode]["labels"]
     stored[mode] = result
     RESULTS.write_text(json.dumps(stored, indent=2, default=str) + "\n")
     print(markdown(result))

@@ -192,6 +192,8 @@ st.write(
     f"mean test accuracy {run.mean_metric('test_acc'):.3f}"
 )
 default = ["trak"] if "trak" in ATTRIBUTORS else []  # count-sketch TRAK, one model: ~16 s on the demo
+if getattr(run.model_config, "arch", "") in ("text", "hf") and "grad_cos" in ATTRIBUTORS:
+    default = ["grad_cos"]  # text: its top proponents share the predicted label (TRAK's did less than random)
 # outside the form, so picking an attributor reruns the page and shows its settings below
 methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
 with st.form("attribute"):

@@ -1,9 +1,12 @@
 """Efficient ensembles (Deng et al., 2024): a gradient attributor averaged over ensemble members.
 
-`score[q, t] = mean_m score_base(q, t; member m)` (`combine="mean"`), or the base attributor's own
-multi-model average over the members (`combine="native"`, the default): identical for Grad-Dot,
-Grad-Cos, TracIn and influence functions, which average per-model scores; for TRAK it is TRAK's
-ensemble `(mean_m K_m(q))[t] * (mean_m Q_m)[t]` (the paper's formulation of TRAK over I models).
+`score[q, t] = mean_m score_base(q, t; member m)` (`combine="mean"`, the default: the naive
+ensemble of independently fitted members), or the base attributor's own multi-model average over the members
+(`combine="native"`): identical for Grad-Dot, Grad-Cos, TracIn and influence functions, which average
+per-model scores; for TRAK it is TRAK's ensemble `(mean_m K_m(q))[t] * (mean_m Q_m)[t]` (the paper's
+formulation of TRAK over I models), i.e. exactly `trak` over the same seeds, which is why it is not the
+default. With a single member both equal the base; for the other bases "mean" is computed by one native fit
+(the same scores, one pass).
 
 Members (`kind`, see `ensemble_members`):
 - "independent": I = `n_models` seeds of the run (the naive ensemble); training cost I full models.
@@ -156,7 +159,7 @@ class Ensemble(Attributor):
         fit_start = time.perf_counter()
         if s.kind == "dropout" and s.q_only:
             self.bases_ = [self._fit_q_only(run, train, members, train_cost["seeds"])]
-        elif s.combine == "native":
+        elif s.combine == "native" or s.base != "trak":  # the same scores as the mean, in one fit
             self.bases_ = [self._base(self.progress).fit(members, train)]
         else:
             self.bases_ = []

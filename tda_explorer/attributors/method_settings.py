@@ -304,8 +304,9 @@ class EnsembleSettings(MethodSettings):
     mask_seed: int = setting(0, "dropout: seed of the masks")
     dropout_p: float | None = setting(None, "dropout: mask probability (null = each layer's p)", range=(0, 1))
     q_only: bool = setting(False, "dropout + TRAK: kernels from the plain models, dropout members only for Q")
-    combine: str = setting("native", "the base's own multi-model average, or one fit per member with the "
-                           "scores averaged", choices=COMBINE, main=True)  # fmt: skip
+    combine: str = setting("mean", "one fit per member with the scores averaged (mean, the naive ensemble), or "
+                           "the base's own multi-model average (native; for TRAK exactly trak's scores)",
+                           choices=COMBINE, main=True)  # fmt: skip
     n_adapters: int = setting(4, "lora: number of LoRA members", range=POSITIVE)
     rank: int = setting(LoraSettings.rank, "lora: LoRA rank", range=POSITIVE)
     lora_alpha: float | None = setting(LoraSettings.alpha, "lora: scaling numerator (null = 2 x rank)")

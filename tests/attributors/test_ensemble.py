@@ -77,9 +77,9 @@ def test_mean_combine_is_the_mean_of_the_base_over_members(dropout_run, base, se
     _close(ens.score(queries), torch.stack([a.score(queries) for a in singles]).mean(0))
     _close(ens.self_influence(), torch.stack([a.self_influence() for a in singles]).mean(0))
     # native = the base's own multi-model fit over the same members
-    native = make_attributor("ensemble", base=base, base_settings=settings, kind="independent").fit(
-        run, train
-    )
+    native = make_attributor(
+        "ensemble", base=base, base_settings=settings, kind="independent", combine="native"
+    ).fit(run, train)
     whole = make_attributor(base, **settings, **{key: everything}).fit(run, train)
     _close(native.score(queries), whole.score(queries))
     if base != "trak":  # per-model averaging: native == mean (TRAK averages K and Q separately)
@@ -159,7 +159,7 @@ def test_q_only_trak_trick(dropout_run):
     run, train, queries = dropout_run
     ens = make_attributor(
         "ensemble", base="trak", base_settings={"proj_dim": None}, kind="dropout", n_models=2, n_masks=3,
-        q_only=True,
+        q_only=True, combine="native",
     ).fit(run, train)  # fmt: skip
     plain = make_attributor("trak", proj_dim=None, n_models=2).fit(run, train)
     members = em.dropout_members(run, (0, 1), 3, 0)

@@ -50,6 +50,7 @@ def test_text_path_end_to_end(tiny_sst2_app):
     assert "sst2 · text" in summary
 
     methods = next(m for m in at.multiselect if m.label == "Attributors")
+    assert methods.value == ["grad_cos"]  # the text default (benchmarks.text_labels: label agreement)
     methods.set_value(["grad_dot", "influence", "trak"])  # inside a form: applied on submit
     next(b for b in at.button if b.label.startswith("Compute")).click()
     at.run()
