@@ -105,6 +105,19 @@ def _interval(values: np.ndarray) -> list[float]:
 
 
 def setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
+    """One setting's rows, cached as JSON in `WORKSPACE/pruning_settings/` (so settings can run in parallel)."""
+    import json
+
+    path = WORKSPACE / "pruning_settings" / f"{dataset}-noise{noise}-s{n_seeds}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = _setting_result(dataset, noise, n_seeds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
     from tda_explorer.data import DatasetSpec, inject_label_noise, load_dataset
     from tda_explorer.evaluation.pruning import best_pruning_rule, pruning_curves
     from tda_explorer.models import LogRegConfig
