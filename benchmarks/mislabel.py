@@ -250,6 +250,8 @@ def markdown(result: dict) -> str:
         f"recall = share of the flips found in the top 10% / 20% of the ranking. `mislabel_score` = mean "
         f"normalised rank of {', '.join(result['rule'])} ({result['repeats']} x {result['folds']}-fold "
         "out-of-fold probabilities), chosen on the development flip seed only.",
+        f"Wall time {result['wall_seconds']:.0f} s (cached steps not re-run); 1-minute load at the end "
+        f"{result['machine']['load_end'][0]:.1f} on {result['machine']['cpus']} CPUs (a shared machine).",
     ]
     for p in result["settings"]:
         out += [

@@ -28,7 +28,11 @@ def _mis_result(combo):
     ]
     setting = {"setting": "s", "flip_seeds": [0, 1, 2], "dev_seeds": [], "test_acc": 0.9, "rows": rows}
     setting["oof_seconds_per_repeat"] = 1.0
-    return {"seeds": 3, "rule": ["a"], "repeats": 3, "folds": 5, "settings": [setting]}
+    machine = {"load_end": [1.0, 1.0, 1.0], "cpus": 2}
+    return {"seeds": 3, "rule": ["a"], "repeats": 3, "folds": 5, "settings": [setting]} | {
+        "wall_seconds": 1.0,
+        "machine": machine,
+    }
 
 
 def test_mislabel_target_is_met_only_above_both_baselines():
