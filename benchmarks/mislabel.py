@@ -43,10 +43,15 @@ WORKSPACE = ROOT / "benchmarks" / ".workspace"
 CACHE = WORKSPACE / "mislabel_signals"
 FOLDS, REPEATS = 5, 3
 MODES = {
-    "quick": {"settings": ("digits-logreg",), "flip_seeds": (0,), "dev_seeds": {}, "seeds": 3},
+    "quick": {
+        "settings": ("digits-logreg",),
+        "flip_seeds": {"digits-logreg": (0,)},
+        "dev_seeds": {},
+        "seeds": 3,
+    },
     "full": {
         "settings": ("mnist5k-logreg", "mnist5k-mlp"),
-        "flip_seeds": (0, 1, 2),
+        "flip_seeds": {"mnist5k-logreg": (0, 1, 2), "mnist5k-mlp": (0, 1, 2)},
         "dev_seeds": {"mnist5k-logreg": (100,)},  # the rule's development seed (see label_quality)
         "seeds": 5,
     },
@@ -228,7 +233,7 @@ def run_benchmark(mode: str) -> dict:
     cfg = MODES[mode]
     started = time.perf_counter()
     settings = [
-        setting_result(s, cfg["flip_seeds"], cfg["dev_seeds"].get(s, ()), cfg["seeds"])
+        setting_result(s, cfg["flip_seeds"][s], cfg["dev_seeds"].get(s, ()), cfg["seeds"])
         for s in cfg["settings"]
     ]
     return {

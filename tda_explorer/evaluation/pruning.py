@@ -8,12 +8,14 @@ the method (by usefulness, lowest first) and for the random baseline (one seeded
 Rules (`pruning_usefulness(useful, rule, labels, self_influence)`, each `[n_train]`, higher = kept longer):
 - "sum": the usefulness itself (the summed validation helpfulness; the most harmful go first);
 - "class_balanced": each example's rank *within its given class* scaled to [0, 1], so every removed
-  fraction takes about the same share of each class (a plain sum removes whole stretches of the classes
-  whose validation examples are hardest, and unbalances the kept set);
+  fraction takes about the same share of each class (a plain sum is dominated by the gradient norm and
+  concentrates its removals on the few classes whose hard examples oppose the summed validation
+  gradient, which unbalances the kept set);
 - "normalised": usefulness / sqrt(self-influence) (the gradient-norm factor divided out, a cosine
   between the example and the validation set; the largest-gradient examples, the hard but informative
   ones, no longer dominate both tails), then class-balanced.
-`best_pruning_rule` picks, among measured curves, the rule with the highest mean accuracy over the removed
+`pruning_curves` measures several rules at once (one shared random baseline, each distinct kept set
+trained once per seed); `best_pruning_rule` picks, among measured curves, the rule with the highest mean accuracy over the removed
 fractions.
 
 `compute_pruning_curve` is the cached form (artifact kind "pruning_curve", keyed by a digest of the
