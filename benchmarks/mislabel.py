@@ -269,7 +269,9 @@ def markdown(result: dict) -> str:
         f"normalised rank of {', '.join(result['rule'])} ({result['repeats']} x {result['folds']}-fold "
         "out-of-fold probabilities), chosen on the development flip seed only.",
         f"Wall time {result['wall_seconds']:.0f} s (cached steps not re-run); 1-minute load at the end "
-        f"{result['machine']['load_end'][0]:.1f} on {result['machine']['cpus']} CPUs (a shared machine).",
+        f"{result['machine']['load_end'][0]:.1f} on {result['machine']['cpus']} CPUs (a shared machine). Times are "
+        "wall seconds under that load; retrainings already cached in the benchmark's workspace (e.g. from an "
+        "interrupted pass) are reused, so a time can understate the cost.",
     ]
     for p in result["settings"]:
         out += [
