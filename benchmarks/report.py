@@ -236,6 +236,8 @@ METHOD_SECTIONS = (
     ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
     ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),
     ("byo.json", "benchmarks.byo", "Your own model: imported, attributed, evaluated with its own recipe"),
+    ("mislabel.json", "benchmarks.mislabel", "Mislabel detection vs cleanlab and the own-loss baseline"),
+    ("pruning.json", "benchmarks.pruning", "Pruning curves: attribution rules vs loss, cleanlab and random"),
     (
         "robustness.json",
         "benchmarks.robustness",

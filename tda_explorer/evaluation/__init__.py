@@ -28,8 +28,11 @@ from tda_explorer.evaluation.mislabel import (
 )
 from tda_explorer.evaluation.pruning import (
     PruningCurve,
+    best_pruning_rule,
     compute_pruning_curve,
     pruning_curve,
+    pruning_curves,
+    pruning_usefulness,
     stored_pruning_curve,
     usefulness_from_scores,
 )
@@ -42,6 +45,7 @@ __all__ = [
     "MislabelReport",
     "MislabelResult",
     "PruningCurve",
+    "best_pruning_rule",
     "bootstrap_mean_ci",
     "compute_lds_truth",
     "compute_pruning_curve",
@@ -53,6 +57,8 @@ __all__ = [
     "mislabel_experiment",
     "mislabel_metrics",
     "pruning_curve",
+    "pruning_curves",
+    "pruning_usefulness",
     "recall_at_fraction",
     "spearman_rows",
     "stored_pruning_curve",

@@ -5,6 +5,19 @@ matrix over validation queries (`backend.usefulness.usefulness`; positive score 
 harmful examples have the lowest mean and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
 the method (by usefulness, lowest first) and for the random baseline (one seeded permutation).
 
+Rules (`pruning_usefulness(useful, rule, labels, self_influence)`, each `[n_train]`, higher = kept longer):
+- "sum": the usefulness itself (the summed validation helpfulness; the most harmful go first);
+- "class_balanced": each example's rank *within its given class* scaled to [0, 1], so every removed
+  fraction takes about the same share of each class (a plain sum is dominated by the gradient norm and
+  concentrates its removals on the few classes whose hard examples oppose the summed validation
+  gradient, which unbalances the kept set);
+- "normalised": usefulness / sqrt(self-influence) (the gradient-norm factor divided out, a cosine
+  between the example and the validation set; the largest-gradient examples, the hard but informative
+  ones, no longer dominate both tails), then class-balanced.
+`pruning_curves` measures several rules at once (one shared random baseline, each distinct kept set
+trained once per seed); `best_pruning_rule` picks, among measured curves, the rule with the highest mean accuracy over the removed
+fractions.
+
 `compute_pruning_curve` is the cached form (artifact kind "pruning_curve", keyed by a digest of the
 usefulness, the data fingerprints, model, training, fractions and seeds) that the app and the CLI share;
 `stored_pruning_curve` returns it only when already computed.
@@ -52,6 +65,80 @@ def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
         scores: `[n_val, n_train]`, positive = the training example helps the validation example.
     """
     return mean_usefulness(as_float64(scores, "scores", (None, None)))
+
+
+PRUNING_RULES = ("sum", "class_balanced", "normalised")
+
+
+def class_balanced_usefulness(useful: np.ndarray, labels: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Within-class normalised rank of `useful` `[n]` in [0, 1] (0 = least useful of its class).
+
+    Sorting by it removes about the same fraction of every class (ties between classes broken by position).
+    """
+    from scipy.stats import rankdata
+
+    use = as_float64(useful, "usefulness", (None,))
+    lab = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels)
+    if lab.shape != use.shape:
+        raise ConfigError(f"labels have shape {list(lab.shape)}, usefulness {list(use.shape)}.")
+    out = np.empty_like(use)
+    for c in np.unique(lab):
+        idx = np.flatnonzero(lab == c)
+        out[idx] = (rankdata(use[idx]) - 0.5) / len(idx)
+    return out
+
+
+def pruning_usefulness(
+    useful: np.ndarray | torch.Tensor,
+    rule: str = "sum",
+    labels: np.ndarray | torch.Tensor | None = None,
+    self_influence: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    """Usefulness `[n_train]` under a pruning rule (see the module docstring); higher = kept longer.
+
+    Args:
+        useful: `usefulness_from_scores(val_scores)`, `[n_train]`, positive = helps the validation set.
+        rule: one of `PRUNING_RULES`.
+        labels: the training labels `[n_train]` ("class_balanced", "normalised").
+        self_influence: the attributor's self-influence `[n_train]`, >= 0 ("normalised").
+    """
+    use = as_float64(useful, "usefulness", (None,))
+    if rule not in PRUNING_RULES:
+        raise ConfigError(f"pruning rule {rule!r} is not one of {PRUNING_RULES}.")
+    if rule == "sum":
+        return use
+    if labels is None:
+        raise ConfigError(f"pruning rule {rule!r} needs the training labels.")
+    if rule == "normalised":
+        if self_influence is None:
+            raise ConfigError("pruning rule 'normalised' needs the attributor's self-influence.")
+        si = np.clip(as_float64(self_influence, "self_influence", (len(use),)), 0.0, None)
+        use = use / np.sqrt(si + 1e-12 * max(float(si.max()), 1e-30))
+    return class_balanced_usefulness(use, labels)
+
+
+def best_pruning_rule(curves: dict[str, PruningCurve], against_random: bool = False) -> str:
+    """The name of the curve with the highest mean test accuracy over its removed fractions (k > 0).
+
+    Args:
+        curves: `{rule name: PruningCurve}` measured on the same run (same fractions and seeds).
+        against_random: rank by the mean gain over the curve's own random removal instead.
+
+    Returns:
+        The best name (the first in `curves` order on a tie).
+    """
+    if not curves:
+        raise ConfigError("best_pruning_rule needs at least one measured curve.")
+
+    def value(c: PruningCurve) -> float:
+        keep = np.asarray(c.fractions) > 0
+        if not keep.any():
+            raise ConfigError("a pruning curve without a removed fraction > 0 cannot rank rules.")
+        acc = c.method_acc[keep] - (c.random_acc[keep] if against_random else 0.0)
+        return float(acc.mean())
+
+    values = {name: value(c) for name, c in curves.items()}
+    return max(values, key=lambda k: values[k])
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,8 +202,34 @@ def pruning_curve(
     Returns:
         PruningCurve with accuracies `[K, R]` for the method and the random baseline.
     """
+    (curve,) = pruning_curves(
+        {"method": usefulness}, train, test, model_config, train_config, fractions, seeds, random_seed,
+        executor, progress,
+    ).values()  # fmt: skip
+    return curve
+
+
+def pruning_curves(
+    usefulness: dict[str, torch.Tensor | np.ndarray],
+    train: ExampleSet,
+    test: ExampleSet,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seeds: Sequence[int] = (0,),
+    random_seed: int = 0,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> dict[str, PruningCurve]:
+    """`pruning_curve` for several usefulness vectors at once, `{name: [n_train]}` -> `{name: PruningCurve}`.
+
+    Every distinct kept set (across names and the one shared random-removal baseline) is retrained once
+    per seed, so the curves are directly comparable and cost `#distinct masks x #seeds` trainings.
+    """
     n = len(train)
-    use = as_float64(usefulness, "usefulness", (n,))
+    if not usefulness:
+        raise ConfigError("pruning_curves needs at least one usefulness vector.")
+    uses = {name: as_float64(u, f"usefulness {name!r}", (n,)) for name, u in usefulness.items()}
     fractions = check_fractions(fractions, "pruning fractions")
     seeds = check_seeds(seeds)
     random_seed = check_int(random_seed, "random_seed")
@@ -125,28 +238,31 @@ def pruning_curve(
         raise ConfigError(
             f"removing {max(n_removed)} of {n} examples leaves none to train on; lower the fractions."
         )
-    order = np.argsort(use, kind="stable")
+    orders = {name: np.argsort(u, kind="stable") for name, u in uses.items()}
     perm = np.random.default_rng(random_seed).permutation(n)
-    masks = np.ones((2 * len(fractions), n), dtype=bool)
-    for i, k in enumerate(n_removed):
-        masks[i, order[:k]] = False
-        masks[len(fractions) + i, perm[:k]] = False
-    unique, inverse = np.unique(masks, axis=0, return_inverse=True)  # k = 0 appears twice: train it once
+    k = len(fractions)
+    masks = np.ones(((len(uses) + 1) * k, n), dtype=bool)
+    for j, order in enumerate([perm, *orders.values()]):
+        for i, m in enumerate(n_removed):
+            masks[j * k + i, order[:m]] = False
+    unique, inverse = np.unique(masks, axis=0, return_inverse=True)  # k = 0 appears repeatedly: train once
     logits = retrain_on_subsets(model_config, train_config, train, unique, seeds, test, executor, progress)
     logits = logits[torch.from_numpy(inverse.reshape(-1))]
     acc = (logits.argmax(-1) == test.labels).double().mean(-1).numpy()
     loss = cross_entropy(logits, test.labels).mean(-1).numpy()
-    k = len(fractions)
-    return PruningCurve(
-        fractions=fractions,
-        n_removed=n_removed,
-        seeds=seeds,
-        method_acc=acc[:k],
-        random_acc=acc[k:],
-        method_loss=loss[:k],
-        random_loss=loss[k:],
-        removal_order=tuple(train.ids[i] for i in order),
-    )
+    return {
+        name: PruningCurve(
+            fractions=fractions,
+            n_removed=n_removed,
+            seeds=seeds,
+            method_acc=acc[(j + 1) * k : (j + 2) * k],
+            random_acc=acc[:k],
+            method_loss=loss[(j + 1) * k : (j + 2) * k],
+            random_loss=loss[:k],
+            removal_order=tuple(train.ids[i] for i in order),
+        )
+        for j, (name, order) in enumerate(orders.items())
+    }
 
 
 def pruning_curve_config(

@@ -51,3 +51,12 @@ def test_prune_table_removes_the_least_useful_by_mean_score():
     assert table["flagged"].tolist() == [False, False, False, True]
     by_threshold = prune_table(scores, _train(), fraction=None, threshold=0.75)
     assert by_threshold["status"].tolist() == ["kept", "removed", "removed", "kept"]
+
+
+def test_prune_table_with_the_class_balanced_rule_takes_from_every_class():
+    train = _train()
+    labels = train.labels.numpy()
+    scores = np.array([[-5.0, -4.0, 1.0, 2.0]])
+    table = prune_table(scores, train, fraction=0.5, rule="class_balanced")
+    removed = table["status"].to_numpy() == "removed"
+    assert removed.sum() == 2 and len(set(labels[removed])) == len(set(labels))
