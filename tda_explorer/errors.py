@@ -25,3 +25,7 @@ class NotFittedError(TDAError, RuntimeError):
 
 class ArtifactError(TDAError, RuntimeError):
     """A workspace artifact is missing, unreadable, or was made by a different config."""
+
+
+class Cancelled(TDAError, RuntimeError):
+    """A long step was stopped on request (`tda_explorer.progress.cancel_scope`); finished parts are kept."""

@@ -3,15 +3,18 @@ predicted) without a chosen training example; per-seed scores; mean, variance an
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+import appjobs
 import appkit
-from tda_explorer.attributors.dtda import BASES, MEASUREMENTS, compute_dtda
+from tda_explorer.attributors.dtda import BASES, DTDA, MEASUREMENTS, compute_dtda
 from tda_explorer.errors import TDAError
+from tda_explorer.estimates import estimate_dtda, load_calibration, run_shape
 from tda_explorer.viz import example_caption, example_image, example_text
 from tda_explorer.viz.figures import histogram_figure, violin_figure
 
@@ -39,18 +42,24 @@ with st.form("dtda"):
     )  # fmt: skip
     go = st.form_submit_button("Compute (or reuse) across all seeds", type="primary")
 settings = {"base": base, "measurement": measurement}
-result = None
 started = datetime.now(UTC)
 box = st.empty()  # "not computed yet" goes away once the result is drawn
+result = None
 try:
-    if go:
-        bar = st.progress(0.0, text="d-TDA…")
-        result = compute_dtda(run, data, settings, "test", ws, appkit.progress_callback(bar))
-        bar.empty()
-    else:
-        result = appkit.stored_dtda(root, run.key, settings)
+    result = appkit.stored_dtda(root, run.key, settings)
 except TDAError as e:
     st.error(str(e))
+if result is None:  # computed in the background: an estimate first when long, progress, Cancel
+    shape = run_shape(run, data)
+    outcome = appjobs.run_step(
+        f"dtda:{root}:{run.key}:{json.dumps(settings, sort_keys=True)}",
+        f"d-TDA ({base}, {measurement}) over {len(run.seeds)} seeds",
+        lambda progress: compute_dtda(run, data, settings, "test", ws, progress),
+        estimate_dtda(DTDA(**settings).settings, shape, load_calibration(ws)),
+        requested=go, ws=ws,
+    )  # fmt: skip
+    if outcome is not None and outcome.status == "done":
+        result = outcome.result
 if result is None:
     box.caption(f"Not computed yet for these settings ({len(run.seeds)} seeds): press the button.")
     st.stop()

@@ -3,17 +3,20 @@ cached run), then compute the attributors you pick, each with its main settings.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import streamlit as st
 
 import appdemo
+import appjobs
 import appkit
 from tda_explorer.attributors import ATTRIBUTORS
 from tda_explorer.attributors.measurement import compute_test_scores
 from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import TDAError
+from tda_explorer.estimates import Estimate, estimate_training, load_calibration, new_seeds, training_shape
 from tda_explorer.models import default_model_config
 from tda_explorer.store.uploads import UPLOAD_SUFFIXES, WEIGHT_SUFFIXES, save_upload
 from tda_explorer.training import TrainConfig, default_train_config, import_run, train_run
@@ -83,38 +86,44 @@ with st.form("train"):
         "Label noise: fraction of training labels flipped (seeded, recorded)", 0.0, 0.5, 0.0, 0.05
     )
     submitted = st.form_submit_button("Train (or reuse the cached run)", type="primary")
-if estimate := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds)):
-    st.caption(f"Training new seeds takes {estimate}; seeds already trained are reused.")
-
 problem = spec_args.pop("_problem", None)
-if submitted:
-    if problem:
-        st.error(f"The uploaded file can't be used: {problem}")
-    elif spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
-        st.error("Choose a file (or give a path) first.")
-    else:
+if submitted and problem:
+    st.error(f"The uploaded file can't be used: {problem}")
+elif submitted and spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
+    st.error("Choose a file (or give a path) first.")
+elif not problem and spec_args.get("name"):
+    # the training step: runs in the background (an estimate first when long, progress, Cancel); the key is
+    # what would be trained, so re-opening the page (or a second click) shows the running training
+    spec = DatasetSpec(noise_fraction=noise, **spec_args)
+    cfg = default_train_config(arch)
+    if epochs:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
+    train_key = f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
+    if submitted or appjobs.involved(train_key):
         try:
-            splits = load_dataset(DatasetSpec(noise_fraction=noise, **spec_args))
-            cfg = default_train_config(arch)
-            if epochs:
-                cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
-            bar = st.progress(0.0, text="training…")
-            started = datetime.now(UTC)
-            run = train_run(
-                splits, default_model_config(arch), cfg, range(int(seeds)), ws, appkit.app_executor(),
-                appkit.progress_callback(bar),
+            splits = appkit.cached_dataset(json.dumps(spec.to_dict(), sort_keys=True))
+            mcfg = default_model_config(arch)
+            todo = new_seeds(ws, splits, mcfg, cfg, range(int(seeds)))
+            estimate = estimate_training(training_shape(splits, mcfg, cfg, int(seeds)), todo, load_calibration(ws))
+            if not todo:
+                estimate = Estimate(0.0, [])
+            outcome = appjobs.run_step(
+                train_key, f"Training {int(seeds)} seed(s) ({todo} new)",
+                lambda progress: train_run(splits, mcfg, cfg, range(int(seeds)), ws, appkit.app_executor(), progress),
+                estimate, requested=submitted, ws=ws,
             )  # fmt: skip
-            bar.progress(1.0, text="done")
-            meta = ws.meta("runs", run.key)
-            took = (datetime.now(UTC) - started).total_seconds()
-            st.session_state._setup_flash = (
-                f"Run {run.key}: " + appkit.cache_note(meta.get("extra", {}).get("seconds", took), meta.get("created"),
-                                                       appkit.was_reused(meta, started))
-            )  # fmt: skip
-            st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
-            st.rerun()  # so the sidebar, drawn before this page, lists the new run
+            if outcome is not None and outcome.status == "done":
+                run = outcome.result
+                meta = ws.meta("runs", run.key)
+                st.session_state._setup_flash = f"Run {run.key}: " + appkit.cache_note(
+                    meta.get("extra", {}).get("seconds", outcome.seconds), meta.get("created"), todo == 0
+                )
+                st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
+                st.rerun()  # so the sidebar, drawn before this page, lists the new run
         except TDAError as e:
             st.error(str(e))
+    elif (est := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds))) is not None:
+        st.caption(f"Training new seeds takes {est}; seeds already trained are reused.")
 
 with st.expander("Bring my model: a model trained elsewhere, on the data chosen above"):
     st.caption(

@@ -20,7 +20,7 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import ModelConfig, build_model, prepare_inputs
 from tda_explorer.models.tasks import batch_loss, task_of
-from tda_explorer.progress import Progress
+from tda_explorer.progress import Progress, check_cancelled
 from tda_explorer.training.config import TrainConfig
 
 EVAL_BATCH = 512
@@ -159,6 +159,7 @@ def sgd_steps(
     task = task_of(model)
     model.train()
     for epoch in range(config.epochs):
+        check_cancelled()  # a `progress.cancel_scope` stops training between epochs
         order = idx[torch.randperm(len(idx), generator=shuffle)]
         loss_sum = 0.0
         for b in range(steps_per_epoch):
