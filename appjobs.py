@@ -203,7 +203,10 @@ def _wait(job: Job) -> Outcome | None:
     bar = box.progress(job.fraction, text=job.text())
     deadline = None if WAIT_S is None else time.perf_counter() + WAIT_S
     while job.status == "running" and (deadline is None or time.perf_counter() < deadline):
-        time.sleep(POLL_S)
+        if job.thread is not None:
+            job.thread.join(POLL_S)  # returns at once when the step ends (a cached result: milliseconds)
+        else:
+            time.sleep(POLL_S)
         bar.progress(job.fraction, text=job.text())  # a click elsewhere interrupts the wait here, not the job
     if job.status == "running":
         return None
@@ -222,3 +225,68 @@ def _finish(job: Job) -> Outcome:
 
 
 __all__ = ["ASK_ABOVE_S", "Job", "Outcome", "get", "involved", "run_step", "running", "start"]
+
+
+# ---- the long steps of the pages, each as one call (the compute itself is tda_explorer's) ----
+_MAPS_DONE: set[str] = set()  # representations whose first map this server made (numba compiled)
+
+
+def map_step(run, data, representation: str, include_test: bool, ws: Workspace, airrep_settings=None):
+    """The map page's UMAP: started on view (asked first only when estimated long), in the background.
+    Returns the MapResult, or None while it runs / waits for an answer (the page stops there)."""
+    from tda_explorer.estimates import estimate_map, load_calibration
+    from tda_explorer.maps import compute_map
+
+    def work(progress):
+        result = compute_map(run, data, representation, include_test, workspace=ws, progress=progress,
+                             airrep_settings=airrep_settings)  # fmt: skip
+        _MAPS_DONE.add("any")
+        return result
+
+    n = len(data.train) + (len(data.test) if include_test else 0)
+    estimate = estimate_map(n, first_in_process=not _MAPS_DONE, cal=load_calibration(ws))
+    key = f"map:{ws.root}:{run.key}:{representation}:{include_test}:{airrep_settings}"
+    outcome = run_step(key, f"Map ({representation})", work, estimate, requested=True, ws=ws)
+    return outcome.result if outcome is not None and outcome.status == "done" else None
+
+
+def scores_step(run, data, method: str, settings: dict, split: str, ws: Workspace, requested: bool):
+    """`method`'s scores of the `split` queries (e.g. the validation set for pruning) as a background step.
+    Returns the ScoreResult when it finished during this page run, else None."""
+    from tda_explorer.attributors.cache import compute_scores, list_scores
+    from tda_explorer.estimates import estimate_attributor, full_settings, load_calibration, run_shape
+
+    key = f"scores:{ws.root}:{run.key}:{method}:{split}:{sorted(settings.items())}"
+    if not (requested or involved(key)):
+        return None
+    shape = run_shape(run, data, split)
+    tuned = any(m["config"]["method"]["method"] in ("trak", "influence") for m in list_scores(ws, run.key))
+    estimate = estimate_attributor(method, full_settings(method, settings), shape, load_calibration(ws), tuned)
+    outcome = run_step(
+        key, f"{method} scores ({split})",
+        lambda progress: compute_scores(run, data, method, settings, split, ws, progress),
+        estimate, requested=requested, ws=ws,
+    )  # fmt: skip
+    return outcome.result if outcome is not None and outcome.status == "done" else None
+
+
+def pruning_curve_step(curve_args: tuple, source: str, ws: Workspace, requested: bool, executor=None):
+    """The pruning curve (`compute_pruning_curve(*curve_args)`: retrainings without the pruned examples and at
+    random) as a background step. Returns the curve when it finished during this page run, else None."""
+    from tda_explorer.estimates import Shape, estimate_retrainings, load_calibration, training_shape
+    from tda_explorer.evaluation import compute_pruning_curve
+
+    _, train, test, model_config, train_config, fractions, seeds = curve_args
+    key = f"pruning:{ws.root}:{source}:{list(fractions)}:{list(seeds)}"
+    if not (requested or involved(key)):
+        return None
+    shape: Shape = training_shape(train, model_config, train_config, len(seeds))
+    n = (2 * len(fractions) - 1) * len(seeds)
+    keep = 1.0 - sum(fractions) / max(1, len(fractions))
+    outcome = run_step(
+        key, f"Pruning curve ({n} retrainings)",
+        lambda progress: compute_pruning_curve(*curve_args, workspace=ws, executor=executor, progress=progress,
+                                               source=source),
+        estimate_retrainings(n, keep, shape, load_calibration(ws)), requested=requested, ws=ws,
+    )  # fmt: skip
+    return outcome.result if outcome is not None and outcome.status == "done" else None

@@ -221,10 +221,37 @@ def estimate_attributor(
     checkpoints = 5 if settings.get("checkpoints") == "all" or method == "tracin" else 1
     units = models * checkpoints * (shape.n_train + shape.n_query) * _params(shape, settings)
     parts = [(f"attr:{method}", units)]
-    tune = int(settings.get("tune_subsets", 0) or 0)
-    if method == "trak" and settings.get("regularization", "auto") == "auto" and tune and not tuning_cached:
-        parts += training_parts(shape.n_train / 2, shape, tune)
+    if _tunes(method, settings) and not tuning_cached:
+        from tda_explorer.attributors.trak_tuning import TUNE_SUBSETS
+
+        parts += training_parts(shape.n_train / 2, shape, int(settings.get("tune_subsets", TUNE_SUBSETS)))
     return _sum(parts, cal)
+
+
+def _tunes(method: str, settings: dict) -> bool:
+    """Whether `method` with these settings makes the held-out retrainings of an "auto" default."""
+    if method == "trak":
+        return settings.get("regularization", "auto") == "auto" and settings.get("tune_subsets", 1) != 0
+    if method == "influence":
+        return (
+            settings.get("solver", "ekfac") in ("ekfac", "kfac")
+            and settings.get("damping") is None
+            and settings.get("damping_factor", "auto") == "auto"
+        )
+    return False
+
+
+def full_settings(method: str, settings: dict) -> dict:
+    """`settings` with the method's defaults filled in (what the estimate reads: params, models, ...)."""
+    import dataclasses
+
+    from tda_explorer.attributors.base import make_attributor
+
+    try:
+        full = make_attributor(method, **dict(settings)).settings
+    except (ConfigError, TypeError):
+        return dict(settings)
+    return dataclasses.asdict(full) if dataclasses.is_dataclass(full) else dict(full)
 
 
 def estimate_dtda(settings: dict, shape: Shape, cal: Calibration | None = None) -> Estimate:
@@ -271,12 +298,12 @@ def run_shape(run, splits, query_split: str = "test") -> Shape:
     )  # fmt: skip
 
 
-def training_shape(splits, model_config, train_config, n_seeds: int) -> Shape:
-    """The Shape of a training not run yet: the model is built once (untrained) to count its parameters."""
+def training_shape(train, model_config, train_config, n_seeds: int, n_query: int = 0, n_val: int = 0) -> Shape:
+    """The Shape of a training on the ExampleSet `train` not run yet: the model is built once (untrained) to
+    count its parameters."""
     from tda_explorer.backend.grads import ParamSubset
     from tda_explorer.models.build import build_model
 
-    train = splits.train
     model = build_model(model_config, train.input_shape, train.n_classes)
     n_all = sum(p.numel() for p in model.parameters() if p.requires_grad)
     try:
@@ -284,8 +311,8 @@ def training_shape(splits, model_config, train_config, n_seeds: int) -> Shape:
     except ConfigError:
         n_head = n_all
     return Shape(
-        n_train=len(train), n_query=len(splits.test), n_params=n_all, n_head=max(1, n_head),
-        epochs=int(train_config.epochs), n_seeds=max(1, int(n_seeds)), n_val=len(splits.val),
+        n_train=len(train), n_query=n_query, n_params=n_all, n_head=max(1, n_head),
+        epochs=int(train_config.epochs), n_seeds=max(1, int(n_seeds)), n_val=n_val,
         batch_size=int(train_config.batch_size),
     )  # fmt: skip
 

@@ -104,7 +104,7 @@ elif not problem and spec_args.get("name"):
             splits = appkit.cached_dataset(json.dumps(spec.to_dict(), sort_keys=True))
             mcfg = default_model_config(arch)
             todo = new_seeds(ws, splits, mcfg, cfg, range(int(seeds)))
-            estimate = estimate_training(training_shape(splits, mcfg, cfg, int(seeds)), todo, load_calibration(ws))
+            estimate = estimate_training(training_shape(splits.train, mcfg, cfg, int(seeds)), todo, load_calibration(ws))
             if not todo:
                 estimate = Estimate(0.0, [])
             outcome = appjobs.run_step(
