@@ -261,7 +261,9 @@ def scores_step(run, data, method: str, settings: dict, split: str, ws: Workspac
         return None
     shape = run_shape(run, data, split)
     tuned = any(m["config"]["method"]["method"] in ("trak", "influence") for m in list_scores(ws, run.key))
-    estimate = estimate_attributor(method, full_settings(method, settings), shape, load_calibration(ws), tuned)
+    estimate = estimate_attributor(
+        method, full_settings(method, settings), shape, load_calibration(ws), tuned
+    )
     outcome = run_step(
         key, f"{method} scores ({split})",
         lambda progress: compute_scores(run, data, method, settings, split, ws, progress),
@@ -288,5 +290,25 @@ def pruning_curve_step(curve_args: tuple, source: str, ws: Workspace, requested:
         lambda progress: compute_pruning_curve(*curve_args, workspace=ws, executor=executor, progress=progress,
                                                source=source),
         estimate_retrainings(n, keep, shape, load_calibration(ws)), requested=requested, ws=ws,
+    )  # fmt: skip
+    return outcome.result if outcome is not None and outcome.status == "done" else None
+
+
+def lds_truth_step(run, data, config, ws: Workspace, requested: bool, executor=None):
+    """The LDS ground truth (`compute_lds_truth`: `config.n_subsets` x seeds retrainings on alpha of the
+    training set) as a background step. Returns it when it finished during this page run, else None."""
+    from tda_explorer.estimates import estimate_retrainings, load_calibration, training_shape
+    from tda_explorer.evaluation import compute_lds_truth
+
+    key = f"lds:{ws.root}:{run.key}:{config.n_subsets}:{config.alpha}:{list(config.seeds)}"
+    if not (requested or involved(key)):
+        return None
+    shape = training_shape(data.train, run.model_config, run.train_config, 1)
+    n = config.n_subsets * len(config.seeds)
+    outcome = run_step(
+        key, f"LDS ground truth ({n} retrainings)",
+        lambda progress: compute_lds_truth(data.train, data.test, run.model_config, run.train_config, config, ws,
+                                           executor, progress),
+        estimate_retrainings(n, config.alpha, shape, load_calibration(ws)), requested=requested, ws=ws,
     )  # fmt: skip
     return outcome.result if outcome is not None and outcome.status == "done" else None

@@ -298,7 +298,9 @@ def run_shape(run, splits, query_split: str = "test") -> Shape:
     )  # fmt: skip
 
 
-def training_shape(train, model_config, train_config, n_seeds: int, n_query: int = 0, n_val: int = 0) -> Shape:
+def training_shape(
+    train, model_config, train_config, n_seeds: int, n_query: int = 0, n_val: int = 0
+) -> Shape:
     """The Shape of a training on the ExampleSet `train` not run yet: the model is built once (untrained) to
     count its parameters."""
     from tda_explorer.backend.grads import ParamSubset

@@ -46,7 +46,9 @@ def cancellable(progress: Progress | None, flag: threading.Event | None = None) 
 
     def update(done: int, total: int, msg: str) -> None:
         if flag is not None and flag.is_set():
-            raise Cancelled("cancelled; the parts already finished are kept in the workspace and will be reused.")
+            raise Cancelled(
+                "cancelled; the parts already finished are kept in the workspace and will be reused."
+            )
         check_cancelled()
         if progress is not None:
             progress(done, total, msg)

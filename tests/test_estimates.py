@@ -42,8 +42,13 @@ def test_estimates_order_the_demo_steps_as_measured():
     assert grad_dot < train5 < trak < lds
     assert trak_tuned < trak
     assert train10 == pytest.approx(2 * train5, rel=0.1)
-    assert estimate_map(4500, first_in_process=True).seconds > estimate_map(4500, first_in_process=False).seconds
-    assert estimate_dtda({"base": "influence", "seeds": 2}, DEMO).seconds < estimate_dtda({"base": "influence"}, DEMO).seconds
+    assert (
+        estimate_map(4500, first_in_process=True).seconds > estimate_map(4500, first_in_process=False).seconds
+    )
+    assert (
+        estimate_dtda({"base": "influence", "seeds": 2}, DEMO).seconds
+        < estimate_dtda({"base": "influence"}, DEMO).seconds
+    )
 
 
 def test_estimate_of_a_tiny_training_is_within_a_factor_of_5(tmp_path):
@@ -53,9 +58,13 @@ def test_estimate_of_a_tiny_training_is_within_a_factor_of_5(tmp_path):
     splits = load_dataset(DatasetSpec("digits"))
     cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=10, batch_size=64)
     warm = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=1, batch_size=64)
-    train_run(splits, default_model_config("logreg"), warm, [0], Workspace(tmp_path / "warm"), LocalExecutor(1))
+    train_run(
+        splits, default_model_config("logreg"), warm, [0], Workspace(tmp_path / "warm"), LocalExecutor(1)
+    )
     start = time.perf_counter()
-    run = train_run(splits, default_model_config("logreg"), cfg, [0, 1], Workspace(tmp_path), LocalExecutor(1))
+    run = train_run(
+        splits, default_model_config("logreg"), cfg, [0, 1], Workspace(tmp_path), LocalExecutor(1)
+    )
     measured = time.perf_counter() - start
     shape = run_shape(run, splits)
     assert (shape.n_train, shape.epochs, shape.n_seeds) == (len(splits.train), 10, 2)

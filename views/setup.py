@@ -98,13 +98,17 @@ elif not problem and spec_args.get("name"):
     cfg = default_train_config(arch)
     if epochs:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
-    train_key = f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
+    train_key = (
+        f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
+    )
     if submitted or appjobs.involved(train_key):
         try:
             splits = appkit.cached_dataset(json.dumps(spec.to_dict(), sort_keys=True))
             mcfg = default_model_config(arch)
             todo = new_seeds(ws, splits, mcfg, cfg, range(int(seeds)))
-            estimate = estimate_training(training_shape(splits.train, mcfg, cfg, int(seeds)), todo, load_calibration(ws))
+            estimate = estimate_training(
+                training_shape(splits.train, mcfg, cfg, int(seeds)), todo, load_calibration(ws)
+            )
             if not todo:
                 estimate = Estimate(0.0, [])
             outcome = appjobs.run_step(
