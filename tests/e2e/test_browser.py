@@ -3,7 +3,8 @@
 The first hour of a new user (issue 17), on a fresh workspace: the app opens on a ready MNIST demo
 (trained over 5 seeds with Grad-Dot and TRAK, no click on Setup); TRAK's default is reused from the cache;
 the Attribution page explains a prediction and a mistake at the predicted class; d-TDA across the seeds;
-the map; a flag; the pruned lists exported and read back; training again with more seeds in the same
+the map and a lasso selection on it; a flag; the pruned lists exported and read back; the Evaluation page's
+LDS ground truth started after its estimate and cancelled (the app stays usable); training again with more seeds in the same
 session (this crashed before); a wine CSV upload trained; then the server restarts and a deep link
 restores the view, with the flag still there. Screenshots of every step go to `test-artifacts/e2e/`.
 """
@@ -124,6 +125,39 @@ def pick(page, label: str, presses: int = 2) -> None:
     settle(page)
 
 
+def start_if_asked(page, name: str | None = None) -> None:
+    """A step estimated over 30 s first shows its estimate with Start / Cancel: answer Start."""
+    start = page.get_by_role("button", name="Start", exact=True)
+    progress = page.locator('[data-testid="stProgress"]')
+    for _ in range(100):  # either the question or the progress bar (or the result) shows up
+        if start.count() or progress.count() or page.get_by_text("variance influence").count():
+            break
+        page.wait_for_timeout(200)
+    if start.count():
+        assert page.get_by_text(re.compile("is estimated at about")).count() >= 1
+        if name:
+            shot(page, name)
+        start.click()
+
+
+def lasso(page) -> None:
+    """Draw a lasso over the middle of the first Plotly chart (its modebar's Lasso Select tool)."""
+    plot = page.locator(".js-plotly-plot").first
+    plot.hover()
+    plot.locator('[data-title="Lasso Select"]').first.click()
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    cx, cy, r = (
+        box["x"] + box["width"] / 2,
+        box["y"] + box["height"] / 2,
+        min(box["width"], box["height"]) / 3,
+    )
+    page.mouse.move(cx - r, cy - r)
+    page.mouse.down()
+    for x, y in ((cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r), (cx - r, cy - r)):
+        page.mouse.move(x, y, steps=8)
+    page.mouse.up()
+
+
 @pytest.fixture
 def last_shot(page):
     """A screenshot of the last view, also when the test fails (test-artifacts/e2e/99-last-view.png)."""
@@ -165,18 +199,24 @@ def test_first_hour(server, page, tmp_path, last_shot):
     assert "query=" in link and "run=" in link and "attributor=" in link
     query_id = re.search(r"query=([^&]+)", link).group(1)
 
-    # 3. d-TDA across the 5 seeds with the default per-seed response.
+    # 3. d-TDA across the 5 seeds with the default per-seed response (in the background, with progress).
     open_page(page, "d-TDA")
     page.get_by_role("button", name="Compute (or reuse) across all seeds").click()
+    start_if_asked(page)
     page.get_by_text("variance influence").first.wait_for(timeout=240_000)
     settle(page)
     shot(page, "05-dtda")
 
-    # 4. The map (UMAP of penultimate features).
+    # 4. The map (UMAP of penultimate features); lasso a region and see its examples.
     open_page(page, "Map")
     page.locator(".js-plotly-plot").first.wait_for(timeout=240_000)
     settle(page)
     shot(page, "06-map")
+    lasso(page)
+    page.get_by_text(re.compile(r"\d+ training example\(s\) selected")).first.wait_for()
+    settle(page)
+    assert page.get_by_text(re.compile(r"Preview \(\d+ of \d+\)")).count() == 1
+    shot(page, "06b-map-lasso")
 
     # 5. Flag the most suspicious training example.
     open_page(page, "Mislabels")
@@ -213,6 +253,22 @@ def test_first_hour(server, page, tmp_path, last_shot):
     removed = pd.read_csv(exports / f"{base}-removed.csv", dtype={"id": str})
     assert len(kept) + len(removed) == 4000
     assert parquet.loc[parquet["flagged"], "id"].tolist() == [flagged_id]
+
+    # 6b. Evaluation: the LDS ground truth is long; its estimate comes first, then progress, then Cancel.
+    open_page(page, "Evaluation")
+    settle(page)
+    page.get_by_role("button", name="Compute (or reuse) the LDS ground truth").click()
+    start_if_asked(page, "08a-evaluation-estimate")
+    page.get_by_role("button", name="Cancel").wait_for()
+    page.wait_for_timeout(3000)  # a few retrainings in
+    shot(page, "08b-evaluation-lds-running")
+    page.get_by_role("button", name="Cancel").click()
+    page.get_by_text(re.compile("cancelled after")).first.wait_for(timeout=120_000)
+    settle(page)
+    shot(page, "08c-evaluation-lds-cancelled")
+    open_page(page, "Mislabels")  # the app stays usable after a cancel
+    page.get_by_text("1 flagged in this run").wait_for()
+    settle(page)
 
     # 7. Train again with more seeds in the same session: the new run is selected at once.
     open_page(page, "Setup")
