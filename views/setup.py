@@ -15,8 +15,17 @@ from tda_explorer.attributors import ATTRIBUTORS
 from tda_explorer.attributors.measurement import compute_test_scores
 from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
-from tda_explorer.errors import TDAError
-from tda_explorer.estimates import Estimate, estimate_training, load_calibration, new_seeds, training_shape
+from tda_explorer.errors import Cancelled, TDAError
+from tda_explorer.estimates import (
+    Estimate,
+    estimate_attributor,
+    estimate_training,
+    full_settings,
+    load_calibration,
+    new_seeds,
+    run_shape,
+    training_shape,
+)
 from tda_explorer.models import default_model_config
 from tda_explorer.store.uploads import UPLOAD_SUFFIXES, WEIGHT_SUFFIXES, save_upload
 from tda_explorer.training import TrainConfig, default_train_config, import_run, train_run
@@ -240,22 +249,57 @@ with st.form("attribute"):
                         values[s.name] = float(value)
             chosen_settings[method] = settings_kwargs(values)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
-if go:
-    for method in methods:
+
+
+def _is_stored(method: str, settings: dict) -> bool:
+    """Whether this run already has `method`'s test scores with these settings (a click only reloads them)."""
+    full = full_settings(method, settings)
+    return any(m["config"]["method"] == {"method": method, **full} for m in appkit.list_scores(ws, run.key))
+
+
+def _attribute(progress) -> list[tuple]:
+    """The background step: each picked attributor in turn (true-label and predicted-class scores, one fit);
+    `[(method, result or None, started, error or None)]`. A failure of one doesn't stop the others."""
+    data, out = appkit.dataset_of(run), []
+    for i, method in enumerate(methods):
+
+        def stage(done, total, msg, i=i, method=method):
+            progress(i + min(done, total) / max(total, 1), len(methods), f"{method}: {msg}")
+
+        started = datetime.now(UTC)
         try:
-            bar = st.progress(0.0, text=f"{method}…")
-            started = datetime.now(UTC)
-            result, _ = compute_test_scores(  # true-label and predicted-class scores, one fit
-                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), ws,
-                appkit.progress_callback(bar),
-            )  # fmt: skip
-            bar.empty()
-            st.session_state.score_key = result.key
-            meta = ws.meta("scores", result.key)
-            note = appkit.cache_note(result.seconds, meta.get("created"), appkit.was_reused(meta, started))
-            st.success(f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores. {note}.")
+            result, _ = compute_test_scores(run, data, method, chosen_settings.get(method, {}), ws, stage)
+            out.append((method, result, started, None))
+        except Cancelled:
+            raise
         except TDAError as e:
-            st.error(f"{method}: {e}")
+            out.append((method, None, started, str(e)))
+    return out
+
+
+attr_key = (
+    f"attribute:{ws.root}:{run.key}:{json.dumps([methods, chosen_settings], sort_keys=True, default=str)}"
+)
+if methods and (go or appjobs.involved(attr_key)):
+    shape, cal = run_shape(run, appkit.dataset_of(run)), load_calibration(ws)
+    tuned = any(
+        m["config"]["method"]["method"] in ("trak", "influence") for m in appkit.list_scores(ws, run.key)
+    )
+    todo = [m for m in methods if not _is_stored(m, chosen_settings.get(m, {}))]
+    parts = [
+        estimate_attributor(m, full_settings(m, chosen_settings.get(m, {})), shape, cal, tuned) for m in todo
+    ]
+    estimate = Estimate(sum(e.seconds for e in parts), [p for e in parts for p in e.parts],
+                        all(e.calibrated for e in parts))  # fmt: skip
+    outcome = appjobs.run_step(attr_key, f"Attributors {', '.join(methods)}", _attribute, estimate, go, ws)
+    for method, result, started, error in outcome.result if outcome and outcome.status == "done" else []:
+        if error is not None:
+            st.error(f"{method}: {error}")
+            continue
+        st.session_state.score_key = result.key
+        meta = ws.meta("scores", result.key)
+        note = appkit.cache_note(result.seconds, meta.get("created"), appkit.was_reused(meta, started))
+        st.success(f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores. {note}.")
 
 
 def _auto_choice(extra: dict) -> str:
