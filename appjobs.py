@@ -31,6 +31,7 @@ from tda_explorer.errors import Cancelled, TDAError
 from tda_explorer.estimates import ASK_ABOVE_S, Estimate, human_seconds, record_duration
 from tda_explorer.progress import cancel_scope, cancellable
 from tda_explorer.store import Workspace
+from tda_explorer.training.executor import in_process
 
 POLL_S = 0.5  # how often a waiting page redraws the bar
 WAIT_S: float | None = None  # a page waits at most this long per run (None = until the step ends; tests: 0)
@@ -120,7 +121,7 @@ def start(key: str, label: str, work: Callable, estimate: Estimate | None, ws: W
 
     def target() -> None:
         try:
-            with cancel_scope(job.cancel):
+            with cancel_scope(job.cancel), in_process():
                 job.result = work(cancellable(job.update, job.cancel))
             job.seconds = time.perf_counter() - job.started
             job.status = "done"

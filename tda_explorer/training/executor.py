@@ -49,6 +49,7 @@ class Executor(Protocol):
 
 
 POOL_MIN_JOB_SECONDS = 5.0
+_IN_PROCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("in_process", default=False)
 _JOB_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("job_progress", default=None)
 
 
@@ -56,6 +57,18 @@ def job_progress() -> Progress | None:
     """A Progress for the job running now in-process (`(done, total, msg)` within the job, e.g. epochs), or
     None (in a pool worker, or outside an executor). The executor maps it onto its overall progress."""
     return _JOB_PROGRESS.get()
+
+
+@contextlib.contextmanager
+def in_process():
+    """Within the block (this thread / context), a `LocalExecutor()` made without `workers` runs in-process
+    unless `$TDA_WORKERS` is set, also where a method makes one itself (e.g. TRAK's held-out retrainings):
+    the app's background steps use it, since a process pool spawned from a server thread only adds load."""
+    token = _IN_PROCESS.set(True)
+    try:
+        yield
+    finally:
+        _IN_PROCESS.reset(token)
 
 
 def _watch_parent(parent: int, interval: float = 1.0) -> None:
@@ -94,6 +107,8 @@ class LocalExecutor:
         self.auto = False
         if workers is None and os.environ.get("TDA_WORKERS"):
             workers = int(os.environ["TDA_WORKERS"])
+        if workers is None and _IN_PROCESS.get():
+            workers = 1
         if workers is None:
             self.auto, workers = True, min(os.cpu_count() or 1, 4)
         if workers < 1:

@@ -46,3 +46,15 @@ def test_cancel_stops_training_and_the_finished_seeds_are_reused(tmp_path):
               lambda done, total, msg: seen.append(msg))  # fmt: skip
     assert "1 seed(s) reused from the workspace" in seen[0]
     check_cancelled()  # outside the scope: a no-op
+
+
+def test_in_process_scope_keeps_nested_executors_in_this_process(monkeypatch):
+    from tda_explorer.training.executor import LocalExecutor as Local
+    from tda_explorer.training.executor import in_process
+
+    monkeypatch.delenv("TDA_WORKERS", raising=False)
+    assert Local().auto
+    with in_process():
+        inner = Local()
+        assert (inner.workers, inner.auto) == (1, False)
+    assert Local().auto
