@@ -236,7 +236,7 @@ def map_step(run, data, representation: str, include_test: bool, ws: Workspace, 
     """The map page's UMAP: started on view (asked first only when estimated long), in the background.
     Returns the MapResult, or None while it runs / waits for an answer (the page stops there)."""
     from tda_explorer.estimates import estimate_map, load_calibration
-    from tda_explorer.maps import compute_map
+    from tda_explorer.maps import LAYOUT, compute_map
 
     def work(progress):
         result = compute_map(run, data, representation, include_test, workspace=ws, progress=progress,
@@ -246,6 +246,13 @@ def map_step(run, data, representation: str, include_test: bool, ws: Workspace, 
 
     n = len(data.train) + (len(data.test) if include_test else 0)
     estimate = estimate_map(n, first_in_process=not _MAPS_DONE, cal=load_calibration(ws))
+    stored = {"run": run.key, "representation": representation,  # compute_map's artifact config (defaults)
+              **({"airrep": airrep_settings} if representation == "airrep" else {}),
+              "include_test": bool(include_test), "n_neighbors": 15, "seed": 0, "layout": LAYOUT}  # fmt: skip
+    if ws.exists("map", stored):  # reloaded, nothing to estimate or wait for
+        return compute_map(
+            run, data, representation, include_test, workspace=ws, airrep_settings=airrep_settings
+        )
     key = f"map:{ws.root}:{run.key}:{representation}:{include_test}:{airrep_settings}"
     outcome = run_step(key, f"Map ({representation})", work, estimate, requested=True, ws=ws)
     return outcome.result if outcome is not None and outcome.status == "done" else None
