@@ -23,6 +23,7 @@ attributor median rate and says so (`Estimate.calibrated` False). Units are coun
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
 
@@ -35,21 +36,23 @@ KEEP = 12  # observations kept per kind (the rate is their median)
 #: Wall time below which a step starts without asking (the app shows the estimate and Start/Cancel above).
 ASK_ABOVE_S = 30.0
 
-#: (fixed s, rate s/unit) per kind, measured on the development machine (2 cores, load ~0.5-2):
-#: the MNIST 5k MLP (4,000 train, 500 test, 109,386 parameters, head 1,290) demo steps; see
-#: `benchmarks/app_latency.py` for predicted vs measured.
+#: (fixed s, rate s/unit) per kind on an idle machine, measured on the development machine (2 cores) with the
+#: MNIST 5k MLP demo (4,000 train, 500 test examples, 235,146 parameters, head 1,290) at load 0.3-3:
+#: 5 seeds 12.5 s, Grad-Dot 0.8 s, TRAK (1 model, "auto" with its 16 retrainings) 79.6 s, d-TDA (influence
+#: over the head, 5 seeds) 65.8 s, first map 34.7 s; and digits logistic regression (per-step overhead).
+#: `benchmarks/app_latency.py` reports predicted vs measured for every step of the journey.
 DEFAULTS: dict[str, tuple[float, float]] = {
     "train:steps": (0.3, 1.0e-3),
     "train": (0.0, 1.1e-10),
-    "attr:grad_dot": (0.3, 1.0e-7),
-    "attr:grad_cos": (0.3, 1.0e-7),
-    "attr:tracin": (0.3, 1.0e-7),
+    "attr:grad_dot": (0.3, 8.6e-8),
+    "attr:grad_cos": (0.3, 8.6e-8),
+    "attr:tracin": (0.3, 8.6e-8),
     "attr:repsim": (0.3, 1.0e-8),
-    "attr:trak": (1.0, 2.0e-8),
-    "attr:influence": (1.0, 2.0e-8),
-    "dtda:influence": (1.0, 2.0e-7),
-    "dtda:trak": (1.0, 2.0e-7),
-    "map": (1.0, 2.0e-3),
+    "attr:trak": (1.0, 5.5e-8),
+    "attr:influence": (1.0, 5.5e-8),
+    "dtda:influence": (1.0, 2.2e-6),
+    "dtda:trak": (1.0, 2.2e-6),
+    "map": (0.5, 1.5e-3),
     "map:compile": (15.0, 0.0),
 }
 _FALLBACK_KIND = "attr:trak"
@@ -83,6 +86,7 @@ class Estimate:
     seconds: float
     parts: list[tuple[str, float, float]] = field(default_factory=list)
     calibrated: bool = True
+    load: float = 1.0
 
     @property
     def ask(self) -> bool:
@@ -97,7 +101,8 @@ class Estimate:
             grouped[label] = grouped.get(label, 0.0) + seconds
         parts = " + ".join(f"{k} {human_seconds(s)}" for k, s in grouped.items())
         rough = "; rough: no measurement of this kind on this machine yet" if not self.calibrated else ""
-        return f"about {human_seconds(self.seconds)} ({parts}{rough})"
+        busy = f"; the machine is busy: x{self.load:.1f}" if self.load > 1.2 else ""
+        return f"about {human_seconds(self.seconds)} ({parts}{busy}{rough})"
 
 
 def human_seconds(seconds: float) -> str:
@@ -113,8 +118,9 @@ def human_seconds(seconds: float) -> str:
 class Calibration:
     """Per-kind (fixed, rate): `DEFAULTS` overridden by the workspace's recorded observations."""
 
-    def __init__(self, observations: dict[str, list[list[float]]] | None = None) -> None:
+    def __init__(self, observations: dict[str, list[list[float]]] | None = None, load: float = 1.0) -> None:
         self.observations = {k: [list(map(float, o)) for o in v] for k, v in (observations or {}).items()}
+        self.load = max(1.0, float(load))  # `load_factor()` now: CPU-bound work takes this much longer
 
     def fixed(self, kind: str) -> float:
         return DEFAULTS.get(kind, DEFAULTS[_FALLBACK_KIND])[0]
@@ -131,33 +137,49 @@ class Calibration:
 
     def seconds(self, kind: str, units: float) -> tuple[float, bool]:
         rate, measured = self.rate(kind)
-        return self.fixed(kind) + rate * units, measured
+        return (self.fixed(kind) + rate * units) * self.load, measured
 
 
-def load_calibration(ws: Workspace | None) -> Calibration:
-    """The workspace's calibration (`DEFAULTS` alone when it has none or it is unreadable)."""
+def load_factor() -> float:
+    """How much longer CPU-bound work takes now than on an idle machine: the 1-minute load average per CPU,
+    at least 1 (2 cores at load 10: 5x; measured on the demo, 5 seeds took 12.5 s at load 0.3, 102 s for
+    the same 5 seeds at load 11). Rates are stored per idle machine (divided by this when recorded)."""
+    try:
+        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    except OSError:
+        return 1.0
+
+
+def load_calibration(ws: Workspace | None, load: float | None = None) -> Calibration:
+    """The workspace's calibration (`DEFAULTS` alone when it has none or it is unreadable), for the machine's
+    current `load_factor()` unless `load` is given."""
+    load = load_factor() if load is None else load
     if ws is None:
-        return Calibration()
+        return Calibration(load=load)
     try:
         data = json.loads((ws.root / CALIBRATION_FILE).read_text())
-        return Calibration(data.get("observations", {}))
+        return Calibration(data.get("observations", {}), load)
     except (OSError, ValueError, AttributeError, TypeError):
-        return Calibration()
+        return Calibration(load=load)
 
 
-def record_duration(ws: Workspace, parts: list[tuple[str, float, float]], seconds: float) -> None:
+def record_duration(
+    ws: Workspace, parts: list[tuple[str, float, float]], seconds: float, load: float | None = None
+) -> None:
     """Record a finished step's measured wall `seconds` against its estimate's `parts` (kind, units,
-    predicted seconds): the time is split over the parts in proportion to their prediction, and each
-    part's kind keeps its last `KEEP` (units, seconds) observations. Written atomically."""
+    predicted seconds): the time, divided by the load factor (`load`, default `load_factor()` now), is
+    split over the parts in proportion to their prediction, and each part's kind keeps its last `KEEP`
+    (units, idle seconds) observations. Written atomically."""
     if seconds <= 0 or not parts:
         return
-    cal = load_calibration(ws)
+    cal = load_calibration(ws, 1.0)
     predicted = sum(p for _, _, p in parts) or 1.0
+    idle = seconds / (load_factor() if load is None else max(1.0, load))  # the time on an idle machine
     for kind, units, part in parts:
         if units <= 0:
             continue
         obs = cal.observations.setdefault(kind, [])
-        obs.append([float(units), float(seconds * part / predicted)])
+        obs.append([float(units), float(idle * part / predicted)])
         del obs[:-KEEP]
     ws.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ws.root / CALIBRATION_FILE, json.dumps({"observations": cal.observations}, indent=1))
@@ -189,7 +211,7 @@ def _sum(parts: list[tuple[str, float]], cal: Calibration) -> Estimate:
         s, measured = cal.seconds(kind, units)
         calibrated &= measured
         out.append((kind, float(units), s))
-    return Estimate(sum(s for _, _, s in out), out, calibrated)
+    return Estimate(sum(s for _, _, s in out), out, calibrated, cal.load)
 
 
 def training_parts(

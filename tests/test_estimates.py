@@ -74,13 +74,18 @@ def test_estimate_of_a_tiny_training_is_within_a_factor_of_5(tmp_path):
 
 def test_recorded_durations_recalibrate_the_rate(tmp_path):
     ws = Workspace(tmp_path)
-    before = estimate_training(DEMO, 5, load_calibration(ws))
-    record_duration(ws, before.parts, before.seconds * 3)  # this machine turned out 3x slower
-    after = estimate_training(DEMO, 5, load_calibration(ws))
+    before = estimate_training(DEMO, 5, load_calibration(ws, load=1.0))
+    record_duration(ws, before.parts, before.seconds * 3, load=1.0)  # this machine turned out 3x slower
+    after = estimate_training(DEMO, 5, load_calibration(ws, load=1.0))
     assert after.seconds == pytest.approx(3 * before.seconds, rel=0.05)
+    # a busy machine: the same observation made at load factor 3 is an idle-machine rate of 1x, and
+    # estimates made at load factor 2 take twice as long
+    record_duration(ws, before.parts, before.seconds * 3, load=3.0)
+    busy = estimate_training(DEMO, 5, Calibration(load=2.0))
+    assert busy.seconds == pytest.approx(2 * before.seconds) and "busy: x2.0" in busy.describe()
     assert (tmp_path / CALIBRATION_FILE).exists()
     (tmp_path / CALIBRATION_FILE).write_text("{not json")  # unreadable -> shipped defaults
-    assert load_calibration(ws).rate("train") == Calibration().rate("train")
+    assert load_calibration(ws, load=1.0).rate("train") == Calibration().rate("train")
 
 
 def test_an_unmeasured_kind_is_marked_rough_and_a_bad_shape_is_refused():
