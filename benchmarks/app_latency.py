@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(fresh, ignore_errors=True)
         print("journey on a fresh workspace:", flush=True)
         journey_load = os.getloadavg()
-        journey = measure_journey(fresh)
+        from tda_explorer.training.executor import in_process
+
+        with in_process():  # as the app's background steps: nested executors (TRAK's "auto") in-process too
+            journey = measure_journey(fresh)
         journey_load_after = os.getloadavg()
         shutil.rmtree(fresh, ignore_errors=True)
     run_key, score_key = prepare(args.method, args.arch)

@@ -233,7 +233,11 @@ METHOD_SECTIONS = (
     ("unrolled.json", "benchmarks.unrolled", "Unrolled (exact replay): fixed- vs fresh-seed LDS and cost"),
     ("airrep.json", "benchmarks.airrep", "AirRep: learned representations with attention pooling"),
     ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
-    ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),
+    (
+        "app_latency.json",
+        "benchmarks.app_latency",
+        "App: the first hour's default steps and the server time of a click",
+    ),
     ("byo.json", "benchmarks.byo", "Your own model: imported, attributed, evaluated with its own recipe"),
     (
         "robustness.json",
