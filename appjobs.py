@@ -34,6 +34,7 @@ from tda_explorer.store import Workspace
 from tda_explorer.training.executor import in_process
 
 POLL_S = 0.5  # how often a waiting page redraws the bar
+KEEP_S = 600.0  # a finished step stays reportable (to the sessions that waited for it) this long
 WAIT_S: float | None = None  # a page waits at most this long per run (None = until the step ends; tests: 0)
 
 
@@ -117,6 +118,11 @@ def start(key: str, label: str, work: Callable, estimate: Estimate | None, ws: W
         job = jobs.get(key)
         if job is not None and job.status == "running":
             return job
+        now = time.perf_counter()
+        for old in [
+            k for k, j in jobs.items() if j.status != "running" and now - j.started - j.seconds > KEEP_S
+        ]:
+            del jobs[old]  # finished long ago: its result is in the workspace, don't hold it in memory
         job = jobs[key] = Job(key, label, estimate)
 
     def target() -> None:
