@@ -52,8 +52,9 @@ def test_estimates_order_the_demo_steps_as_measured():
 
 
 def test_estimate_of_a_tiny_training_is_within_a_factor_of_5(tmp_path):
-    """digits logreg, 2 seeds x 10 epochs: predicted (shipped rates) vs measured wall time, within 5x either way
-    on a loaded 2-core machine (the per-step overhead dominates at this size; the demo-scale accuracy is in
+    """digits logreg, 2 seeds x 10 epochs: the measured wall time lies within 5x of the predicted band, from the
+    idle-machine prediction (shipped rates) to the one scaled by the load average now (the tests share 2 cores
+    with other work; the per-step overhead dominates at this size; the demo-scale accuracy is in
     benchmarks/app_latency). A first training warms the process up (torch imports its compiler lazily)."""
     splits = load_dataset(DatasetSpec("digits"))
     cfg = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-3, epochs=10, batch_size=64)
@@ -68,8 +69,9 @@ def test_estimate_of_a_tiny_training_is_within_a_factor_of_5(tmp_path):
     measured = time.perf_counter() - start
     shape = run_shape(run, splits)
     assert (shape.n_train, shape.epochs, shape.n_seeds) == (len(splits.train), 10, 2)
-    predicted = estimate_training(shape, 2).seconds
-    assert measured / 5 <= predicted <= measured * 5, (predicted, measured)
+    idle = estimate_training(shape, 2).seconds  # the idle-machine prediction
+    loaded = estimate_training(shape, 2, load_calibration(None)).seconds  # scaled by the load average now
+    assert idle / 5 <= measured <= max(idle, loaded) * 5, (idle, loaded, measured)
 
 
 def test_recorded_durations_recalibrate_the_rate(tmp_path):
