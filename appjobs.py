@@ -185,6 +185,12 @@ def run_step(
         return _wait(start(key, label, work, estimate, ws))
     if requested:
         pending.add(key)
+    start_key, dismiss_key = f"_job_start_{key}", f"_job_dismiss_{key}"
+    if key in pending and st.session_state.get(start_key):  # answered Start: no question drawn this time
+        pending.discard(key)
+        return _wait(start(key, label, work, estimate, ws))
+    if key in pending and st.session_state.get(dismiss_key):
+        pending.discard(key)
     if key in pending:
         box = st.container(border=True)
         box.warning(
@@ -192,19 +198,36 @@ def run_step(
             "It runs in the background: other pages stay usable, and you can cancel it (finished parts are kept)."
         )
         c1, c2 = box.columns(2)
-        if c1.button("Start", type="primary", key=f"_job_start_{key}"):
-            pending.discard(key)
-            return _wait(start(key, label, work, estimate, ws))
-        if c2.button("Cancel", key=f"_job_dismiss_{key}"):
-            pending.discard(key)
-            st.rerun()
+        c1.button("Start", type="primary", key=start_key)  # read on the rerun its click makes (above)
+        c2.button("Cancel", key=dismiss_key)
     return None
+
+
+def resume(prefix: str, skip: str | None = None) -> list[Outcome]:
+    """Steps whose key starts with `prefix` that run (any session) or that this session waited for and that
+    ended since: shown (progress, or their end) whatever the page's form shows now (a form is reset when its
+    page is left). `skip`: the key the page drives itself with `run_step`. Returns the Outcomes of those that
+    ended during this page run."""
+    jobs, lock = _jobs()
+    with lock:
+        keys = [
+            k for k, j in jobs.items()
+            if k.startswith(prefix) and k != skip and (j.status == "running" or k in _watching())
+        ]  # fmt: skip
+    out = []
+    for key in keys:
+        job = get(key)
+        outcome = _wait(job) if job.status == "running" else _finish(job)
+        if outcome is not None:
+            out.append(outcome)
+    return out
 
 
 def _wait(job: Job) -> Outcome | None:
     """Show the job's progress and a Cancel button until it ends (or `WAIT_S`); the Outcome if it ended."""
     _watching().add(job.key)
-    box = st.container(border=True)
+    holder = st.empty()  # cleared when the step ends
+    box = holder.container(border=True)
     if box.button("Cancel", key=f"_job_cancel_{job.key}", help="stops at the next progress step"):
         job.cancel.set()
     bar = box.progress(job.fraction, text=job.text())
@@ -217,7 +240,7 @@ def _wait(job: Job) -> Outcome | None:
         bar.progress(job.fraction, text=job.text())  # a click elsewhere interrupts the wait here, not the job
     if job.status == "running":
         return None
-    box.empty()
+    holder.empty()
     return _finish(job)
 
 
@@ -225,13 +248,16 @@ def _finish(job: Job) -> Outcome:
     """Report a finished job to this session once (its message shown here) and forget it for the session."""
     _watching().discard(job.key)
     if job.status == "cancelled":
-        st.info(f"{job.label}: cancelled after {human_seconds(job.seconds)}. {job.error}")
+        st.info(
+            f"{job.label}: cancelled after {human_seconds(job.seconds)}; the parts already finished are kept in "
+            "the workspace and will be reused."
+        )
     elif job.status == "error":
         st.error(f"{job.label}: {job.error}")
     return Outcome(job.status, job.result, job.error, job.seconds)
 
 
-__all__ = ["ASK_ABOVE_S", "Job", "Outcome", "get", "involved", "run_step", "running", "start"]
+__all__ = ["ASK_ABOVE_S", "Job", "Outcome", "get", "involved", "resume", "run_step", "running", "start"]
 
 
 # ---- the long steps of the pages, each as one call (the compute itself is tda_explorer's) ----

@@ -49,10 +49,15 @@ try:
     result = appkit.stored_dtda(root, run.key, settings)
 except TDAError as e:
     st.error(str(e))
+dtda_key = f"dtda:{root}:{run.key}:{json.dumps(settings, sort_keys=True)}"
+for ended in appjobs.resume(f"dtda:{root}:{run.key}:", skip=dtda_key):  # started before the form was reset
+    if ended.status == "done" and ended.result is not None and ended.result.config.get("method", {}) == {
+        **ended.result.config.get("method", {}), **settings}:  # fmt: skip
+        result = ended.result
 if result is None:  # computed in the background: an estimate first when long, progress, Cancel
     shape = run_shape(run, data)
     outcome = appjobs.run_step(
-        f"dtda:{root}:{run.key}:{json.dumps(settings, sort_keys=True)}",
+        dtda_key,
         f"d-TDA ({base}, {measurement}) over {len(run.seeds)} seeds",
         lambda progress: compute_dtda(run, data, settings, "test", ws, progress),
         estimate_dtda(DTDA(**settings).settings, shape, load_calibration(ws)),

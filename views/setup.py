@@ -95,14 +95,24 @@ with st.form("train"):
         "Label noise: fraction of training labels flipped (seeded, recorded)", 0.0, 0.5, 0.0, 0.05
     )
     submitted = st.form_submit_button("Train (or reuse the cached run)", type="primary")
+
+
+def _trained(outcome, reused: bool) -> None:
+    """A training step ended here: on success, select the new run and redraw (the sidebar lists it)."""
+    if outcome is None or outcome.status != "done":
+        return
+    run = outcome.result
+    meta = ws.meta("runs", run.key)
+    st.session_state._setup_flash = f"Run {run.key}: " + appkit.cache_note(
+        meta.get("extra", {}).get("seconds", outcome.seconds), meta.get("created"), reused
+    )
+    st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
+    st.rerun()  # so the sidebar, drawn before this page, lists the new run
+
+
 problem = spec_args.pop("_problem", None)
-if submitted and problem:
-    st.error(f"The uploaded file can't be used: {problem}")
-elif submitted and spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
-    st.error("Choose a file (or give a path) first.")
-elif not problem and spec_args.get("name"):
-    # the training step: runs in the background (an estimate first when long, progress, Cancel); the key is
-    # what would be trained, so re-opening the page (or a second click) shows the running training
+train_key = None
+if not problem and spec_args.get("name"):  # the step's key: what would be trained with the form as it is
     spec = DatasetSpec(noise_fraction=noise, **spec_args)
     cfg = default_train_config(arch)
     if epochs:
@@ -110,6 +120,15 @@ elif not problem and spec_args.get("name"):
     train_key = (
         f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
     )
+for ended in appjobs.resume(f"train:{ws.root}:", skip=train_key):  # started before the form was reset
+    _trained(ended, reused=False)
+if submitted and problem:
+    st.error(f"The uploaded file can't be used: {problem}")
+elif submitted and spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
+    st.error("Choose a file (or give a path) first.")
+elif train_key is not None:
+    # the training step: runs in the background (an estimate first when long, progress, Cancel); the key is
+    # what would be trained, so re-opening the page (or a second click) shows the running training
     if submitted or appjobs.involved(train_key):
         try:
             splits = appkit.cached_dataset(json.dumps(spec.to_dict(), sort_keys=True))
@@ -125,14 +144,7 @@ elif not problem and spec_args.get("name"):
                 lambda progress: train_run(splits, mcfg, cfg, range(int(seeds)), ws, appkit.app_executor(), progress),
                 estimate, requested=submitted, ws=ws,
             )  # fmt: skip
-            if outcome is not None and outcome.status == "done":
-                run = outcome.result
-                meta = ws.meta("runs", run.key)
-                st.session_state._setup_flash = f"Run {run.key}: " + appkit.cache_note(
-                    meta.get("extra", {}).get("seconds", outcome.seconds), meta.get("created"), todo == 0
-                )
-                st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
-                st.rerun()  # so the sidebar, drawn before this page, lists the new run
+            _trained(outcome, reused=todo == 0)
         except TDAError as e:
             st.error(str(e))
     elif (est := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds))) is not None:
