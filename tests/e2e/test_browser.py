@@ -176,7 +176,7 @@ def test_first_hour(server, page, tmp_path, last_shot):
     started = time.time()
     page.goto(server.url)
     # 1. First start: the demo is prepared with a progress bar, then Setup shows the ready run.
-    page.get_by_text("First start: preparing the MNIST demo").wait_for(timeout=60_000)
+    page.get_by_text("First start: preparing the MNIST demo").wait_for(timeout=long_ms(60_000))
     shot(page, "01-demo-preparing")
     page.get_by_text("Current run").wait_for(timeout=long_ms(300_000))
     settle(page)
