@@ -13,11 +13,13 @@ The model: `seconds = fixed + rate x units`, with `units` the work of the step c
 - LDS truth / pruning curve: retrainings x examples kept x epochs x parameters (the training rate);
 - map:           points (UMAP), plus the one-off numba compilation of the first map in a process.
 
-`fixed` and `rate` (seconds per unit) per kind ("train", "attr:trak", "dtda:influence", "map", ...) start
-from `DEFAULTS`, measured on the development machine (2 cores, MNIST 5k MLP demo), and are refreshed from
-the durations actually recorded in a workspace (`record_duration` -> `<workspace>/calibration.json`, the
-median of the last `KEEP` observed rates per kind). A kind nobody measured yet falls back to the
-attributor median rate and says so (`Estimate.calibrated` False). Units are counts, rates seconds.
+`fixed` and `rate` (seconds per unit, on an idle machine) per kind ("train", "attr:trak", "dtda:influence",
+"map", ...) start from `DEFAULTS`, measured on the development machine (2 cores, MNIST 5k MLP demo), and are
+refreshed from the durations actually recorded in a workspace (`record_duration` ->
+`<workspace>/calibration.json`, the median of the last `KEEP` observed rates per kind). A kind nobody
+measured yet borrows TRAK's rate and says so (`Estimate.calibrated` False). CPU-bound work on a shared
+machine slows down with its load, so an estimate is multiplied by `load_factor()` (the load average per CPU,
+at least 1) and a recorded duration divided by it. Units are counts, rates seconds.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ KEEP = 12  # observations kept per kind (the rate is their median)
 ASK_ABOVE_S = 30.0
 
 #: (fixed s, rate s/unit) per kind on an idle machine, measured on the development machine (2 cores) with the
-#: MNIST 5k MLP demo (4,000 train, 500 test examples, 235,146 parameters, head 1,290) at load 0.3-3:
-#: 5 seeds 12.5 s, Grad-Dot 0.8 s, TRAK (1 model, "auto" with its 16 retrainings) 79.6 s, d-TDA (influence
-#: over the head, 5 seeds) 65.8 s, first map 34.7 s; and digits logistic regression (per-step overhead).
+#: MNIST 5k MLP demo (4,000 train, 500 test examples, 235,146 parameters, head 1,290), one journey whose
+#: load rose from 0.3 to 6: 5 seeds 12.5 s, Grad-Dot 0.8 s, TRAK (1 model, "auto" with its 16 retrainings)
+#: 79.6 s, d-TDA (influence over the head, 5 seeds) 65.8 s, first map 34.7 s; digits logistic regression for
+#: the per-step overhead of training.
 #: `benchmarks/app_latency.py` reports predicted vs measured for every step of the journey.
 DEFAULTS: dict[str, tuple[float, float]] = {
     "train:steps": (0.3, 1.0e-3),
