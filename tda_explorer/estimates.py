@@ -18,8 +18,8 @@ The model: `seconds = fixed + rate x units`, with `units` the work of the step c
 refreshed from the durations actually recorded in a workspace (`record_duration` ->
 `<workspace>/calibration.json`, the median of the last `KEEP` observed rates per kind). A kind nobody
 measured yet borrows TRAK's rate and says so (`Estimate.calibrated` False). CPU-bound work on a shared
-machine slows down with its load, so an estimate is multiplied by `load_factor()` (the load average per CPU,
-at least 1) and a recorded duration divided by it. Units are counts, rates seconds.
+machine slows down with its load, so an estimate is multiplied by `load_factor()` (a power of the load
+average per CPU, at least 1) and a recorded duration divided by it. Units are counts, rates seconds.
 """
 
 from __future__ import annotations
@@ -143,14 +143,20 @@ class Calibration:
         return (self.fixed(kind) + rate * units) * self.load, measured
 
 
+#: Slowdown = (load average per CPU) ** LOAD_EXPONENT, fitted on the demo's steps measured at loads 0.3-28 on
+#: 2 cores (training 5 seeds: 12.5 s at load 0.3, 102 s at load 11, 87 s at load 23; TRAK, d-TDA and the map
+#: 3-5x slower at load ~25 than at load 2-6): a linear factor over-estimated by about 2x at high load.
+LOAD_EXPONENT = 0.8
+
+
 def load_factor() -> float:
-    """How much longer CPU-bound work takes now than on an idle machine: the 1-minute load average per CPU,
-    at least 1 (2 cores at load 10: 5x; measured on the demo, 5 seeds took 12.5 s at load 0.3, 102 s for
-    the same 5 seeds at load 11). Rates are stored per idle machine (divided by this when recorded)."""
+    """How much longer CPU-bound work takes now than on an idle machine, from the 1-minute load average per
+    CPU (at least 1). Rates are stored per idle machine (recorded durations are divided by this)."""
     try:
-        return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+        per_cpu = os.getloadavg()[0] / (os.cpu_count() or 1)
     except OSError:
         return 1.0
+    return max(1.0, per_cpu) ** LOAD_EXPONENT
 
 
 def load_calibration(ws: Workspace | None, load: float | None = None) -> Calibration:
