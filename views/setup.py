@@ -112,19 +112,23 @@ def _trained(outcome, reused: bool) -> None:
 
 problem = spec_args.pop("_problem", None)
 train_key = None
-if not problem and spec_args.get("name"):  # the step's key: what would be trained with the form as it is
-    spec = DatasetSpec(noise_fraction=noise, **spec_args)
-    cfg = default_train_config(arch)
-    if epochs:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
-    train_key = (
-        f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
-    )
+needs_path = spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path")
+if not problem and spec_args.get("name") and not needs_path:  # the step's key: what the form would train
+    try:
+        spec = DatasetSpec(noise_fraction=noise, **spec_args)
+        cfg = default_train_config(arch)
+        if epochs:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
+        train_key = (
+            f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
+        )
+    except TDAError as e:
+        st.error(str(e))
 for ended in appjobs.resume(f"train:{ws.root}:", skip=train_key):  # started before the form was reset
     _trained(ended, reused=False)
 if submitted and problem:
     st.error(f"The uploaded file can't be used: {problem}")
-elif submitted and spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
+elif submitted and needs_path:
     st.error("Choose a file (or give a path) first.")
 elif train_key is not None:
     # the training step: runs in the background (an estimate first when long, progress, Cancel); the key is

@@ -95,3 +95,17 @@ def test_a_short_step_starts_without_asking(session, monkeypatch):
     assert not at.exception, at.exception
     assert not at.warning
     assert at.session_state["run_key"]  # trained and selected in the same click
+
+
+def test_upload_without_a_file_yet_draws_and_asks_for_one(session):
+    """Choosing "Upload a table" shows the uploader (the training step's key needs no file yet), and Train
+    without a file says what to do."""
+    at = session()
+    at.run()
+    at.radio[0].set_value("Upload a table")
+    at.run()
+    assert not at.exception, at.exception
+    next(b for b in at.button if b.label.startswith("Train")).click()
+    at.run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["Choose a file (or give a path) first."]
