@@ -38,7 +38,7 @@ with st.form("dtda"):
     )
     base = c2.selectbox(
         "Per-seed attribution", BASES, help="influence (EK-FAC), TRAK or Source at each seed, over the last layer "
-        "by default (about 20 s for the 5-seed MNIST demo; all parameters took 463 s)",
+        "by default (its time is estimated before it starts; all parameters took 463 s on the demo)",
     )  # fmt: skip
     go = st.form_submit_button("Compute (or reuse) across all seeds", type="primary")
 settings = {"base": base, "measurement": measurement}
