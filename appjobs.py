@@ -293,7 +293,7 @@ def map_step(run, data, representation: str, include_test: bool, ws: Workspace, 
 def scores_step(run, data, method: str, settings: dict, split: str, ws: Workspace, requested: bool):
     """`method`'s scores of the `split` queries (e.g. the validation set for pruning) as a background step.
     Returns the ScoreResult when it finished during this page run, else None."""
-    from tda_explorer.attributors.cache import compute_scores, list_scores
+    from tda_explorer.attributors.scores import compute_scores, list_scores
     from tda_explorer.estimates import estimate_attributor, full_settings, load_calibration, run_shape
 
     key = f"scores:{ws.root}:{run.key}:{method}:{split}:{sorted(settings.items())}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tda_explorer.attributors.cache import ScoreResult, compute_scores, list_scores, load_scores
+from tda_explorer.attributors.scores import ScoreResult, compute_scores, list_scores, load_scores
 from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainedRun, load_run
@@ -190,23 +190,9 @@ def stored_dtda(root: str, run_key: str, settings: dict):
 
 def stored_dtda_validation(root: str, dtda_config: dict):
     """The newest stored d-TDA validation made from this d-TDA result, or None."""
-    from tda_explorer.evaluation.dtda import VALIDATION_KIND, DTDAValidation
-    from tda_explorer.store import load_array
+    from tda_explorer.evaluation.dtda import stored_dtda_validation
 
-    ws = Workspace(root)
-    for meta in ws.list(VALIDATION_KIND):
-        if meta["config"].get("dtda") == dtda_config:
-            path = ws.path(VALIDATION_KIND, meta["key"])
-            return DTDAValidation(
-                pairs=tuple(tuple(p) for p in meta["config"]["pairs"]),
-                seeds=tuple(meta["config"]["seeds"]),
-                measurement=dtda_config["method"]["measurement"],
-                with_data=load_array(path / "with_data.npy"),
-                predicted=load_array(path / "predicted.npy"),
-                retrained=load_array(path / "retrained.npy"),
-                key=meta["key"],
-            )
-    return None
+    return stored_dtda_validation(dtda_config, Workspace(root))
 
 
 def ids_from_rows(ids: list[str], rows: list[int]) -> list[str]:

@@ -55,7 +55,7 @@ from tda_explorer.attributors.airrep.data import (
     data_config,
 )
 from tda_explorer.attributors.airrep.pooling import group_scores
-from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.attributors.scores import compute_scores
 from tda_explorer.data import DatasetSpec, load_dataset
 from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_groups, lds_score
 from tda_explorer.models import MLPConfig
@@ -153,7 +153,7 @@ def timed_baseline(ws: Workspace, run, splits, name: str, repeats: int) -> Basel
 
 
 def cached_baseline(ws: Workspace, run, splits, name: str) -> Baseline:
-    """Scores through the shared score cache (`attributors.cache.compute_scores`); not timed per query."""
+    """Scores through the shared score cache (`attributors.scores.compute_scores`); not timed per query."""
     method, settings = BASELINES[name]
     load = loadavg()
     result = compute_scores(run, splits, method, settings, "test", ws, progress_printer(name))

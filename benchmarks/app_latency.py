@@ -39,7 +39,7 @@ BUDGET_MS = 300.0
 
 def prepare(method: str, arch: str, dataset: str = "mnist5k", workspace: Path = WORKSPACE) -> tuple[str, str]:
     """Train (or reuse) the run and compute (or reuse) `method`'s test scores; (run key, score key)."""
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.models import default_model_config
     from tda_explorer.store import Workspace
@@ -66,9 +66,10 @@ def measure_journey(workspace: Path) -> list[dict]:
     """
     from sklearn.datasets import load_wine
 
-    from tda_explorer.attributors.cache import compute_scores
-    from tda_explorer.attributors.dtda import DTDA, compute_dtda
+    from tda_explorer.attributors.dtda import compute_dtda
     from tda_explorer.attributors.measurement import compute_test_scores
+    from tda_explorer.attributors.scores import compute_scores
+    from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.demo import DEMO_ARCH, DEMO_ATTRIBUTORS, DEMO_DATASET, DEMO_SEEDS
     from tda_explorer.estimates import (
@@ -85,7 +86,6 @@ def measure_journey(workspace: Path) -> list[dict]:
     from tda_explorer.evaluation.mislabel import training_loss_scores
     from tda_explorer.maps import compute_map
     from tda_explorer.models import default_model_config
-    from tda_explorer.selection import curve_fractions, removal_mask, usefulness
     from tda_explorer.store import Workspace
     from tda_explorer.store.exports import export_table, write_exports
     from tda_explorer.training import LocalExecutor, default_train_config, train_run
@@ -121,7 +121,7 @@ def measure_journey(workspace: Path) -> list[dict]:
               estimate_attributor(method, full_settings(method, settings), shape))  # fmt: skip
     timed(f"d-TDA default ({DTDA_DEFAULT['base']}, {DTDA_DEFAULT['measurement']}), all {DEMO_SEEDS} seeds",
           lambda: compute_dtda(run, splits, DTDA_DEFAULT, "test", ws),
-          estimate_dtda(DTDA(**DTDA_DEFAULT).settings, shape))  # fmt: skip
+          estimate_dtda(full_settings("dtda", DTDA_DEFAULT), shape))  # fmt: skip
     timed("map: first UMAP of the penultimate features (numba compilation included)",
           lambda: compute_map(run, splits, "penultimate", False, workspace=ws),
           estimate_map(len(splits.train), first_in_process=True))  # fmt: skip

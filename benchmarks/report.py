@@ -224,7 +224,7 @@ def suite_section(doc: dict) -> str:
     return "\n".join(parts)
 
 
-EXTRA_SECTIONS = ("SCALE.md",)
+EXTRA_SECTIONS = ("SCALE.md", "DESIGN_MEASUREMENTS.md")
 
 #: Per-method benchmarks (`{mode: result}` JSON files), rendered by their own module's `markdown(result)`.
 METHOD_SECTIONS = (

@@ -158,22 +158,26 @@ def _run_line(meta: dict) -> str:
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from tda_explorer.attributors.cache import compute_scores
-    from tda_explorer.cli_commands.common import check_method
+    from tda_explorer.attributors.scores import compute_scores
+    from tda_explorer.cli_commands.common import Context, check_method, method_settings_from_args
+    from tda_explorer.cli_commands.explain import check_measurement, measured, result_kind
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.store import Workspace
     from tda_explorer.training import load_run
 
-    check_method(args.method, parse_settings(args.set or []))  # a bad setting fails before any work
+    settings = method_settings_from_args(args)
+    check_method(args.method, settings)  # a bad setting fails before any work
+    measurement = check_measurement(args.measurement, args.split, "true_label")
     ws = Workspace(args.workspace)
     run = load_run(args.run, ws)
     splits = load_dataset(DatasetSpec.from_dict(run.dataset))
     update, bar = _progress_bar(f"attribute {args.method}")
-    result = compute_scores(run, splits, args.method, parse_settings(args.set or []), args.split, ws, update)
+    result = compute_scores(run, splits, args.method, settings, args.split, ws, update)
     bar.close()
+    result = measured(Context(ws, run, splits), result, measurement)
     print(
-        f"{args.method}: scores {result.scores.shape[0]} queries x {result.scores.shape[1]} train "
-        f"({result.seconds:.1f} s) stored in {ws.path('scores', result.key)}"
+        f"{args.method}{' (predicted class)' if measurement == 'predicted' else ''}: scores {result.scores.shape[0]} queries x {result.scores.shape[1]} train "
+        f"({result.seconds:.1f} s) stored in {ws.path(result_kind(measurement), result.key)}"
     )
     return 0
 
@@ -213,12 +217,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         progress=update,
     )
     bar.close()
-    accs = [m["test_acc"] for m in run.metrics.values()]
-    print(
-        f"imported {len(run.seeds)} seed(s), mean test accuracy {sum(accs) / len(accs):.4f}", file=sys.stderr
-    )
-    print(run.key)
-    return 0
+    return _report_import(run)
 
 
 def _import_hf(args: argparse.Namespace) -> int:
@@ -243,6 +242,11 @@ def _import_hf(args: argparse.Namespace) -> int:
         progress=update,
     )
     bar.close()
+    return _report_import(run)
+
+
+def _report_import(run) -> int:
+    """Print an imported run's mean test accuracy (stderr) and its key (stdout); exit code 0."""
     accs = [m["test_acc"] for m in run.metrics.values()]
     print(
         f"imported {len(run.seeds)} seed(s), mean test accuracy {sum(accs) / len(accs):.4f}", file=sys.stderr
@@ -271,6 +275,8 @@ def _add_data_args(p: argparse.ArgumentParser, datasets: Sequence[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from tda_explorer.attributors import ATTRIBUTORS
     from tda_explorer.cli_commands import add_commands, settings_epilog
+    from tda_explorer.cli_commands.common import add_method_flags
+    from tda_explorer.cli_commands.explain import add_measurement_arg
     from tda_explorer.data import DATASET_NAMES
     from tda_explorer.models import MODEL_CONFIGS
 
@@ -362,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--method", required=True, metavar="M", help=f"one of {', '.join(sorted(ATTRIBUTORS))}")
     a.add_argument("--split", default="test", choices=["test", "val"], help="query split (default test)")
     a.add_argument("--set", action="append", metavar="KEY=VALUE", help="attributor setting, e.g. params=head")
+    add_measurement_arg(
+        a, "default true_label (the stored scores); predicted also stores the predicted-class rows"
+    )
+    add_method_flags(a)  # --proj-dim 512, --solver exact, ... (every method's settings)
     a.set_defaults(func=cmd_attribute)
     add_commands(sub)  # explain, dtda, map, export, evaluate, mislabels, flags, prune
     return parser

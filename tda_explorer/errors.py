@@ -29,3 +29,10 @@ class ArtifactError(TDAError, RuntimeError):
 
 class Cancelled(TDAError, RuntimeError):
     """A long step was stopped on request (`tda_explorer.progress.cancel_scope`); finished parts are kept."""
+
+
+def check_choice(what: str, value: object, choices) -> None:
+    """ConfigError `"<what> <value!r> is not one of <choices>."` unless `value` is one of `choices`."""
+    if value not in choices:
+        shown = sorted(choices) if isinstance(choices, (set, frozenset, dict)) else tuple(choices)
+        raise ConfigError(f"{what} {value!r} is not one of {shown}.")

@@ -261,8 +261,9 @@ def estimate_attributor(
 
 def _tunes(method: str, settings: dict) -> bool:
     """Whether `method` with these settings makes the held-out retrainings of an "auto" default."""
-    if method == "trak":
-        return settings.get("regularization", "auto") == "auto" and settings.get("tune_subsets", 1) != 0
+    if method == "trak":  # "damping" (formerly "regularization") = "auto" by default
+        auto = settings.get("damping", settings.get("regularization", "auto")) == "auto"
+        return auto and settings.get("tune_subsets", 1) != 0
     if method == "influence":
         return (
             settings.get("solver", "ekfac") in ("ekfac", "kfac")
@@ -279,9 +280,12 @@ def full_settings(method: str, settings: dict) -> dict:
     from tda_explorer.attributors.base import make_attributor
 
     try:
-        full = make_attributor(method, **dict(settings)).settings
+        attr = make_attributor(method, **dict(settings))
     except (ConfigError, TypeError):
         return dict(settings)
+    if hasattr(attr, "get_params"):
+        return dict(attr.get_params())
+    full = attr.settings
     return dataclasses.asdict(full) if dataclasses.is_dataclass(full) else dict(full)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +27,14 @@ from tda_explorer.backend.grads import example_grads
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import (
+    ArtifactKind,
+    Workspace,
+    load_array,
+    register_kind,
+    require_workspace,
+    save_array,
+)
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -43,11 +51,27 @@ class MapResult:
     key: str
 
 
+def _load_map(path: Path, meta: dict) -> MapResult:
+    extra = meta["extra"]
+    return MapResult(load_array(path / "coords.npy"), extra["ids"], extra["split"], path.name)
+
+
+MAP = register_kind(
+    ArtifactKind(
+        "map",
+        files=("coords.npy",),
+        save=lambda d, coords: save_array(d, "coords", coords),
+        load=_load_map,
+        recompute="draw the map again (the app's Map page or `tda-explorer map ...`)",
+    )
+)
+
+
 def airrep_sources(workspace: Workspace, run_key: str) -> list[dict]:
     """Fitted AirRep encoders of a run: one `{"score_key", "settings", "encoder_key"}` per stored AirRep
     score artifact whose encoder is still in the workspace, newest first."""
     from tda_explorer.attributors.airrep.train import ENCODER_KIND
-    from tda_explorer.attributors.cache import list_scores
+    from tda_explorer.attributors.scores import list_scores
 
     out = []
     for meta in list_scores(workspace, run_key):
@@ -96,7 +120,9 @@ def example_representation(
     if name == "airrep":
         if airrep_settings is None:
             raise ConfigError("the airrep representation needs the settings of a computed AirRep.")
-        return airrep_embeddings(run, splits, airrep_settings, include_test, workspace or Workspace())
+        return airrep_embeddings(
+            run, splits, airrep_settings, include_test, require_workspace(workspace, "example_representation")
+        )
     model = run.model()
     parts = [splits.train] + ([splits.test] if include_test else [])
     out = []
@@ -122,7 +148,7 @@ def compute_map(
     airrep_settings: dict | None = None,
 ) -> MapResult:
     """UMAP coordinates of the run's examples (cached; see module docstring)."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "compute_map")
     cfg = {
         "run": run.key,
         "representation": representation,
@@ -134,20 +160,19 @@ def compute_map(
     }
     ids = list(splits.train.ids) + (list(splits.test.ids) if include_test else [])
     split = ["train"] * len(splits.train) + (["test"] * len(splits.test) if include_test else [])
-    if not ws.exists("map", cfg):
+
+    def compute() -> np.ndarray:
         if progress:
             progress(0, 2, f"{representation} features")
         feats = example_representation(run, splits, representation, include_test, airrep_settings, ws)
         if progress:
             progress(1, 2, "UMAP layout (the first map of a server compiles numba code: ~15 s)")
         coords = umap_layout(feats, n_neighbors, seed)
-        with ws.write("map", cfg, extra={"ids": ids, "split": split}) as d:
-            save_array(d, "coords", coords)
         if progress:
             progress(2, 2, "done")
-    path = ws.open("map", cfg)
-    meta = ws.meta("map", path.name)
-    return MapResult(load_array(path / "coords.npy"), meta["extra"]["ids"], meta["extra"]["split"], path.name)
+        return coords
+
+    return ws.cached(MAP.name, cfg, compute, extra={"ids": ids, "split": split})
 
 
 # How the layout is made (part of the map's key): exact cosine k-nearest neighbours (brute force, no

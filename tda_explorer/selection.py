@@ -1,16 +1,12 @@
-"""Pure functions behind the app's selections: chart events to example ids, pruning choices, agreement.
+"""Chart selections to example ids: the pure function behind the app's clickable charts.
 
-Kept free of Streamlit and plotly objects so they are tested directly (AppTest cannot click charts).
+Kept free of Streamlit and plotly objects so it is tested directly (AppTest cannot click charts). The
+pruning choices live in `backend.usefulness`, rank agreement in `backend.stats`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-
-import numpy as np
-from scipy.stats import spearmanr
-
-from tda_explorer.errors import ConfigError
 
 
 def ids_from_selection(event: Mapping | None) -> list[str]:
@@ -32,59 +28,3 @@ def ids_from_selection(event: Mapping | None) -> list[str]:
         if str(example_id) not in out:
             out.append(str(example_id))
     return out
-
-
-def usefulness(scores: np.ndarray) -> np.ndarray:
-    """Per-training-example usefulness `[n_train]`: the mean score over the queries (positive = helps them).
-
-    With influence-type scores this is the predicted decrease of the mean query loss per example kept;
-    the most harmful examples have the most negative usefulness.
-    """
-    return np.asarray(scores, dtype=np.float64).mean(axis=0)
-
-
-def removal_mask(
-    useful: np.ndarray, fraction: float | None = None, threshold: float | None = None
-) -> np.ndarray:
-    """Boolean `[n_train]`, True for the examples to remove: the `fraction` least useful ones, or every
-    example whose usefulness is below `threshold`. Exactly one of the two must be given; ties broken by
-    position (stable sort) so the choice is deterministic."""
-    useful = np.asarray(useful, dtype=np.float64)
-    if (fraction is None) == (threshold is None):
-        raise ConfigError(
-            "give exactly one of fraction (e.g. 0.1) or threshold (a score) to choose removals."
-        )
-    mask = np.zeros(len(useful), dtype=bool)
-    if fraction is not None:
-        if not 0.0 <= fraction < 1.0:
-            raise ConfigError(f"fraction to remove must be in [0, 1), got {fraction}.")
-        k = int(round(fraction * len(useful)))
-        mask[np.argsort(useful, kind="stable")[:k]] = True
-    else:
-        mask = useful < float(threshold)
-    return mask
-
-
-def curve_fractions(largest: float, step: float = 0.1) -> tuple[float, ...]:
-    """Removed fractions `0, step, 2*step, ..., largest` (rounded to 1e-6) for a pruning curve."""
-    if not 0.0 < step <= largest < 1.0:
-        raise ConfigError(f"need 0 < step <= largest < 1, got step={step}, largest={largest}.")
-    n = int(round(largest / step))
-    return tuple(round(min(i * step, largest), 6) for i in range(n + 1))
-
-
-def rank_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:
-    """Agreement of two attributors' score rows for one query (both `[n_train]`).
-
-    Returns:
-        {"spearman": rank correlation, "top_k_overlap": |top-k(a) ∩ top-k(b)| / k,
-         "bottom_k_overlap": the same for the k most opposing}.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ConfigError(f"score rows differ in shape: {a.shape} vs {b.shape}.")
-    k = min(k, len(a))
-    rho = spearmanr(a, b).statistic if len(a) > 1 else float("nan")
-    top = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
-    bottom = len(set(np.argsort(a)[:k]) & set(np.argsort(b)[:k])) / k
-    return {"spearman": float(rho), "top_k_overlap": top, "bottom_k_overlap": bottom}

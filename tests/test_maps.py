@@ -10,7 +10,7 @@ import torch
 
 from tda_explorer.attributors import make_attributor
 from tda_explorer.attributors.airrep.train import ENCODER_KIND
-from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.attributors.scores import compute_scores
 from tda_explorer.data import DatasetSpec, load_dataset
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from tda_explorer.backend.stats import rank_agreement
+from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
 from tda_explorer.errors import ConfigError
-from tda_explorer.selection import ids_from_selection, rank_agreement, removal_mask, usefulness
+from tda_explorer.selection import ids_from_selection
 
 
 def test_ids_come_from_custom_data_not_indices():
@@ -56,7 +58,6 @@ def test_rank_agreement_matches_scipy_and_overlaps():
 
 
 def test_curve_fractions_start_at_zero_and_end_at_the_largest():
-    from tda_explorer.selection import curve_fractions
 
     assert curve_fractions(0.5) == (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
     assert curve_fractions(0.3, step=0.15) == (0.0, 0.15, 0.3)

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import streamlit as st
 
+import appgallery
 import appkit
-from tda_explorer.selection import rank_agreement
-from tda_explorer.viz import example_caption, example_image, example_markdown
+import apptrust
+from tda_explorer.backend.stats import rank_agreement
 
 MEASURES = {"predicted": "the predicted class", "true_label": "the true label's loss"}
 
@@ -33,6 +34,7 @@ c1, c2, c3 = st.columns([2, 2, 3])
 appkit.synced_selectbox("Attributor", keys, "score_key", c1, format_func=names.get)
 meta = next(m for m in stored if m["key"] == st.session_state.score_key)
 c1.caption(appkit.cache_note(meta["extra"]["seconds"], meta["created"], reused=True))
+apptrust.lds_cue(run, st.session_state.score_key, c1, "attribution")
 compare_key = c2.selectbox(
     "Compare with (optional)",
     [None, *[k for k in keys if k != st.session_state.score_key]],
@@ -46,6 +48,7 @@ measurement = c3.radio(
     help="Predicted class: a supporting example pushes the model toward what it predicted (for a mistake: "
     "why it made it). True label: a supporting example lowers the loss of the correct label.",
 )
+apptrust.suggest_best(run, st.session_state.score_key, names, "score_key")
 
 table = appkit.prediction_table(root, run.key)
 only_mistakes = st.toggle("Only mistakes", value=False)
@@ -84,16 +87,6 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
     q = test.index_of([query_id])[0]
     row = table.loc[table["id"] == query_id].iloc[0]
 
-    def show(i: int, score: float | None, col, examples) -> None:
-        flagged = examples is train and examples.ids[i] in flags
-        caption = example_caption(examples, i, score, flagged=flagged)
-        if examples.kind == "image":
-            col.image(example_image(examples, i, size=84), caption=caption)
-        elif examples.kind == "text":
-            col.markdown(example_markdown(examples, i, score, flagged=flagged))
-        else:
-            col.markdown(f"*{appkit.escape_markdown(caption)}*")
-
     pred_name, true_name = (appkit.escape_markdown(str(row[c])) for c in ("predicted", "true"))
     if measurement == "predicted":
         titles = (
@@ -106,40 +99,48 @@ def explanation(query_id: str, score_key: str, compare_key: str | None) -> None:
             f"Opposing — raise the loss of the true label **{true_name}**",
         )
 
-    def panel(score_key: str, container) -> np.ndarray:
+    def measured(score_key: str):
         with st.spinner("Scoring the misclassified test examples at their predicted class (once, cached)…"):
             result = appkit.measured_scores(root, run.key, score_key, measurement)
-        r = result.query_ids.index(query_id)
-        support, oppose = result.top_k(r, k)
+        return result, result.query_ids.index(query_id)
+
+    main, main_r = measured(score_key)
+    flt = appgallery.filter_widget("attribution", train, main.scores[main_r])
+
+    def panel(result, r: int, name: str, container) -> np.ndarray:
+        keep = flt.mask(train, flags, result.scores[r])
+        support, oppose = appgallery.filtered_top_k(result.scores[r], keep, k)
         with container:
-            st.markdown(f"**{names[score_key]}**")
+            st.markdown(f"**{name}**")
+            if flt.active:
+                st.caption(f"{int(keep.sum())} of {len(train)} training examples pass the filter")
             for title, idx in zip(titles, (support, oppose), strict=True):
                 st.markdown(title)
-                if train.kind == "text":  # sentences read best one per line
-                    cols = [st.container()]
-                else:
-                    cols = st.columns(min(8, k) if compare_key is None else 4)
-                for j, t in enumerate(idx):
-                    show(int(t), float(result.scores[r, t]), cols[j % len(cols)], train)
+                appgallery.grid(
+                    train, idx, result.scores[r][idx], flags, min(8, k) if compare_key is None else 4
+                )
         return result.scores[r]
 
     left, right = st.columns([1, 4])
     with left:
         st.markdown("**Query**")
-        show(q, None, st, test)
+        appgallery.show_example(st, test, q)
         st.caption(f"true {true_name} · predicted {pred_name} · confidence {row['confidence']:.3f}")
     with right:
         if compare_key is None:
-            panel(score_key, st.container())
+            panel(main, main_r, names[score_key], st.container())
         else:
+            other, other_r = measured(compare_key)
             a_col, b_col = st.columns(2)
-            a = panel(score_key, a_col)
-            b = panel(compare_key, b_col)
+            a = panel(main, main_r, names[score_key], a_col)
+            b = panel(other, other_r, names[compare_key], b_col)
             agree = rank_agreement(a, b, k)
             m1, m2, m3 = st.columns(3)
             m1.metric("Spearman over all training examples", f"{agree['spearman']:.3f}")
             m2.metric(f"top-{k} overlap", f"{agree['top_k_overlap']:.0%}")
             m3.metric(f"bottom-{k} overlap", f"{agree['bottom_k_overlap']:.0%}")
+    if st.toggle("Sort the training set by similarity to this example", key="similar_attribution"):
+        appgallery.similar_gallery(run, query_id, "attribution", flags)
     st.caption(f"server time for this view: {1000 * (time.perf_counter() - start):.0f} ms")
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import appgallery
 import appjobs
 import appkit
-from tda_explorer.attributors.dtda import BASES, DTDA, MEASUREMENTS, compute_dtda
+from tda_explorer.attributors.dtda import BASES, MEASUREMENTS, compute_dtda
 from tda_explorer.errors import TDAError
-from tda_explorer.estimates import estimate_dtda, load_calibration, run_shape
-from tda_explorer.viz import example_caption, example_image, example_text
+from tda_explorer.estimates import estimate_dtda, full_settings, load_calibration, run_shape
 from tda_explorer.viz.figures import histogram_figure, violin_figure
 
 appkit.page_guard()
@@ -60,7 +60,7 @@ if result is None:  # computed in the background: an estimate first when long, p
         dtda_key,
         f"d-TDA ({base}, {measurement}) over {len(run.seeds)} seeds",
         lambda progress: compute_dtda(run, data, settings, "test", ws, progress),
-        estimate_dtda(DTDA(**settings).settings, shape, load_calibration(ws)),
+        estimate_dtda(full_settings("dtda", settings), shape, load_calibration(ws)),
         requested=go, ws=ws,
     )  # fmt: skip
     if outcome is not None and outcome.status == "done":
@@ -98,11 +98,7 @@ z_id = st.selectbox("Training example to remove", candidates)
 z = result.train_ids.index(z_id)
 left, mid, m1, m2, m3 = st.columns([1, 1, 1, 1, 1])
 for col, examples, i in ((left, test, test.index_of([ids[q]])[0]), (mid, train, train.index_of([z_id])[0])):
-    if examples.kind == "image":
-        col.image(example_image(examples, int(i), size=84), caption=example_caption(examples, int(i)))
-    else:
-        text = appkit.escape_markdown(example_text(examples, int(i)))
-        col.markdown(f"{text}  \n*{appkit.escape_markdown(example_caption(examples, int(i)))}*")
+    appgallery.show_example(col, examples, i)
 m1.metric("mean influence", f"{mean_inf[z]:+.3e}", help="positive = the example helps this prediction")
 m2.metric("variance influence", f"{var_inf[z]:+.3e}", help="Var without − Var with, over seeds")
 m3.metric("W2 influence", f"{w2_inf[z]:.3e}")

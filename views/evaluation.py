@@ -12,6 +12,7 @@ import appkit
 from tda_explorer.errors import TDAError
 from tda_explorer.evaluation import LDSConfig
 from tda_explorer.evaluation.report import evaluation_rows
+from tda_explorer.evaluation.trust import record_lds
 from tda_explorer.viz.figures import bar_with_interval
 
 appkit.page_guard()
@@ -41,6 +42,10 @@ except TDAError as e:
     st.error(str(e))
 
 rows = evaluation_rows(run, data, ws, truth)
+if truth is not None:  # the attributor pickers show these LDS values (trust cues)
+    for row in rows:
+        if row["key"] and row["lds"] == row["lds"]:
+            record_lds(run, ws, row["key"], truth)
 if not rows:
     st.info("Compute an attributor on the Setup page first.")
     st.stop()

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 import numpy as np
 import streamlit as st
 
+import appgallery
 import appjobs
 import appkit
+from appviews import cached_train_predictions
 from tda_explorer.maps import REPRESENTATIONS, airrep_sources, locate_examples, map_hover
 from tda_explorer.selection import ids_from_selection
-from tda_explorer.viz import example_caption, example_features, example_image, example_markdown
 from tda_explorer.viz.figures import scatter_map
 
 PREVIEW_MAX = 24
@@ -63,8 +64,7 @@ categorical = True
 if color_by == "label":
     color = names
 elif color_by == "prediction":
-    probs_train = run.predict(train).numpy()
-    pred = probs_train.argmax(1)
+    pred = cached_train_predictions(root, run.key).argmax(1)
     if include_test:
         pred = np.concatenate([pred, appkit.cached_predictions(root, run.key).argmax(1)])
     color = np.array([train.class_names[i] for i in pred], dtype=object)
@@ -81,17 +81,26 @@ event = st.plotly_chart(fig, on_select="rerun", selection_mode=("lasso", "box", 
 selected = ids_from_selection(event)
 fallback = st.multiselect("Selected examples (or pick ids here)", list(result.ids), default=selected[:200])
 if fallback:
-    st.markdown(f"**Preview** ({min(len(fallback), PREVIEW_MAX)} of {len(fallback)})")
+    train_scores = None if categorical else np.asarray(mislabel[color_by], dtype=np.float64)
+    flt = appgallery.filter_widget("map", train, train_scores, color_by if not categorical else "score")
+    keep = {"train": flt.mask(train, flags, train_scores)}
+    keep["test"] = flt.mask(test, flags, None if train_scores is None else np.full(len(test), np.nan))
+    located = [
+        (es, pos)
+        for es, pos in locate_examples(data, fallback)
+        if keep["train" if es is train else "test"][pos]
+    ]
+    shown = located[:PREVIEW_MAX]
+    note = f", {len(located)} pass the filter" if flt.active else ""
+    st.markdown(f"**Preview** ({len(shown)} of {len(fallback)} selected{note})")
     cols = st.columns(2 if train.kind == "text" else 8)
-    for j, (es, pos) in enumerate(locate_examples(data, fallback[:PREVIEW_MAX])):
-        col, is_flagged = cols[j % len(cols)], es is train and es.ids[pos] in flags
-        if es.kind == "image":
-            col.image(example_image(es, pos, size=84), caption=example_caption(es, pos, flagged=is_flagged))
-        elif es.kind == "text":
-            col.markdown(example_markdown(es, pos, flagged=is_flagged))
-        else:
-            caption = appkit.escape_markdown(example_caption(es, pos, flagged=is_flagged))
-            col.markdown(f"*{caption}*  \n{appkit.escape_markdown(example_features(es, pos))}")
+    for j, (es, pos) in enumerate(shown):
+        appgallery.show_example(
+            cols[j % len(cols)], es, pos, flagged=es is train and es.ids[pos] in flags, features=True
+        )
+    if st.toggle("Sort the training set by similarity to one selected example", key="similar_map"):
+        anchor = st.selectbox("Similar to", fallback, key="similar_map_anchor")
+        appgallery.similar_gallery(run, anchor, "map", flags)
 train_ids = set(train.ids)
 chosen = [i for i in fallback if i in train_ids]
 if chosen:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+import appgallery
 import appkit
 from tda_explorer.evaluation.mislabel import mislabel_metrics, roc_points
-from tda_explorer.viz import example_caption, example_image, example_markdown
 from tda_explorer.viz.figures import roc_figure
 
 appkit.page_guard()
@@ -35,23 +35,12 @@ else:
 
 flags = appkit.flags_for(run.key)
 st.subheader("Most suspicious training examples")
-c1, c2 = st.columns(2)
-n_show = c1.slider("How many", 4, 64, 16, step=4)
-hide_flagged = c2.toggle("Hide flagged", value=False)
-order = [int(i) for i in np.argsort(-score, kind="stable") if not (hide_flagged and train.ids[i] in flags)][
-    :n_show
-]
-
-cols = st.columns(2 if train.kind == "text" else 4)
-for j, i in enumerate(order):
-    col = cols[j % len(cols)]
-    caption = example_caption(train, i, float(score[i]), flagged=train.ids[i] in flags)
-    if train.kind == "image":
-        col.image(example_image(train, i, size=84), caption=caption)
-    elif train.kind == "text":
-        col.markdown(example_markdown(train, i, float(score[i]), flagged=train.ids[i] in flags))
-    else:
-        col.markdown(f"*{appkit.escape_markdown(caption)}*")
+n_show = st.slider("How many", 4, 64, 16, step=4)
+keep = appgallery.filter_widget("mislabels", train, score, "mislabel score").mask(train, flags, score)
+order = [int(i) for i in np.argsort(-score, kind="stable") if keep[i]][:n_show]
+if not order:
+    st.info("No training example passes the filter.")
+appgallery.grid(train, order, score[order], flags, 2 if train.kind == "text" else 4)
 
 st.subheader("Flag or unflag")
 with st.form("flag"):

@@ -13,8 +13,9 @@ import streamlit as st
 
 import appjobs
 import appkit
+import apptrust
+from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
 from tda_explorer.evaluation import stored_pruning_curve
-from tda_explorer.selection import curve_fractions, removal_mask, usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
@@ -32,25 +33,48 @@ st.caption(
     "them). Pruning removes the least useful. Validation scores keep the test set untouched."
 )
 # The attributors the user can prune with: every method + settings computed for this run (test or validation).
+# Default (first): the best measured one (LDS on this run, `tda_explorer.evaluation.trust`), else one whose
+# validation scores are ready, else the cheapest.
+measures = apptrust.measures(run)
+by_method = {
+    json.dumps(m["config"]["method"], sort_keys=True): m
+    for m in all_scores
+    if m["config"]["queries"] == "test"
+}
+lds = {k: measures.get(m["key"]) for k, m in by_method.items()}
 choices: dict[str, dict] = {}
-val_methods = [m["config"]["method"] for m in stored]
-# ready first (validation scores stored), then the cheapest: the first is the default
-for m in sorted(all_scores, key=lambda m: (m["config"]["method"] not in val_methods, m["extra"]["seconds"])):
-    method = m["config"]["method"]
-    choices.setdefault(
-        json.dumps(method, sort_keys=True), {"method": method, "seconds": m["extra"]["seconds"]}
-    )
+for m in all_scores:
+    k = json.dumps(m["config"]["method"], sort_keys=True)
+    seconds = min(m["extra"]["seconds"], choices.get(k, {}).get("seconds", float("inf")))
+    choices[k] = {"method": m["config"]["method"], "seconds": seconds}
 if not choices:
     st.info("Compute an attributor on the Setup page first.")
     st.stop()
+
+
+def rank(k: str) -> tuple:
+    measured = lds.get(k)
+    ok = measured is not None and np.isfinite(measured.mean)
+    ready = any(
+        json.dumps(m["config"]["method"], sort_keys=True) == k for m in stored
+    )  # validation scores stored
+    return (not ok, -measured.mean if ok else 0.0, not ready, choices[k]["seconds"])
+
+
+order = sorted(choices, key=rank)
 labels = {
     k: f"{c['method']['method']} · {', '.join(f'{a}={b}' for a, b in c['method'].items() if a != 'method')}"
+    + (f" · {lds[k].label()}" if lds.get(k) else "")
     for k, c in choices.items()
 }
-picked = st.selectbox(
-    "Attributor (ready ones first, then the cheapest)", list(choices), format_func=labels.get, key="prune_method",
+c1, c2 = st.columns([3, 2])
+picked = c1.selectbox(
+    "Attributor (best measured LDS first, then ready, then the cheapest)", order, format_func=labels.get, key="prune_method",
     help="Scores on the validation set from this attributor rank the training examples.",
 )  # fmt: skip
+if picked in by_method and lds.get(picked) is None:  # (a measured LDS is in the picker's label)
+    with c2:
+        apptrust.lds_cue(run, by_method[picked]["key"], st, "pruning")
 method_cfg = choices[picked]["method"]
 val = next((m for m in stored if m["config"]["method"] == method_cfg), None)
 if val is None:

@@ -11,9 +11,10 @@ import streamlit as st
 import appdemo
 import appjobs
 import appkit
+from appsettings import form_widgets, settings_form
 from tda_explorer.attributors import ATTRIBUTORS
+from tda_explorer.attributors.base import make_attributor
 from tda_explorer.attributors.measurement import compute_test_scores
-from tda_explorer.attributors.ui_settings import main_settings, settings_kwargs
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import Cancelled, TDAError
 from tda_explorer.estimates import (
@@ -235,42 +236,20 @@ methods = st.multiselect("Attributors", sorted(ATTRIBUTORS), default=default)
 with st.form("attribute"):
     chosen_settings: dict[str, dict] = {}
     for method in methods:
-        specs = main_settings(method)
-        if not specs:
+        if not form_widgets(method):
             continue
         with st.expander(f"{method} settings"):
-            values = {}
-            for s in specs:
-                label, key = s.name, f"set_{method}_{s.name}"
-                if s.kind == "choice":
-                    values[s.name] = st.selectbox(
-                        label, s.choices, index=s.choices.index(s.default), help=s.help, key=key
-                    )
-                elif s.kind == "int":
-                    values[s.name] = int(
-                        st.number_input(
-                            label, value=int(s.default), min_value=int(s.minimum or 0), help=s.help, key=key
-                        )
-                    )
-                else:
-                    value = st.number_input(
-                        label,
-                        value=None if s.default is None else float(s.default),
-                        min_value=s.minimum,
-                        help=s.help,
-                        key=key,
-                        format="%g",
-                    )
-                    if value is not None:  # empty: the attributor's own default (e.g. "auto")
-                        values[s.name] = float(value)
-            chosen_settings[method] = settings_kwargs(values)
+            chosen_settings[method] = settings_form(method)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
 
 
 def _is_stored(method: str, settings: dict) -> bool:
     """Whether this run already has `method`'s test scores with these settings (a click only reloads them)."""
-    full = full_settings(method, settings)
-    return any(m["config"]["method"] == {"method": method, **full} for m in appkit.list_scores(ws, run.key))
+    try:
+        config = make_attributor(method, **settings).config()
+    except (TDAError, TypeError):
+        return False
+    return any(m["config"]["method"] == config for m in appkit.list_scores(ws, run.key))
 
 
 def _attribute(progress) -> list[tuple]:

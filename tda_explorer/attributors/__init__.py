@@ -16,5 +16,6 @@ from tda_explorer.attributors import (  # noqa: F401
     unrolled,
 )
 from tda_explorer.attributors.base import ATTRIBUTORS, Attributor, make_attributor, register
+from tda_explorer.attributors.method_settings import METHOD_SETTINGS
 
-__all__ = ["ATTRIBUTORS", "Attributor", "make_attributor", "register"]
+__all__ = ["ATTRIBUTORS", "METHOD_SETTINGS", "Attributor", "make_attributor", "register"]

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from tda_explorer.attributors.settings import MethodSettings
 from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import group_matrix
 from tda_explorer.backend.ghost import GhostFactors
@@ -42,13 +43,34 @@ class Attributor(ABC):
     #: stores NaN for it instead of running for hours; call `self_influence()` explicitly when wanted.
     cached_self_influence: ClassVar[bool] = True
 
-    def __init__(self, progress: Progress | None = None, **settings: Any) -> None:
+    #: The method's settings dataclass (`method_settings`); `self.settings` is an instance of it.
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+
+    def __init__(
+        self, settings: MethodSettings | None = None, /, progress: Progress | None = None, **values: Any
+    ) -> None:
+        """Store the settings: a `Settings` instance, or the keyword values that build one (ConfigError
+        naming the valid settings for an unknown name); keyword values given with an instance override it."""
+        if settings is None:
+            settings = self.Settings.build(self.name, **values)
+        elif not isinstance(settings, self.Settings):
+            raise ConfigError(f"{self.name} takes {self.Settings.__name__}, got {type(settings).__name__}.")
+        elif values:
+            settings = settings.replace(**values)
         self.progress = progress
         self.settings = settings
 
     def config(self) -> dict:
         """JSON-able identity of this attributor (name + settings), used in artifact keys."""
-        return {"method": self.name, **self.settings}
+        return {"method": self.name, **self.settings.config()}
+
+    def get_params(self) -> dict:
+        """The settings as plain JSON-able values (`make_attributor(self.name, **params)` rebuilds it)."""
+        return self.settings.as_dict()
+
+    def clone(self, **changes: Any) -> Attributor:
+        """An unfitted attributor of the same class with these settings changed (and the same progress)."""
+        return type(self)(self.settings.replace(**changes), progress=self.progress)
 
     def _check_fitted(self) -> None:
         if not getattr(self, "fitted_", False):
@@ -174,20 +196,6 @@ class FeatureDotAttributor(Attributor):
         return out.float()
 
 
-def check_damping(damping: float | None, damping_factor: float | None, weight_decay: float | None) -> None:
-    """ConfigError unless damping (absolute, or None = relative), its factor (None = the method's default)
-    and weight decay are >= 0."""
-    if (damping is not None and damping < 0) or (damping_factor is not None and damping_factor < 0):
-        raise ConfigError(f"damping and damping_factor must be >= 0, got {damping}, {damping_factor}.")
-    if weight_decay is not None and weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}.")
-
-
-def as_setting(value: Any) -> Any:
-    """A str/int setting as is, any other sequence (parameter names, seeds) as a JSON-able list."""
-    return value if isinstance(value, (str, int)) or value is None else list(value)
-
-
 ATTRIBUTORS: dict[str, type[Attributor]] = {}
 
 
@@ -212,10 +220,13 @@ def make_attributor(name: str, **settings: Any) -> Attributor:
         close = difflib.get_close_matches(str(name), list(ATTRIBUTORS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"unknown attributor {name!r}{hint}; choose one of {sorted(ATTRIBUTORS)}.")
-    from tda_explorer.attributors.settings_help import check_setting_names
-
-    check_setting_names(name, ATTRIBUTORS[name], settings)
     try:
         return ATTRIBUTORS[name](**settings)
     except TypeError as e:
         raise ConfigError(f"bad settings for attributor {name!r}: {e}") from e
+
+
+def attributor_from_config(method_config: dict, progress: Progress | None = None) -> Attributor:
+    """The attributor a score artifact's `config["method"]` describes (renamed settings mapped back)."""
+    cls = ATTRIBUTORS[method_config["method"]]
+    return cls(cls.Settings.from_config(method_config), progress=progress)

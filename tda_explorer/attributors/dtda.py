@@ -25,7 +25,7 @@ From X = {m(theta_s)}_s and Y = {m(theta_s) + delta_s(z)}_s (`DTDAResult`):
 - Wasserstein-2 influence `W2(X, Y) = sqrt(mean_k (sort(X)_k - sort(Y)_k)^2)` (1-D, equal sizes, >= 0).
 
 As an Attributor, `score()` is the mean influence `[n_query, n_train]` and `self_influence()` the mean
-over seeds of the base's self-influence. `compute_dtda` keeps the per-seed values (`measurements
+over seeds of the base's self-influence. `DTDA.compute` (or `compute_dtda`) keeps the per-seed values (`measurements
 [S, n_query]`, `deltas [S, n_query, n_train]`) for histograms and caches them (artifact kind "dtda"),
 fitting one seed's base at a time.
 """
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +43,12 @@ import torch.nn.functional as F
 
 from tda_explorer.attributors.base import Attributor, make_attributor, register
 from tda_explorer.attributors.influence import Influence
+from tda_explorer.attributors.method_settings import (
+    DTDA_BASE_SETTINGS,
+    DTDA_BASES,
+    MEASUREMENTS,
+    DTDASettings,
+)
 from tda_explorer.attributors.source import Source
 from tda_explorer.attributors.trak import TRAK
 from tda_explorer.attributors.unrolled import Unrolled
@@ -52,17 +58,15 @@ from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_arrays
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
-MEASUREMENTS = ("loss", "margin", "prob")
 HIGHER_IS_BETTER = {"loss": False, "margin": True, "prob": True}
-BASES = ("influence", "trak", "source", "unrolled")
-# The per-seed response by default: gradients over the last layer only. On the app's MNIST MLP demo with 5
-# seeds (2 cores) EK-FAC influence over the head takes ~20 s against 463 s over all parameters; pass
-# base_settings={"params": "all"} for the full network.
-DEFAULT_BASE_SETTINGS: dict[str, dict] = {"influence": {"params": "head"}, "trak": {"params": "head"}}
+# the d-TDA bases and their default settings (last-layer gradients for influence and TRAK) live with the
+# settings dataclass (`method_settings`); the names here are kept for the pages and the CLI
+BASES = DTDA_BASES
+DEFAULT_BASE_SETTINGS = DTDA_BASE_SETTINGS
 KIND = "dtda"
 
 
@@ -125,14 +129,14 @@ def single_seed_view(run: TrainedRun, seed: int) -> TrainedRun:
 def _influence_effects(base: Influence, queries: ExampleSet, targets: torch.Tensor, objective: str):
     (m,) = base.members_
     inputs = prepare_inputs(m.model, queries.inputs)
-    v = gradient_features(m.model, inputs, targets, base.settings["params"], objective, dtype=base._dtype())
-    return m.dot(m.inverse(v) / base.n_train_)  # dtheta = +(H + shift)^{-1} g / N
+    v = gradient_features(m.model, inputs, targets, base.settings.params, objective, dtype=base._dtype())
+    return m.dot(m.inverse.solve(v) / base.n_train_)  # dtheta = +(H + shift)^{-1} g / N
 
 
 def _source_effects(base: Source, queries: ExampleSet, targets: torch.Tensor, objective: str):
     (m,) = base.members_
     inputs = prepare_inputs(m.model, queries.inputs)
-    v = gradient_features(m.model, inputs, targets, base.settings["params"], objective, dtype=get_dtype())
+    v = gradient_features(m.model, inputs, targets, base.settings.params, objective, dtype=get_dtype())
     return dot_scores(v, m.responses)  # dtheta = +r(z)
 
 
@@ -219,55 +223,16 @@ class _SeedMember:
 
 @register
 class DTDA(Attributor):
-    """d-TDA (see module docstring).
-
-    Args:
-        base: per-seed attributor "influence" (default), "trak", "source" or "unrolled".
-        measurement: "loss", "margin" or "prob".
-        target_class: class whose measurement is taken (None = each query's own label).
-        seeds: "all" (default), "first", an int n, or a list of run seeds: the empirical distribution.
-        base_settings: settings of the base attributor (e.g. {"solver": "ekfac", "params": "all"}), over
-            `DEFAULT_BASE_SETTINGS[base]` (last-layer gradients for influence and TRAK); the seeds are
-            d-TDA's, so "seeds" / "n_models" are not allowed here. Stored with the base's
-            defaults filled in (`settings["base_settings"]`), so cached results follow default changes.
-    """
+    """d-TDA (see module docstring); settings: `DTDASettings` (`base_settings` stored with the base's
+    defaults filled in, over `DEFAULT_BASE_SETTINGS[base]`, so cached results follow default changes)."""
 
     name = "dtda"
-
-    def __init__(
-        self,
-        base: str = "influence",
-        measurement: str = "loss",
-        target_class: int | None = None,
-        seeds: str | int | Sequence[int] = "all",
-        base_settings: dict | None = None,
-        progress=None,
-    ) -> None:
-        if base not in BASES:
-            raise ConfigError(f"d-TDA base {base!r} is not one of {BASES}.")
-        if measurement not in MEASUREMENTS:
-            raise ConfigError(f"measurement {measurement!r} is not one of {MEASUREMENTS}.")
-        if target_class is not None and (isinstance(target_class, bool) or not isinstance(target_class, int)):
-            raise ConfigError(f"target_class must be None or a class index, got {target_class!r}.")
-        base_settings = {**DEFAULT_BASE_SETTINGS.get(base, {}), **dict(base_settings or {})}
-        clash = sorted({"seeds", "n_models", "progress"} & set(base_settings))
-        if clash:
-            raise ConfigError(f"base_settings may not set {clash}: d-TDA fits one base per seed itself.")
-        # validate now, and keep the base's full settings (defaults included) so artifact keys change with them
-        full = make_attributor(base, **base_settings).settings
-        base_settings = {k: v for k, v in full.items() if k not in ("seeds", "n_models")}
-        super().__init__(
-            progress=progress,
-            base=base,
-            measurement=measurement,
-            target_class=target_class,
-            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
-            base_settings=base_settings,
-        )
+    Settings = DTDASettings
+    settings: DTDASettings
 
     # ----------------------------------------------------------------------------------- per seed
     def _targets(self, queries: ExampleSet, n_classes: int) -> torch.Tensor:
-        c = self.settings["target_class"]
+        c = self.settings.target_class
         if c is None:
             return queries.labels
         if not 0 <= c < n_classes:
@@ -276,7 +241,7 @@ class DTDA(Attributor):
 
     def _fit_seed(self, run: TrainedRun, train: ExampleSet, seed: int) -> _SeedMember:
         s = self.settings
-        base = make_attributor(s["base"], **s["base_settings"]).fit(single_seed_view(run, seed), train)
+        base = make_attributor(s.base, **s.base_settings).fit(single_seed_view(run, seed), train)
         return _SeedMember(seed, base, run.model(seed))
 
     def _seed_values(self, member: _SeedMember, queries: ExampleSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,20 +253,20 @@ class DTDA(Attributor):
         with torch.no_grad():
             x = inputs.to(get_device())
             logits = model(x.to(get_dtype()) if x.is_floating_point() else x)
-        values = measurement_values(logits.cpu(), targets, s["measurement"])
-        deltas = EFFECTS[s["base"]](member.base, queries, targets, s["measurement"])
+        values = measurement_values(logits.cpu(), targets, s.measurement)
+        deltas = EFFECTS[s.base](member.base, queries, targets, s.measurement)
         return values, deltas.float().cpu()
 
     # ----------------------------------------------------------------------------------- protocol
     def fit(self, run: TrainedRun, train: ExampleSet) -> DTDA:
         """Fit one base attributor per chosen seed (on a single-seed view of the run); returns self."""
-        seeds = run.select_seeds(self.settings["seeds"])
+        seeds = run.select_seeds(self.settings.seeds)
         self.n_train_, self.n_classes_, self.train_ids_ = len(train), run.n_classes, tuple(train.ids)
         self.members_ = []
         for i, seed in enumerate(seeds):
             self.members_.append(self._fit_seed(run, train, seed))
             if self.progress is not None:
-                self.progress(i + 1, len(seeds), f"dtda/{self.settings['base']}: seed {seed} fitted")
+                self.progress(i + 1, len(seeds), f"dtda/{self.settings.base}: seed {seed} fitted")
         self.fitted_ = True
         return self
 
@@ -315,20 +280,80 @@ class DTDA(Attributor):
             self_influence=np.mean(
                 [_implicit_self_influence(m.base, self.n_train_) for m in self.members_], 0
             ),
-            measurement=self.settings["measurement"],
-            target_class=self.settings["target_class"],
-            base=self.settings["base"],
+            measurement=self.settings.measurement,
+            target_class=self.settings.target_class,
+            base=self.settings.base,
             seeds=tuple(m.seed for m in self.members_),
             query_ids=tuple(queries.ids),
             train_ids=self.train_ids_,
             config=self.config(),
         )
 
+    def compute(
+        self,
+        run: TrainedRun,
+        splits: DatasetSplits,
+        split: str = "test",
+        workspace: Workspace | None = None,
+        progress: Progress | None = None,
+    ) -> DTDAResult:
+        """d-TDA values of the `split` queries against the training set; cached (artifact kind "dtda").
+
+        Unlike `fit` + `distribution`, fits one seed's base at a time and keeps only its `[n_query, N]`
+        deltas, so memory holds one base.
+
+        Args:
+            run, splits: the run and its data (`splits.train` is what is attributed).
+            split: "test" or "val".
+            workspace: where the result is cached (required).
+            progress: `progress(done, total, msg)` over the seeds (default: the attributor's).
+
+        Returns:
+            The DTDAResult (per-seed measurements `[S, n_query]` and deltas `[S, n_query, N]`).
+        """
+        if split not in ("test", "val"):
+            raise ConfigError(f"query split {split!r} is not one of ('test', 'val').")
+        ws = require_workspace(workspace, "DTDA.compute")
+        progress = progress or self.progress
+        cfg = dtda_config(run, self, split)
+        queries, train = getattr(splits, split), splits.train
+
+        def seed_by_seed() -> tuple[dict[str, np.ndarray], dict]:
+            start = time.perf_counter()
+            seeds = run.select_seeds(self.settings.seeds)
+            self.n_train_, self.n_classes_ = len(train), run.n_classes
+            values, deltas, self_inf = [], [], []
+            for i, seed in enumerate(seeds):
+                member = self._fit_seed(run, train, seed)
+                v, d = self._seed_values(member, queries)
+                values.append(v.numpy())
+                deltas.append(d.numpy())
+                self_inf.append(_implicit_self_influence(member.base, len(train)))
+                del member
+                if progress is not None:
+                    progress(i + 1, len(seeds), f"dtda: seed {seed} done")
+            arrays = {
+                "measurements": np.stack(values),
+                "deltas": np.stack(deltas).astype(np.float32),
+                "self_influence": np.mean(self_inf, axis=0).astype(np.float32),
+            }
+            ids = {"query_ids": list(queries.ids), "train_ids": list(train.ids), "seeds": list(seeds)}
+            return arrays, ids | {"seconds": time.perf_counter() - start}
+
+        return ws.cached(
+            KIND,
+            cfg,
+            seed_by_seed,
+            save=lambda d, value: save_arrays(d, value[0]),
+            load=lambda _path, _meta: load_dtda(ws, cfg),
+            extra=lambda value: value[1],
+        )
+
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """Mean influence `[n_query, N]` float32: `helps_sign * mean_s delta_s` (positive = z helps)."""
         self._check_fitted()
         total = sum(self._seed_values(m, queries)[1].double() for m in self.members_)
-        return (helps_sign(self.settings["measurement"]) * total / len(self.members_)).float()
+        return (helps_sign(self.settings.measurement) * total / len(self.members_)).float()
 
     def self_influence(self) -> torch.Tensor:
         """Mean over seeds of the base's self-influence `[N]` float32 (the base's loss-based sign)."""
@@ -349,48 +374,8 @@ def compute_dtda(
     workspace: Workspace | None = None,
     progress: Progress | None = None,
 ) -> DTDAResult:
-    """d-TDA values of the `split` queries against the training set; cached (artifact kind "dtda").
-
-    Fits one seed's base at a time and keeps only its `[n_query, N]` deltas, so memory holds one base.
-
-    Args:
-        settings: DTDA settings (base, measurement, target_class, seeds, base_settings).
-        split: "test" or "val".
-
-    Returns:
-        The DTDAResult (per-seed measurements `[S, n_query]` and deltas `[S, n_query, N]`).
-    """
-    if split not in ("test", "val"):
-        raise ConfigError(f"query split {split!r} is not one of ('test', 'val').")
-    ws = workspace or Workspace()
-    attr = DTDA(**dict(settings or {}))
-    cfg = dtda_config(run, attr, split)
-    if not ws.exists(KIND, cfg):
-        queries, train = getattr(splits, split), splits.train
-        start = time.perf_counter()
-        seeds = run.select_seeds(attr.settings["seeds"])
-        attr.n_train_, attr.n_classes_ = len(train), run.n_classes
-        values, deltas, self_inf = [], [], []
-        for i, seed in enumerate(seeds):
-            member = attr._fit_seed(run, train, seed)
-            v, d = attr._seed_values(member, queries)
-            values.append(v.numpy())
-            deltas.append(d.numpy())
-            self_inf.append(_implicit_self_influence(member.base, len(train)))
-            del member
-            if progress is not None:
-                progress(i + 1, len(seeds), f"dtda: seed {seed} done")
-        extra = {
-            "query_ids": list(queries.ids),
-            "train_ids": list(train.ids),
-            "seeds": list(seeds),
-            "seconds": time.perf_counter() - start,
-        }
-        with ws.write(KIND, cfg, extra=extra) as d:
-            save_array(d, "measurements", np.stack(values))
-            save_array(d, "deltas", np.stack(deltas).astype(np.float32))
-            save_array(d, "self_influence", np.mean(self_inf, axis=0).astype(np.float32))
-    return load_dtda(ws, cfg)
+    """`DTDA(**settings).compute(run, splits, split, workspace, progress)` (see `DTDA.compute`)."""
+    return DTDA(**dict(settings or {})).compute(run, splits, split, workspace, progress)
 
 
 def load_dtda(ws: Workspace, cfg: dict) -> DTDAResult:

@@ -37,8 +37,6 @@ from torch import nn
 
 from tda_explorer.attributors.base import ATTRIBUTORS, Attributor, make_attributor, register
 from tda_explorer.attributors.ensemble_members import (
-    MEMBER_KINDS,
-    LoraSettings,
     MemberRun,
     dropout_members,
     independent_members,
@@ -46,29 +44,13 @@ from tda_explorer.attributors.ensemble_members import (
     lora_members,
     state_bytes,
 )
+from tda_explorer.attributors.method_settings import COMBINE, EnsembleSettings, member_setting  # noqa: F401
 from tda_explorer.backend.features import true_class_probability
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, require_workspace
 from tda_explorer.training.runs import TrainedRun
-
-COMBINE = ("native", "mean")
-
-
-def member_setting(base: str) -> tuple[str, Any]:
-    """The base attributor's setting that selects models, and the value that selects all of them."""
-    if base not in ATTRIBUTORS or base == Ensemble.name:
-        raise ConfigError(
-            f"ensemble base {base!r} is not a registered attributor; choose one of "
-            f"{sorted(n for n in ATTRIBUTORS if n != Ensemble.name)} (e.g. trak, grad_dot, influence)."
-        )
-    params = inspect.signature(ATTRIBUTORS[base].__init__).parameters
-    if "seeds" in params:
-        return "seeds", "all"
-    if "n_models" in params:
-        return "n_models", None
-    raise ConfigError(f"attributor {base!r} has no `seeds` / `n_models` setting, so it cannot be ensembled.")
 
 
 def _tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
@@ -98,117 +80,31 @@ def _fitted_bytes(attributor: Attributor) -> int:
 
 @register
 class Ensemble(Attributor):
-    """An efficient ensemble around a gradient attributor (see module docstring).
-
-    Args:
-        base: registry name of the wrapped attributor ("trak", "grad_dot", "grad_cos", "influence", ...).
-        base_settings: its settings (not its model selection, which the ensemble sets).
-        kind: "independent" | "dropout" | "lora".
-        n_models: independent / dropout: trained run seeds used (the first n; None = all).
-        n_masks: dropout: masks per trained model (J).
-        mask_seed: dropout: seed of the masks (member j of run seed s uses `member_mask_seed(mask_seed, s, j)`).
-        dropout_p: dropout: mask probability; None = each dropout layer's own `p`.
-        q_only: dropout + TRAK: kernels from the plain models, dropout members only for Q.
-        combine: "native" (the base's own multi-model average) or "mean" (one base fit per member, scores
-            averaged).
-        n_adapters: lora: number of LoRA members.
-        rank / lora_alpha / lora_epochs / lora_lr / base_seed / lora_targets / reinit_head: lora: see
-            `LoraSettings`.
-        lora_seed: lora: member i is fine-tuned with seed `lora_seed + i`.
-        workspace: where LoRA fine-tunes are cached (default `Workspace()`); not part of the settings.
-    """
+    """An efficient ensemble around a gradient attributor (see module docstring); settings:
+    `EnsembleSettings`. `workspace` (not a setting): where LoRA fine-tunes are cached (required
+    for `kind="lora"`; `compute_scores` passes its own)."""
 
     name = "ensemble"
+    Settings = EnsembleSettings
+    settings: EnsembleSettings
 
     def __init__(
         self,
-        base: str = "trak",
-        base_settings: dict | None = None,
-        kind: str = "independent",
-        n_models: int | None = None,
-        n_masks: int = 4,
-        mask_seed: int = 0,
-        dropout_p: float | None = None,
-        q_only: bool = False,
-        combine: str = "native",
-        n_adapters: int = 4,
-        rank: int = 4,
-        lora_alpha: float | None = None,
-        lora_epochs: int = 2,
-        lora_lr: float | None = None,
-        lora_seed: int = 0,
-        base_seed: int | None = None,
-        lora_targets: Sequence[str] | None = None,
-        reinit_head: bool = True,
+        settings: EnsembleSettings | None = None,
+        /,
         progress=None,
         workspace: Workspace | None = None,
+        **values,
     ) -> None:
-        base_settings = dict(base_settings or {})
-        key, _ = member_setting(base)
-        if key in base_settings:
-            raise ConfigError(f"leave {key!r} out of base_settings: the ensemble chooses the models.")
-        if kind not in MEMBER_KINDS:
-            raise ConfigError(f"ensemble kind {kind!r} is not one of {MEMBER_KINDS}.")
-        if combine not in COMBINE:
-            raise ConfigError(f"combine {combine!r} is not one of {COMBINE}.")
-        if n_models is not None and (
-            isinstance(n_models, bool) or not isinstance(n_models, int) or n_models < 1
-        ):
-            raise ConfigError(f"n_models must be an integer >= 1 or None, got {n_models!r}.")
-        for what, v in (("n_masks", n_masks), ("n_adapters", n_adapters)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{what} must be an integer >= 1, got {v!r}.")
-        if dropout_p is not None and not 0.0 <= dropout_p < 1.0:
-            raise ConfigError(f"dropout_p must be in [0, 1) or None, got {dropout_p!r}.")
-        if q_only and (kind != "dropout" or base != "trak" or combine != "native"):
-            raise ConfigError(
-                "q_only (the TRAK trick) needs kind='dropout', base='trak' and combine='native'."
-            )
-        settings: dict[str, Any] = {
-            "base": base,
-            "base_settings": base_settings,
-            "kind": kind,
-            "combine": combine,
-        }
-        if kind == "independent":
-            settings.update(n_models=n_models)
-        elif kind == "dropout":
-            settings.update(n_models=n_models, n_masks=n_masks, mask_seed=mask_seed, dropout_p=dropout_p)
-            settings.update(q_only=bool(q_only))
-        else:
-            LoraSettings(rank, lora_alpha, lora_targets, lora_epochs, lora_lr, base_seed)  # validate
-            settings.update(
-                n_adapters=n_adapters,
-                rank=rank,
-                lora_alpha=lora_alpha,
-                lora_epochs=lora_epochs,
-                lora_lr=lora_lr,
-                lora_seed=lora_seed,
-                base_seed=base_seed,
-                lora_targets=None if lora_targets is None else list(lora_targets),
-                reinit_head=bool(reinit_head),
-            )
-        super().__init__(progress=progress, **settings)
+        super().__init__(settings, progress=progress, **values)
         self.workspace = workspace
-        self.rank_only = ATTRIBUTORS[base].rank_only
+        self.rank_only = ATTRIBUTORS[self.settings.base].rank_only
 
     # ----------------------------------------------------------------------------------- members
-    def _lora(self) -> LoraSettings:
-        s = self.settings
-        return LoraSettings(
-            s["rank"],
-            s["lora_alpha"],
-            s["lora_targets"],
-            s["lora_epochs"],
-            s["lora_lr"],
-            s["base_seed"],
-            s["reinit_head"],
-        )
-
     def _members(self, run: TrainedRun, train: ExampleSet) -> tuple[MemberRun, dict]:
         """The member run and the training cost `{seconds, models, adapters, detail}` of what it needs."""
         s = self.settings
-        if s["kind"] == "dropout" and getattr(run.model_config, "arch", "") in ("text", "hf"):
+        if s.kind == "dropout" and getattr(run.model_config, "arch", "") in ("text", "hf"):
             raise ConfigError(
                 "dropout ensembles support image / tabular models (mlp, cnn); text models have no dropout "
                 "masks of a fixed shape (their activations follow each text's length): use kind='lora' or "
@@ -218,19 +114,19 @@ class Ensemble(Attributor):
         def seed_seconds(seeds: Sequence[int]) -> float:
             return float(sum(run.metrics.get(x, {}).get("seconds", math.nan) for x in seeds))
 
-        if s["kind"] in ("independent", "dropout"):
-            seeds = run.select_seeds("all" if s["n_models"] is None else s["n_models"])
-            if s["kind"] == "independent":
+        if s.kind in ("independent", "dropout"):
+            seeds = run.select_seeds("all" if s.n_models is None else s.n_models)
+            if s.kind == "independent":
                 members = independent_members(run, seeds)
             else:
-                members = dropout_members(run, seeds, s["n_masks"], s["mask_seed"], s["dropout_p"])
+                members = dropout_members(run, seeds, s.n_masks, s.mask_seed, s.dropout_p)
             cost = {"seconds": seed_seconds(seeds), "models": len(seeds), "adapters": 0, "seeds": list(seeds)}
             return members, cost
-        lora = self._lora()
+        lora = self.settings.lora()
         base_seed = run.seeds[0] if lora.base_seed is None else lora.base_seed
         run.select_seeds([base_seed])  # a clear error for an unknown base seed
-        ws = self.workspace if self.workspace is not None else Workspace()
-        seeds = [s["lora_seed"] + i for i in range(s["n_adapters"])]
+        ws = require_workspace(self.workspace, "a LoRA ensemble")
+        seeds = [s.lora_seed + i for i in range(s.n_adapters)]
         trained = lora_members(run, train, lora, seeds, ws, self.progress)
         self.adapters_ = trained
         ft = [m.seconds for m in trained]
@@ -245,9 +141,9 @@ class Ensemble(Attributor):
         return lora_member_run(run, lora, trained), cost
 
     def _base(self, progress=None) -> Attributor:
-        key, everything = member_setting(self.settings["base"])
+        key, everything = member_setting(self.settings.base)
         return make_attributor(
-            self.settings["base"], progress=progress, **self.settings["base_settings"], **{key: everything}
+            self.settings.base, progress=progress, **self.settings.base_settings, **{key: everything}
         )
 
     # ----------------------------------------------------------------------------------- fitting
@@ -256,11 +152,11 @@ class Ensemble(Attributor):
         s = self.settings
         start = time.perf_counter()
         members, train_cost = self._members(run, train)
-        lora_seconds = sum(train_cost.get("finetune_seconds", [])) if s["kind"] == "lora" else 0.0
+        lora_seconds = sum(train_cost.get("finetune_seconds", [])) if s.kind == "lora" else 0.0
         fit_start = time.perf_counter()
-        if s.get("q_only", False):
+        if s.kind == "dropout" and s.q_only:
             self.bases_ = [self._fit_q_only(run, train, members, train_cost["seeds"])]
-        elif s["combine"] == "native":
+        elif s.combine == "native":
             self.bases_ = [self._base(self.progress).fit(members, train)]
         else:
             self.bases_ = []
@@ -290,16 +186,16 @@ class Ensemble(Attributor):
         return base
 
     def _cost(self, run: TrainedRun, members: MemberRun, train_cost: dict, fit_seconds: float) -> dict:
-        base = self.settings["base_settings"]
-        all_ckpts = self.settings["base"] == "tracin" or base.get("checkpoints") == "all"
+        base = self.settings.base_settings
+        all_ckpts = self.settings.base == "tracin" or base.get("checkpoints") == "all"
         kept = (lambda ck: ck) if all_ckpts else (lambda ck: ck[-1:])
         storage = sum(
             state_bytes(c.state) for seed in train_cost["seeds"] for c in kept(run.checkpoints[seed])
         )
-        if self.settings["kind"] == "lora":
+        if self.settings.kind == "lora":
             storage += sum(state_bytes(m.state) for m in self.adapters_)
         return {
-            "kind": self.settings["kind"],
+            "kind": self.settings.kind,
             "members": len(members.seeds),
             "trained_models": train_cost["models"],
             "adapters": train_cost["adapters"],

@@ -8,14 +8,14 @@ raw dot (not divided by N); Grad-Cos is rank-only (cosine in [-1, 1]).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from tda_explorer.attributors import base
-from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, as_setting, register
+from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
+from tda_explorer.attributors.method_settings import GradSimilaritySettings
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset, example_grads
 from tda_explorer.backend.layers import find_layers
@@ -26,25 +26,24 @@ from tda_explorer.training.runs import TrainedRun
 
 class _GradientSimilarity(FeatureDotAttributor):
     normalize: bool = False
-
-    def __init__(self, params: str | Sequence[str] = "head", seeds: str = "first", progress=None) -> None:
-        super().__init__(progress=progress, params=as_setting(params), seeds=seeds)
+    Settings = GradSimilaritySettings
+    settings: GradSimilaritySettings
 
     def _gradients(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
         g = example_grads(
-            model, prepare_inputs(model, examples.inputs), examples.labels, params=self.settings["params"]
+            model, prepare_inputs(model, examples.inputs), examples.labels, params=self.settings.params
         )
         return F.normalize(g, dim=1) if self.normalize else g
 
     def _ghost(self, model: torch.nn.Module, examples: ExampleSet) -> GhostFactors:
         f = ghost_factors(
-            model, prepare_inputs(model, examples.inputs), examples.labels, self.settings["params"]
+            model, prepare_inputs(model, examples.inputs), examples.labels, self.settings.params
         )
         return f.normalized() if self.normalize else f
 
     def _units(self) -> list[FeatureUnit]:
         """One unit per model, weight 1 / n_models; ghost factors for Linear-only models (same scores)."""
-        model, params = self.models_[0], self.settings["params"]
+        model, params = self.models_[0], self.settings.params
         if self.ghost_:
             width = sum(i.d_in + i.d_out for i in find_layers(model, ParamSubset.resolve(model, params)))
             return [FeatureUnit(1 / len(self.models_), partial(self._ghost, m), width) for m in self.models_]
@@ -53,9 +52,9 @@ class _GradientSimilarity(FeatureDotAttributor):
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> _GradientSimilarity:
         """Load the final model(s); cache the train gradients `[N, p]` (or stream them when too large)."""
-        seeds = run.seeds if self.settings["seeds"] == "all" else run.seeds[:1]
+        seeds = run.seeds if self.settings.seeds == "all" else run.seeds[:1]
         self.models_ = [run.model(s) for s in seeds]
-        self.ghost_ = base.USE_GHOST and ghost_supported(self.models_[0], self.settings["params"])
+        self.ghost_ = base.USE_GHOST and ghost_supported(self.models_[0], self.settings.params)
         self._fit_units(train)
         if self.progress is not None:
             self.progress(1, 1, f"{self.name}: {len(train)} train gradients")

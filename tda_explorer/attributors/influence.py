@@ -20,54 +20,32 @@ factor depending on the solver (`DEFAULT_DAMPING_FACTOR`).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from tda_explorer.attributors import base, trak_tuning
-from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
-from tda_explorer.backend.curvature import KroneckerCurvature
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.method_settings import DEFAULT_DAMPING_FACTOR, InfluenceSettings
 from tda_explorer.backend.device import get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
-from tda_explorer.backend.hessian import CURVATURES, EigenInverse, LossHessian, cg_solve, lissa_solve
+from tda_explorer.backend.inverse import CurvatureProblem, InverseOperator, KroneckerInverse, make_inverse
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
-from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
 
-SOLVERS = ("ekfac", "kfac", "cg", "lissa", "exact")
-#: `damping_factor` when none is given, per solver. The Kronecker solvers keep kronfluence's 0.1 (x each
-#: layer's mean eigenvalue): measured LDS on MNIST 5k logistic regression 0.806 / 0.807 / 0.797 / 0.768
-#: at factors 0.1 / 0.3 / 1 / 2.5. The solvers of the true H want about 10x more: exact influence on the
-#: same model 0.861 / 0.879 / 0.905 / 0.908 / 0.885 at 0.1 / 0.3 / 1 / 2.5 / 5, on sklearn digits
-#: 0.809 / 0.839 / 0.859 / 0.824 at 0.1 / 0.3 / 1 / 2.5 (the models are trained for a finite number of
-#: steps, so the curvature's smallest directions never reach the minimiser the undamped inverse assumes).
-DEFAULT_DAMPING_FACTOR = {"ekfac": 0.1, "kfac": 0.1, "exact": 1.0, "cg": 1.0, "lissa": 1.0}
-PRECONDITIONERS = (None, "ekfac")
-#: CG's default stopping rule: relative residual `||(H + shift I) x - g|| / ||g|| < CG_TOL` per query, at
-#: most CG_MAX_ITER iterations. Measured LDS vs iterations (digits, 150 queries, GGN, default damping):
-#: logistic regression 0.831 / 0.867 / 0.869 / 0.869 at 5 / 10 / 20 / 50 iterations (residual 0.43 /
-#: 0.096 / 1.4e-3 / 7.8e-7); the imported tanh MLP 0.293 / 0.243 / 0.287 / 0.299 / 0.299 at 5 / 10 / 20 /
-#: 50 / 200 (residual 2.3 / 0.93 / 0.40 / 1.1e-2 / 4.3e-6; 20 s at 50 vs 63 s at 200). Past a residual of
-#: about 1e-2 the ranking no longer moves; the previous 1e-8 (float64) / 1e-5 (float32) and 500
-#: iterations cost 3-15x the time for the same LDS (MNIST logistic regression: 307 s to 1e-4).
+#: `DEFAULT_DAMPING_FACTOR` (in `method_settings`): `damping_factor` when none is given, per solver. The
+#: Kronecker solvers keep kronfluence's 0.1 (x each layer's mean eigenvalue); the solvers of the true H
+#: want about 10x more (exact influence's LDS on MNIST logistic regression and sklearn digits peaked near
+#: 1: the models are trained for a finite number of steps, so the curvature's smallest directions never
+#: reach the minimiser the undamped inverse assumes). CG / LiSSA stopping rules: `backend.inverse`.
 #: Candidate relative damping factors of EK-FAC / K-FAC's damping_factor="auto" (x each layer's mean
-#: eigenvalue). Digits EK-FAC, best fixed factor in hindsight: 0.03 (logistic regression, SGD), 3 (MLP),
-#: 0.01 (imported tanh MLP), 0.001 (L-BFGS logistic regression): no single value fits (robustness.py).
+#: eigenvalue): the best fixed factor on our digits protocols ranged 0.001-3 (robustness.py).
 AUTO_DAMPING_FACTORS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-CG_TOL = 1e-2
-CG_MAX_ITER = 100
-#: LiSSA's iteration cap (its step is 1 / (1.1 x the top eigenvalue), so it needs many more iterations
-#: than CG). Measured (GGN, default damping): digits logistic regression LDS 0.760 / 0.864 / 0.869 at
-#: 20 / 100 / 500 iterations (residual 0.39 / 0.13 / 1.4e-3; 4 / 4 / 20 s; CG converged: 0.869); the
-#: imported tanh MLP 0.258 / 0.322 at 20 / 100 (residual 0.86 / 0.64; 26 / 76 s). The previous cap of
-#: 5,000 would take about an hour on that MLP for no measured gain on the logistic regression.
-LISSA_MAX_ITER = 500
 SELF_CHUNK = 1024
 #: Bytes of dense inverse-HVP query vectors held at once (score / score_groups): 256 MiB is 285 queries
 #: on the MNIST MLP (p = 235k, float32) and every query at once on small models, where iterative solvers
@@ -77,7 +55,7 @@ QUERY_BYTES = 256 * 2**20
 
 @dataclass
 class _Member:
-    """One seed's model, train gradients and the damped inverse-Hessian operators.
+    """One member's model, train gradients and damped inverse-Hessian operator (`backend.inverse`).
 
     The train gradients are `[N, p]`, or their ghost factors for Linear-only models (`backend.ghost`:
     the per-layer inputs and output gradients, 25 MB instead of 3.8 GB on the MNIST MLP); `dot`, `rows`
@@ -86,9 +64,13 @@ class _Member:
 
     model: torch.nn.Module
     train_grads: torch.Tensor | GhostFactors
-    inverse: Callable[[torch.Tensor], torch.Tensor]  # rows g [b, p] -> (H + shift I)^{-1} g  [b, p]
-    quadratic: Callable[[torch.Tensor], torch.Tensor]  # rows g [b, p] -> g^T (H + shift I)^{-1} g  [b]
-    info: dict = field(default_factory=dict)
+    inverse: InverseOperator  # rows g [b, p] -> (H + shift I)^{-1} g; g^T (H + shift I)^{-1} g  [b]
+    tuning: dict | None = None
+
+    @property
+    def info(self) -> dict:
+        """The solve's record (damping used; cg / lissa solves), with the "auto" tuning when there was one."""
+        return {**self.inverse.info, **({"tuning": self.tuning} if self.tuning is not None else {})}
 
     def dot(self, v: torch.Tensor) -> torch.Tensor:
         """`v [m, p] @ train_grads.T`: float32 `[m, N]` on the CPU."""
@@ -108,254 +90,84 @@ class _Member:
 
 @register
 class Influence(Attributor):
-    """Influence functions (see module docstring).
-
-    Args:
-        solver: "ekfac" | "kfac" | "cg" | "lissa" | "exact".
-        damping: absolute damping lambda; None = `damping_factor x mean eigenvalue`.
-        damping_factor: relative damping used when `damping` is None; None = the solver's
-            `DEFAULT_DAMPING_FACTOR` (0.1 for ekfac / kfac, 1 for exact / cg / lissa); "auto" (default):
-            for ekfac / kfac chosen from `AUTO_DAMPING_FACTORS` by the held-out mini-LDS on the validation
-            split that TRAK's "auto" uses (`trak_tuning`: 16 retrainings with the run's recipe, cached;
-            each candidate re-shifts the fitted eigenvalues only), recorded in `solve_info_[i]["tuning"]`;
-            without a recipe / validation split, and for the other solvers, the solver's default.
-        params: parameter subset ("all", "head", or name prefixes).
-        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
-        checkpoints: "final" (each seed's final model) or "all" (every saved checkpoint of each seed is a
-            member, with its own curvature; scores averaged over all members, like TRAK's checkpoints).
-            Measured LDS (M = 100): MNIST MLP one seed's 5 checkpoints 0.508 vs 0.395 for its final model
-            alone (3 seeds x 5 checkpoints: 0.550); MNIST logistic regression 0.808 vs 0.806 (converged).
-        weight_decay: L2 coefficient added to H; None = the run's `weight_decay` (its training config's, or
-            for an imported run the regularisation declared at import, 0 by default).
-        seed: seed of the Fisher label sampling (ekfac/kfac) and of Hutchinson/power-iteration probes.
-        fisher_samples: sampled labels per example for the K-FAC/EK-FAC factors.
-        max_iter / tol: iteration limit and tolerance: cg stops at a relative residual of `CG_TOL` (1e-2)
-            or `CG_MAX_ITER` (100) iterations (measured accuracy vs time, see `CG_TOL`); lissa at a
-            relative change of 1e-8 (float64) / 1e-5 (float32) or `LISSA_MAX_ITER` (500) iterations.
-        preconditioner: cg only: None (plain CG) or "ekfac" (the EK-FAC inverse with the same damping
-            and weight decay preconditions CG: the same solution in fewer Hessian-vector products).
-        batch_size: examples per batch for factors / HVPs.
-        curvature: cg / lissa: "ggn" (default; the generalised Gauss-Newton, positive semi-definite for
-            any network, equal to the Hessian when the outputs are linear in the chosen parameters, as
-            for logistic regression) or "hessian" (the true Hessian: indefinite on a non-convex network,
-            where CG diverged: relative residual 4e3 after 50 iterations on a tanh MLP). The exact solver
-            always uses the Hessian; EK-FAC / K-FAC use their own (sampled) Fisher.
-    """
+    """Influence functions (see module docstring); settings: `InfluenceSettings`."""
 
     name = "influence"
+    Settings = InfluenceSettings
+    settings: InfluenceSettings
     #: Where "auto" caches its held-out retrainings and the validation examples it holds out (set by
-    #: `cache.compute_scores`; default: no cache, the run's dataset's validation split).
+    #: `scores.compute_scores`; default: no cache, the run's dataset's validation split).
     workspace = None
     validation: ExampleSet | None = None
 
-    def __init__(
-        self,
-        solver: str = "ekfac",
-        damping: float | None = None,
-        damping_factor: float | str | None = "auto",
-        params: str | Sequence[str] = "all",
-        seeds: str | int | Sequence[int] = "first",
-        checkpoints: str = "final",
-        weight_decay: float | None = None,
-        seed: int = 0,
-        fisher_samples: int = 1,
-        max_iter: int | None = None,
-        tol: float | None = None,
-        batch_size: int = 128,
-        preconditioner: str | None = None,
-        curvature: str = "ggn",
-        progress=None,
-    ) -> None:
-        if solver not in SOLVERS:
-            raise ConfigError(f"influence solver {solver!r} is not one of {SOLVERS}.")
-        if preconditioner not in PRECONDITIONERS or (preconditioner is not None and solver != "cg"):
-            raise ConfigError(
-                f"preconditioner must be one of {PRECONDITIONERS} and is only used by solver='cg'; "
-                f"got preconditioner={preconditioner!r} with solver={solver!r}."
-            )
-        if checkpoints not in ("final", "all"):
-            raise ConfigError(f"checkpoints must be 'final' or 'all', got {checkpoints!r}.")
-        if isinstance(damping_factor, str) and damping_factor != "auto":
-            raise ConfigError(
-                f"damping_factor must be 'auto', a number >= 0 or None, got {damping_factor!r}."
-            )
-        check_damping(damping, None if isinstance(damping_factor, str) else damping_factor, weight_decay)
-        if curvature not in CURVATURES:
-            raise ConfigError(f"curvature must be one of {CURVATURES}, got {curvature!r}.")
-        super().__init__(
-            progress=progress,
-            solver=solver,
-            damping=damping,
-            damping_factor=damping_factor,
-            params=as_setting(params),
-            seeds=as_setting(seeds),
-            checkpoints=checkpoints,
-            weight_decay=weight_decay,
-            seed=seed,
-            fisher_samples=fisher_samples,
-            max_iter=max_iter,
-            tol=tol,
-            batch_size=batch_size,
-            preconditioner=preconditioner,
-            curvature=curvature,
-        )
-
     # ----------------------------------------------------------------------------------- fitting
     def _dtype(self) -> torch.dtype:
-        return torch.float64 if self.settings["solver"] == "exact" else get_dtype()
+        return torch.float64 if self.settings.solver == "exact" else get_dtype()
 
     def _damping_factor(self) -> float:
         """The relative damping: the setting, or the solver's `DEFAULT_DAMPING_FACTOR` (None, and the start
         of "auto")."""
-        factor = self.settings["damping_factor"]
-        return DEFAULT_DAMPING_FACTOR[self.settings["solver"]] if factor in (None, "auto") else factor
+        factor = self.settings.damping_factor
+        return DEFAULT_DAMPING_FACTOR[self.settings.solver] if factor in (None, "auto") else factor
 
-    def _tune(self, curv: KroneckerCurvature, model: torch.nn.Module, grads) -> dict:
+    def _tune(self, op: KroneckerInverse, model: torch.nn.Module, grads) -> dict:
         """damping_factor="auto" for EK-FAC / K-FAC: the factor whose predictions best rank the held-out
         mini-LDS of `trak_tuning.heldout_signal` (validation split, the run's recipe, never the evaluation),
         refined between grid points; each candidate only re-shifts the fitted eigenvalues."""
         if not isinstance(self.heldout_, tuple):
-            return {"factor": curv.damping_factor, "rule": "fallback", "reason": self.heldout_}
+            return {"factor": op.curvature.damping_factor, "rule": "fallback", "reason": self.heldout_}
         val, masks, losses = self.heldout_
         inputs = prepare_inputs(model, val.inputs)
-        g_val = gradient_features(model, inputs, val.labels, self.settings["params"], dtype=self._dtype())
-        member = _Member(model, grads, curv.inverse_hvp, curv.quadratic)
-        sums = member.group_sum(torch.from_numpy(masks))  # [M, p]
+        g_val = gradient_features(model, inputs, val.labels, self.settings.params, dtype=self._dtype())
+        sums = _Member(model, grads, op).group_sum(torch.from_numpy(masks))  # [M, p]
 
         def predict(c: float) -> torch.Tensor:
-            curv.damping_factor = c
-            curv._set_damping()
-            return (curv.inverse_hvp(g_val) @ sums.to(g_val).T).double().cpu()
+            op.set_damping_factor(c)
+            return (op.solve(g_val) @ sums.to(g_val).T).double().cpu()
 
         best, table = trak_tuning.score_table(predict, losses, AUTO_DAMPING_FACTORS)
-        curv.damping_factor = best if best == best else self._damping_factor()  # NaN: keep the default
-        curv._set_damping()
+        op.set_damping_factor(best if best == best else self._damping_factor())  # NaN: keep the default
         return {
-            "factor": curv.damping_factor,
+            "factor": op.curvature.damping_factor,
             "rule": "validation-lds",
             "table": {str(k): v for k, v in table.items()},
         }
 
     def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float) -> _Member:
+        """The member's train gradients and its inverse operator (built by `backend.inverse.make_inverse`)."""
         s = self.settings
         inputs = prepare_inputs(model, train.inputs)
-        if base.USE_GHOST and ghost_supported(model, s["params"]):
-            grads = ghost_factors(model, inputs, train.labels, s["params"], dtype=self._dtype())
+        if base.USE_GHOST and ghost_supported(model, s.params):
+            grads = ghost_factors(model, inputs, train.labels, s.params, dtype=self._dtype())
         else:
-            grads = gradient_features(model, inputs, train.labels, s["params"], dtype=self._dtype())
-        if s["solver"] in ("ekfac", "kfac"):
-            curv = self._kronecker(model, inputs, wd, s["solver"] == "ekfac", s["damping"])
-            tuning = (
-                self._tune(curv, model, grads)
-                if s["damping"] is None and s["damping_factor"] == "auto"
-                else None
-            )
-            info = {"damping": {n: f.damping for n, f in curv.factors_.items()}}
-            if tuning is not None:
-                info["tuning"] = tuning
-            return _Member(model, grads, curv.inverse_hvp, curv.quadratic, info)
-        curvature = "hessian" if s["solver"] == "exact" else s["curvature"]
-        hess = LossHessian(
-            model,
-            inputs,
-            train.labels,
-            s["params"],
-            s["batch_size"],
-            dtype=self._dtype(),
-            curvature=curvature,
-        )
-        if s["solver"] == "exact":
-            h = hess.matrix()
-            lam = (
-                s["damping"]
-                if s["damping"] is not None
-                else self._damping_factor() * float(h.trace()) / hess.p
-            )
-            inv = EigenInverse(h, wd + lam)
-            return _Member(model, grads, inv.solve, inv.quadratic, {"damping": lam})
-        lam = s["damping"]
-        if lam is None:
-            lam = self._damping_factor() * hess.mean_eigenvalue(seed=s["seed"])
-        info = {"damping": lam, "solves": []}
-        precondition = None
-        if s["preconditioner"] == "ekfac":  # columns [p, m] -> EK-FAC (H + (wd + lam) I)^{-1} columns
-            curv = self._kronecker(model, inputs, wd, True, lam)
-
-            def precondition(r: torch.Tensor) -> torch.Tensor:
-                return curv.inverse_hvp(r.T.to(self._dtype())).T.to(r.dtype)
-
-        def inverse(g: torch.Tensor) -> torch.Tensor:
-            return self._iterative(hess, g, wd + lam, info["solves"], precondition)
-
-        def quadratic(g: torch.Tensor) -> torch.Tensor:
-            return (inverse(g) * g).sum(1)
-
-        return _Member(model, grads, inverse, quadratic, info)
-
-    def _kronecker(
-        self, model: torch.nn.Module, inputs: torch.Tensor, wd: float, corrected: bool, damping: float | None
-    ) -> KroneckerCurvature:
-        """The fitted (E)K-FAC curvature of `model` with this attributor's settings and `damping`."""
-        s = self.settings
-        return KroneckerCurvature(
-            model,
-            s["params"],
-            corrected=corrected,
-            damping=damping,
-            damping_factor=self._damping_factor(),
-            weight_decay=wd,
-            seed=s["seed"],
-            fisher_samples=s["fisher_samples"],
-            batch_size=s["batch_size"],
-        ).fit(inputs)
-
-    def _iterative(
-        self,
-        hess: LossHessian,
-        g: torch.Tensor,
-        shift: float,
-        log: list,
-        precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        s = self.settings
-        rhs = g.T.to(hess.dtype)
-        if s["solver"] == "cg":
-            res = cg_solve(
-                hess.hvp,
-                rhs,
-                shift,
-                max_iter=s["max_iter"] or CG_MAX_ITER,
-                tol=s["tol"] or CG_TOL,
-                precondition=precondition,
-            )
-        else:
-            tol = s["tol"] or (1e-8 if hess.dtype == torch.float64 else 1e-5)
-            res = lissa_solve(hess.hvp, rhs, shift, max_iter=s["max_iter"] or LISSA_MAX_ITER, tol=tol)
-        log.append(res.info())
-        if not res.converged:
-            warnings.warn(
-                f"influence/{s['solver']}: not converged after {res.iterations} iterations "
-                f"(relative residual {res.residual:.2e}); raise max_iter or damping.",
-                stacklevel=3,
-            )
-        return res.x.T.to(g.dtype)
+            grads = gradient_features(model, inputs, train.labels, s.params, dtype=self._dtype())
+        problem = CurvatureProblem(
+            model, inputs, train.labels, s.params, s.batch_size, self._dtype(), s.curvature, s.seed,
+            s.fisher_samples,
+        )  # fmt: skip
+        op = make_inverse(
+            s.solver, problem, damping=s.damping, damping_factor=self._damping_factor(), weight_decay=wd,
+            max_iter=s.max_iter, tol=s.tol, preconditioner=s.preconditioner,
+        )  # fmt: skip
+        auto = isinstance(op, KroneckerInverse) and s.damping is None and s.damping_factor == "auto"
+        return _Member(model, grads, op, self._tune(op, model, grads) if auto else None)
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> Influence:
         """Per member (seed, or seed x checkpoint): train gradients `[N, p]` and the damped inverse-Hessian
         operator; returns self."""
-        seeds = run.select_seeds(self.settings["seeds"])
-        wd = run.weight_decay if self.settings["weight_decay"] is None else self.settings["weight_decay"]
+        seeds = run.select_seeds(self.settings.seeds)
+        wd = run.weight_decay if self.settings.weight_decay is None else self.settings.weight_decay
         self.n_train_ = len(train)
         self.weight_decay_ = float(wd)
         self.members_ = []
         s = self.settings
-        auto = s["solver"] in ("ekfac", "kfac") and s["damping"] is None and s["damping_factor"] == "auto"
+        auto = s.solver in ("ekfac", "kfac") and s.damping is None and s.damping_factor == "auto"
         self.heldout_ = (
             trak_tuning.heldout_signal(run, train, trak_tuning.TUNE_SUBSETS, self.validation, self.workspace)
             if auto
             else None
         )
-        final = self.settings["checkpoints"] == "final"
+        final = self.settings.checkpoints == "final"
         members = [
             (seed, c) for seed in seeds for c in ([-1] if final else range(len(run.checkpoints[seed])))
         ]
@@ -365,7 +177,7 @@ class Influence(Attributor):
                 self.progress(
                     i + 1,
                     len(members),
-                    f"influence/{self.settings['solver']}: seed {seed} checkpoint {c} fitted",
+                    f"influence/{self.settings.solver}: seed {seed} checkpoint {c} fitted",
                 )
         tunings = [m.info["tuning"] for m in self.members_ if "tuning" in m.info]
         if tunings:
@@ -383,8 +195,8 @@ class Influence(Attributor):
     def _query_vector(self, m: _Member, queries: ExampleSet) -> torch.Tensor:
         """One seed's `(H + shift I)^{-1} g(q) / N` `[n_query, p]` (dense: callers pass QUERY_BYTES of rows)."""
         inputs = prepare_inputs(m.model, queries.inputs)
-        g = gradient_features(m.model, inputs, queries.labels, self.settings["params"], dtype=self._dtype())
-        return m.inverse(g) / self.n_train_
+        g = gradient_features(m.model, inputs, queries.labels, self.settings.params, dtype=self._dtype())
+        return m.inverse.solve(g) / self.n_train_
 
     def _per_query(
         self, queries: ExampleSet, train_side: Callable[[_Member], Callable[[torch.Tensor], torch.Tensor]]
@@ -397,7 +209,7 @@ class Influence(Attributor):
         """
         total = 0
         for m in self.members_:
-            p = ParamSubset.resolve(m.model, self.settings["params"]).numel
+            p = ParamSubset.resolve(m.model, self.settings.params).numel
             step = max(1, QUERY_BYTES // (p * torch.finfo(self._dtype()).bits // 8))
             side, parts = train_side(m), []
             for a in range(0, len(queries), step):
@@ -417,7 +229,7 @@ class Influence(Attributor):
         per_seed = []
         for m in self.members_:
             step = m.train_grads.chunk_rows() if isinstance(m.train_grads, GhostFactors) else SELF_CHUNK
-            parts = [m.quadratic(m.rows(s, s + step)) for s in range(0, self.n_train_, step)]
+            parts = [m.inverse.quadratic(m.rows(s, s + step)) for s in range(0, self.n_train_, step)]
             per_seed.append(torch.cat(parts).float().cpu() / self.n_train_)
         return torch.stack(per_seed).mean(0)
 

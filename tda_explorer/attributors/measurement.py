@@ -19,8 +19,8 @@ import hashlib
 import numpy as np
 import torch
 
-from tda_explorer.attributors.base import make_attributor
-from tda_explorer.attributors.cache import ScoreResult
+from tda_explorer.attributors.base import attributor_from_config
+from tda_explorer.attributors.scores import ScoreResult
 from tda_explorer.data import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_array, save_array
@@ -75,8 +75,7 @@ def scores_for_measurement(
         if len(wrong):
             queries = test.subset(positions[wrong]).with_labels(torch.as_tensor(predicted[wrong]))
             if attributor is None:
-                settings = {k: v for k, v in base.config["method"].items() if k != "method"}
-                attributor = make_attributor(base.method, progress=progress, **settings)
+                attributor = attributor_from_config(base.config["method"], progress=progress)
                 if getattr(attributor, "workspace", False) is None:
                     attributor.workspace = workspace
                 attributor.fit(run, splits.train)
@@ -111,7 +110,7 @@ def compute_test_scores(
 ) -> tuple[ScoreResult, ScoreResult]:
     """The test-query scores for both measurements with one fit: `(true_label, predicted)` (both cached).
     The predicted-class rows reuse the attributor `compute_scores` fitted, so they cost one scoring pass."""
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
 
     fitted: list = []
     base = compute_scores(run, splits, method, settings, "test", workspace, progress, on_fitted=fitted.append)

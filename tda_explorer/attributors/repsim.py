@@ -7,12 +7,12 @@ Rank-only: the cosine in [-1, 1] has no loss scale; positive = similar represent
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
 import torch
 
 from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
+from tda_explorer.attributors.method_settings import RepSimSettings
 from tda_explorer.backend.features import representations
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import prepare_inputs
@@ -21,27 +21,15 @@ from tda_explorer.training.runs import TrainedRun
 
 @register
 class RepSim(FeatureDotAttributor):
-    """RepSim (see module docstring).
-
-    Args:
-        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
-        batch_size: examples per forward pass.
-    """
+    """RepSim (see module docstring); settings: `RepSimSettings`."""
 
     name = "repsim"
     rank_only = True
-
-    def __init__(
-        self, seeds: str | int | Sequence[int] = "first", batch_size: int = 512, progress=None
-    ) -> None:
-        super().__init__(
-            progress=progress,
-            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
-            batch_size=batch_size,
-        )
+    Settings = RepSimSettings
+    settings: RepSimSettings
 
     def _representations(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
-        return representations(model, prepare_inputs(model, examples.inputs), self.settings["batch_size"])
+        return representations(model, prepare_inputs(model, examples.inputs), self.settings.batch_size)
 
     def _units(self) -> list[FeatureUnit]:
         width = self.width_
@@ -51,7 +39,7 @@ class RepSim(FeatureDotAttributor):
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> RepSim:
         """Cache unit-norm train representations `[N, d]` per seed; returns self."""
-        self.models_ = [run.model(s) for s in run.select_seeds(self.settings["seeds"])]
+        self.models_ = [run.model(s) for s in run.select_seeds(self.settings.seeds)]
         self.width_ = self._representations(self.models_[0], train.subset(range(min(1, len(train))))).shape[1]
         self._fit_units(train)
         return self

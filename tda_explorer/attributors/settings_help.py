@@ -1,141 +1,121 @@
-"""What settings each attributor accepts, read from its `__init__` signature and its docstring's `Args:`.
+"""What each method's settings are, read from its settings dataclass (`method_settings`), for the front ends.
 
-Used by `make_attributor` to refuse an unknown setting with the valid names (and a close-match
-suggestion) instead of a raw `TypeError`, and by the CLI's `--help` to list every method's settings.
-Settings come from the class itself, so a default is written once (in the signature).
+`method_fields(method)` lists every setting (name, default, help, choices, range); `main_fields(method)`
+the ones the app's form shows (fields marked `main`, and AirRep's dotted nested knobs);
+`settings_help(methods)` the text the CLI's `--help` prints. Nothing here holds a default: they are
+read from the dataclasses, so the app, the CLI and Python show the same values.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
-import re
+import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
+from tda_explorer.attributors.method_settings import METHOD_SETTINGS
+from tda_explorer.attributors.settings import annotation_kinds, default_of
 from tda_explorer.errors import ConfigError
-
-#: Constructor arguments that are not user settings.
-_NOT_SETTINGS = ("self", "progress")
-#: Settings that take Python objects (not given on a command line); left out of the help listing.
-HIDDEN_IN_HELP = ("workspace", "executor")
-_ARG_LINE = re.compile(r"^(\s*)([A-Za-z_][\w]*(?:\s*/\s*[A-Za-z_][\w]*)*)(?:\s*\([^)]*\))?:\s*(.*)$")
 
 
 @dataclass(frozen=True)
 class SettingInfo:
-    """One constructor setting of an attributor.
+    """One setting of a method.
 
     Attributes:
-        name: Keyword name (as given to `make_attributor` or `--set name=value`).
-        default: Its default value (`inspect.Parameter.empty` when required).
-        help: The first sentence of its docstring entry ("" when undocumented).
+        name: Keyword name (`make_attributor(method, name=...)`, `--name` / `--set name=...` on the CLI);
+            dotted ("data.n_subsets") for a field of a nested settings dict.
+        default: Its default value.
+        help: One line.
+        kind: "choice" (a closed set of strings), "int", "float", "bool" or "json" (anything else:
+            lists, dicts, open strings).
+        choices: Allowed (or, for an open setting, suggested) strings.
+        range: `(low, high)` bounds of a number (None = unbounded), or None.
     """
 
     name: str
     default: Any
     help: str
+    kind: str
+    choices: tuple = ()
+    range: tuple | None = None
 
 
-def _doc_args(doc: str) -> dict[str, str]:
-    """`{name: text}` of a Google docstring's `Args:` block (`a / b:` entries document both names)."""
-    out: dict[str, str] = {}
-    lines = inspect.cleandoc(doc or "").splitlines()
-    in_args, indent, current = False, None, []
-    for line in lines:
-        if line.strip() == "Args:":
-            in_args, indent, current = True, None, []
-            continue
-        if not in_args:
-            continue
-        if line.strip() and not line.startswith(" "):  # the next section ("Returns:", ...)
-            break
-        match = _ARG_LINE.match(line)
-        if match and (indent is None or len(match.group(1)) == indent):
-            indent = len(match.group(1))
-            current = [n.strip() for n in match.group(2).split("/")]
-            for n in current:
-                out[n] = match.group(3).strip()
-        elif current and line.strip():
-            for n in current:
-                out[n] = f"{out[n]} {line.strip()}".strip()
+def settings_class(method: str):
+    """The settings dataclass of a registered method (ConfigError naming the methods otherwise)."""
+    if method not in METHOD_SETTINGS:
+        raise ConfigError(f"unknown method {method!r}; choose one of {sorted(METHOD_SETTINGS)}.")
+    return METHOD_SETTINGS[method]
+
+
+def _kind(kinds: set[str], default: Any, choices: tuple) -> str:
+    if "float" in kinds:
+        return "float"
+    if "int" in kinds and not isinstance(default, str):
+        return "int"
+    if kinds == {"bool"}:
+        return "bool"
+    if choices and isinstance(default, str) and default in choices:
+        return "choice"
+    return "json"
+
+
+def _info(f: dataclasses.Field) -> SettingInfo:
+    meta, default = f.metadata, default_of(f)
+    choices = tuple(meta.get("choices", ()))
+    return SettingInfo(f.name, default, meta.get("help", ""), _kind(annotation_kinds(f.type), default, choices),
+                       choices, meta.get("range"))  # fmt: skip
+
+
+def method_fields(method: str) -> list[SettingInfo]:
+    """Every setting of `method`, in declaration order."""
+    return [_info(f) for f in dataclasses.fields(settings_class(method))]
+
+
+def main_fields(method: str) -> list[SettingInfo]:
+    """The settings the app's form shows for `method` (its `main` fields, then nested main knobs)."""
+    cls = settings_class(method)
+    out = [_info(f) for f in dataclasses.fields(cls) if f.metadata.get("main")]
+    nested = getattr(cls, "NESTED_MAIN", {})
+    if nested:
+        defaults = cls()  # completes the nested dicts with their configs' defaults
+        for name, (text, choices, bounds) in nested.items():
+            parent, leaf = name.split(".")
+            value = getattr(defaults, parent)[leaf]
+            kind = "choice" if choices else "int" if isinstance(value, int) else "float"
+            out.append(SettingInfo(name, value, text, kind, tuple(choices), bounds))
     return out
 
 
-def _first_sentence(text: str, limit: int = 110) -> str:
-    """Text up to the first ". " or "; " outside parentheses (not after "e.g." / "i.e."), shortened."""
-    depth, end = 0, len(text)
-    for i, ch in enumerate(text):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        after_abbrev = text[max(0, i - 3) : i + 1] in ("e.g.", "i.e.")
-        if ch in ".;" and depth <= 0 and text[i + 1 : i + 2] in (" ", "") and not after_abbrev:
-            end = i
-            break
-    sentence = text[:end]
-    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
-
-
-def method_settings(cls: type) -> list[SettingInfo]:
-    """The settings of an attributor class in signature order (from `__init__` and the class docstring)."""
-    docs = {**_doc_args(cls.__doc__ or ""), **_doc_args(cls.__init__.__doc__ or "")}
-    out = []
-    for p in inspect.signature(cls.__init__).parameters.values():
-        if p.name in _NOT_SETTINGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        out.append(SettingInfo(p.name, p.default, _first_sentence(docs.get(p.name, ""))))
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """Keyword values with dotted names nested: `{"data.n_subsets": 32}` -> `{"data": {"n_subsets": 32}}`."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        *parents, leaf = name.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     return out
-
-
-def accepts_any(cls: type) -> bool:
-    """True when `cls.__init__` takes `**kwargs` (then names cannot be checked up front)."""
-    params = inspect.signature(cls.__init__).parameters.values()
-    return any(p.kind is p.VAR_KEYWORD for p in params)
-
-
-def check_setting_names(method: str, cls: type, settings: dict) -> None:
-    """ConfigError naming the valid settings (and the closest one) when `settings` has an unknown key."""
-    if accepts_any(cls):
-        return
-    valid = [s.name for s in method_settings(cls)]
-    for name in settings:
-        if name in valid or name in _NOT_SETTINGS:  # `progress` is passed by the callers, not the user
-            continue
-        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(
-            f"unknown setting {name!r} for method {method!r}{hint}; valid settings: {', '.join(valid)}."
-        )
 
 
 def format_default(value: Any) -> str:
-    """A default as the CLI shows it (`--set name=value` syntax; required settings as "required")."""
-    if value is inspect.Parameter.empty:
-        return "required"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value) if not isinstance(value, (list, tuple, dict)) else repr(value)
+    """A value as the CLI shows and parses it (JSON for null, booleans, lists and dicts; strings bare)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
 
 
-def settings_help(registry: dict[str, type], methods: list[str] | None = None) -> str:
-    """Text listing each method's settings: `name=default  help`, one line each, grouped by method.
-
-    A setting without a docstring entry shows the help of the same-named setting of another method.
-    """
-    shared: dict[str, str] = {}  # one name per knob across methods: an undocumented one borrows the help
-    for cls in registry.values():
-        for s in method_settings(cls):
-            if s.help:
-                shared.setdefault(s.name, s.help)
+def settings_help(methods: list[str] | None = None) -> str:
+    """Text listing each method's settings: `name=default  help`, one line each, grouped by method."""
     blocks = []
-    for name in methods or sorted(registry):
-        lines = [f"{name}:"]
-        for s in method_settings(registry[name]):
-            if s.name in HIDDEN_IN_HELP:
-                continue
-            text = s.help or shared.get(s.name, "")
-            lines.append(f"  {s.name}={format_default(s.default)}" + (f"  {text}" if text else ""))
+    for method in methods or sorted(METHOD_SETTINGS):
+        lines = [f"{method}:"]
+        for s in method_fields(method):
+            choices = f" [{' | '.join(s.choices)}]" if s.choices else ""
+            lines.append(f"  {s.name}={format_default(s.default)}  {s.help}{choices}")
         if len(lines) == 1:
             lines.append("  (no settings)")
         blocks.append("\n".join(lines))

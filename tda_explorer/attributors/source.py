@@ -9,8 +9,8 @@ averaged corrected eigenvalues, plus the stage's weight decay and a small dampin
 examples its stage trains on (`N_l` of them), and `g_l(z)` = the loss gradient of z averaged over the
 same checkpoints (0 when z is not trained on in that stage). "The segment's checkpoints" are those
 inside it plus, with `include_start` (default), the one it starts from (the previous segment's last,
-also across a stage boundary: the next stage starts from those weights); on mnist5k this raised LDS
-(quick benchmark, L = 3: early-stopped 0.26 -> 0.33, converged 0.41 -> 0.43, two-stage 0.62 -> 0.64).
+also across a stage boundary: the next stage starts from those weights), which raised LDS on mnist5k
+(`benchmarks/RESULTS.md`, "Design measurements").
 With, elementwise in the EK-FAC eigenbasis of `H_l`,
 
     S_l = exp(-eta_l K_l H_l),        F_l = (I - exp(-eta_l K_l H_l)) H_l^{-1}
@@ -40,11 +40,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from tda_explorer.attributors.base import Attributor, as_setting, check_damping, register
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.method_settings import SourceSettings
 from tda_explorer.backend.curvature import KroneckerCurvature, fit_averaged
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import gradient_features, group_matrix
 from tda_explorer.backend.grads import ParamSubset
+from tda_explorer.backend.inverse import CurvatureProblem
 from tda_explorer.backend.layers import flat_to_layer, layer_to_flat
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
@@ -195,61 +197,11 @@ class _Member:
 
 @register
 class Source(Attributor):
-    """Source (see module docstring).
-
-    Args:
-        segments: L, the number of segments (at least one per stage, at most one per checkpoint).
-        damping: absolute damping added to each segment's eigenvalues; None = `damping_factor x mean eig`.
-        damping_factor: relative damping used when `damping` is None (small: `F` is finite at s = 0).
-        params: parameter subset ("all", "head", or name prefixes); must lie in Linear/Conv2d layers.
-        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
-        weight_decay: L2 coefficient added to every H_l; None = each stage's `train_config.weight_decay`.
-        momentum: heavy-ball beta for `eta / (1 - beta)`; None = each stage's SGD momentum (0 for Adam).
-        seed / fisher_samples / batch_size: EK-FAC label sampling and fitting batch (as influence).
-        chunk_size: training examples per chunk when computing the responses.
-        include_start: also average g_l and H_l over the checkpoint each segment starts from.
-    """
+    """Source (see module docstring); settings: `SourceSettings`."""
 
     name = "source"
-
-    def __init__(
-        self,
-        segments: int = 3,
-        damping: float | None = None,
-        damping_factor: float = 1e-3,
-        params: str | Sequence[str] = "all",
-        seeds: str | int | Sequence[int] = "first",
-        weight_decay: float | None = None,
-        momentum: float | None = None,
-        seed: int = 0,
-        fisher_samples: int = 1,
-        batch_size: int = 128,
-        chunk_size: int = 512,
-        include_start: bool = True,
-        progress=None,
-    ) -> None:
-        if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
-            raise ConfigError(f"segments must be an integer >= 1, got {segments!r}.")
-        check_damping(damping, damping_factor, weight_decay)
-        if momentum is not None and not 0 <= momentum < 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {momentum}.")
-        if chunk_size < 1:
-            raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}.")
-        super().__init__(
-            progress=progress,
-            segments=segments,
-            damping=damping,
-            damping_factor=damping_factor,
-            params=as_setting(params),
-            seeds=as_setting(seeds),
-            weight_decay=weight_decay,
-            momentum=momentum,
-            seed=seed,
-            fisher_samples=fisher_samples,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            include_start=bool(include_start),
-        )
+    Settings = SourceSettings
+    settings: SourceSettings
 
     # ----------------------------------------------------------------------------------- fitting
     def _stage_info(self, run: TrainedRun, n: int) -> tuple[np.ndarray, list[TrainConfig]]:
@@ -269,37 +221,35 @@ class Source(Attributor):
             )
         out = []
         previous: list[int] = []
-        for idx in plan_segments(stages, s["segments"]):
+        for idx in plan_segments(stages, s.segments):
             stage = stages[idx[0]]
             cfg = configs[stage]
             steps = sum(ckpts[i].segment_steps for i in idx)
             if steps < 1:
                 raise ConfigError(f"segment over checkpoints {idx} of seed {seed} has no training step.")
             lr = sum(ckpts[i].segment_mean_lr * ckpts[i].segment_steps for i in idx) / steps
-            beta = s["momentum"]
+            beta = s.momentum
             if beta is None:
                 beta = cfg.momentum if cfg.optimizer == "sgd" else 0.0
-            wd = cfg.weight_decay if s["weight_decay"] is None else s["weight_decay"]
+            wd = cfg.weight_decay if s.weight_decay is None else s.weight_decay
             n_l = int(masks[stage].sum())
-            averaged = previous[-1:] + idx if s["include_start"] else idx
+            averaged = previous[-1:] + idx if s.include_start else idx
             eta = float(lr / (1 - beta))
             out.append(Segment(idx, averaged, stage, int(steps), float(lr), eta, n_l, float(wd)))
             previous = idx
         return out
 
-    def _curvature(self, model: torch.nn.Module, wd: float) -> KroneckerCurvature:
+    def _curvature(
+        self, model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, wd: float
+    ) -> KroneckerCurvature:
+        """The (unfitted) EK-FAC curvature of one checkpoint over the examples its stage trains on, built by
+        the same rule as influence's (`backend.inverse.CurvatureProblem`); Source applies spectral
+        functions of it (`segment_step`), not its inverse."""
         s = self.settings
-        return KroneckerCurvature(
-            model,
-            s["params"],
-            corrected=True,
-            damping=s["damping"],
-            damping_factor=s["damping_factor"],
-            weight_decay=wd,
-            seed=s["seed"],
-            fisher_samples=s["fisher_samples"],
-            batch_size=s["batch_size"],
+        problem = CurvatureProblem(
+            model, inputs, labels, s.params, s.batch_size, seed=s.seed, fisher_samples=s.fisher_samples
         )
+        return problem.kronecker(True, s.damping, s.damping_factor, wd)
 
     def _member(self, run: TrainedRun, seed: int, train: ExampleSet) -> _Member:
         s, dtype, n = self.settings, get_dtype(), len(train)
@@ -311,26 +261,29 @@ class Source(Attributor):
         curvs = []
         for seg in segments:
             keep = torch.from_numpy(masks[seg.stage])
-            members = [self._curvature(models[i], seg.weight_decay) for i in seg.averaged]
+            members = [
+                self._curvature(models[i], inputs[i][keep], train.labels[keep], seg.weight_decay)
+                for i in seg.averaged
+            ]
             curv = fit_averaged(members, [inputs[i][keep] for i in seg.averaged])
             seg.damping = {name: f.damping for name, f in curv.factors_.items()}
             curvs.append(curv)
         final_inputs = prepare_inputs(final, train.inputs)
-        p = ParamSubset.resolve(final, s["params"]).numel
+        p = ParamSubset.resolve(final, s.params).numel
         responses = torch.empty(n, p, dtype=dtype, device=get_device())
         self_inf = torch.empty(n, dtype=dtype, device=get_device())
-        for a in range(0, n, s["chunk_size"]):
-            b = min(a + s["chunk_size"], n)
+        for a in range(0, n, s.chunk_size):
+            b = min(a + s.chunk_size, n)
             rot: dict[str, torch.Tensor] = {}
             for k, (seg, curv) in enumerate(zip(segments, curvs, strict=True)):
                 g = sum(
-                    gradient_features(models[i], inputs[i][a:b], train.labels[a:b], s["params"], dtype=dtype)
+                    gradient_features(models[i], inputs[i][a:b], train.labels[a:b], s.params, dtype=dtype)
                     for i in seg.averaged
                 ) / len(seg.averaged)
                 g[~torch.from_numpy(masks[seg.stage][a:b]).to(g.device)] = 0  # not trained on: no gradient
                 rot = segment_step(curv, curvs[k - 1] if k else None, rot, g, seg.eta_k, seg.n_examples)
             r = from_eigenbasis(curvs[-1], rot, g)
-            v = gradient_features(final, final_inputs[a:b], train.labels[a:b], s["params"], dtype=dtype)
+            v = gradient_features(final, final_inputs[a:b], train.labels[a:b], s.params, dtype=dtype)
             responses[a:b] = r
             self_inf[a:b] = (v * r).sum(1)
         for seg in segments:
@@ -345,7 +298,7 @@ class Source(Attributor):
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> Source:
         """Per seed: segments, averaged EK-FAC per segment, responses `r [N, p]`; returns self."""
-        seeds = run.select_seeds(self.settings["seeds"])
+        seeds = run.select_seeds(self.settings.seeds)
         self.n_train_ = len(train)
         self.members_ = []
         for i, seed in enumerate(seeds):
@@ -365,7 +318,7 @@ class Source(Attributor):
     # ----------------------------------------------------------------------------------- scoring
     def _query_grads(self, m: _Member, queries: ExampleSet) -> torch.Tensor:
         inputs = prepare_inputs(m.model, queries.inputs)
-        return gradient_features(m.model, inputs, queries.labels, self.settings["params"], dtype=get_dtype())
+        return gradient_features(m.model, inputs, queries.labels, self.settings.params, dtype=get_dtype())
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32: predicted increase of each query's loss when a train example is removed."""

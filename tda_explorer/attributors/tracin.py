@@ -12,79 +12,46 @@ so positive = t helps the query. Scale: TracIn's own (lr-weighted dot, no 1/N, n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 
 import torch
 
 from tda_explorer.attributors import base
 from tda_explorer.attributors.base import FeatureDotAttributor, FeatureUnit, register
+from tda_explorer.attributors.method_settings import TracInSettings
 from tda_explorer.backend.features import gradient_features
 from tda_explorer.backend.ghost import GhostFactors, ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.backend.layers import find_layers
-from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
+from tda_explorer.backend.projection import RandomProjector
 from tda_explorer.data.example_set import ExampleSet
-from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
 from tda_explorer.training.runs import TrainedRun
 
 
 @register
 class TracIn(FeatureDotAttributor):
-    """TracIn-CP (see module docstring).
-
-    Args:
-        params: parameter subset ("all", "head", or name prefixes).
-        seeds: "first", "all", an int n, or a list of run seeds (scores are averaged).
-        lr_source: "lr" (Checkpoint.lr) or "segment_mean_lr".
-        proj_dim: random projection size (None = exact gradients).
-        proj_type / proj_seed: projection kind and seed.
-    """
+    """TracIn-CP (see module docstring); settings: `TracInSettings`."""
 
     name = "tracin"
-
-    def __init__(
-        self,
-        params: str | Sequence[str] = "all",
-        seeds: str | int | Sequence[int] = "first",
-        lr_source: str = "lr",
-        proj_dim: int | None = None,
-        proj_type: str = "rademacher",
-        proj_seed: int = 0,
-        progress=None,
-    ) -> None:
-        if lr_source not in ("lr", "segment_mean_lr"):
-            raise ConfigError(f"lr_source must be 'lr' or 'segment_mean_lr', got {lr_source!r}.")
-        if proj_type not in PROJECTIONS or (proj_dim is not None and proj_dim < 1):
-            raise ConfigError(
-                f"need proj_type in {PROJECTIONS} and proj_dim >= 1 or None; got {proj_type}, {proj_dim}."
-            )
-        super().__init__(
-            progress=progress,
-            params=params if isinstance(params, str) else list(params),
-            seeds=seeds if isinstance(seeds, (str, int)) else list(seeds),
-            lr_source=lr_source,
-            proj_dim=proj_dim,
-            proj_type=proj_type,
-            proj_seed=proj_seed,
-        )
+    Settings = TracInSettings
+    settings: TracInSettings
 
     def _gradients(self, model: torch.nn.Module, examples: ExampleSet) -> torch.Tensor:
         inputs = prepare_inputs(model, examples.inputs)
         return gradient_features(
-            model, inputs, examples.labels, self.settings["params"], "loss", self.projector_
+            model, inputs, examples.labels, self.settings.params, "loss", self.projector_
         )
 
     def _ghost(self, model: torch.nn.Module, examples: ExampleSet) -> GhostFactors:
         return ghost_factors(
-            model, prepare_inputs(model, examples.inputs), examples.labels, self.settings["params"]
+            model, prepare_inputs(model, examples.inputs), examples.labels, self.settings.params
         )
 
     def _units(self) -> list[FeatureUnit]:
         """One unit per (seed, checkpoint): weight `lr_c / n_seeds`, features `g_c` (ghost factors for
         Linear-only models without projection: the same inner products, no `[n, p]` gradients)."""
-        model, params = self.models_[0][0][1], self.settings["params"]
+        model, params = self.models_[0][0][1], self.settings.params
         features, width = self._gradients, self.width_
         if self.ghost_:
             features = self._ghost
@@ -98,23 +65,21 @@ class TracIn(FeatureDotAttributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> TracIn:
         """Load every checkpoint of the chosen seeds and cache the train features; returns self."""
         s = self.settings
-        seeds = run.select_seeds(s["seeds"])
+        seeds = run.select_seeds(s.seeds)
         for seed in seeds:
             for c in run.checkpoints[seed]:
-                c.require_schedule("tracin", (s["lr_source"],))
+                c.require_schedule("tracin", (s.lr_source,))
         self.models_ = [
-            [(getattr(c, s["lr_source"]), run.model(seed, i)) for i, c in enumerate(run.checkpoints[seed])]
+            [(getattr(c, s.lr_source), run.model(seed, i)) for i, c in enumerate(run.checkpoints[seed])]
             for seed in seeds
         ]
-        p = ParamSubset.resolve(self.models_[0][0][1], s["params"]).numel
+        p = ParamSubset.resolve(self.models_[0][0][1], s.params).numel
         self.projector_ = (
-            None
-            if s["proj_dim"] is None
-            else RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
+            None if s.proj_dim is None else RandomProjector(p, s.proj_dim, s.proj_seed, s.proj_type)
         )
-        self.width_ = p if self.projector_ is None else s["proj_dim"]
+        self.width_ = p if self.projector_ is None else s.proj_dim
         model = self.models_[0][0][1]
-        self.ghost_ = self.projector_ is None and base.USE_GHOST and ghost_supported(model, s["params"])
+        self.ghost_ = self.projector_ is None and base.USE_GHOST and ghost_supported(model, s.params)
         self._fit_units(train)
         if self.progress is not None:
             self.progress(1, 1, f"tracin: {len(train)} train gradients x {len(self.models_[0])} checkpoints")

@@ -4,13 +4,13 @@ Per model m (a seed's final checkpoint, or every checkpoint with `checkpoints="a
 `Phi_m = P(g_margin(train))` `[N, k]` with `g_margin` the gradient of the margin
 `f = log p_y / (1 - p_y)` and `P` a seeded random projection (k = `proj_dim`; no projection when None),
 `Q_m = 1 - p_y(train)` `[N]`, and the kernel part `K_m(q) = phi_m(q) (Phi_m^T Phi_m + lambda I)^{-1} Phi_m^T`
-(pseudo-inverse when lambda = 0 and the matrix is singular). By default (`regularization="auto"`,
+(pseudo-inverse when lambda = 0 and the matrix is singular). By default (`damping="auto"`,
 `attributors.trak_tuning`) lambda = c x `trace(Phi_m^T Phi_m) / N` with c chosen per run by a held-out
 mini-LDS on the validation split (a few retrainings with the run's own recipe), or c = 2 without a
 recipe: with k close to or above N, or many near-zero directions, the unregularised kernel interpolates
-the training set and the scores lose their ranking (digits, 5 models, k = 512: LDS 0.25 at lambda = 0),
-and the best lambda depends on the training recipe (see `trak_tuning`). `regularization=None` keeps the
-previous rule, `regularization_factor` x the mean nonzero eigenvalue `trace / min(k, N)`.
+the training set and the scores lose their ranking, and the best lambda depends on the training recipe
+(see `trak_tuning`; measurements in `benchmarks/RESULTS.md`, "Design measurements"). `damping=None` keeps
+the previous rule, `damping_factor` x the mean nonzero eigenvalue `trace / min(k, N)`.
 
 The kernel system is solved in the smaller space (a Cholesky factor, no explicit inverse):
 `(Phi^T Phi + lambda I)^{-1}` `[k, k]` when k <= N, else `(Phi Phi^T + lambda I)^{-1}` `[N, N]` (the same
@@ -29,13 +29,13 @@ influence on a ridge regression (tested). Scale: TRAK's own (a margin change, no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from tda_explorer.attributors import base, trak_tuning
 from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.method_settings import TRAKSettings
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.features import (
     gradient_features,
@@ -44,17 +44,15 @@ from tda_explorer.backend.features import (
 )
 from tda_explorer.backend.ghost import ghost_factors, ghost_supported
 from tda_explorer.backend.grads import ParamSubset
+from tda_explorer.backend.inverse import KernelInverse, KernelProblem, make_inverse, mean_nonzero_eigenvalue
 from tda_explorer.backend.layers import find_layers
-from tda_explorer.backend.projection import PROJECTIONS, RandomProjector, kronecker_features, kronecker_sizes
+from tda_explorer.backend.projection import RandomProjector, kronecker_features, kronecker_sizes
 from tda_explorer.backend.scoring import dot_scores
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import prepare_inputs
 from tda_explorer.models.tasks import task_of
 from tda_explorer.training.runs import TrainedRun
-
-#: "dense": one seeded projection of the flat gradient; "kronecker": per layer `P_out ⊗ P_in` (LoGra).
-LAYOUTS = ("dense", "kronecker")
 
 
 def _q_weights(model: torch.nn.Module, train: ExampleSet) -> torch.Tensor:
@@ -73,83 +71,6 @@ def _q_weights(model: torch.nn.Module, train: ExampleSet) -> torch.Tensor:
     return train.labels.to(device, dtype) - out[:, 0]
 
 
-class KernelSolver:
-    """`(gram + lambda I)^{-1} x` for a PSD Gram matrix `[n, n]`, without forming the inverse.
-
-    Factorises once in float64 and keeps the factor in `dtype`, or in float64 when lambda = 0 (the
-    unregularised system can be arbitrarily ill-conditioned; with lambda = c x the mean nonzero eigenvalue
-    the condition number is at most `min(k, N) / c + 1`, safe in float32). A positive definite matrix gets a
-    Cholesky factor; a singular one (lambda = 0 and rank deficient) gets the Moore-Penrose pseudo-inverse
-    from a rank-revealing pivoted Cholesky `P^T A P = L L^T` (LAPACK `pstrf`, rank r at its default
-    tolerance `n eps max(diag)`) and a Householder QR of `P L = Q R` (Q kept as its reflectors):
-    `A^+ = Q (R R^T)^{-1} Q^T`, applied with two triangular solves (condition number of R, not R^2).
-    On MNIST logistic regression's TRAK kernels (k = 2,048, rank ~1,950) that is pstrf 0.4 s + QR 0.4 s
-    against 19-23 s for the eigendecomposition behind `pinv` (both measured on the 2-core box under
-    load), and it equals `pinv(A, hermitian=True)` to ~1e-12 when the spectrum has a gap at the rank
-    (tested). Solving against the factor costs `O(n^2 c)` for c right-hand sides; the explicit inverse
-    cost `2 n^3` more at fit time (MNIST logistic regression, TRAK-10 at k = 2,048: 2.5 of 9.1 s).
-    """
-
-    def __init__(self, gram: torch.Tensor, regularization: float, dtype: torch.dtype) -> None:
-        gram = gram.to(torch.float64, copy=True)
-        gram.diagonal().add_(regularization)
-        factor, info = torch.linalg.cholesky_ex(gram)
-        self.cholesky = int(info) == 0
-        keep = torch.float64 if regularization == 0 else dtype
-        if self.cholesky:
-            self.matrix, self.tau = factor.to(keep), None
-        else:
-            reflectors, self.tau = pivoted_pseudo_factor(gram)
-            self.matrix = reflectors.to(keep)
-            self.tau = self.tau.to(keep)
-
-    @property
-    def rank(self) -> int:
-        """Rank of the factorised matrix (n for a positive definite one)."""
-        return self.matrix.shape[1]
-
-    def solve(self, x: torch.Tensor) -> torch.Tensor:
-        """`(gram + lambda I)^{-1} x` (pseudo-inverse when singular) `[n, c]`, in the factor's dtype."""
-        x = x.to(self.matrix)
-        if self.cholesky:
-            return torch.cholesky_solve(x, self.matrix)
-        h, r = self.matrix, self.rank
-        if r == 0:
-            return torch.zeros_like(x)
-        tri = h[:r]  # R in its upper triangle (solve_triangular reads only that half)
-        y = torch.ormqr(h, self.tau, x, transpose=True)[:r]  # Q^T x
-        y = torch.linalg.solve_triangular(tri, y, upper=True)  # R^{-1} Q^T x
-        y = torch.linalg.solve_triangular(tri.mT, y, upper=False)  # (R R^T)^{-1} Q^T x
-        return torch.ormqr(h, self.tau, torch.cat([y, y.new_zeros(len(x) - r, y.shape[1])]))
-
-
-def pivoted_pseudo_factor(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Householder QR `(reflectors [n, r], tau [r])` (`torch.geqrf` form) of the permuted pivoted-Cholesky
-    factor of a PSD float64 `gram [n, n]`, so that `pinv(gram) = Q (R R^T)^{-1} Q^T`.
-
-    r is the numerical rank found by LAPACK's pivoted Cholesky (`dpstrf`, default tolerance), R is the
-    upper triangle of `reflectors[:r]`. The pivoted Cholesky runs on the CPU (an `n x n` matrix).
-    """
-    import numpy as np
-    from scipy.linalg import lapack
-
-    a = gram.detach().to("cpu", torch.float64).numpy()
-    c, piv, rank, info = lapack.dpstrf(a, lower=1)
-    if info < 0:
-        raise RuntimeError(f"LAPACK dpstrf rejected argument {-info} (matrix shape {tuple(a.shape)}).")
-    lower = torch.from_numpy(np.tril(c[:, :rank]))
-    factor = torch.empty_like(lower)
-    factor[torch.from_numpy(piv.astype(np.int64) - 1)] = lower  # gram = factor @ factor.T
-    reflectors, tau = torch.geqrf(factor.to(gram.device))
-    return reflectors, tau
-
-
-def mean_nonzero_eigenvalue(gram: torch.Tensor, rank_bound: int) -> float:
-    """`trace(gram) / rank_bound`: with `gram` = `Phi^T Phi` or `Phi Phi^T` and `rank_bound` = min(k, N), the
-    mean of the (at most min(k, N)) nonzero eigenvalues of `Phi^T Phi`."""
-    return float(gram.diagonal().sum(dtype=torch.float64)) / max(1, rank_bound)
-
-
 @dataclass
 class _Model:
     """One TRAK model: the network, its projection, and its kernel solver in the smaller space.
@@ -165,103 +86,25 @@ class _Model:
     projector: RandomProjector | None
     seed: int
     phi: torch.Tensor | None
-    kernel: KernelSolver | None
+    kernel: KernelInverse | None
     dual: bool
     regularization: float
 
 
 @register
 class TRAK(Attributor):
-    """TRAK (see module docstring).
-
-    Args:
-        proj_dim: projection size k (None = no projection, use raw gradients).
-        proj_type: "sjlt" (default: a count sketch, one +-1 per gradient coordinate; the same LDS as the dense
-            projections in our MNIST benchmarks and 3x (logreg) to 21x (MLP) faster: 15.6 s instead of
-            305 s for the app's MNIST MLP demo on 2 cores), "rademacher" or "gaussian" (dense).
-        proj_seed: projection seed (model i uses `proj_seed + i` with `proj_per_model`).
-        proj_per_model: draw an independent projection for each model (default), as dattri does;
-            averaging over models then also averages over projections (on MNIST logistic regression with
-            10 models: LDS 0.75 -> 0.82 at regularization = mean eigenvalue of `Phi^T Phi`). False = one
-            projection shared by all models.
-        regularization: "auto" (default): lambda = c x `trace(Phi^T Phi) / N` per model, c chosen by a
-            held-out mini-LDS on the validation split (`trak_tuning`; needs the run's recipe, else
-            c = `trak_tuning.AUTO_FACTOR`); the choice is in `tuning_` and `regularization_`. A number =
-            absolute lambda added to `Phi^T Phi` (0 = plain TRAK, pseudo-inverse); None =
-            `regularization_factor` x the mean nonzero eigenvalue of each model's `Phi^T Phi`.
-        regularization_factor: the relative lambda used when `regularization` is None.
-        tune_subsets: retrainings of the held-out signal of "auto" (0 = always the fallback factor).
-        n_models: number of run seeds used (None = all).
-        checkpoints: "final" (one model per seed) or "all" (every checkpoint of each seed is a model).
-        params: parameter subset ("all", "head", or name prefixes).
-        proj_layout: "dense" (default; one projection of the flat gradient, features stored) or
-            "kronecker" (per nn.Linear / nn.Conv2d layer `P_out ⊗ P_in` with the per-layer sizes of
-            `backend.projection.kronecker_sizes` summing to about `proj_dim`; the features cost one
-            backward pass, so they are recomputed on use instead of stored).
-    """
+    """TRAK (see module docstring); settings: `TRAKSettings` (its `damping` / `damping_factor` were called
+    `regularization` / `regularization_factor`: the old names are accepted with a DeprecationWarning and
+    still name them in score-artifact keys, so cached scores stay valid)."""
 
     name = "trak"
-    #: Where "auto" caches its held-out retrainings (`cache.compute_scores` sets it), and the validation
+    Settings = TRAKSettings
+    settings: TRAKSettings
+    #: Where "auto" caches its held-out retrainings (`scores.compute_scores` sets it), and the validation
     #: examples it holds out (default: the run's dataset's validation split). Not settings: no effect on
     #: the scores beyond the chosen lambda, which is recorded in `tuning_`.
     workspace = None
     validation: ExampleSet | None = None
-
-    def __init__(
-        self,
-        proj_dim: int | None = 2048,
-        proj_type: str = "sjlt",
-        proj_seed: int = 0,
-        regularization: float | str | None = "auto",
-        regularization_factor: float = 1.0,
-        tune_subsets: int = trak_tuning.TUNE_SUBSETS,
-        n_models: int | None = None,
-        checkpoints: str = "final",
-        params: str | Sequence[str] = "all",
-        proj_per_model: bool = True,
-        proj_layout: str = "dense",
-        progress=None,
-    ) -> None:
-        if proj_type not in PROJECTIONS:
-            raise ConfigError(f"proj_type {proj_type!r} is not one of {PROJECTIONS}.")
-        if proj_dim is not None and proj_dim < 1:
-            raise ConfigError(f"proj_dim must be >= 1 (or None), got {proj_dim}.")
-        if isinstance(regularization, str) and regularization != "auto":
-            raise ConfigError(
-                f"regularization must be 'auto', a number >= 0 or None, got {regularization!r}."
-            )
-        if isinstance(tune_subsets, bool) or not isinstance(tune_subsets, int) or tune_subsets < 0:
-            raise ConfigError(f"tune_subsets must be an int >= 0, got {tune_subsets!r}.")
-        if tune_subsets == 1:
-            raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
-        numeric = regularization is not None and not isinstance(regularization, str)
-        if (numeric and regularization < 0) or regularization_factor < 0:
-            raise ConfigError(
-                f"regularization and regularization_factor must be >= 0, got {regularization}, "
-                f"{regularization_factor}."
-            )
-        if checkpoints not in ("final", "all"):
-            raise ConfigError(f"checkpoints must be 'final' or 'all', got {checkpoints!r}.")
-        if proj_layout not in LAYOUTS:
-            raise ConfigError(f"proj_layout must be one of {LAYOUTS}, got {proj_layout!r}.")
-        if proj_layout == "kronecker" and proj_dim is None:
-            raise ConfigError("proj_layout='kronecker' needs a proj_dim (the total feature width).")
-        super().__init__(
-            progress=progress,
-            proj_dim=proj_dim,
-            proj_type=proj_type,
-            proj_seed=proj_seed,
-            regularization=regularization
-            if isinstance(regularization, str) or regularization is None
-            else float(regularization),
-            regularization_factor=regularization_factor,
-            tune_subsets=tune_subsets,
-            n_models=n_models,
-            checkpoints=checkpoints,
-            params=params if isinstance(params, str) else list(params),
-            proj_per_model=bool(proj_per_model),
-            proj_layout=proj_layout,
-        )
 
     def _features(
         self, m: _Model, examples: ExampleSet, targets: torch.Tensor | None = None, objective: str = "margin"
@@ -271,17 +114,15 @@ class TRAK(Attributor):
         targets = examples.labels if targets is None else targets
         inputs = prepare_inputs(m.model, examples.inputs)
         model = m.model.to(get_device(), get_dtype()).eval()
-        if s["proj_layout"] == "kronecker":
-            sizes = kronecker_sizes(
-                find_layers(model, ParamSubset.resolve(model, s["params"])), s["proj_dim"]
-            )
+        if s.proj_layout == "kronecker":
+            sizes = kronecker_sizes(find_layers(model, ParamSubset.resolve(model, s.params)), s.proj_dim)
             return kronecker_features(
                 model,
                 inputs,
                 targets,
-                s["params"],
+                s.params,
                 seed=m.seed,
-                kind=s["proj_type"],
+                kind=s.proj_type,
                 objective=objective,
                 sizes=sizes,
             )
@@ -289,9 +130,9 @@ class TRAK(Attributor):
             m.projector is not None
             and m.projector.kind == "sjlt"
             and base.USE_GHOST
-            and ghost_supported(m.model, s["params"])
+            and ghost_supported(m.model, s.params)
         ):  # Linear-only model: sketch each layer's ds a^T from its factors, no per-example backward
-            return ghost_factors(model, inputs, targets, s["params"], objective=objective).sketch(m.projector)
+            return ghost_factors(model, inputs, targets, s.params, objective=objective).sketch(m.projector)
         if m.projector is not None and len(self.models_) > 1:  # keep one model's cached blocks at a time
             for other in self.models_:
                 if other is not m and other.projector is not None and other.projector is not m.projector:
@@ -300,7 +141,7 @@ class TRAK(Attributor):
             model=m.model,
             inputs=inputs,
             labels=targets,
-            params=s["params"],
+            params=s.params,
             objective=objective,
             projector=m.projector,
         )
@@ -311,25 +152,25 @@ class TRAK(Attributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> TRAK:
         """Per model: features, the kernel factorised in the smaller of the k / N spaces, and `Q = 1 - p_y`."""
         s = self.settings
-        seeds = run.select_seeds("all" if s["n_models"] is None else s["n_models"])
-        ckpts = [-1] if s["checkpoints"] == "final" else range(len(run.checkpoints[seeds[0]]))
+        seeds = run.select_seeds("all" if s.n_models is None else s.n_models)
+        ckpts = [-1] if s.checkpoints == "final" else range(len(run.checkpoints[seeds[0]]))
         models = [(seed, c) for seed in seeds for c in ckpts]
-        p = ParamSubset.resolve(run.model(seeds[0]), s["params"]).numel
-        per_model = s["proj_per_model"]
+        p = ParamSubset.resolve(run.model(seeds[0]), s.params).numel
+        per_model = s.proj_per_model
         shared = None
-        if s["proj_dim"] is not None and s["proj_layout"] == "dense" and not per_model:
-            shared = RandomProjector(p, s["proj_dim"], s["proj_seed"], s["proj_type"])
+        if s.proj_dim is not None and s.proj_layout == "dense" and not per_model:
+            shared = RandomProjector(p, s.proj_dim, s.proj_seed, s.proj_type)
         self.train_, self.models_ = train, []
         q = [_q_weights(run.model(seed, c), train) for seed, c in models]
         self.q_ = torch.stack(q).mean(0)
-        heldout = self._heldout(run, train) if s["regularization"] == "auto" else None
+        heldout = self._heldout(run, train) if s.damping == "auto" else None
         grams, parts, scales = [], [], []
         for i, (seed, c) in enumerate(models):
             model = run.model(seed, c)
-            proj_seed = s["proj_seed"] + (i if per_model else 0)
+            proj_seed = s.proj_seed + (i if per_model else 0)
             projector = shared
-            if s["proj_dim"] is not None and s["proj_layout"] == "dense" and per_model:
-                projector = RandomProjector(p, s["proj_dim"], proj_seed, s["proj_type"])
+            if s.proj_dim is not None and s.proj_layout == "dense" and per_model:
+                projector = RandomProjector(p, s.proj_dim, proj_seed, s.proj_type)
             m = _Model(model, projector, proj_seed, None, None, False, 0.0)
             self.models_.append(m)
             phi = self._features(m, train)
@@ -342,19 +183,22 @@ class TRAK(Attributor):
                 parts.append(trak_tuning.spectral_parts(gram, m.dual, phi, self._features(m, val), group))
             m.phi, dtype = (phi if self._stores_features else None), phi.dtype
             del phi  # features that are cheap to recompute are not held while factorising
-            if s["regularization"] == "auto":
+            if s.damping == "auto":
                 grams.append((gram, dtype))
             else:
-                m.regularization = self._lambda(gram, gram.shape[0])  # min(k, N)
-                m.kernel = KernelSolver(gram, m.regularization, dtype)
+                damping = None if s.damping is None else float(s.damping)  # relative: x trace / min(k, N)
+                m.kernel = make_inverse("kernel", KernelProblem(gram, gram.shape[0], dtype), damping=damping,
+                                        damping_factor=s.damping_factor)  # fmt: skip
+                m.regularization = m.kernel.info["damping"]
             del gram
             if self.progress is not None:
                 self.progress(i + 1, len(models), f"trak: model {i + 1}/{len(models)} featurized")
-        if s["regularization"] == "auto":
+        if s.damping == "auto":
             self.tuning_ = self._choose(heldout, parts, scales)
-            for m, (gram, dtype), scale in zip(self.models_, grams, scales, strict=True):
-                m.regularization = self.tuning_.factor * scale
-                m.kernel = KernelSolver(gram, m.regularization, dtype)
+            for m, (gram, dtype) in zip(self.models_, grams, strict=True):
+                problem = KernelProblem(gram, len(train), dtype)  # relative to trace / N, as `scales`
+                m.kernel = make_inverse("kernel", problem, damping=None, damping_factor=self.tuning_.factor)
+                m.regularization = m.kernel.info["damping"]
             self.artifact_extra_ = {
                 "trak_regularization": {**self.tuning_.to_dict(), "lambdas": self.regularization_}
             }
@@ -368,17 +212,19 @@ class TRAK(Attributor):
         """Keep `Phi` `[N, k]` per model only when recomputing it costs a dense projection (a GEMM with
         `p x k` entries per example); Kronecker and SJLT features cost about one backward pass."""
         s = self.settings
-        return s["proj_layout"] == "dense" and s["proj_type"] != "sjlt"
+        return s.proj_layout == "dense" and s.proj_type != "sjlt"
 
     @property
-    def regularization_(self) -> list[float]:
+    def damping_(self) -> list[float]:
         """The lambda each model used (absolute)."""
         return [m.regularization for m in self.models_]
+
+    regularization_ = damping_  # its name before damping became one name across methods
 
     def _heldout(self, run: TrainedRun, train: ExampleSet):
         """The held-out mini-LDS `(val, masks [M, N], losses [M, n])`, or the reason it cannot be made."""
         return trak_tuning.heldout_signal(
-            run, train, self.settings["tune_subsets"], self.validation, self.workspace
+            run, train, self.settings.tune_subsets, self.validation, self.workspace
         )
 
     def _choose(self, heldout, parts, scales) -> trak_tuning.Tuning:
@@ -389,13 +235,6 @@ class TRAK(Attributor):
         return trak_tuning.Tuning(
             factor, "validation-lds", table=table, n_subsets=len(masks), n_queries=len(val)
         )
-
-    def _lambda(self, gram: torch.Tensor, rank_bound: int) -> float:
-        """One model's lambda: absolute, or `factor x trace(Phi^T Phi) / min(k, N)` (mean nonzero eigenvalue)."""
-        s = self.settings
-        if s["regularization"] is not None:
-            return float(s["regularization"])
-        return s["regularization_factor"] * mean_nonzero_eigenvalue(gram, rank_bound)
 
     def kernel_scores(
         self, queries: ExampleSet, targets: torch.Tensor | None = None, objective: str = "margin"
@@ -410,9 +249,9 @@ class TRAK(Attributor):
             v = self._features(m, queries, targets, objective)
             phi = self._train_features(m)
             if m.dual:
-                total = total + m.kernel.solve(dot_scores(v, phi).T).T.float().cpu()
+                total = total + m.kernel.solve(dot_scores(v, phi)).float().cpu()
             else:
-                total = total + dot_scores(m.kernel.solve(v.T).T.to(phi), phi)
+                total = total + dot_scores(m.kernel.solve(v).to(phi), phi)
         return total / len(self.models_)
 
     def _query_kernel(self, queries: ExampleSet) -> torch.Tensor:
@@ -433,7 +272,7 @@ class TRAK(Attributor):
         for m in self.models_:
             phi = self._train_features(m)
             # primal: rowsum(Phi K^-1 * Phi); dual: diag(Phi Phi^T D) = rowsum(Phi * (D Phi))
-            solved = m.kernel.solve(phi.T).T if not m.dual else m.kernel.solve(phi)
+            solved = m.kernel.solve(phi) if not m.dual else m.kernel.solve(phi.T).T
             quad = quad + solved.to(phi).mul(phi).sum(1)
         own = self.q_ if self.regression_ else 1.0  # regression: the loss gradient is -Q times the output's
         return (quad / len(self.models_) * self.q_ * own).float().cpu()

@@ -1,4 +1,4 @@
-"""TRAK's `regularization="auto"`: lambda chosen per run from the run's own data, never from the evaluation.
+"""TRAK's `damping="auto"`: lambda chosen per run from the run's own data, never from the evaluation.
 
 Why a data-driven lambda: the best lambda depends on how the model was trained, not only on the kernel.
 Measured on digits (N = 1,297) against an LDS ground truth (`benchmarks/robustness.py`), the best
@@ -192,7 +192,7 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
 def heldout_signal(run, train: ExampleSet, n_subsets: int, validation: ExampleSet | None, workspace=None):
     """`(val [n], masks [M, N], losses [M, n])` of the held-out mini-LDS, or a string saying why there is none.
 
-    Shared by TRAK's `regularization="auto"` and influence's `damping_factor="auto"`.
+    Shared by TRAK's `damping="auto"` and influence's `damping_factor="auto"`.
     """
     from tda_explorer.models.tasks import task_of
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tda_explorer.backend.damping import absolute_damping, check_damping
 from tda_explorer.backend.device import get_device, get_dtype
 from tda_explorer.backend.grads import DEFAULT_MEMORY_BYTES, ParamSubset, forward_saved_bytes
 from tda_explorer.backend.layers import LayerInfo, capture_layers, find_layers, flat_to_layer, layer_to_flat
@@ -81,10 +82,7 @@ class KroneckerCurvature:
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if (damping is not None and damping < 0) or damping_factor < 0 or weight_decay < 0:
-            raise ConfigError(
-                f"damping, damping_factor, weight_decay must be >= 0; got {damping}, {damping_factor}."
-            )
+        check_damping(damping, damping_factor, weight_decay)
         self.device, self.dtype = device or get_device(), dtype or get_dtype()
         self.model = model.to(self.device, self.dtype).eval()
         self.subset = ParamSubset.resolve(model, params)
@@ -165,10 +163,8 @@ class KroneckerCurvature:
 
     def _set_damping(self) -> None:
         for f in self.factors_.values():
-            f.damping = (
-                self.damping
-                if self.damping is not None
-                else self.damping_factor * float(f.eigenvalues.mean())
+            f.damping = absolute_damping(
+                self.damping, self.damping_factor, lambda f=f: float(f.eigenvalues.mean())
             )
 
     def fit(self, inputs: torch.Tensor, progress: Progress | None = None) -> KroneckerCurvature:

@@ -2,7 +2,7 @@
 
 `H = (1/n) sum_i d^2 loss_i / d theta^2` (cross-entropy, no regulariser) over the flattened parameters of a
 `ParamSubset` (order of `ParamSubset.names`), evaluated at the model's current weights. Solvers return
-`x = (H + damping I)^{-1} b`; callers fold weight decay into `damping` (the L2 term `wd/2 ||theta||^2`
+`x = (H + damping I)^{-1} b` (`backend.inverse` wraps them, and the dense inverse, as `InverseOperator`s); callers fold weight decay into `damping` (the L2 term `wd/2 ||theta||^2`
 adds `wd I` to H). The exact path materialises `[p, p]` and is meant for small models (reference).
 """
 
@@ -428,43 +428,3 @@ def lissa_solve(
         x = new
         converged = change < tol
     return SolveResult(x.reshape(b.shape), it, _residual(hvp, x, b2, damping), converged)
-
-
-class EigenInverse:
-    """`(H + shift I)^{-1}` for the exact-Hessian path, through a float64 Cholesky factor `L L^T = H + shift I`.
-
-    (The name is historical: a Cholesky factorisation costs `p^3 / 3` flops against about `9 p^3` for
-    `eigh`, i.e. minutes instead of a quarter of an hour at p = 7,850, and solves the same system.)
-
-    Raises:
-        ConfigError: if `H + shift I` is not positive definite (increase damping).
-    """
-
-    def __init__(self, h: torch.Tensor, shift: float) -> None:
-        h = h.to(torch.float64)
-        # coordinates whose row of H is zero (e.g. never-lit pixels) decouple: their inverse is 1 / shift
-        self.active = (h != 0).any(0)
-        self.shift = float(shift)
-        a = h[self.active][:, self.active]
-        a.diagonal().add_(shift)
-        self.factor, info = torch.linalg.cholesky_ex(a)
-        if int(info) != 0 or (shift <= 0 and not bool(self.active.all())):
-            smallest = float(torch.linalg.eigvalsh(h)[0])
-            raise ConfigError(
-                f"H + {shift:g} I is not positive definite (smallest eigenvalue of H {smallest:.3g}); "
-                "increase `damping`."
-            )
-
-    def solve(self, g: torch.Tensor) -> torch.Tensor:
-        """`(H + shift I)^{-1} g_i` for rows `g [b, p]` -> `[b, p]` float64."""
-        g = g.to(self.factor)
-        out = g / self.shift if self.shift > 0 else torch.zeros_like(g)
-        out[:, self.active] = torch.cholesky_solve(g[:, self.active].T, self.factor).T
-        return out
-
-    def quadratic(self, g: torch.Tensor) -> torch.Tensor:
-        """`g_i^T (H + shift I)^{-1} g_i = ||L^{-1} g_i||^2` (+ the decoupled part) for rows `g [b, p]` -> `[b]`."""
-        g = g.to(self.factor)
-        half = torch.linalg.solve_triangular(self.factor, g[:, self.active].T, upper=False)
-        rest = g[:, ~self.active].square().sum(1) / self.shift if self.shift > 0 else 0.0
-        return half.square().sum(0) + rest

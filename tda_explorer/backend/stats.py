@@ -1,5 +1,5 @@
 """Statistics shared by attributors and evaluations: row-wise Spearman correlation, a bootstrap interval,
-and the seeded random training subsets of LDS-style ground truths (numpy only)."""
+the seeded random training subsets of LDS-style ground truths, the rank agreement of two score rows."""
 
 from __future__ import annotations
 
@@ -89,3 +89,20 @@ def random_subset_masks(n_train: int, size: int, subset_seed: int, rows: Iterabl
         rng = np.random.default_rng([subset_seed, int(j)])
         masks[r, rng.choice(n_train, size=size, replace=False)] = True
     return masks
+
+
+def rank_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Agreement of two attributors' score rows for one query (both `[n_train]`).
+
+    Returns:
+        {"spearman": rank correlation, "top_k_overlap": |top-k(a) ∩ top-k(b)| / k,
+         "bottom_k_overlap": the same for the k most opposing}.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ConfigError(f"score rows differ in shape: {a.shape} vs {b.shape}.")
+    k = min(k, len(a))
+    rho = stats.spearmanr(a, b).statistic if len(a) > 1 else float("nan")
+    top = len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+    bottom = len(set(np.argsort(a)[:k]) & set(np.argsort(b)[:k])) / k
+    return {"spearman": float(rho), "top_k_overlap": top, "bottom_k_overlap": bottom}

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,56 @@ def parse_settings(items: Sequence[str] | None) -> dict:
     return out
 
 
+def method_flag_names() -> dict[str, list[str]]:
+    """`{setting name: [methods that have it]}` over every method's settings dataclass."""
+    from tda_explorer.attributors.method_settings import METHOD_SETTINGS
+
+    out: dict[str, list[str]] = {}
+    for method, cls in sorted(METHOD_SETTINGS.items()):
+        for name in cls.names():
+            out.setdefault(name, []).append(method)
+    return out
+
+
+class _SettingFlag(argparse.Action):
+    """`--proj-dim 512` is recorded as `--set proj_dim=512` (same parsing, command-line order kept)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = list(getattr(namespace, "set", None) or [])
+        namespace.set = [*items, f"{self.metavar_name}={values}"]
+
+    def __init__(self, *args, setting: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.metavar_name = setting
+
+
+def add_method_flags(p: argparse.ArgumentParser) -> None:
+    """One `--name VALUE` flag per method setting (`--proj-dim 512`, `--damping-factor auto`), generated
+    from the settings dataclasses and recorded as `--set name=VALUE`; a flag the command already has
+    (e.g. its own `--seed`) is left to `--set`. Defaults differ per method, so `settings_epilog` lists
+    them."""
+    from tda_explorer.attributors.settings_help import method_fields
+
+    if "--set" not in p._option_string_actions:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting (repeatable)")
+    group = p.add_argument_group("method settings (see the list below for each method's defaults)")
+    for name, methods in method_flag_names().items():
+        helps = Counter(s.help for m in methods for s in method_fields(m) if s.name == name).most_common()
+        text = helps[0][0] if len(helps) == 1 or helps[0][1] > 1 else "differs per method, see the list below"
+        option = "--" + name.replace("_", "-")
+        if option in p._option_string_actions:
+            continue
+        shown = ", ".join(methods) if len(methods) <= 3 else f"{len(methods)} methods"
+        group.add_argument(option, action=_SettingFlag, setting=name, default=argparse.SUPPRESS,
+                           metavar="V", help=f"{text} [{shown}]")  # fmt: skip
+    p.set_defaults(method_flags=True)
+
+
+def method_settings_from_args(args: argparse.Namespace) -> dict:
+    """The method settings a command line gave (`--set KEY=VALUE` and the setting flags, in order)."""
+    return parse_settings(getattr(args, "set", None))
+
+
 def check_method(method: str, settings: dict) -> None:
     """ConfigError (with the valid names and a close match) for an unknown method or setting, before any
     expensive step; builds the attributor once, which only validates its settings."""
@@ -141,11 +192,11 @@ class Context:
 def method_scores(ctx: Context, args: argparse.Namespace, split: str):
     """The ScoreResult of `--method` with its `--set` settings on the `split` queries: from the
     workspace when the app or the CLI computed it before, else computed (progress on stderr) and stored."""
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
 
     update, bar = progress_bar(f"{args.method} scores")
     try:
-        settings = parse_settings(args.set)
+        settings = method_settings_from_args(args)
         return compute_scores(ctx.run, ctx.splits, args.method, settings, split, ctx.ws, update)
     finally:
         bar.close()
@@ -254,10 +305,12 @@ def add_run_args(p: argparse.ArgumentParser, method: bool | str = False) -> None
 
 def settings_epilog() -> str:
     """Each method's `--set` settings with defaults and help (for `--help` of commands taking --method)."""
-    from tda_explorer.attributors import ATTRIBUTORS
     from tda_explorer.attributors.settings_help import settings_help
 
-    return "method settings (--set KEY=VALUE; default shown):\n" + settings_help(ATTRIBUTORS)
+    return (
+        "method settings (--name VALUE, e.g. --proj-dim 512, or --set name=VALUE; values are JSON or "
+        "plain strings; default shown):\n" + settings_help()
+    )
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:

@@ -17,8 +17,8 @@ from tda_explorer.cli_commands.common import (
     add_json_arg,
     check_method,
     method_scores,
+    method_settings_from_args,
     open_run,
-    parse_settings,
     print_json,
 )
 
@@ -61,18 +61,23 @@ def runs_json(args: argparse.Namespace) -> int:
 
 
 def attribute_json(args: argparse.Namespace) -> int:
-    """`attribute --json`: the score artifact's key, folder, shape and compute seconds."""
-    check_method(args.method, parse_settings(args.set))
+    """`attribute --json`: the score artifact's key, folder, shape and compute seconds (with `--measurement
+    predicted`: the predicted-class scores' artifact)."""
+    from tda_explorer.cli_commands.explain import check_measurement, measured, result_kind
+
+    check_method(args.method, method_settings_from_args(args))
+    measurement = check_measurement(args.measurement, args.split, "true_label")
     ctx = open_run(args)
-    result = method_scores(ctx, args, args.split)
+    result = measured(ctx, method_scores(ctx, args, args.split), measurement)
     print_json(
         {
             "run": ctx.run.key,
             "method": args.method,
             "settings": result.config["method"],
             "split": args.split,
+            "measurement": measurement,
             "score_key": result.key,
-            "path": str(ctx.ws.path("scores", result.key)),
+            "path": str(ctx.ws.path(result_kind(measurement), result.key)),
             "n_query": int(result.scores.shape[0]),
             "n_train": int(result.scores.shape[1]),
             "seconds": result.seconds,

@@ -1,4 +1,4 @@
-"""Commands that look at attributions: `explain` (one query's proponents and opponents), `dtda` (its
+"""Commands that look at attributions (`explain` is in `explain.py`): `dtda` (a query's
 per-seed distribution), `map` (UMAP coordinates) and `export` (scores, top-k, self-influence, flags).
 
 All reuse the workspace's cached artifacts (scores, d-TDA, maps), as the app does.
@@ -35,49 +35,6 @@ def _example(examples, i: int, score: float | None = None) -> dict:
 
 def _class(examples, label: int) -> str:
     return str(examples.class_names[label]) if examples.class_names else ""
-
-
-# ---------------------------------------------------------------------------------------- explain
-def cmd_explain(args: argparse.Namespace) -> int:
-    """Proponents (positive scores: they help the query) and opponents of one query."""
-    if args.k < 1:
-        raise ConfigError(f"--k must be at least 1, got {args.k}.")
-    check_method(args.method, parse_settings(args.set))
-    ctx = open_run(args)
-    queries = getattr(ctx.splits, args.split)
-    q = find_id(args.query, queries.ids, f"{args.split} split")
-    result = method_scores(ctx, args, args.split)
-    q = result.query_ids.index(queries.ids[q])
-    support, oppose = result.top_k(q, args.k)
-    train, row = ctx.splits.train, result.scores[q]
-    probs = ctx.run.predict(queries.subset([q]))[0]
-    pred = int(probs.argmax())
-    out = {
-        "run": ctx.run.key,
-        "method": args.method,
-        "score_key": result.key,
-        "query": {
-            **_example(queries, q),
-            "split": args.split,
-            "predicted": pred,
-            "predicted_class": _class(queries, pred),
-            "confidence": float(probs.max()),
-        },
-        "proponents": [{"rank": r + 1, **_example(train, int(i), row[i])} for r, i in enumerate(support)],
-        "opponents": [{"rank": r + 1, **_example(train, int(i), row[i])} for r, i in enumerate(oppose)],
-    }
-    if args.json:
-        print_json(out)
-        return 0
-    qd = out["query"]
-    print(
-        f"query {qd['id']} ({args.split}): label {qd['class_name']}, predicted {qd['predicted_class']} "
-        f"({qd['confidence']:.1%}); {args.method} scores, positive = helps the query"
-    )
-    for name in ("proponents", "opponents"):
-        print(f"\n{name}:")
-        print(format_table(out[name], ["rank", "id", "class_name", "score"]))
-    return 0
 
 
 # ------------------------------------------------------------------------------------------- dtda
@@ -253,16 +210,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ registration
 def add_commands(sub) -> None:
-    """Register explain, dtda, map and export on the CLI's subparsers."""
+    """Register dtda, map and export on the CLI's subparsers."""
     from tda_explorer.attributors.dtda import BASES, MEASUREMENTS
     from tda_explorer.maps import REPRESENTATIONS
-
-    e = sub.add_parser("explain", help="proponents and opponents of one query, with scores")
-    add_run_args(e, method=True)
-    e.add_argument("--query", required=True, metavar="ID", help="query example id (e.g. digits-0002)")
-    e.add_argument("--k", type=int, default=10, help="proponents and opponents shown (default 10)")
-    e.add_argument("--split", default="test", choices=["test", "val"], help="query split (default test)")
-    e.set_defaults(func=cmd_explain)
 
     d = sub.add_parser(
         "dtda", help="d-TDA: per-seed measurement of a query and its most influential examples"

@@ -81,8 +81,8 @@ def _mislabel(ctx, args) -> dict:
 
 
 def _pruning(ctx, args) -> dict:
+    from tda_explorer.backend.usefulness import curve_fractions, usefulness
     from tda_explorer.evaluation import compute_pruning_curve
-    from tda_explorer.selection import curve_fractions, usefulness
 
     result = method_scores(ctx, args, "val")
     data, run = ctx.splits, ctx.run

@@ -320,19 +320,27 @@ def blank_rows(cells: list[str]) -> np.ndarray:
     return np.array([not c.strip() for c in cells], dtype=bool)
 
 
+def require_filled(table: Table, cells: list[str], column: str, what: str, fix: str) -> None:
+    """DataError naming the first row whose `what` cell (column `column`) is empty or whitespace.
+
+    `what` is "an id", "a text", "a label"...; `fix` says what the user can do."""
+    blank = blank_rows(cells)
+    if blank.any():
+        i = int(np.flatnonzero(blank)[0])
+        noun = what.split(" ", 1)[1]
+        raise DataError(
+            f"{table.file.name}: {noun} column {column!r} is empty at {table.row(i)}; every row needs {what} "
+            f"({fix}). {table.where()}"
+        )
+
+
 def id_values(table: Table, id_column: str | None) -> tuple[str, ...]:
     """Example ids: the id column verbatim, else `"<file stem>-<row>"`; DataError on empty / duplicates."""
     file = table.file
     if id_column is None:
         return tuple(f"{file.stem}-{i}" for i in range(len(table)))
     ids = table.texts(id_column, "id column")
-    blank = blank_rows(ids)
-    if blank.any():
-        i = int(np.flatnonzero(blank)[0])
-        raise DataError(
-            f"{file.name}: id column {id_column!r} is empty at {table.row(i)}; every row needs an id "
-            f"(fill it in, or leave id_column unset to number the rows). {table.where()}"
-        )
+    require_filled(table, ids, id_column, "an id", "fill it in, or leave id_column unset to number the rows")
     first: dict[str, int] = {}
     for i, k in enumerate(ids):
         if k in first:
@@ -353,13 +361,7 @@ def label_values(table: Table, column: str) -> list[str]:
     labels are refused as continuous targets (see `_common.map_labels` for the numeric rule).
     """
     values = [v.strip() for v in table.texts(column, "label column")]
-    blank = blank_rows(values)
-    if blank.any():
-        i = int(np.flatnonzero(blank)[0])
-        raise DataError(
-            f"{table.file.name}: label column {column!r} is empty at {table.row(i)}; every row needs a label "
-            f"(fill it in or drop the row). {table.where()}"
-        )
+    require_filled(table, values, column, "a label", "fill it in or drop the row")
     return values
 
 

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from tda_explorer.data._common import fingerprint, make_splits, spec_dict
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.data.tables import (
-    blank_rows,
     check_roles,
     choose_parts,
     id_values,
     label_classes,
     read_user_table,
+    require_filled,
 )
-from tda_explorer.errors import DataError
 
 
 def load_text_table(
@@ -65,13 +62,7 @@ def load_text_table(
              "split_column": split_column}  # fmt: skip
     check_roles(table, roles)
     texts = table.texts(text_column, "text column")
-    blank = blank_rows(texts)
-    if blank.any():
-        i = int(np.flatnonzero(blank)[0])
-        raise DataError(
-            f"{file.name}: text column {text_column!r} is empty at {table.row(i)}; every row needs a text "
-            f"(fill it in or drop the row). {table.where()}"
-        )
+    require_filled(table, texts, text_column, "a text", "fill it in or drop the row")
     ids = id_values(table, id_column)
     labels, class_names = label_classes(table, label_column)
     columns = {"text": text_column, "label": label_column, "id": id_column, "split": split_column}

@@ -40,7 +40,8 @@ from tda_explorer.evaluation.pruning import (
     pruning_curve,
     usefulness_from_scores,
 )
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array, save_arrays
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import TrainedRun, retrain_on_subsets
 from tda_explorer.training.stages import run_training_config
@@ -189,7 +190,7 @@ def leave_one_out_logits(
     Returns:
         `{train id: float32 [S, n_query, C]}`, the `split` queries' logits under each seed's retrained model.
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "leave_one_out_logits")
     seeds = tuple(run.seeds if seeds is None else seeds)
     train = splits.train
 
@@ -200,16 +201,17 @@ def leave_one_out_logits(
     if todo:
         masks = np.ones((len(todo), len(train)), dtype=bool)
         masks[np.arange(len(todo)), train.index_of(todo)] = False
-        logits = retrain_on_subsets(
-            run.model_config,
-            run_training_config(run),
-            train,
-            masks,
-            seeds,
-            getattr(splits, split),
-            executor,
-            progress,
-        )  # [U, S, n_query, C]
+        with states_stored_in(ws):
+            logits = retrain_on_subsets(
+                run.model_config,
+                run_training_config(run),
+                train,
+                masks,
+                seeds,
+                getattr(splits, split),
+                executor,
+                progress,
+            )  # [U, S, n_query, C]
         for i, t in enumerate(todo):
             with ws.write(RETRAIN_KIND, cfg(t)) as d:
                 save_array(d, "logits", logits[i].numpy())
@@ -241,7 +243,7 @@ def validate_dtda(
     Returns:
         DTDAValidation (per pair: with / predicted / retrained samples over the seeds).
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "validate_dtda")
     result = compute_dtda(run, splits, settings, split, ws)
     queries, train = getattr(splits, split), splits.train
     if pairs is None:
@@ -252,8 +254,8 @@ def validate_dtda(
         raise ConfigError("no (query, train) pair to validate: d-TDA predicts no change anywhere.")
     ids = [(queries.ids[q], train.ids[t]) for q, t in idx]
     cfg = {"dtda": result.config, "pairs": [list(p) for p in ids], "seeds": list(result.seeds)}
-    if not ws.exists(VALIDATION_KIND, cfg):
-        start = time.perf_counter()
+
+    def compute() -> dict[str, np.ndarray]:
         removed = sorted({t for _, t in idx})
         logits = leave_one_out_logits(
             run, splits, [train.ids[t] for t in removed], split, result.seeds, ws, executor, progress
@@ -263,20 +265,37 @@ def validate_dtda(
             t: measurement_values(torch.from_numpy(logits[train.ids[t]]), targets, result.measurement)
             for t in removed
         }
-        retrained = np.stack([values[t][:, q].numpy() for q, t in idx])  # [P, S]
-        with_data = np.stack([result.measurements[:, q] for q, _ in idx])
-        predicted = np.stack([result.pair(q, t)[1] for q, t in idx])
-        with ws.write(VALIDATION_KIND, cfg, extra={"seconds": time.perf_counter() - start}) as d:
-            save_array(d, "with_data", with_data)
-            save_array(d, "predicted", predicted)
-            save_array(d, "retrained", retrained)
-    return load_dtda_validation(ws.open(VALIDATION_KIND, cfg).name, ws)
+        return {
+            "with_data": np.stack([result.measurements[:, q] for q, _ in idx]),
+            "predicted": np.stack([result.pair(q, t)[1] for q, t in idx]),
+            "retrained": np.stack([values[t][:, q].numpy() for q, t in idx]),  # [P, S]
+        }
+
+    start = time.perf_counter()
+    return ws.cached(
+        VALIDATION_KIND,
+        cfg,
+        compute,
+        save=save_arrays,
+        load=lambda path, _meta: load_dtda_validation(path.name, ws),
+        extra=lambda _arrays: {"seconds": time.perf_counter() - start},
+    )
+
+
+def stored_dtda_validation(dtda_config: dict, workspace: Workspace) -> DTDAValidation | None:
+    """The newest stored validation of the d-TDA result made with `dtda_config` (`DTDAResult.config`),
+    or None; nothing is retrained."""
+    ws = require_workspace(workspace, "stored_dtda_validation")
+    for meta in ws.list(VALIDATION_KIND):
+        if meta["config"].get("dtda") == dtda_config:
+            return load_dtda_validation(meta["key"], ws)
+    return None
 
 
 def load_dtda_validation(key: str, workspace: Workspace | None = None) -> DTDAValidation:
     """A stored DTDAValidation by its artifact key (`DTDAValidation.key`; list them with
     `Workspace.list("dtda_validation")`, whose configs hold the d-TDA config under "dtda")."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "load_dtda_validation")
     meta = ws.meta(VALIDATION_KIND, key)
     path = ws.path(VALIDATION_KIND, key)
     cfg = meta["config"]

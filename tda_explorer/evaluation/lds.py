@@ -27,6 +27,7 @@ import numbers
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,7 +44,8 @@ from tda_explorer.evaluation._common import (
     offset_progress,
 )
 from tda_explorer.models import ModelConfig
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array, save_arrays
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
@@ -186,26 +188,15 @@ def lds_truth_config(
     train_config: TrainConfig,
     config: LDSConfig,
 ) -> dict:
-    """The config dict that keys the "lds_truth" artifact (data fingerprints, model, training, settings)."""
-    return {**_base_config(train, queries, model_config, train_config, config), "n_subsets": config.n_subsets}
-
-
-def _base_config(
-    train: ExampleSet,
-    queries: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    config: LDSConfig,
-) -> dict:
-    lds = config.key_dict()
-    del lds["n_subsets"]
+    """The config dict that keys the "lds_truth" artifact (data fingerprints, model, training, settings);
+    a shard's ("lds_shard") is the same without `n_subsets`, plus its subset range."""
     return {
         "train": {"fingerprint": fingerprint(train), "n": len(train)},
         "queries": {"fingerprint": fingerprint(queries), "n": len(queries)},
         "model": model_config.to_dict(),
         "training": train_config.to_dict(),
         "target": "loss",
-        **lds,
+        **config.key_dict(),
     }
 
 
@@ -226,7 +217,7 @@ def compute_lds_truth(
         queries: the query examples whose loss is the target (e.g. the test set).
         model_config, train_config: how each subset model is trained (as for the run being explained).
         config: LDS settings (default `LDSConfig()`: M=100, alpha=0.5, one seed).
-        workspace: where shards and the result are cached (default `Workspace()`).
+        workspace: where shards and the result are cached (required).
         executor: runs the retrainings (default: `training.runs.default_executor`, local processes).
         progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count as done).
 
@@ -234,68 +225,85 @@ def compute_lds_truth(
         The LDSTruth (masks `[M, N]`, losses `[M, n_query]`, ...).
     """
     config = config or LDSConfig()
-    ws = workspace or Workspace()
-    base = _base_config(train, queries, model_config, train_config, config)
-    truth_cfg = {**base, "n_subsets": config.n_subsets}  # = lds_truth_config(...), fingerprinted once
-    if ws.exists(TRUTH_KIND, truth_cfg):
-        return _load(ws, ws.key(TRUTH_KIND, truth_cfg))
+    ws = require_workspace(workspace, "compute_lds_truth")
+    truth_cfg = lds_truth_config(train, queries, model_config, train_config, config)
+    base = {k: v for k, v in truth_cfg.items() if k != "n_subsets"}
     m, r, n = config.n_subsets, len(config.seeds), len(train)
     config.subset_size(n)
     shards = [(a, min(a + config.shard_size, m)) for a in range(0, m, config.shard_size)]
-    done = sum((b - a) * r for a, b in shards if ws.exists(SHARD_KIND, {**base, "subsets": [a, b]}))
-    if progress is not None and done:
-        progress(done, m * r, f"LDS ground truth: {done} retrainings reused from finished shards")
-    started = time.perf_counter()
-    for a, b in shards:
-        shard_cfg = {**base, "subsets": [a, b]}
-        if ws.exists(SHARD_KIND, shard_cfg):
-            continue
-        report = offset_progress(progress, done, m * r, f"LDS ground truth, subsets {a}-{b - 1}")
+
+    done = [0]  # retrainings finished or reused, for progress
+
+    def shard_logits(a: int, b: int) -> np.ndarray:
+        """Query logits `[b - a, R, n_query, C]` of subsets a..b-1 (a "lds_shard" artifact)."""
         retrain = retrain_fixed_seed if config.mode == "fixed" else retrain_on_subsets
-        logits = retrain(
-            model_config,
-            train_config,
-            train,
-            subset_masks(n, config, range(a, b)),
-            config.seeds,
-            queries,
-            executor,
-            report,
-        )
-        with ws.write(SHARD_KIND, shard_cfg, extra={"train_name": train.name}) as d:
-            save_array(d, "logits", logits.numpy())
-        done += (b - a) * r
-    logits = np.concatenate([_load_shard(ws, {**base, "subsets": [a, b]}, (b - a, r)) for a, b in shards])
-    seed_losses = cross_entropy(torch.from_numpy(logits), queries.labels).numpy()
-    extra = {
-        "lds_config": asdict(config),
-        "train_name": train.name,
-        "query_name": queries.name,
-        "seconds": time.perf_counter() - started,
-    }
-    with ws.write(TRUTH_KIND, truth_cfg, extra=extra) as d:
-        save_array(d, "masks", subset_masks(n, config))
-        save_array(d, "losses", seed_losses.mean(axis=1))
-        save_array(d, "seed_losses", seed_losses)
-        save_array(d, "logits", logits)
-        save_array(d, "train_ids", np.asarray(train.ids, dtype=str))
-        save_array(d, "query_ids", np.asarray(queries.ids, dtype=str))
-    return _load(ws, ws.key(TRUTH_KIND, truth_cfg))
+        report = offset_progress(progress, done[0], m * r, f"LDS ground truth, subsets {a}-{b - 1}")
+        with states_stored_in(ws):
+            logits = retrain(
+                model_config,
+                train_config,
+                train,
+                subset_masks(n, config, range(a, b)),
+                config.seeds,
+                queries,
+                executor,
+                report,
+            ).numpy()
+        done[0] += (b - a) * r
+        return logits
+
+    def compute() -> dict[str, np.ndarray]:
+        done[0] = sum((b - a) * r for a, b in shards if ws.exists(SHARD_KIND, {**base, "subsets": [a, b]}))
+        if progress is not None and done[0]:
+            progress(done[0], m * r, f"LDS ground truth: {done[0]} retrainings reused from finished shards")
+        parts = []
+        for a, b in shards:
+            parts.append(
+                ws.cached(
+                    SHARD_KIND,
+                    {**base, "subsets": [a, b]},
+                    lambda a=a, b=b: shard_logits(a, b),
+                    save=lambda d, logits: save_array(d, "logits", logits),
+                    load=lambda path, _meta, lead=(b - a, r): _check_shard(path, lead),
+                    extra={"train_name": train.name},
+                )
+            )
+        logits = np.concatenate(parts)
+        seed_losses = cross_entropy(torch.from_numpy(logits), queries.labels).numpy()
+        return {
+            "masks": subset_masks(n, config),
+            "losses": seed_losses.mean(axis=1),
+            "seed_losses": seed_losses,
+            "logits": logits,
+            "train_ids": np.asarray(train.ids, dtype=str),
+            "query_ids": np.asarray(queries.ids, dtype=str),
+        }
+
+    started = time.perf_counter()
+    extra = {"lds_config": asdict(config), "train_name": train.name, "query_name": queries.name}
+    return ws.cached(
+        TRUTH_KIND,
+        truth_cfg,
+        compute,
+        save=save_arrays,
+        load=lambda path, _meta: _load(ws, path.name),
+        extra=lambda _arrays: extra | {"seconds": time.perf_counter() - started},
+    )
 
 
-def _load_shard(ws: Workspace, shard_cfg: dict, lead: tuple[int, int]) -> np.ndarray:
-    logits = load_array(ws.open(SHARD_KIND, shard_cfg) / "logits.npy")
+def _check_shard(path: Path, lead: tuple[int, int]) -> np.ndarray:
+    logits = load_array(path / "logits.npy")
     if logits.ndim != 4 or logits.shape[:2] != lead:
         raise ArtifactError(
-            f"LDS shard {ws.key(SHARD_KIND, shard_cfg)} holds logits of shape {logits.shape}, expected "
-            f"[{lead[0]}, {lead[1]}, n_query, C]; delete it from the workspace and rerun."
+            f"LDS shard {path.name} holds logits of shape {logits.shape}, expected "
+            f"[{lead[0]}, {lead[1]}, n_query, C]; delete {path} and rerun."
         )
     return logits
 
 
 def load_lds_truth(key: str, workspace: Workspace | None = None) -> LDSTruth:
     """An LDSTruth from its artifact key (`LDSTruth.key`), without the data it was made from."""
-    return _load(workspace or Workspace(), key)
+    return _load(require_workspace(workspace, "load_lds_truth"), key)
 
 
 def _load(ws: Workspace, key: str) -> LDSTruth:

@@ -1,8 +1,8 @@
 """Pruning curves: remove the k% least useful training examples, retrain, and compare with random removal.
 
-Usefulness is `[n_train]`, higher = more useful to held-out data; `usefulness_from_scores` sums a score
-matrix over validation queries (positive score = helps, so the most harmful examples have the lowest sum
-and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
+Usefulness is `[n_train]`, higher = more useful to held-out data; `usefulness_from_scores` averages a score
+matrix over validation queries (`backend.usefulness.usefulness`; positive score = helps, so the most
+harmful examples have the lowest mean and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
 the method (by usefulness, lowest first) and for the random baseline (one seeded permutation).
 
 `compute_pruning_curve` is the cached form (artifact kind "pruning_curve", keyed by a digest of the
@@ -15,10 +15,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from tda_explorer.backend.usefulness import usefulness as mean_usefulness
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.evaluation._common import (
@@ -30,7 +32,7 @@ from tda_explorer.evaluation._common import (
     fingerprint,
 )
 from tda_explorer.models import ModelConfig
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import retrain_on_subsets
@@ -42,12 +44,14 @@ _CURVE_ARRAYS = ("method_acc", "random_acc", "method_loss", "random_loss")
 
 
 def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Usefulness to a validation set: `scores.sum(0)`, float64 `[n_train]` (higher = more useful).
+    """Usefulness to a validation set: `scores.mean(0)`, float64 `[n_train]` (higher = more useful).
+
+    The package's one definition, `backend.usefulness.usefulness`, after a shape check.
 
     Args:
         scores: `[n_val, n_train]`, positive = the training example helps the validation example.
     """
-    return as_float64(scores, "scores", (None, None)).sum(axis=0)
+    return mean_usefulness(as_float64(scores, "scores", (None, None)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,26 +185,32 @@ def compute_pruning_curve(
     """`pruning_curve(usefulness, train, test, model_config, train_config, fractions, seeds, random_seed)`,
     computed once and stored in the workspace (reused when the config matches).
 
-    `workspace` (default `Workspace()`) holds the artifact; `source` is a free-form note of where the
+    `workspace` (required) holds the artifact; `source` is a free-form note of where the
     usefulness came from (e.g. the score artifact key), kept in the metadata.
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "compute_pruning_curve")
     cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
-    if not ws.exists(PRUNING_KIND, cfg):
-        curve = pruning_curve(usefulness, *curve_args, **curve_kwargs, executor=executor, progress=progress)
-        extra = {"n_removed": list(curve.n_removed), "source": source}
-        with ws.write(PRUNING_KIND, cfg, extra=extra) as d:
-            for name in _CURVE_ARRAYS:
-                save_array(d, name, getattr(curve, name))
-            save_array(d, "removal_order", np.asarray(curve.removal_order, dtype=str))
-    return _load_curve(ws, cfg)
+    return ws.cached(
+        PRUNING_KIND,
+        cfg,
+        lambda: pruning_curve(usefulness, *curve_args, **curve_kwargs, executor=executor, progress=progress),
+        save=_save_curve,
+        load=lambda _path, _meta: _load_curve(ws, cfg),
+        extra=lambda curve: {"n_removed": list(curve.n_removed), "source": source},
+    )
+
+
+def _save_curve(d: Path, curve: PruningCurve) -> None:
+    for name in _CURVE_ARRAYS:
+        save_array(d, name, getattr(curve, name))
+    save_array(d, "removal_order", np.asarray(curve.removal_order, dtype=str))
 
 
 def stored_pruning_curve(
     usefulness: torch.Tensor | np.ndarray, *curve_args, workspace: Workspace | None = None, **curve_kwargs
 ) -> PruningCurve | None:
     """The stored curve for exactly these `pruning_curve` arguments, or None (nothing is retrained)."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "stored_pruning_curve")
     cfg = pruning_curve_config(usefulness, *curve_args, **curve_kwargs)
     return _load_curve(ws, cfg) if ws.exists(PRUNING_KIND, cfg) else None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tda_explorer.attributors.cache import list_scores, load_scores
+from tda_explorer.attributors.scores import list_scores, load_scores
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.evaluation.lds import LDSTruth, lds_score
 from tda_explorer.evaluation.mislabel import mislabel_metrics, training_loss_scores

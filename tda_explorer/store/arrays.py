@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -35,6 +35,17 @@ MmapMode = Literal["r", "r+", "w+", "c"] | None
 def _named(directory: str | Path, name: str, suffix: str) -> Path:
     path = Path(directory) / name
     return path if path.suffix == suffix else path.with_name(path.name + suffix)
+
+
+def _checked(path: str | Path, what: str) -> Path:
+    """`path` as a Path once it exists and matches its artifact's checksum (else ArtifactError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(
+            f"{what} file {path} does not exist; recompute the artifact that should contain it."
+        )
+    verify_file(path)
+    return path
 
 
 def save_tensors(directory: str | Path, name: str, tensors: Mapping[str, Tensor]) -> Path:
@@ -88,12 +99,7 @@ def load_tensors(path: str | Path, *, map_location: str = "cpu", mmap: bool = Fa
     """
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(
-            f"Tensor file {path} does not exist; recompute the artifact that should contain it."
-        )
-    verify_file(path)
+    path = _checked(path, "Tensor")
     try:
         obj = torch.load(path, weights_only=True, map_location=map_location, mmap=mmap)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
@@ -148,12 +154,7 @@ def load_array(path: str | Path, *, mmap_mode: MmapMode = None) -> np.ndarray:
         ArtifactError: The file is missing, differs from its artifact's recorded checksum, is corrupt,
             or would need pickle.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(
-            f"Array file {path} does not exist; recompute the artifact that should contain it."
-        )
-    verify_file(path)
+    path = _checked(path, "Array")
     try:
         return np.load(path, allow_pickle=False, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as exc:
@@ -161,3 +162,16 @@ def load_array(path: str | Path, *, mmap_mode: MmapMode = None) -> np.ndarray:
             f"Cannot read {path} as a plain .npy array ({exc}); "
             "delete the artifact directory and recompute it."
         ) from exc
+
+
+def save_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """`save_array(directory, name, array)` for each `name -> array` (a `Workspace.cached` save)."""
+    for name, array in arrays.items():
+        save_array(directory, name, array)
+
+
+def load_arrays(
+    directory: str | Path, names: Iterable[str], *, mmap_mode: MmapMode = None
+) -> dict[str, np.ndarray]:
+    """`{name: load_array(directory / f"{name}.npy")}` for each name (checked like `load_array`)."""
+    return {name: load_array(Path(directory) / f"{name}.npy", mmap_mode=mmap_mode) for name in names}

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tda_explorer.errors import ArtifactError
+from tda_explorer.store.kinds import artifact_kind
 
 META_FILE = "meta.json"
 CHECKSUMS = "checksums"
@@ -43,12 +44,6 @@ _cache: dict[tuple[int, ...], str] = {}
 _sound_metas: set[tuple[int, ...]] = set()
 """Versions (stat keys) of meta files whose `meta_sha256` was already checked in this process."""
 _lock = threading.Lock()
-
-_RECOMPUTE = {
-    "runs": "train the run again (`tda-explorer train ...` or the app's Setup page; finished seeds are reused)",
-    "models": "train the run again (`tda-explorer train ...` or the app's Setup page)",
-    "scores": "compute the scores again (`tda-explorer attribute ...` or the app's Attribution page)",
-}
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, ...]:
@@ -118,7 +113,7 @@ def seal(meta: dict[str, Any], directory: str | Path) -> dict[str, Any]:
 def how_to_recompute(directory: str | Path) -> str:
     """The fix for a damaged artifact folder: delete it and rerun the step that wrote it."""
     directory = Path(directory)
-    step = _RECOMPUTE.get(directory.parent.name, "rerun the step that computed it (it is cached by config)")
+    step = artifact_kind(directory.parent.name).recompute
     return f"Delete the folder {directory} and {step}."
 
 

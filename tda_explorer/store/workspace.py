@@ -24,7 +24,7 @@ import contextlib
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from tda_explorer.store.atomic import (
 from tda_explorer.store.flags import FlagStore
 from tda_explorer.store.integrity import META_FILE, read_meta, seal, verify_file
 from tda_explorer.store.keys import config_diff, config_hash, to_jsonable
+from tda_explorer.store.kinds import Load, Save, artifact_kind
 
 ENV_VAR = "TDA_WORKSPACE"
 META_VERSION = 1
@@ -113,6 +114,7 @@ class Workspace:
         ...     with ws.write("runs", cfg, extra={"seconds": 12.5}) as d:
         ...         save_tensors(d, "seed0", model.state_dict())
         >>> run_dir = ws.open("runs", cfg)
+        >>> coords = ws.cached("map", cfg, compute)  # exists -> compute -> write -> load, in one call
     """
 
     save_tensors = staticmethod(save_tensors)
@@ -179,6 +181,54 @@ class Workspace:
         """
         _check_name(kind, "kind")
         return ArtifactWrite(self, kind, config, extra)
+
+    def cached(
+        self,
+        kind: str,
+        config: Any,
+        compute: Callable[[], Any],
+        save: Save | None = None,
+        load: Load | None = None,
+        *,
+        extra: dict[str, Any] | Callable[[Any], dict[str, Any]] | None = None,
+    ) -> Any:
+        """The artifact of `kind` made from `config`, computed and written first if it is missing.
+
+        `compute()` runs only when no complete artifact exists; its value is written atomically by
+        `save(temp_dir, value)` (see `write`), then every caller gets `load(folder, meta)` of the stored
+        artifact, so a first call and a later one return the same thing. `save`/`load` default to those
+        of the kind's registry entry (`store.kinds`), which also names the files checked on opening.
+
+        Args:
+            kind: Artifact kind (its folder name).
+            config: Everything that determines the artifact; its hash is the key.
+            compute: Makes the value (called at most once per call, not at all when cached).
+            save, load: Override the registered ones (required for an unregistered kind).
+            extra: Metadata that does not change the result, or `extra(value)` computing it.
+
+        Returns:
+            `load(folder, meta)`.
+
+        Raises:
+            ConfigError: No `save`/`load` given nor registered for `kind`.
+            ArtifactError: The stored artifact is damaged (edited, truncated, a file missing) or was made
+                from a different config; it is not recomputed silently: the message names the folder to
+                delete, after which the next call recomputes it.
+        """
+        spec = artifact_kind(kind)
+        save, load = save or spec.save, load or spec.load
+        if save is None or load is None:
+            raise ConfigError(
+                f"Workspace.cached({kind!r}): no save/load given and none registered for this kind "
+                "(see store.kinds.register_kind)."
+            )
+        if not self.exists(kind, config):
+            value = compute()
+            with self.write(kind, config, extra=extra(value) if callable(extra) else extra) as d:
+                save(d, value)
+        path = self.open(kind, config)
+        spec.check(path)
+        return load(path, self.meta(kind, path.name))
 
     def meta(self, kind: str, key: str) -> dict[str, Any]:
         """Read the `meta.json` of artifact `kind/key` (checked against its `meta_sha256`).
@@ -293,6 +343,27 @@ class Workspace:
         if self._flags is None:
             self._flags = FlagStore(self.root / "flags.sqlite")
         return self._flags
+
+
+def default_workspace(workspace: Workspace | None = None) -> Workspace:
+    """`workspace`, else the default one (`Workspace()`: `$TDA_WORKSPACE`, else `./workspace`).
+
+    The one place a default workspace is chosen, used only by the public entry points documented with
+    one (`train_run`, `import_run`, `import_hf_run`, `load_run`, `compute_scores`); the CLI and the app
+    open theirs. Everything below them takes the workspace as an argument (`require_workspace`).
+    """
+    return Workspace() if workspace is None else workspace
+
+
+def require_workspace(workspace: Workspace | None, caller: str) -> Workspace:
+    """`workspace`, or ConfigError if the caller of `caller` passed none (the core never picks one)."""
+    if not isinstance(workspace, Workspace):
+        raise ConfigError(
+            f"{caller} caches its results in a workspace: pass workspace=Workspace(root) (got "
+            f"{type(workspace).__name__}). The core never opens one itself; train_run, import_run, load_run and "
+            "compute_scores default to $TDA_WORKSPACE or ./workspace."
+        )
+    return workspace
 
 
 def _check_name(name: str, what: str) -> str:

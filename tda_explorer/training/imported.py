@@ -39,15 +39,13 @@ from tda_explorer.models.imported import (
     resolve_factory,
 )
 from tda_explorer.models.tasks import check_task
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, default_workspace
+from tda_explorer.training.artifacts import cached_seed, load_seed, run_summary, store_run
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import (
     TrainedRun,
     TrainJob,
-    _load_seed,
-    _save_seed,
     accuracy,
-    run_summary,
     weights_hash,
 )
 from tda_explorer.training.trainer import Checkpoint, Progress, TrainResult, predict_logits, single_thread
@@ -307,7 +305,7 @@ def import_run(
         task: "classification" (cross-entropy on the logits) or "regression" (half squared error on
             float targets); see `models.tasks`.
         weight_decay: L2 coefficient of the user's objective (`wd/2 ||theta||^2`), added to curvatures.
-        workspace: where the run is stored (default: `Workspace()`).
+        workspace: where the run is stored (default: `store.default_workspace`).
         progress: `progress(done, total, msg)` per seed.
 
     Returns:
@@ -329,7 +327,7 @@ def import_run(
     register_factory(factory, name)
     recipe = _recipe(train_config, train_fn)
     per_seed = parse_weights(weights)
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
 
     module = call_factory(factory, name)
     load_strict(module, per_seed[0][-1]["state"], "weights[0]")
@@ -352,18 +350,17 @@ def import_run(
         ).hexdigest()[:16]
         hashes.append(seed_hash)
         cfg = _seed_cfg(splits.spec, model_cfg, seed_hash, seed)
-        if not ws.exists("models", cfg):
-            final = states[-1][0].eval()
+
+        def imported_seed(seed: int = seed, states: list = states, ckpts: list = ckpts) -> tuple:
             with single_thread():
-                accs = split_metrics(final, evals)
+                accs = split_metrics(states[-1][0].eval(), evals)
             ckpt_objs = [
                 Checkpoint(state=s, **{k: v for k, v in c.items() if k != "state"})
                 for (_, s), c in zip(states, ckpts, strict=True)
             ]
-            _save_seed(
-                ws, cfg, TrainResult(seed, ckpt_objs, 0.0, []), accs | {"seconds": 0.0, "imported": True}
-            )
-        checkpoints[seed], metrics[seed] = _load_seed(ws, cfg)
+            return TrainResult(seed, ckpt_objs, 0.0, []), accs | {"seconds": 0.0, "imported": True}
+
+        checkpoints[seed], metrics[seed] = cached_seed(ws, cfg, imported_seed)
         if progress is not None:
             progress(seed + 1, len(per_seed), f"seed {seed} imported")
 
@@ -394,10 +391,7 @@ def store_imported_run(
         "seeds": seeds,
         "imported": info,
     }
-    if not ws.exists("runs", run_cfg):
-        with ws.write("runs", run_cfg, extra=run_summary(splits, metrics) | {"imported": True}):
-            pass
-    key = ws.key("runs", run_cfg)
+    key = store_run(ws, run_cfg, run_summary(splits, metrics) | {"imported": True})
     return TrainedRun(
         key, splits.spec, model_cfg, recipe, tuple(seeds), splits.train.input_shape, n_outputs, checkpoints,
         metrics, imported=info,
@@ -431,7 +425,7 @@ def load_imported_run(
         recipe = TrainConfig.from_dict(train)
     checkpoints, metrics = {}, {}
     for seed, h in zip(cfg["seeds"], info["weights"], strict=True):
-        checkpoints[seed], metrics[seed] = _load_seed(ws, _seed_cfg(cfg["dataset"], model_cfg, h, seed))
+        checkpoints[seed], metrics[seed] = load_seed(ws, _seed_cfg(cfg["dataset"], model_cfg, h, seed))
     return TrainedRun(
         key,
         cfg["dataset"],

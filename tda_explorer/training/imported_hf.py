@@ -24,13 +24,12 @@ from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import HFConfig, prepare_inputs
 from tda_explorer.models.hf import HFClassifier, check_folder, folder_fingerprint
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, default_workspace
+from tda_explorer.training.artifacts import cached_seed
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.imported import _seed_cfg, store_imported_run
 from tda_explorer.training.runs import (
     TrainedRun,
-    _load_seed,
-    _save_seed,
     accuracy,
     weights_hash,
 )
@@ -127,7 +126,7 @@ def import_hf_run(
         max_length: token limit per text (incl. special tokens).
         train_config: the package's recipe for methods that fine-tune or retrain (LoRA ensembles), or None.
         weight_decay: L2 coefficient of the fine-tuning objective, added to curvatures (0 by default).
-        workspace: where the run is stored (default `Workspace()`).
+        workspace: where the run is stored (default: `store.default_workspace`).
         progress: `progress(done, total, msg)` per seed.
 
     Returns:
@@ -156,7 +155,7 @@ def import_hf_run(
             raise ConfigError(
                 "the adapters sit on base folders with different weights; a run's seeds share one base."
             )
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     f0, a0 = pairs[0]
     model_cfg = HFConfig(f0, a0, max_length, fingerprint=folder_fingerprint(f0, a0))
     evals = {"train": splits.train, "val": splits.val, "test": splits.test}
@@ -170,16 +169,20 @@ def import_hf_run(
         seed_hash = weights_hash([state])
         hashes.append(seed_hash)
         cfg = _seed_cfg(splits.spec, model_cfg, seed_hash, seed)
-        if not ws.exists("models", cfg):
+
+        def imported_seed(seed: int = seed, model=model, state: dict = state) -> tuple:
             model.eval()
             with single_thread():
                 accs = {
                     f"{k}_acc": accuracy(predict_logits(model, prepare_inputs(model, es.inputs)), es.labels)
                     for k, es in evals.items()
                 }
-            result = TrainResult(seed, [Checkpoint(state=state)], 0.0, [])
-            _save_seed(ws, cfg, result, accs | {"seconds": 0.0, "imported": True})
-        checkpoints[seed], metrics[seed] = _load_seed(ws, cfg)
+            return TrainResult(seed, [Checkpoint(state=state)], 0.0, []), accs | {
+                "seconds": 0.0,
+                "imported": True,
+            }
+
+        checkpoints[seed], metrics[seed] = cached_seed(ws, cfg, imported_seed)
         if progress is not None:
             progress(seed + 1, len(pairs), f"seed {seed} imported")
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, default_workspace
 from tda_explorer.training.imported import load_imported_run
 from tda_explorer.training.runs import TrainedRun, load_native_run
 from tda_explorer.training.stages import load_staged_run
@@ -25,7 +25,7 @@ def load_run(
         model_factory, train_fn: for an imported run whose factory / training loop was defined in a script
             or notebook (not importable), the same callables again; ignored for other runs.
     """
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     meta = ws.meta("runs", key)
     cfg = (
         meta.get("config") if isinstance(meta.get("config"), dict) else {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import numbers
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -23,7 +22,9 @@ from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict, prepare_inputs
 from tda_explorer.models.imported import importable
 from tda_explorer.models.tasks import task_of
-from tda_explorer.store import Workspace, load_tensors, save_tensors
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, default_workspace, require_workspace
+from tda_explorer.training.artifacts import load_seed, run_summary, save_seed, store_run
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor, job_progress
 from tda_explorer.training.trainer import (
@@ -223,13 +224,6 @@ def _seed_config(
     }
 
 
-def _save_seed(ws: Workspace, cfg: dict, result: TrainResult, metrics: dict) -> None:
-    infos = [c.info() for c in result.checkpoints]
-    with ws.write("models", cfg, extra={"checkpoints": infos, "metrics": metrics}) as d:
-        for i, c in enumerate(result.checkpoints):
-            save_tensors(d, f"ckpt{i}", c.state)
-
-
 def check_run_seeds(seeds: Sequence[int] | int) -> tuple[int, ...]:
     """Validate the seeds of a run: at least one, each a distinct integer >= 0.
 
@@ -261,45 +255,6 @@ def check_run_seeds(seeds: Sequence[int] | int) -> tuple[int, ...]:
     return out
 
 
-_CKPT_FILE = re.compile(r"ckpt(\d+)\.pt")
-_CHECKPOINT_KEYS = ("step", "epoch", "lr", "segment_mean_lr", "segment_steps")
-
-
-def _load_seed(ws: Workspace, cfg: dict) -> tuple[list[Checkpoint], dict]:
-    """One seed's checkpoints and metrics from its "models" artifact.
-
-    Raises:
-        ArtifactError: The artifact is missing, or its `meta.json` does not describe the checkpoint files
-            it holds (e.g. lists fewer checkpoints than there are `ckpt<i>.pt` files, which would silently
-            make another checkpoint the final model); the message says to delete the folder and retrain.
-    """
-    path = ws.open("models", cfg)
-    meta = ws.meta("models", path.name)
-    fix = f"delete {path} and run the training again (the other seeds are reused)"
-    extra = meta.get("extra")
-    infos = extra.get("checkpoints") if isinstance(extra, dict) else None
-    metrics = extra.get("metrics") if isinstance(extra, dict) else None
-    if not isinstance(infos, list) or not infos or not isinstance(metrics, dict):
-        raise ArtifactError(
-            f"models artifact {path.name} ({path}): meta.json has no checkpoint list or metrics; {fix}."
-        )
-    files = sorted(int(m.group(1)) for f in path.iterdir() if (m := _CKPT_FILE.fullmatch(f.name)))
-    if files != list(range(len(infos))):
-        raise ArtifactError(
-            f"models artifact {path.name} ({path}): meta.json lists {len(infos)} checkpoint(s) but the folder "
-            f"holds {len(files)} checkpoint file(s) {[f'ckpt{i}.pt' for i in files][:8]}; {fix}."
-        )
-    ckpts = []
-    for i, info in enumerate(infos):
-        if not isinstance(info, dict):
-            raise ArtifactError(
-                f"models artifact {path.name} ({path}): checkpoint {i} in meta.json is not a mapping; {fix}."
-            )
-        fields = {k: info[k] for k in (*_CHECKPOINT_KEYS, "stage") if k in info}  # imported: may be None
-        ckpts.append(Checkpoint(state=load_tensors(path / f"ckpt{i}.pt"), **fields))
-    return ckpts, metrics
-
-
 def train_seeds(
     splits: DatasetSplits,
     model_config: ModelConfig,
@@ -329,24 +284,16 @@ def train_seeds(
 
     def save_as_done(result: TrainResult) -> None:
         metrics = {f"{k}_acc": accuracy(result.eval_logits[k], es.labels) for k, es in evals.items()}
-        _save_seed(ws, seed_config(result.seed), result, metrics | {"seconds": result.seconds})
+        save_seed(ws, seed_config(result.seed), result, metrics | {"seconds": result.seconds})
 
     def seed_progress(done: int, total: int, msg: str) -> None:
         if progress is not None:
             progress(done_before + done, len(seeds), msg)
 
-    executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
-    loaded = {s: _load_seed(ws, seed_config(s)) for s in seeds}
+    with states_stored_in(ws):  # a text model's frozen states, shared by the seeds' workers
+        executor.map(run_train_job, jobs, seed_progress, on_result=lambda i, result: save_as_done(result))
+    loaded = {s: load_seed(ws, seed_config(s)) for s in seeds}
     return {s: c for s, (c, _) in loaded.items()}, {s: m for s, (_, m) in loaded.items()}
-
-
-def run_summary(splits: DatasetSplits, metrics: dict[int, dict]) -> dict:
-    """The "runs" artifact's extra metadata: per-seed metrics, input shape and class count."""
-    return {
-        "metrics": {str(s): m for s, m in metrics.items()},
-        "input_shape": list(splits.train.input_shape),
-        "n_classes": splits.train.n_outputs,
-    }
 
 
 def train_run(
@@ -366,7 +313,7 @@ def train_run(
         ConfigError: `seeds` is empty, repeats a seed or holds a non-integer (see `check_run_seeds`).
     """
     seeds = check_run_seeds(seeds)
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     checkpoints, metrics = train_seeds(
         splits,
         model_config,
@@ -378,10 +325,7 @@ def train_run(
         progress,
     )
     cfg = run_config(splits, model_config, train_config, seeds)
-    if not ws.exists("runs", cfg):
-        with ws.write("runs", cfg, extra=run_summary(splits, metrics)):
-            pass
-    key = ws.key("runs", cfg)
+    key = store_run(ws, cfg, run_summary(splits, metrics))
     return TrainedRun(
         key,
         splits.spec,
@@ -427,7 +371,7 @@ def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
         ArtifactError: The run or one of its seeds' models is missing, corrupt or inconsistent (the
             message names the artifact and how to recompute it).
     """
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "load_native_run")
     meta = ws.meta("runs", key)
     cfg, seeds, extra = run_meta_fields(key, meta)
     if "train" not in cfg:
@@ -437,7 +381,7 @@ def load_native_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     checkpoints, metrics = {}, {}
     for s in seeds:
         seed_cfg = {"dataset": cfg["dataset"], "model": cfg["model"], "train": cfg["train"], "seed": s}
-        checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
+        checkpoints[s], metrics[s] = load_seed(ws, seed_cfg)
     return TrainedRun(
         key,
         cfg["dataset"],

@@ -29,16 +29,15 @@ import torch
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig, model_config_from_dict
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace
+from tda_explorer.training.artifacts import load_seed, run_summary, store_run
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import (
     TrainedRun,
     TrainJob,
-    _load_seed,
     check_run_seeds,
     run_meta_fields,
-    run_summary,
     train_seeds,
 )
 from tda_explorer.training.trainer import Checkpoint, Progress, TrainResult, train_model
@@ -235,7 +234,7 @@ def train_stages(
     """
     staged = stages if isinstance(stages, StagedConfig) else StagedConfig(tuple(stages))
     masks = staged.masks(len(splits.train))
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "train_stages")
     seeds = check_run_seeds(seeds)
     checkpoints, metrics = train_seeds(
         splits,
@@ -248,11 +247,8 @@ def train_stages(
         progress,
     )
     cfg = staged_run_config(splits, model_config, staged, seeds)
-    if not ws.exists("runs", cfg):
-        with ws.write("runs", cfg, extra=run_summary(splits, metrics)) as d:
-            save_array(d, "stage_masks", masks)
     return TrainedRun(
-        ws.key("runs", cfg),
+        store_run(ws, cfg, run_summary(splits, metrics), {"stage_masks": masks}),
         splits.spec,
         model_config,
         staged.last,
@@ -269,7 +265,7 @@ def train_stages(
 
 def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     """A staged TrainedRun from its run key (`load_run` calls this for runs with stages)."""
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "load_staged_run")
     cfg, seeds, extra = run_meta_fields(key, ws.meta("runs", key))
     masks = load_array(ws.path("runs", key) / "stage_masks.npy").astype(bool)
     if len(masks) != len(cfg["stages"]):
@@ -283,7 +279,7 @@ def load_staged_run(key: str, workspace: Workspace | None = None) -> TrainedRun:
     checkpoints, metrics = {}, {}
     for s in seeds:
         seed_cfg = {"dataset": cfg["dataset"], "model": cfg["model"], **staged.to_dict(), "seed": s}
-        checkpoints[s], metrics[s] = _load_seed(ws, seed_cfg)
+        checkpoints[s], metrics[s] = load_seed(ws, seed_cfg)
     return TrainedRun(
         key,
         cfg["dataset"],

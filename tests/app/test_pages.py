@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.attributors.scores import compute_scores
 from tda_explorer.data import DatasetSpec, load_dataset
 from tda_explorer.models import LogRegConfig
 from tda_explorer.store import Workspace
@@ -76,12 +76,46 @@ def test_mislabels_page_scores_against_injected_flips_and_flags(prepared, monkey
     assert "ROC-AUC against the injected flips" in labels
     auc = float(next(m.value for m in at.metric if m.label.startswith("ROC-AUC")))
     assert 0.5 < auc <= 1.0  # own training loss finds flips better than chance
-    chosen = at.multiselect[0].options[:2]
-    at.multiselect[0].set_value(chosen)
+    chosen = at.multiselect(key="flag_ids").options[:2]
+    at.multiselect(key="flag_ids").set_value(chosen)
     next(b for b in at.button if b.label == "Flag").click()
     rerun(at, "mislabels")
     flags = prepared["ws"].flags().get(prepared["run"].key)
     assert set(chosen) <= set(flags)
+
+
+def test_galleries_filter_by_label_and_flag(prepared, monkeypatch):
+    at = app_at(prepared, monkeypatch, "mislabels")
+    at.multiselect(key="filter_labels_mislabels").set_value(["3"])
+    rerun(at, "mislabels")
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert captions and all(" · label 3 · " in c for c in captions)
+    at.multiselect(key="filter_labels_mislabels").set_value([])
+    at.radio(key="filter_flags_mislabels").set_value("flagged")
+    rerun(at, "mislabels")
+    flagged = set(prepared["ws"].flags().get(prepared["run"].key))
+    shown = {c.split(" · ")[0] for img in at.get("image") for c in img.captions}
+    assert shown and shown <= flagged
+
+    at = app_at(prepared, monkeypatch, "attribution")
+    at.multiselect(key="filter_labels_attribution").set_value(["5"])
+    rerun(at, "attribution")
+    train_captions = [c for img in at.get("image")[1:] for c in img.captions]  # [0] is the query
+    assert len(train_captions) == 16 and all(" · label 5 · " in c for c in train_captions)
+    assert any(c.value.endswith("training examples pass the filter") for c in at.caption)
+
+
+def test_attribution_sorts_the_training_set_by_similarity(prepared, monkeypatch):
+    from tda_explorer.similarity import most_similar
+
+    at = app_at(prepared, monkeypatch, "attribution")
+    query = at.selectbox(key="_w_query_id").value
+    at.toggle(key="similar_attribution").set_value(True)
+    rerun(at, "attribution")
+    assert any(c.value.startswith(f"Training examples most similar to {query}") for c in at.caption)
+    expected = most_similar(prepared["run"], prepared["splits"], query, prepared["ws"], 16)
+    shown = [c.split(" · ")[0] for img in at.get("image")[17:] for c in img.captions]
+    assert sorted(shown) == sorted(expected.ids)  # (the grid lists its images column by column)
 
 
 def test_pruning_page_previews_and_exports(prepared, monkeypatch):
@@ -111,7 +145,7 @@ def test_map_page_draws_umap(prepared, monkeypatch):
     chosen = picker.options[3:6]
     picker.set_value(chosen)
     rerun(at, "map")
-    assert any(m.value.startswith("**Preview** (3 of 3)") for m in at.markdown)
+    assert any(m.value.startswith("**Preview** (3 of 3 selected)") for m in at.markdown)
     captions = [c for img in at.get("image") for c in img.captions]
     train = prepared["splits"].train
     for example_id in chosen:
@@ -180,6 +214,9 @@ def test_pruning_page_computes_and_then_shows_the_cached_pruning_curve(prepared,
     chart = at.get("plotly_chart")
     assert len(chart) == 1
     assert "random removal" in chart[0].proto.spec
+    # no stale controls above the drawn curve
+    assert not [c for c in at.caption if c.value.startswith("Not computed yet")]
+    assert not [b for b in at.button if b.label == "Compute the pruning curve"]
     # the next visit reads the stored curve: no button, same chart
     at = app_at(prepared, monkeypatch, "pruning")
     next(s for s in at.select_slider if s.label == "Largest fraction removed").set_value(0.3)

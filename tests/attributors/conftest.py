@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import LogRegConfig, MLPConfig, build_model
 from tda_explorer.training import Checkpoint, TrainConfig, TrainedRun, train_model
+from tests.fixtures import float64, single_thread  # noqa: F401 (autouse fixtures for this folder)
 
 WD = 0.1
 N_TRAIN = 300
@@ -60,14 +61,17 @@ class DigitsCase:
     queries: ExampleSet
     model: torch.nn.Module  # float64, converged
 
-    def loo_query_losses(self, removed: int) -> torch.Tensor:
-        """Query losses `[n_query]` after retraining without train example `removed` (warm start)."""
+    def loo_model(self, removed: int) -> torch.nn.Module:
+        """The float64 model retrained without train example `removed` (warm start from the converged one)."""
         model = build_model(LogRegConfig(), (64,), 2).double()
         model.load_state_dict(self.model.state_dict())
         w = torch.ones(N_TRAIN, dtype=torch.float64)
         w[removed] = 0.0
-        fit_logreg(model, self.train.inputs.double(), self.train.labels, w, iters=2)
-        return self.query_losses(model)
+        return fit_logreg(model, self.train.inputs.double(), self.train.labels, w, iters=2)
+
+    def loo_query_losses(self, removed: int) -> torch.Tensor:
+        """Query losses `[n_query]` after retraining without train example `removed`."""
+        return self.query_losses(self.loo_model(removed))
 
     def query_losses(self, model) -> torch.Tensor:
         with torch.no_grad():
@@ -108,18 +112,3 @@ def tiny_run() -> tuple[TrainedRun, ExampleSet, ExampleSet]:
     tcfg = TrainConfig(optimizer="sgd", lr=0.2, weight_decay=1e-2, epochs=6, batch_size=16, checkpoints=3)
     states = {s: [c.state for c in train_model(mcfg, tcfg, train, s).checkpoints] for s in (0, 1)}
     return make_run(mcfg, tcfg, states, (6,), 3), train, queries
-
-
-@pytest.fixture(scope="session", autouse=True)
-def single_thread():
-    """Small tensors: one thread is much faster than contended multi-threading on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def float64(monkeypatch):
-    monkeypatch.setenv("TDA_DTYPE", "float64")
-    monkeypatch.setenv("TDA_DEVICE", "cpu")

@@ -21,10 +21,7 @@ from tda_explorer.attributors.dtda import (
 )
 from tda_explorer.cli import main
 from tda_explorer.errors import ConfigError, NotFittedError
-from tda_explorer.models import LogRegConfig, build_model
 from tda_explorer.store import Workspace
-
-from .conftest import N_TRAIN, fit_logreg
 
 
 def per_seed_scores(run, train, queries, method, **settings):
@@ -80,13 +77,8 @@ def test_deltas_are_the_base_scores_with_explicit_sign(tiny_run, base, measureme
 
 
 def loo_margins(case, removed: int) -> torch.Tensor:
-    model = build_model(LogRegConfig(), (64,), 2).double()
-    model.load_state_dict(case.model.state_dict())
-    w = torch.ones(N_TRAIN, dtype=torch.float64)
-    w[removed] = 0.0
-    fit_logreg(model, case.train.inputs.double(), case.train.labels, w, iters=2)
     with torch.no_grad():
-        return model(case.queries.inputs.double())
+        return case.loo_model(removed)(case.queries.inputs.double())
 
 
 @pytest.mark.parametrize("measurement", ["margin", "prob", "loss"])
@@ -166,7 +158,7 @@ def test_compute_dtda_caches_and_keeps_per_seed_values(tmp_path, tiny_run, monke
     from tda_explorer.attributors import dtda
 
     monkeypatch.setattr(dtda.DTDA, "_fit_seed", lambda *a: pytest.fail("recomputed a cached result"))
-    again = compute_dtda(run, splits, settings, "test", ws)
+    again = dtda.DTDA(**settings).compute(run, splits, "test", ws)  # the public method behind compute_dtda
     assert again.key == first.key and again.train_ids == tuple(train.ids)
     np.testing.assert_array_equal(again.deltas, first.deltas)
 

@@ -9,6 +9,7 @@ from scipy.stats import spearmanr
 
 from tda_explorer.attributors import make_attributor
 from tda_explorer.errors import ConfigError, NotFittedError
+from tests.fixtures import assert_same_attribution
 
 N_QUERIES = 6
 
@@ -119,11 +120,7 @@ def test_ghost_train_gradients_give_the_same_influence(tiny_run, monkeypatch, so
     dense = make_attributor("influence", **settings).fit(run, train)
     assert isinstance(dense.members_[0].train_grads, torch.Tensor)
     groups = torch.rand(3, len(train)) > 0.5
-    torch.testing.assert_close(ghost.score(queries), dense.score(queries), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(ghost.self_influence(), dense.self_influence(), rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(
-        ghost.score_groups(queries, groups), dense.score_groups(queries, groups), rtol=1e-4, atol=1e-6
-    )
+    assert_same_attribution(ghost, dense, queries, groups, rtol=1e-4, atol=1e-6)
 
 
 def test_scores_do_not_depend_on_the_query_chunk(tiny_run, monkeypatch):

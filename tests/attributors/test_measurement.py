@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tda_explorer.attributors.base import make_attributor
-from tda_explorer.attributors.cache import ScoreResult
 from tda_explorer.attributors.measurement import PREDICTED_KIND, scores_for_measurement
+from tda_explorer.attributors.scores import ScoreResult
 from tda_explorer.data import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace

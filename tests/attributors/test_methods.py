@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from tda_explorer.attributors import make_attributor
-from tda_explorer.attributors.trak import KernelSolver
 from tda_explorer.backend.grads import ParamSubset, example_grads
 from tda_explorer.backend.layers import LayerInfo, find_layers
 from tda_explorer.backend.projection import kronecker_features, kronecker_sizes
 from tda_explorer.errors import ConfigError, NotFittedError
 from tda_explorer.models import LogRegConfig, build_model
 from tda_explorer.training import TrainConfig
+from tests.fixtures import assert_same_attribution
 
 from .conftest import as_examples, make_run
 
@@ -26,7 +26,7 @@ ALL_METHODS = [
     ("influence", {"solver": "lissa", "damping": 0.5, "tol": 1e-10}),
     ("influence", {"solver": "ekfac", "params": "head", "seeds": "all"}),
     ("trak", {"proj_dim": 16}),
-    ("trak", {"proj_dim": None, "regularization": 0.1, "checkpoints": "all"}),
+    ("trak", {"proj_dim": None, "damping": 0.1, "checkpoints": "all"}),
     ("trak", {"proj_dim": 96}),  # k > N = 48: the kernel inverse is taken in the N-space (dual)
     ("trak", {"proj_dim": 16, "proj_type": "sjlt"}),  # features recomputed on use
     ("trak", {"proj_dim": 96, "proj_type": "sjlt"}),  # dual
@@ -80,9 +80,7 @@ def test_trak_with_full_projection_matches_unprojected_formula(proj_dim):
     """k >= p (= 27) and lambda = 0: phi (Phi^T Phi)^+ Phi^T = g (G^T G)^{-1} G^T, times Q = 1 - p_y (a dense,
     full-rank projection; the default count sketch collides coordinates even at k >= p)."""
     run, train, queries = tiny_logreg_run()
-    attr = make_attributor("trak", proj_dim=proj_dim, proj_type="rademacher", regularization=0.0).fit(
-        run, train
-    )
+    attr = make_attributor("trak", proj_dim=proj_dim, proj_type="rademacher", damping=0.0).fit(run, train)
     model = run.model().double()
     g = example_grads(model, train.inputs.double(), train.labels, objective="margin", device=CPU)
     gq = example_grads(model, queries.inputs.double(), queries.labels, objective="margin", device=CPU)
@@ -94,8 +92,8 @@ def test_trak_with_full_projection_matches_unprojected_formula(proj_dim):
 
 def test_trak_averages_kernel_and_q_over_models():
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
-    both = make_attributor("trak", proj_dim=None, regularization=0.01).fit(run, train)
-    singles = [make_attributor("trak", proj_dim=None, regularization=0.01) for _ in range(2)]
+    both = make_attributor("trak", proj_dim=None, damping=0.01).fit(run, train)
+    singles = [make_attributor("trak", proj_dim=None, damping=0.01) for _ in range(2)]
     kernels, qs = [], []
     for s, a in zip((0, 1), singles, strict=True):
         a.fit(
@@ -150,7 +148,7 @@ def test_bad_settings_raise_config_errors(tiny_run):
 def test_trak_per_model_projections_are_seeded_per_model():
     """`proj_per_model`: model i is projected with seed `proj_seed + i`; scores average the per-model parts."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
-    kw = {"proj_dim": 8, "regularization": 0.01, "proj_seed": 5}
+    kw = {"proj_dim": 8, "damping": 0.01, "proj_seed": 5}
     both = make_attributor("trak", **kw).fit(run, train)  # per-model projections are the default
     assert [m.projector.seed for m in both.models_] == [5, 6]
     shared = make_attributor("trak", proj_per_model=False, **kw).fit(run, train)
@@ -173,15 +171,15 @@ def test_trak_per_model_projections_are_seeded_per_model():
 
 @pytest.mark.parametrize("proj_dim", [8, 120])
 def test_trak_relative_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_dim):
-    """regularization=None: lambda_m = factor x trace(Phi_m^T Phi_m) / min(k, N); k > N (= 80) solves in the
+    """damping=None: lambda_m = factor x trace(Phi_m^T Phi_m) / min(k, N); k > N (= 80) solves in the
     N-space, same scores."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
     auto = make_attributor(
-        "trak", proj_dim=proj_dim, proj_type="rademacher", regularization=None, regularization_factor=0.5
+        "trak", proj_dim=proj_dim, proj_type="rademacher", damping=None, damping_factor=0.5
     ).fit(run, train)
     phis = [m.phi.double() for m in auto.models_]
     want = [0.5 * float(phi.square().sum()) / min(proj_dim, len(train)) for phi in phis]
-    assert auto.regularization_ == pytest.approx(want) and want[0] != pytest.approx(want[1])
+    assert auto.damping_ == pytest.approx(want) and want[0] != pytest.approx(want[1])
     assert [m.dual for m in auto.models_] == [proj_dim > len(train)] * 2
     kernel = 0
     for m, phi, lam in zip(auto.models_, phis, want, strict=True):  # the primal formula, directly
@@ -193,14 +191,14 @@ def test_trak_relative_lambda_is_relative_to_the_mean_nonzero_eigenvalue(proj_di
         kernel = kernel + pq @ inv @ phi.T / 2
     torch.testing.assert_close(auto.score(queries).double(), kernel * auto.q_, rtol=1e-4, atol=1e-7)
     with pytest.raises(ConfigError):
-        make_attributor("trak", regularization_factor=-1.0)
+        make_attributor("trak", damping_factor=-1.0)
 
 
 def test_trak_kronecker_layout_uses_per_layer_kronecker_features():
     """proj_layout="kronecker": phi = kronecker_features(margin) with `kronecker_sizes`, seed proj_seed + i."""
     run, train, queries = tiny_logreg_run(seeds=(0, 1))
     attr = make_attributor(
-        "trak", proj_dim=12, proj_type="rademacher", proj_layout="kronecker", proj_seed=3, regularization=0.05
+        "trak", proj_dim=12, proj_type="rademacher", proj_layout="kronecker", proj_seed=3, damping=0.05
     )
     attr.fit(run, train)
     assert all(m.phi is None for m in attr.models_)  # recomputed on use, never stored
@@ -253,11 +251,7 @@ def test_feature_dot_streams_train_features_when_they_do_not_fit(tiny_run, monke
     streamed = make_attributor(method, **settings).fit(run, train)
     assert streamed.streaming_ and streamed.train_features_ is None
     groups = torch.rand(3, len(train)) > 0.5
-    torch.testing.assert_close(streamed.score(queries), cached.score(queries), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(streamed.self_influence(), cached.self_influence(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        streamed.score_groups(queries, groups), cached.score_groups(queries, groups), rtol=1e-5, atol=1e-5
-    )
+    assert_same_attribution(streamed, cached, queries, groups, rtol=1e-5, atol=1e-6, group_atol=1e-5)
 
 
 def test_trak_sjlt_ghost_sketch_equals_materialised_gradients(tiny_run, monkeypatch):
@@ -290,30 +284,3 @@ def test_ghost_path_equals_materialised_gradients(tiny_run, monkeypatch, method)
     torch.testing.assert_close(
         ghost.score_groups(queries, groups), dense.score_groups(queries, groups), rtol=1e-4, atol=1e-5
     )
-
-
-@pytest.mark.parametrize("rank", [0, 1, 7, 20])
-def test_kernel_solver_singular_gram_applies_the_pseudo_inverse(rank):
-    """lambda = 0 and a rank-deficient Gram: the pivoted-Cholesky factor applies pinv(A) (eigen reference)."""
-    gen = torch.Generator().manual_seed(rank)
-    x = (
-        torch.randn(50, rank, generator=gen, dtype=torch.float64)
-        @ torch.randn(rank, 30, generator=gen).double()
-    )
-    gram = x.T @ x  # [30, 30], rank `rank` (< 30: Cholesky fails)
-    b = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    solver = KernelSolver(gram, 0.0, torch.float32)
-    assert not solver.cholesky and solver.rank == rank and solver.matrix.dtype == torch.float64
-    torch.testing.assert_close(
-        solver.solve(b), torch.linalg.pinv(gram, hermitian=True) @ b, rtol=1e-8, atol=1e-10
-    )
-
-
-def test_kernel_solver_regularised_gram_solves_the_damped_system():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(10, 30, generator=gen, dtype=torch.float64)
-    gram, b = x.T @ x, torch.randn(30, 3, generator=gen, dtype=torch.float64)
-    solver = KernelSolver(gram, 0.5, torch.float32)
-    assert solver.cholesky and solver.rank == 30 and solver.matrix.dtype == torch.float32
-    want = torch.linalg.solve(gram + 0.5 * torch.eye(30, dtype=torch.float64), b)
-    torch.testing.assert_close(solver.solve(b).double(), want, rtol=1e-4, atol=1e-5)

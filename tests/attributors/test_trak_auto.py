@@ -1,4 +1,4 @@
-"""TRAK's `regularization="auto"`: the held-out rule never touches the evaluation's ground truth, its fast
+"""TRAK's `damping="auto"`: the held-out rule never touches the evaluation's ground truth, its fast
 lambda sweep equals the attributor's own scores, and the fallback is `AUTO_FACTOR x trace / N`."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def test_auto_never_reads_the_evaluation_ground_truth(tiny_run, tmp_path, monkey
     assert len(ws.list("lds_truth")) == 1
 
     def boom(*args, **kwargs):
-        raise AssertionError("regularization='auto' touched the LDS evaluation")
+        raise AssertionError("damping='auto' touched the LDS evaluation")
 
     for name in ("compute_lds_truth", "load_lds_truth", "_load", "lds_score", "lds_groups", "subset_masks"):
         monkeypatch.setattr(lds_module, name, boom)
@@ -52,14 +52,14 @@ def test_auto_never_reads_the_evaluation_ground_truth(tiny_run, tmp_path, monkey
         monkeypatch.setattr(Workspace, method, guarded)
     after = _fit_auto(run, train, val, ws)
     assert after.tuning_.to_dict() == before.tuning_.to_dict()
-    assert after.regularization_ == before.regularization_
+    assert after.damping_ == before.damping_
 
 
 @pytest.mark.parametrize("proj_dim", [16, 96])  # primal (k < N = 48) and dual
 def test_spectral_sweep_equals_group_scores(tiny_run, proj_dim):
     run, train, queries = tiny_run
     groups = torch.rand(5, len(train), generator=torch.Generator().manual_seed(0)) < 0.5
-    base = make_attributor("trak", proj_dim=proj_dim, regularization=0.0).fit(run, train)
+    base = make_attributor("trak", proj_dim=proj_dim, damping=0.0).fit(run, train)
     parts, scales = [], []
     for m in base.models_:
         phi = base._train_features(m)
@@ -70,7 +70,7 @@ def test_spectral_sweep_equals_group_scores(tiny_run, proj_dim):
         scales.append(float(gram.diagonal().sum()) / len(train))
     for c in (0.1, 1.0):
         lam = c * scales[0]  # one absolute lambda for every model
-        att = make_attributor("trak", proj_dim=proj_dim, regularization=lam).fit(run, train)
+        att = make_attributor("trak", proj_dim=proj_dim, damping=lam).fit(run, train)
         pred = sum((a / (s2 + lam)) @ g.T for s2, a, g in parts) / len(parts)
         torch.testing.assert_close(pred.float(), att.score_groups(queries, groups), rtol=1e-4, atol=1e-6)
 
@@ -78,15 +78,15 @@ def test_spectral_sweep_equals_group_scores(tiny_run, proj_dim):
 def test_fallback_without_validation_split_and_settings(tiny_run):
     run, train, _ = tiny_run  # its dataset spec is empty: no validation split to hold out
     att = make_attributor("trak", proj_dim=16).fit(run, train)
-    assert att.settings["regularization"] == "auto"
+    assert att.settings.damping == "auto"
     assert att.tuning_.rule == "fallback" and att.tuning_.factor == trak_tuning.AUTO_FACTOR
     phi = att._train_features(att.models_[0])
     expected = trak_tuning.AUTO_FACTOR * float(phi.square().sum()) / len(train)
-    assert att.regularization_[0] == pytest.approx(expected, rel=1e-6)
+    assert att.damping_[0] == pytest.approx(expected, rel=1e-6)
     assert att.artifact_extra_["trak_regularization"]["rule"] == "fallback"
     for bad in (
-        {"regularization": "gcv"},
-        {"regularization": -1.0},
+        {"damping": "gcv"},
+        {"damping": -1.0},
         {"tune_subsets": 1},
         {"tune_subsets": -2},
     ):
@@ -105,7 +105,7 @@ def test_cached_scores_record_the_auto_choice(tmp_path, monkeypatch):
     """compute_scores hands TRAK the workspace and the validation split; the choice lands in the metadata."""
     import numpy as np
 
-    from tda_explorer.attributors.cache import compute_scores
+    from tda_explorer.attributors.scores import compute_scores
     from tda_explorer.data import DatasetSplits, load_digits_splits
     from tda_explorer.models import LogRegConfig
     from tda_explorer.training import LocalExecutor, TrainConfig, train_run

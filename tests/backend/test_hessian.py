@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tda_explorer.backend.hessian import EigenInverse, LossHessian, cg_solve, lissa_solve, top_eigenvalue
+from tda_explorer.backend.hessian import LossHessian, cg_solve, lissa_solve, top_eigenvalue
+from tda_explorer.backend.inverse import ExactInverse
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import MLPConfig, build_model
 
@@ -108,16 +109,16 @@ def test_cg_retires_converged_columns_and_keeps_their_solutions():
     assert res.iterations == len(widths) - 1  # the last HVP is the reported residual's, over all 4
 
 
-def test_eigen_inverse_solves_and_rejects_indefinite():
+def test_exact_inverse_solves_and_rejects_indefinite():
     a = torch.randn(6, 6, dtype=torch.float64)
     h = a @ a.T
-    inv = EigenInverse(h, 0.3)
+    inv = ExactInverse(h, 0.3)
     g = torch.randn(4, 6, dtype=torch.float64)
     want = torch.linalg.solve(h + 0.3 * torch.eye(6, dtype=torch.float64), g.T).T
     torch.testing.assert_close(inv.solve(g), want)
     torch.testing.assert_close(inv.quadratic(g), (want * g).sum(1))
     try:
-        EigenInverse(-h, 0.0)
+        ExactInverse(-h, 0.0)
     except ConfigError as e:
         assert "damping" in str(e)
     else:
@@ -148,11 +149,11 @@ def test_head_only_hessian_closed_form_matches_autodiff():
     assert mlp_all._head_matrix() is None  # hidden-layer parameters: generic path
 
 
-def test_eigen_inverse_with_decoupled_coordinates():
+def test_exact_inverse_with_decoupled_coordinates():
     a = torch.randn(6, 6, dtype=torch.float64)
     h = a @ a.T
     h[2, :] = h[:, 2] = 0  # a coordinate no example touches
-    inv = EigenInverse(h, 0.3)
+    inv = ExactInverse(h, 0.3)
     g = torch.randn(4, 6, dtype=torch.float64)
     want = torch.linalg.solve(h + 0.3 * torch.eye(6, dtype=torch.float64), g.T).T
     torch.testing.assert_close(inv.solve(g), want)

@@ -46,8 +46,13 @@ def tiny_suite() -> Suite:
 def bench(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     suite = tiny_suite()
-    doc = run_suite(
-        suite,
+    doc = run_suite(suite, **_quiet_run(root))
+    return suite, doc, root
+
+
+def _quiet_run(root) -> dict:
+    """run_suite keywords for a tiny in-process run under `root`, with no log."""
+    return dict(
         results_dir=root / "results",
         workspace=root / "ws",
         threads=1,
@@ -55,7 +60,6 @@ def bench(tmp_path_factory):
         workers=1,
         log=lambda m: None,
     )
-    return suite, doc, root
 
 
 def test_json_is_well_formed_and_complete(bench):
@@ -122,14 +126,7 @@ def test_markdown_table_shows_the_json_numbers(bench):
 
 def test_rerun_reuses_cached_rows_and_only_recomputes(bench):
     suite, doc, root = bench
-    kw = dict(
-        results_dir=root / "results",
-        workspace=root / "ws",
-        threads=1,
-        isolate=False,
-        workers=1,
-        log=lambda m: None,
-    )
+    kw = _quiet_run(root)
     again = run_suite(suite, **kw)
     assert [r["ours"]["date"] for r in again["rows"]] == [r["ours"]["date"] for r in doc["rows"]]
     forced = run_suite(suite, only=["grad_dot"], force=True, peers=False, **kw)

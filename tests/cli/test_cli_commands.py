@@ -67,6 +67,7 @@ def test_attribute_help_lists_every_method_setting(capsys):
     text = capsys.readouterr().out
     assert "solver=ekfac" in text and "proj_dim=2048" in text and "params=head" in text
     assert "workspace=" not in text  # object-valued settings are not for the command line
+    assert "--measurement" in text and "pushes the model toward its" in " ".join(text.split())
 
 
 def test_unknown_setting_names_the_valid_ones(cli, key):
@@ -258,3 +259,50 @@ def test_attribute_bad_method_is_one_line_with_a_suggestion(cli, key):
     assert_user_error(cli("attribute", "--run", key, "--method", "trek"), "did you mean 'trak'")
     assert_user_error(cli("attribute", "--run", "x" + key[1:], "--method", "trak"), f"did you mean {key!r}")
     assert cli("attribute", "--run", key[:6], "--method", "grad_dot")[0] == 0  # a unique prefix is enough
+
+
+def test_measurement_of_explain_and_attribute(cli, cli_run, key):
+    """`explain` explains the predicted class by default on the test split (as the app); `true_label` gives
+    the stored scores; `attribute --measurement predicted` stores the predicted-class rows."""
+    from tda_explorer.attributors.measurement import PREDICTED_KIND, predicted_classes, scores_for_measurement
+    from tda_explorer.attributors.scores import compute_scores
+    from tda_explorer.data import DatasetSpec, load_dataset
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import load_run
+
+    ws = Workspace(cli_run[0])
+    run = load_run(key, ws)
+    splits = load_dataset(DatasetSpec.from_dict(run.dataset))
+    pred = predicted_classes(run, splits)
+    wrong = np.flatnonzero(pred != splits.test.labels.numpy())
+    assert len(wrong), "the 2-epoch logreg makes mistakes on digits"
+    query = splits.test.ids[int(wrong[0])]
+    base = compute_scores(run, splits, "grad_dot", {"params": "head"}, "test", ws)
+    on_pred = scores_for_measurement(run, splits, base, "predicted", pred, ws)
+    row = base.query_ids.index(query)
+    argv = ("explain", "--run", key, "--method", "grad_dot", "--query", query, "--k", "3", "--json")
+    for extra, expected, scores in (
+        ((), "predicted", on_pred),
+        (("--measurement", "true_label"), "true_label", base),
+    ):
+        data = json.loads(cli(*argv, *extra)[1])
+        assert data["measurement"] == expected and data["score_key"] == scores.key
+        top = np.sort(scores.scores[row])[::-1][:3]
+        assert [r["score"] for r in data["proponents"]] == pytest.approx(top.tolist())
+    assert not np.allclose(on_pred.scores[row], base.scores[row])  # the two measurements differ on a mistake
+    code, out, _ = cli(*argv[:-1])
+    assert code == 0 and f"loss of the predicted class {splits.test.class_names[pred[wrong[0]]]}" in out
+
+    data = json.loads(
+        cli("attribute", "--run", key, "--method", "grad_dot", "--measurement", "predicted", "--json")[1]
+    )
+    assert data["measurement"] == "predicted" and data["score_key"] == on_pred.key
+    assert data["path"] == str(ws.path(PREDICTED_KIND, on_pred.key))
+    code, out, _ = cli("attribute", "--run", key, "--method", "grad_dot")
+    assert code == 0 and out.startswith("grad_dot: scores") and base.key in out
+
+    assert_user_error(cli(*argv, "--measurement", "predictd"), "'predictd'", "did you mean 'predicted'")
+    assert_user_error(
+        cli("attribute", "--run", key, "--method", "grad_dot", "--measurement", "pred"), "true_label"
+    )
+    assert_user_error(cli(*argv, "--split", "val", "--measurement", "predicted"), "--split test")

@@ -19,6 +19,11 @@ def _error(fn, *args, **kwargs) -> str:
     return str(info.value)
 
 
+def _tabular_error(tmp_path: Path, text: str, name: str = "data.csv") -> str:
+    """The error of `load_tabular` on a CSV file holding `text` (label column "y")."""
+    return _error(load_tabular, _csv(tmp_path, text, name=name), label_column="y")
+
+
 def _csv(tmp_path: Path, text: str, name: str = "data.csv", encoding: str = "utf-8") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding=encoding)
@@ -57,34 +62,28 @@ def test_label_listed_as_feature(table_csv: Path):
 
 
 def test_non_numeric_feature(tmp_path: Path):
-    path = _csv(tmp_path, "a,b,y\n1,2,0\n3,4,1\n5,seven,0\n7,8,1\n")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,b,y\n1,2,0\n3,4,1\n5,seven,0\n7,8,1\n")
     assert "data.csv" in msg and "'b'" in msg and "row 2" in msg and "'seven'" in msg
     # an id-like text column is not silently used as a feature either
-    path = _csv(tmp_path, "name,x,y\nann,1,0\nbob,2,1\n", name="people.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "name,x,y\nann,1,0\nbob,2,1\n", name="people.csv")
     assert "people.csv" in msg and "'name'" in msg and "row 0" in msg and "'ann'" in msg
 
 
 def test_nan_and_inf_features(tmp_path: Path):
-    path = _csv(tmp_path, "a,b,y\n1,2,0\n3,,1\n5,6,0\n")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,b,y\n1,2,0\n3,,1\n5,6,0\n")
     assert "data.csv" in msg and "'b'" in msg and "row 1" in msg and "missing" in msg
-    path = _csv(tmp_path, "a,b,y\n1,2,0\n3,4,1\n5,6,0\ninf,8,1\n", name="inf.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,b,y\n1,2,0\n3,4,1\n5,6,0\ninf,8,1\n", name="inf.csv")
     assert "inf.csv" in msg and "'a'" in msg and "row 3" in msg and "inf" in msg
     pq = tmp_path / "nan.parquet"
     pd.DataFrame({"a": [1.0, 2.0, np.nan], "y": [0, 1, 0]}).to_parquet(pq)
     msg = _error(load_tabular, pq, label_column="y")
     assert "nan.parquet" in msg and "'a'" in msg and "row 2" in msg
-    path = _csv(tmp_path, "a,y\n1,0\n1e300,1\n", name="huge.csv")  # does not fit in float32
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,0\n1e300,1\n", name="huge.csv")  # does not fit in float32
     assert "huge.csv" in msg and "'a'" in msg and "row 1" in msg and "float32" in msg
 
 
 def test_missing_labels(tmp_path: Path):
-    path = _csv(tmp_path, "a,y\n1,cat\n2,dog\n3,\n4,cat\n")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,cat\n2,dog\n3,\n4,cat\n")
     assert "data.csv" in msg and "'y'" in msg and "row 2" in msg and "label" in msg
     path = _csv(tmp_path, "t,y\nhello,cat\nworld,  \n", name="texts.csv")
     msg = _error(load_text_table, path, text_column="t", label_column="y")
@@ -92,14 +91,12 @@ def test_missing_labels(tmp_path: Path):
 
 
 def test_continuous_labels(tmp_path: Path):
-    path = _csv(tmp_path, "a,y\n1,0\n2,1.0\n3,0.5\n", name="reg.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,0\n2,1.0\n3,0.5\n", name="reg.csv")
     assert "reg.csv" in msg and "'y'" in msg and "row 2" in msg and "0.5" in msg
 
 
 def test_single_class(tmp_path: Path):
-    path = _csv(tmp_path, "a,y\n1,cat\n2,cat\n3,cat\n")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,cat\n2,cat\n3,cat\n")
     assert "data.csv" in msg and "'y'" in msg and "'cat'" in msg and "at least two" in msg
 
 
@@ -133,17 +130,14 @@ def test_path_does_not_exist(tmp_path: Path):
 
 
 def test_unsupported_extension(tmp_path: Path):
-    path = _csv(tmp_path, "a,y\n1,0\n", name="data.xlsx")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,0\n", name="data.xlsx")
     assert "data.xlsx" in msg and "'.xlsx'" in msg and ".csv" in msg and ".parquet" in msg
 
 
 def test_empty_files(tmp_path: Path):
-    path = _csv(tmp_path, "", name="zero.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "", name="zero.csv")
     assert "zero.csv" in msg and "0 bytes" in msg
-    path = _csv(tmp_path, "a,y\n", name="header.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n", name="header.csv")
     assert "header.csv" in msg and "no data rows" in msg
     path = _csv(tmp_path, "\n\n", name="blank.csv")
     msg = _error(load_text_table, path, text_column="t", label_column="y")
@@ -163,8 +157,7 @@ def test_not_utf8(tmp_path: Path):
 
 
 def test_malformed_csv_and_parquet(tmp_path: Path):
-    path = _csv(tmp_path, "a,y\n1,0\n2,1,3,4\n", name="ragged.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,0\n2,1,3,4\n", name="ragged.csv")
     assert "ragged.csv" in msg and "line 3" in msg
     pq = tmp_path / "broken.parquet"
     pq.write_bytes(b"this is not parquet at all")
@@ -173,11 +166,10 @@ def test_malformed_csv_and_parquet(tmp_path: Path):
 
 
 def test_too_few_rows_for_split(tmp_path: Path):
-    path = _csv(tmp_path, "a,y\n1,0\n2,1\n", name="tiny.csv")
-    msg = _error(load_tabular, path, label_column="y")
+    msg = _tabular_error(tmp_path, "a,y\n1,0\n2,1\n", name="tiny.csv")
     assert "tiny.csv" in msg and "2 rows" in msg
     with pytest.raises(ConfigError, match="val_fraction"):
-        load_tabular(path, label_column="y", val_fraction=1.5)
+        load_tabular(tmp_path / "tiny.csv", label_column="y", val_fraction=1.5)
 
 
 # --- image folders ---------------------------------------------------------------------------------

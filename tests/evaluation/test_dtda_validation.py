@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from tda_explorer.attributors.dtda import DTDAResult, measurement_values
+from tda_explorer.attributors.dtda import DTDAResult, compute_dtda, measurement_values
 from tda_explorer.errors import ConfigError
-from tda_explorer.evaluation.dtda import dtda_pruning, load_dtda_validation, select_pairs, validate_dtda
+from tda_explorer.evaluation.dtda import (
+    dtda_pruning,
+    load_dtda_validation,
+    select_pairs,
+    stored_dtda_validation,
+    validate_dtda,
+)
 from tda_explorer.store import Workspace
 from tda_explorer.training import train_model, train_run
 
@@ -88,6 +94,8 @@ def test_validation_retrains_without_each_example(setup, tiny, model_config, tra
     assert not ex.jobs and again.key == val.key
     loaded = load_dtda_validation(val.key, ws)
     assert loaded.pairs == val.pairs and loaded.measurement == "loss"
+    stored = stored_dtda_validation(compute_dtda(run, tiny, SETTINGS, "test", ws).config, ws)
+    assert stored is not None and stored.key == val.key
     np.testing.assert_array_equal(loaded.predicted, val.predicted)
     np.testing.assert_array_equal(again.retrained, val.retrained)
     # explicit pairs, and another base on them: the per-example retrainings are reused

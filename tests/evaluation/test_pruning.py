@@ -7,9 +7,9 @@ from tda_explorer.errors import ConfigError
 from tda_explorer.evaluation import pruning_curve, usefulness_from_scores
 
 
-def test_usefulness_is_the_column_sum():
+def test_usefulness_is_the_column_mean():
     scores = np.arange(12, dtype=np.float64).reshape(3, 4)
-    np.testing.assert_array_equal(usefulness_from_scores(scores), [12.0, 15.0, 18.0, 21.0])
+    np.testing.assert_array_equal(usefulness_from_scores(scores), [4.0, 5.0, 6.0, 7.0])
 
 
 def test_pruning_curve_on_tiny_data(tiny, model_config, train_config, recorder):

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tda_explorer.attributors.cache import load_scores
+from tda_explorer.attributors.scores import load_scores
 from tda_explorer.cli import main
 from tda_explorer.data import load_digits_splits
 from tda_explorer.errors import ArtifactError, ConfigError
@@ -66,17 +66,7 @@ def test_train_run_refuses_no_seeds_before_any_work(tmp_path: Path, splits) -> N
 
 @pytest.mark.parametrize("value", ["0", "-2", "x"])
 def test_cli_train_seeds_below_one_is_a_usage_error(tmp_path: Path, capsys, value: str) -> None:
-    argv = [
-        "--workspace",
-        str(tmp_path),
-        "train",
-        "--dataset",
-        "digits",
-        "--model",
-        "logreg",
-        "--seeds",
-        value,
-    ]
+    argv = ["--workspace", str(tmp_path), *"train --dataset digits --model logreg --seeds".split(), value]
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2

@@ -4,7 +4,6 @@ written under contention is recovered whole."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import threading
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from tda_explorer.store import FlagStore
 from tda_explorer.store.flags import FlagsRecoveredWarning
+from tests.fixtures import run_together
 
 N_OPS = 60
 THREADS = 4
@@ -39,15 +39,7 @@ def _process(path: str, proc: str, start) -> None:
 def test_concurrent_writers_journal_replays_to_the_same_state(tmp_path: Path) -> None:
     path = tmp_path / "flags.sqlite"
     FlagStore(path)
-    ctx = mp.get_context("spawn")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_process, args=(str(path), p, start)) for p in ("P", "Q")]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(timeout=300)
-        assert p.exitcode == 0
+    run_together(_process, [(str(path), p) for p in ("P", "Q")], timeout=300)
     fs = FlagStore(path)
     state = fs.get("run", include_unflagged=True)
     own = [k for k in state if not k.startswith("shared-")]

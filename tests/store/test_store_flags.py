@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import FlagRecord, FlagStore
+from tests.fixtures import run_together
 
 
 def test_flag_unflag_get(tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ def test_persistence_and_pragmas(tmp_path: Path) -> None:
     assert cols == ["run_key", "example_id", "flagged", "suggested_label", "note", "updated_at"]
 
 
-def _worker(path: str, run_key: str, start, n: int) -> None:
+def _worker(path: str, run_key: str, n: int, start) -> None:
     fs = FlagStore(path)
     start.wait()
     for i in range(n):
@@ -71,15 +71,7 @@ def _worker(path: str, run_key: str, start, n: int) -> None:
 def test_two_processes_writing_concurrently_lose_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "flags.sqlite")
     FlagStore(path)
-    ctx = mp.get_context("spawn")
-    start = ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(path, key, start, 300)) for key in ("A", "B")]
-    for p in procs:
-        p.start()
-    start.set()
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    run_together(_worker, [(path, key, 300) for key in ("A", "B")], timeout=60)
     fs = FlagStore(path)
     assert len(fs.get("A")) == 300 and len(fs.get("B")) == 300
     with sqlite3.connect(path) as con:

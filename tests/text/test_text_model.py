@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -91,22 +92,32 @@ def test_without_frozen_layers_prepare_inputs_tokenizes():
 
 
 def test_states_are_cached_in_memory_and_on_disk(model, tmp_path):
-    first = prepare_inputs(model, TEXTS)
-    assert prepare_inputs(model, TEXTS) is first  # in-process cache
-    entries = Workspace().list(text_cache.STATE_KIND)
-    assert len(entries) == 1 and str(Workspace().root).startswith(str(tmp_path))
-    assert entries[0]["config"]["layers"] == 4 and entries[0]["config"]["max_length"] == 24
-    text_cache.clear_memory()
-    again = prepare_inputs(model, TEXTS)  # from the disk artifact
-    assert again is not first and torch.equal(again, first)
-    other = prepare_inputs(model, TEXTS[:2])  # other texts, another artifact
-    assert torch.equal(other, first[:2]) and len(Workspace().list(text_cache.STATE_KIND)) == 2
+    ws = Workspace(tmp_path / "states")
+    with text_cache.states_stored_in(ws):
+        first = prepare_inputs(model, TEXTS)
+        assert prepare_inputs(model, TEXTS) is first  # in-process cache
+        entries = ws.list(text_cache.STATE_KIND)
+        assert len(entries) == 1
+        assert entries[0]["config"]["layers"] == 4 and entries[0]["config"]["max_length"] == 24
+        text_cache.clear_memory()
+        again = prepare_inputs(model, TEXTS)  # from the disk artifact
+        assert again is not first and torch.equal(again, first)
+        other = prepare_inputs(model, TEXTS[:2])  # other texts, another artifact
+        assert torch.equal(other, first[:2]) and len(ws.list(text_cache.STATE_KIND)) == 2
+    assert text_cache.ENV_VAR not in os.environ  # set back after the block
 
 
-def test_memory_only_mode_writes_nothing(model, monkeypatch):
+def test_no_workspace_is_opened_unless_the_caller_gives_one(model, tmp_path):
+    prepare_inputs(model, TEXTS)  # outside states_stored_in: memory only
+    assert not (tmp_path / "ws").exists()  # $TDA_WORKSPACE of the fixture: never opened
+
+
+def test_memory_only_mode_writes_nothing(model, monkeypatch, tmp_path):
     monkeypatch.setenv(text_cache.ENV_VAR, "memory")
-    prepare_inputs(model, TEXTS)
-    assert Workspace().list(text_cache.STATE_KIND) == []
+    ws = Workspace(tmp_path / "states")
+    with text_cache.states_stored_in(ws):
+        prepare_inputs(model, TEXTS)
+    assert ws.list(text_cache.STATE_KIND) == []
 
 
 def test_bad_configs_are_refused():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import tda_explorer
 from tda_explorer.attributors import make_attributor
-from tda_explorer.attributors.cache import compute_scores
+from tda_explorer.attributors.scores import compute_scores
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import HFConfig, prepare_inputs

@@ -102,7 +102,7 @@ def test_trak_without_projection_equals_exact_influence(tmp_path, case):
     splits, _ = case
     run = _run(tmp_path, case)
     inf = make_attributor("influence", solver="exact", params="all", damping=0.0).fit(run, splits.train)
-    trak = make_attributor("trak", proj_dim=None, regularization=N * WD).fit(run, splits.train)
+    trak = make_attributor("trak", proj_dim=None, damping=N * WD).fit(run, splits.train)
     torch.testing.assert_close(trak.score(splits.test), inf.score(splits.test), rtol=1e-6, atol=1e-10)
     torch.testing.assert_close(trak.self_influence(), inf.self_influence(), rtol=1e-6, atol=1e-10)
 

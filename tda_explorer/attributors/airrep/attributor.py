@@ -32,77 +32,51 @@ one forward pass and one matmul.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import torch
 
 from tda_explorer.attributors.airrep.data import AirRepData, AirRepDataConfig, generate_airrep_data
-from tda_explorer.attributors.airrep.encoder import EMBED_BATCH, EncoderConfig
-from tda_explorer.attributors.airrep.pooling import POOLINGS, group_scores
+from tda_explorer.attributors.airrep.encoder import EncoderConfig
+from tda_explorer.attributors.airrep.pooling import group_scores
 from tda_explorer.attributors.airrep.train import RankTrainConfig, TrainedEncoder, train_encoder
 from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.method_settings import AirRepSettings
 from tda_explorer.backend.features import group_matrix
 from tda_explorer.backend.scoring import TopK, dot_scores, streaming_topk
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, require_workspace
 from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
-
-
-def _complete(cls, given: dict | None, what: str):
-    try:
-        return cls(**(given or {}))
-    except TypeError as e:
-        raise ConfigError(f"bad AirRep {what} settings: {e}") from e
 
 
 @register
 class AirRep(Attributor):
     """AirRep (Sun et al., 2025); see the module docstring.
 
-    Args:
-        pooling: "attention" (AirRep) or "sum" (ablation) — used both to train and in `score_groups`.
-        encoder: `EncoderConfig` fields (dim, hidden, channels, depth, max_length, freeze_text).
-        data: `AirRepDataConfig` fields (n_subsets, alpha, subset_seed, seeds, shard_size, eval_*).
-        training: `RankTrainConfig` fields (lr, weight_decay, epochs, subsets_per_step, ...).
-        batch_size: examples per forward pass when embedding.
-        progress: `progress(done, total, msg)` for data generation and encoder training.
-        workspace: where data, checkpoints and the encoder are cached (default `Workspace()`); not a
-            setting (it does not change the result).
-        executor: runs the subset retrainings (default `LocalExecutor()`); not a setting.
-        label_queries: label queries to use instead of the run dataset's validation split; not a
-            setting (its fingerprint keys the data artifact).
+    Settings: `AirRepSettings` (`pooling`; `encoder`, `data`, `training` as dicts of `EncoderConfig`,
+    `AirRepDataConfig`, `RankTrainConfig` fields; `batch_size`). Not settings (they do not change the
+    result): `progress`; `workspace` (where data, checkpoints and the encoder are cached; required
+    to fit, `compute_scores` passes its own); `executor` (runs the subset retrainings, default `LocalExecutor()`); `label_queries`
+    (instead of the run dataset's validation split; its fingerprint keys the data artifact).
     """
 
     name = "airrep"
+    Settings = AirRepSettings
+    settings: AirRepSettings
     rank_only = True
 
     def __init__(
         self,
-        pooling: str = "attention",
-        encoder: dict | None = None,
-        data: dict | None = None,
-        training: dict | None = None,
-        batch_size: int = EMBED_BATCH,
+        settings: AirRepSettings | None = None,
+        /,
         progress: Progress | None = None,
         workspace: Workspace | None = None,
         executor: Executor | None = None,
         label_queries: ExampleSet | None = None,
+        **values,
     ) -> None:
-        if pooling not in POOLINGS:
-            raise ConfigError(f"AirRep pooling must be one of {POOLINGS}, got {pooling!r}.")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
-        super().__init__(
-            progress=progress,
-            pooling=pooling,
-            encoder=asdict(_complete(EncoderConfig, encoder, "encoder")),
-            data=asdict(_complete(AirRepDataConfig, data, "data")),
-            training=asdict(_complete(RankTrainConfig, training, "training")),
-            batch_size=batch_size,
-        )
+        super().__init__(settings, progress=progress, **values)
         self.workspace, self.executor, self.label_queries = workspace, executor, label_queries
 
     # ---------------------------------------------------------------------------------- fitting
@@ -131,14 +105,14 @@ class AirRep(Attributor):
     def fit(self, run: TrainedRun, train: ExampleSet) -> AirRep:
         """Generate (or load) the training data, train (or load) the encoder, embed `train` once."""
         s = self.settings
-        ws = self.workspace or Workspace()
+        ws = require_workspace(self.workspace, "AirRep.fit")
         queries = self._label_queries(run)
         self.data_: AirRepData = generate_airrep_data(
             train,
             queries,
             run.model_config,
             run.require_recipe("airrep"),
-            AirRepDataConfig(**s["data"]),
+            AirRepDataConfig(**s.data),
             ws,
             self.executor,
             self._phase("data"),
@@ -147,16 +121,16 @@ class AirRep(Attributor):
             self.data_,
             train,
             queries,
-            EncoderConfig(**s["encoder"]),
-            RankTrainConfig(**s["training"]),
-            s["pooling"],
+            EncoderConfig(**s.encoder),
+            RankTrainConfig(**s.training),
+            s.pooling,
             ws,
             self._phase("encoder"),
         )
         self.encoder_ = self.trained_.encoder
         self.train_embeddings_ = self.embed(train)
         self.costs_ = {"data_seconds": self.data_.seconds, "train_seconds": self.trained_.seconds}
-        self.artifact_extra_ = {  # recorded next to cached scores (attributors.cache)
+        self.artifact_extra_ = {  # recorded next to cached scores (attributors.scores)
             "airrep": {
                 **self.costs_,
                 "data_key": self.data_.key,
@@ -175,7 +149,7 @@ class AirRep(Attributor):
         enc = getattr(self, "encoder_", None)
         if enc is None:
             self._check_fitted()
-        return enc.embed(enc.prepare(examples), self.settings["batch_size"])
+        return enc.embed(enc.prepare(examples), self.settings.batch_size)
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32, `<Enc(x_q), Enc(z_i)>` (positive = helps; rank-only)."""
@@ -196,4 +170,4 @@ class AirRep(Attributor):
         """`[n_query, n_groups]` pooled group scores `f(x_q, S_j)` (attention or sum, per `pooling`)."""
         self._check_fitted()
         mask = group_matrix(groups, self.n_train_) > 0
-        return group_scores(self.embed(queries), self.train_embeddings_, mask, self.settings["pooling"])
+        return group_scores(self.embed(queries), self.train_embeddings_, mask, self.settings.pooling)

@@ -37,7 +37,7 @@ from tda_explorer.backend.stats import random_subset_masks
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor
 from tda_explorer.training.runs import retrain_on_subsets
@@ -248,7 +248,7 @@ def generate_airrep_data(
         queries: label queries (a held-out split, e.g. validation; disjoint from `train` by id).
         model_config, train_config: how each subset model is trained (as for the run being explained).
         config: data settings (default `AirRepDataConfig()`).
-        workspace: cache of shards and result (default `Workspace()`).
+        workspace: cache of shards and result (required).
         executor: runs the retrainings (default `LocalExecutor()`).
         progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count).
 
@@ -256,9 +256,9 @@ def generate_airrep_data(
         AirRepData (masks `[M, N]`, losses `[M, n_query]`, labels `[n_query, M]`).
     """
     config = config or AirRepDataConfig()
-    ws = workspace or Workspace()
     executor = executor or LocalExecutor()
     check_queries(train, queries)
+    ws = require_workspace(workspace, "generate_airrep_data")
     n, m, r = len(train), config.n_subsets, len(config.seeds)
     masks = training_subset_masks(n, config)
     check_disjoint_subsets(masks, evaluation_masks(n, config))

@@ -41,7 +41,7 @@ from tda_explorer.attributors.airrep.pooling import POOLINGS, group_scores, pool
 from tda_explorer.backend.stats import spearman_rows
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
-from tda_explorer.store import Workspace, load_tensors, save_tensors
+from tda_explorer.store import Workspace, load_tensors, require_workspace, save_tensors
 from tda_explorer.training.trainer import Progress
 
 ENCODER_KIND = "airrep_encoder"
@@ -227,7 +227,7 @@ def train_encoder(
         encoder_config: encoder shape (default `EncoderConfig()`).
         config: training settings (default `RankTrainConfig()`).
         pooling: "attention" (AirRep) or "sum" (ablation): the f used in the loss.
-        workspace: where checkpoints and the final encoder are cached (default `Workspace()`).
+        workspace: where checkpoints and the final encoder are cached (required).
         progress: `progress(done, total, msg)` over the optimisation steps.
 
     Returns:
@@ -235,7 +235,7 @@ def train_encoder(
     """
     encoder_config = encoder_config or EncoderConfig()
     cfg = config or RankTrainConfig()
-    ws = workspace or Workspace()
+    ws = require_workspace(workspace, "train_encoder")
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
     if tuple(train.ids) != data.train_ids or tuple(queries.ids) != data.query_ids:

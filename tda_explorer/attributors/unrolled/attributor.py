@@ -48,12 +48,12 @@ replay reproduces the run's final weights and warns if not.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from tda_explorer.attributors.base import Attributor, as_setting, register
+from tda_explorer.attributors.base import Attributor, register
+from tda_explorer.attributors.method_settings import UnrolledSettings
 from tda_explorer.attributors.unrolled.replay import Trajectory
 from tda_explorer.attributors.unrolled.reverse import measurement_gradients, reverse_pass
 from tda_explorer.backend.device import get_dtype
@@ -88,37 +88,13 @@ def replay_gap(final: torch.Tensor, traj: Trajectory, state: dict[str, torch.Ten
 class Unrolled(Attributor):
     """Exact unrolled differentiation (see module docstring).
 
-    Args:
-        seeds: "first" (default), "all", an int n, or a list of run seeds (scores are averaged).
-        every: k, optimizer steps between stored snapshots (None = ceil(sqrt(T))).
-        query_chunk: cotangents per reverse pass (None = from `memory_bytes`, at most 32: on the MNIST MLP
-            the per-query cost is lowest near 32, measured 1.6 ms per query per step vs 2.3 at 8).
-        memory_bytes: budget for the chunk's cotangents and the vmapped product's work.
+    Settings: `UnrolledSettings` (seeds, every, query_chunk, memory_bytes).
     """
 
     name = "unrolled"
+    Settings = UnrolledSettings
+    settings: UnrolledSettings
     cached_self_influence = False
-
-    def __init__(
-        self,
-        seeds: str | int | Sequence[int] = "first",
-        every: int | None = None,
-        query_chunk: int | None = None,
-        memory_bytes: int = 2**30,
-        progress=None,
-    ) -> None:
-        for label, value in (("every", every), ("query_chunk", query_chunk)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{label} must be None or an integer >= 1, got {value!r}.")
-        if memory_bytes < 1:
-            raise ConfigError(f"memory_bytes must be >= 1, got {memory_bytes}.")
-        super().__init__(
-            progress=progress,
-            seeds=as_setting(seeds),
-            every=every,
-            query_chunk=query_chunk,
-            memory_bytes=int(memory_bytes),
-        )
 
     # ----------------------------------------------------------------------------------- fitting
     def fit(self, run: TrainedRun, train: ExampleSet) -> Unrolled:
@@ -126,10 +102,10 @@ class Unrolled(Attributor):
         if run.train_config is None:
             raise ConfigError("unrolled needs the run's training recipe (train_config); this run has none.")
         recipe = run_training_config(run)
-        seeds = run.select_seeds(self.settings["seeds"])
+        seeds = run.select_seeds(self.settings.seeds)
         self.n_train_, self.members_ = len(train), []
         for i, seed in enumerate(seeds):
-            traj = Trajectory(run.model_config, recipe, train, seed, get_dtype(), self.settings["every"])
+            traj = Trajectory(run.model_config, recipe, train, seed, get_dtype(), self.settings.every)
             theta = traj.record()
             gap = replay_gap(theta, traj, run.checkpoints[seed][-1].state)
             if gap > REPLAY_TOLERANCE:
@@ -151,10 +127,10 @@ class Unrolled(Attributor):
         return {m.seed: m.replay_gap for m in self.members_}
 
     def _chunk(self, traj: Trajectory) -> int:
-        if self.settings["query_chunk"] is not None:
-            return self.settings["query_chunk"]
+        if self.settings.query_chunk is not None:
+            return self.settings.query_chunk
         item = torch.finfo(traj.dtype).bits // 8
-        return int(max(1, min(32, self.settings["memory_bytes"] // (6 * traj.flat.numel * item))))
+        return int(max(1, min(32, self.settings.memory_bytes // (6 * traj.flat.numel * item))))
 
     # ----------------------------------------------------------------------------------- scoring
     def weight_gradients(

@@ -1,4 +1,4 @@
-"""Cached attribution: compute an attributor's scores for a run once, store them, reuse them.
+"""Attribution scores of a run, the package's main use case: computed once per setting, stored, reused.
 
 Artifact kind "scores", keyed by {run key, attributor config, query split}. Contents:
 `scores.npy` float32 `[n_query, n_train]` (positive = helps), `self_influence.npy` float32
@@ -15,7 +15,8 @@ import numpy as np
 from tda_explorer.attributors.base import make_attributor
 from tda_explorer.data.example_set import DatasetSplits
 from tda_explorer.errors import ArtifactError, ConfigError
-from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.models.text_cache import states_stored_in
+from tda_explorer.store import Workspace, default_workspace, load_array, save_arrays
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import Progress
 
@@ -79,21 +80,23 @@ def compute_scores(
     they are reused), e.g. to score other queries without fitting again."""
     if split not in QUERY_SPLITS:
         raise ConfigError(f"query split {split!r} is not one of {QUERY_SPLITS}.")
-    ws = workspace or Workspace()
+    ws = default_workspace(workspace)
     settings = dict(settings or {})
     attributor = make_attributor(method, progress=progress, **settings)
     if getattr(attributor, "workspace", False) is None:  # methods that cache artifacts (LoRA ensembles)
         attributor.workspace = ws
     if getattr(attributor, "validation", False) is None:  # TRAK's "auto" holds the validation split out
         attributor.validation = splits.val
-    cfg = score_config(run, method, attributor.settings, split)
-    if not ws.exists("scores", cfg):
+    cfg = score_config(run, method, attributor.settings.config(), split)
+
+    def compute() -> tuple[dict[str, np.ndarray], dict]:
         queries = getattr(splits, split)
         start = time.perf_counter()
-        attributor.fit(run, splits.train)
-        if on_fitted is not None:
-            on_fitted(attributor)
-        scores = attributor.score(queries).numpy().astype(np.float32)
+        with states_stored_in(ws):  # a text model's frozen states, reused by the next process
+            attributor.fit(run, splits.train)
+            if on_fitted is not None:
+                on_fitted(attributor)
+            scores = attributor.score(queries).numpy().astype(np.float32)
         if attributor.cached_self_influence:
             self_inf = attributor.self_influence().numpy().astype(np.float32)
         else:  # e.g. unrolled: one reverse pass per training example; not run implicitly
@@ -101,10 +104,16 @@ def compute_scores(
         seconds = time.perf_counter() - start
         extra = {"query_ids": list(queries.ids), "train_ids": list(splits.train.ids), "seconds": seconds}
         extra.update(getattr(attributor, "artifact_extra_", {}))  # e.g. ensemble members' seeds and costs
-        with ws.write("scores", cfg, extra=extra) as d:
-            save_array(d, "scores", scores)
-            save_array(d, "self_influence", self_inf)
-    return load_scores(ws, cfg)
+        return {"scores": scores, "self_influence": self_inf}, extra
+
+    return ws.cached(
+        "scores",
+        cfg,
+        compute,
+        save=lambda d, value: save_arrays(d, value[0]),
+        load=lambda _path, _meta: load_scores(ws, cfg),
+        extra=lambda value: value[1],
+    )
 
 
 def load_scores(ws: Workspace, cfg: dict) -> ScoreResult:

@@ -1,0 +1,54 @@
+"""Usefulness of training examples to a set of queries, and the removal choices made from it (numpy only).
+
+`usefulness(scores)` is the mean score of each training example over the queries (`[n_train]`, higher =
+more useful); `removal_mask` picks the least useful examples, `curve_fractions` the removed fractions of a
+pruning curve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tda_explorer.errors import ConfigError
+
+
+def usefulness(scores: np.ndarray) -> np.ndarray:
+    """Per-training-example usefulness `[n_train]`: the mean score over the queries (positive = helps them).
+
+    The one definition of usefulness in the package: the app's and the CLI's pruning choices, the review
+    queue and the pruning curves (`evaluation.pruning.usefulness_from_scores`) all rank by it. The mean,
+    not the sum, so a threshold means the same whatever the number of queries. With influence-type scores
+    this is the predicted decrease of the mean query loss per example kept; the most harmful examples have
+    the most negative usefulness.
+    """
+    return np.asarray(scores, dtype=np.float64).mean(axis=0)
+
+
+def removal_mask(
+    useful: np.ndarray, fraction: float | None = None, threshold: float | None = None
+) -> np.ndarray:
+    """Boolean `[n_train]`, True for the examples to remove: the `fraction` least useful ones, or every
+    example whose usefulness is below `threshold`. Exactly one of the two must be given; ties broken by
+    position (stable sort) so the choice is deterministic."""
+    useful = np.asarray(useful, dtype=np.float64)
+    if (fraction is None) == (threshold is None):
+        raise ConfigError(
+            "give exactly one of fraction (e.g. 0.1) or threshold (a score) to choose removals."
+        )
+    mask = np.zeros(len(useful), dtype=bool)
+    if fraction is not None:
+        if not 0.0 <= fraction < 1.0:
+            raise ConfigError(f"fraction to remove must be in [0, 1), got {fraction}.")
+        k = int(round(fraction * len(useful)))
+        mask[np.argsort(useful, kind="stable")[:k]] = True
+    else:
+        mask = useful < float(threshold)
+    return mask
+
+
+def curve_fractions(largest: float, step: float = 0.1) -> tuple[float, ...]:
+    """Removed fractions `0, step, 2*step, ..., largest` (rounded to 1e-6) for a pruning curve."""
+    if not 0.0 < step <= largest < 1.0:
+        raise ConfigError(f"need 0 < step <= largest < 1, got step={step}, largest={largest}.")
+    n = int(round(largest / step))
+    return tuple(round(min(i * step, largest), 6) for i in range(n + 1))
