@@ -15,6 +15,7 @@ from appsettings import form_widgets, settings_form
 from tda_explorer.attributors import ATTRIBUTORS
 from tda_explorer.attributors.base import make_attributor
 from tda_explorer.attributors.measurement import compute_test_scores
+from tda_explorer.attributors.scores import score_config
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
 from tda_explorer.errors import Cancelled, TDAError
 from tda_explorer.estimates import (
@@ -246,10 +247,10 @@ with st.form("attribute"):
 def _is_stored(method: str, settings: dict) -> bool:
     """Whether this run already has `method`'s test scores with these settings (a click only reloads them)."""
     try:
-        config = make_attributor(method, **settings).config()
+        config = score_config(run, method, make_attributor(method, **settings).settings.config(), "test")
     except (TDAError, TypeError):
         return False
-    return any(m["config"]["method"] == config for m in appkit.list_scores(ws, run.key))
+    return ws.exists("scores", config)
 
 
 def _attribute(progress) -> list[tuple]:
