@@ -3,13 +3,14 @@ training times predicted from runs measured on this machine. No algorithm code (
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
 import pandas as pd
 import streamlit as st
 
-from appkit import app_executor, progress_callback, workspace
+from appkit import app_executor, cached_dataset, progress_callback, workspace
 from tda_explorer.store import Workspace
 
 _DEMO_LOCK = threading.Lock()  # one preparation per server process; other sessions wait, then reuse it
@@ -32,7 +33,7 @@ def ensure_demo() -> None:
     with box.container():
         st.info(
             f"First start: preparing the MNIST demo (an MLP trained over {DEMO_SEEDS} seeds, then Grad-Dot and "
-            "TRAK). About half a minute; every result is cached in the workspace."
+            f"TRAK). {demo_estimate(ws)}; every result is cached in the workspace."
         )
         bar = st.progress(0.0, text="waiting for another session's preparation…")
         try:
@@ -44,6 +45,32 @@ def ensure_demo() -> None:
     box.empty()
     st.session_state.run_key = demo.run.key
     st.session_state.score_key = demo.score_keys[-1]
+
+
+def demo_estimate(ws: Workspace) -> str:
+    """`Estimated about N s (training …, grad_dot …, trak …)` for the demo, from the cost model."""
+    from tda_explorer.data import DatasetSpec
+    from tda_explorer.demo import DEMO_ARCH, DEMO_ATTRIBUTORS, DEMO_DATASET, DEMO_SEEDS
+    from tda_explorer.estimates import (
+        Estimate,
+        estimate_attributor,
+        estimate_training,
+        full_settings,
+        load_calibration,
+        training_shape,
+    )
+    from tda_explorer.models import default_model_config
+    from tda_explorer.training import default_train_config
+
+    splits = cached_dataset(json.dumps(DatasetSpec(DEMO_DATASET).to_dict(), sort_keys=True))
+    shape = training_shape(splits.train, default_model_config(DEMO_ARCH), default_train_config(DEMO_ARCH),
+                           DEMO_SEEDS, n_query=len(splits.test), n_val=len(splits.val))  # fmt: skip
+    cal = load_calibration(ws)
+    parts = [estimate_training(shape, DEMO_SEEDS, cal)] + [
+        estimate_attributor(m, full_settings(m, s), shape, cal) for m, s in DEMO_ATTRIBUTORS
+    ]
+    total = Estimate(sum(e.seconds for e in parts), [p for e in parts for p in e.parts], load=cal.load)
+    return f"Estimated {total.describe()}"
 
 
 def training_estimate(ws: Workspace, dataset: str, arch: str, seeds: int) -> str | None:

@@ -4,9 +4,10 @@
 
 `python -m benchmarks.app_latency --journey` (the default) first runs the journey on a fresh workspace
 with the app's defaults, timing each step the way the app calls it (`measure_journey`): the first-start
-demo (MNIST MLP over 5 seeds, Grad-Dot, TRAK with the count sketch), predicted-class scores, d-TDA,
-the first map (UMAP, numba compilation included: a fresh process), the mislabel baseline, validation
-scores and the pruning curve, the export, training again with 10 seeds and a wine CSV upload.
+demo (MNIST MLP over 5 seeds, Grad-Dot, TRAK with its defaults), d-TDA, the first map (UMAP, numba
+compilation included: a fresh process), the Evaluation page's LDS ground truth, the mislabel baseline,
+validation scores and the pruning curve, the export, training again with 10 seeds and a wine CSV upload;
+each step next to the cost model's estimate (`tda_explorer.estimates`) and the 1-minute load average.
 
 `python -m benchmarks.app_latency [--n 10] [--method grad_dot]` prepares (or reuses) an mnist5k run
 (logreg, one seed, the demo's default training) and the attributor's test scores in
@@ -53,12 +54,15 @@ def prepare(method: str, arch: str, dataset: str = "mnist5k", workspace: Path = 
 
 
 STEP_BUDGET_S = 60.0
+DTDA_DEFAULT = {"base": "influence", "measurement": "loss"}  # the d-TDA page's first choices
+LDS_DEFAULT = {"n_subsets": 50, "alpha": 0.5, "seeds": (0,)}  # the Evaluation page's form defaults
 
 
 def measure_journey(workspace: Path) -> list[dict]:
-    """Run the default journey on `workspace` (should be empty) and time each step.
+    """Run the default journey on `workspace` (should be empty) and time each step, next to the cost model's
+    prediction made before it (`tda_explorer.estimates` with the shipped rates, no workspace calibration).
 
-    Returns: `[{"step", "seconds", "budget_s", "within_budget"}]` in journey order.
+    Returns: `[{"step", "seconds", "estimated_s", "budget_s", "within_budget"}]` in journey order.
     """
     from sklearn.datasets import load_wine
 
@@ -68,7 +72,17 @@ def measure_journey(workspace: Path) -> list[dict]:
     from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.demo import DEMO_ARCH, DEMO_ATTRIBUTORS, DEMO_DATASET, DEMO_SEEDS
-    from tda_explorer.evaluation import compute_pruning_curve
+    from tda_explorer.estimates import (
+        estimate_attributor,
+        estimate_dtda,
+        estimate_map,
+        estimate_retrainings,
+        estimate_training,
+        full_settings,
+        load_factor,
+        training_shape,
+    )
+    from tda_explorer.evaluation import LDSConfig, compute_lds_truth, compute_pruning_curve
     from tda_explorer.evaluation.mislabel import training_loss_scores
     from tda_explorer.maps import compute_map
     from tda_explorer.models import default_model_config
@@ -79,41 +93,61 @@ def measure_journey(workspace: Path) -> list[dict]:
     ws = Workspace(workspace)
     steps: list[dict] = []
 
-    def timed(name: str, fn):
+    def timed(name: str, fn, estimate=None):
+        factor = load_factor()  # what the app scales the estimate by, at the step's start
         start = time.perf_counter()
         out = fn()
         seconds = time.perf_counter() - start
-        steps.append({"step": name, "seconds": round(seconds, 2), "budget_s": STEP_BUDGET_S,
-                      "within_budget": seconds <= STEP_BUDGET_S})  # fmt: skip
-        print(f"  {name}: {seconds:.1f} s", flush=True)
+        est = None if estimate is None else round(estimate.seconds, 1)
+        loaded = None if estimate is None else round(estimate.seconds * factor, 1)
+        steps.append({"step": name, "seconds": round(seconds, 2), "estimated_s": est, "estimated_at_load_s": loaded,
+                      "budget_s": STEP_BUDGET_S, "within_budget": seconds <= STEP_BUDGET_S,
+                      "load_1min": round(os.getloadavg()[0], 2)})  # fmt: skip
+        print(f"  {name}: {seconds:.1f} s (estimated {est} s idle, {loaded} s at the load; load "
+              f"{os.getloadavg()[0]:.1f})", flush=True)  # fmt: skip
         return out
 
     splits = load_dataset(DatasetSpec(DEMO_DATASET))
     mcfg, tcfg = default_model_config(DEMO_ARCH), default_train_config(DEMO_ARCH)
+    shape = training_shape(
+        splits.train, mcfg, tcfg, DEMO_SEEDS, n_query=len(splits.test), n_val=len(splits.val)
+    )
     run = timed(f"demo: train {DEMO_DATASET} {DEMO_ARCH} over {DEMO_SEEDS} seeds",
-                lambda: train_run(splits, mcfg, tcfg, range(DEMO_SEEDS), ws, LocalExecutor(1)))  # fmt: skip
+                lambda: train_run(splits, mcfg, tcfg, range(DEMO_SEEDS), ws, LocalExecutor(1)),
+                estimate_training(shape, DEMO_SEEDS))  # fmt: skip
     for method, settings in DEMO_ATTRIBUTORS:  # as the app computes them: both measurements, one fit
-        timed(f"demo: {method} {settings}, test queries at the true label and the predicted class",
-              lambda m=method, st=settings: compute_test_scores(run, splits, m, st, ws))  # fmt: skip
-    timed("d-TDA: default (influence over the head, loss), all seeds",
-          lambda: compute_dtda(run, splits, {"base": "influence", "measurement": "loss"}, "test", ws))  # fmt: skip
+        timed(f"{method} (the demo's default {settings}), test queries at the true label and the predicted class",
+              lambda m=method, st=settings: compute_test_scores(run, splits, m, st, ws),
+              estimate_attributor(method, full_settings(method, settings), shape))  # fmt: skip
+    timed(f"d-TDA default ({DTDA_DEFAULT['base']}, {DTDA_DEFAULT['measurement']}), all {DEMO_SEEDS} seeds",
+          lambda: compute_dtda(run, splits, DTDA_DEFAULT, "test", ws),
+          estimate_dtda(full_settings("dtda", DTDA_DEFAULT), shape))  # fmt: skip
     timed("map: first UMAP of the penultimate features (numba compilation included)",
-          lambda: compute_map(run, splits, "penultimate", False, workspace=ws))  # fmt: skip
+          lambda: compute_map(run, splits, "penultimate", False, workspace=ws),
+          estimate_map(len(splits.train), first_in_process=True))  # fmt: skip
+    lds = LDSConfig(**LDS_DEFAULT)
+    timed(f"evaluation: LDS ground truth, the page's default ({lds.n_subsets} subsets, alpha {lds.alpha}, 1 seed)",
+          lambda: compute_lds_truth(splits.train, splits.test, mcfg, tcfg, lds, ws, LocalExecutor(1)),
+          estimate_retrainings(lds.n_subsets, lds.alpha, shape))  # fmt: skip
     timed("mislabels: own training loss (baseline score)", lambda: training_loss_scores(run, splits.train))
     val = timed("pruning: grad_dot validation scores (the cheapest attributor)",
-                lambda: compute_scores(run, splits, "grad_dot", {"params": "head"}, "val", ws))  # fmt: skip
+                lambda: compute_scores(run, splits, "grad_dot", {"params": "head"}, "val", ws),
+                estimate_attributor("grad_dot", full_settings("grad_dot", {"params": "head"}), shape))  # fmt: skip
     useful = usefulness(val.scores)
-    timed("pruning: curve up to 50% removed, 1 seed (11 retrainings)",
-          lambda: compute_pruning_curve(useful, splits.train, splits.test, mcfg, tcfg, curve_fractions(0.5), (0,),
-                                        workspace=ws, executor=LocalExecutor(1)))  # fmt: skip
+    fractions = curve_fractions(0.5)
+    timed(f"pruning: curve up to 50% removed, 1 seed ({2 * len(fractions) - 1} retrainings)",
+          lambda: compute_pruning_curve(useful, splits.train, splits.test, mcfg, tcfg, fractions, (0,),
+                                        workspace=ws, executor=LocalExecutor(1)),
+          estimate_retrainings(2 * len(fractions) - 1, 1 - sum(fractions) / len(fractions), shape))  # fmt: skip
     train = splits.train
     removed = removal_mask(useful, fraction=0.1)
     timed("export: CSV + JSON + Parquet of the pruned lists",
           lambda: write_exports(ws.exports_dir, "journey",
                                 export_table(train.ids, train.labels.numpy(), train.class_names, useful, removed,
                                              ws.flags().get(run.key))))  # fmt: skip
-    timed("setup: train again with 10 seeds",
-          lambda: train_run(splits, mcfg, tcfg, range(10), ws, LocalExecutor(1)))  # fmt: skip
+    timed("setup: train again with 10 seeds (5 new)",
+          lambda: train_run(splits, mcfg, tcfg, range(10), ws, LocalExecutor(1)),
+          estimate_training(shape, 10 - DEMO_SEEDS))  # fmt: skip
     wine = load_wine(as_frame=True)
     frame = wine.data.assign(label=wine.target.map(lambda i: f"class_{i}"))
     csv = Path(workspace) / "wine.csv"
@@ -189,7 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(fresh, ignore_errors=True)
         print("journey on a fresh workspace:", flush=True)
         journey_load = os.getloadavg()
-        journey = measure_journey(fresh)
+        from tda_explorer.training.executor import in_process
+
+        with in_process():  # as the app's background steps: nested executors (TRAK's "auto") in-process too
+            journey = measure_journey(fresh)
         journey_load_after = os.getloadavg()
         shutil.rmtree(fresh, ignore_errors=True)
     run_key, score_key = prepare(args.method, args.arch)
@@ -270,13 +307,24 @@ def journey_markdown(journey: dict | None) -> list[str]:
         f"-> {load[1]:.2f}); budget {journey['budget_s']:.0f} s each, "
         f"{'all within' if journey['all_within_budget'] else 'NOT all within'} budget:",
         "",
-        "| step | seconds | within 60 s |",
-        "|---|---|---|",
+        "| step | seconds | estimated s, idle machine | estimated s, scaled by the load | load (1 min) "
+        "| within 60 s |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def cell(v) -> str:
+        return "–" if v is None else f"{v}"
+
     lines += [
-        f"| {s['step']} | {s['seconds']:.1f} | {'yes' if s['within_budget'] else '**no**'} |"
+        f"| {s['step']} | {s['seconds']:.1f} | {cell(s.get('estimated_s'))} | {cell(s.get('estimated_at_load_s'))} "
+        f"| {cell(s.get('load_1min'))} | {'yes' if s['within_budget'] else '**no**'} |"
         for s in journey["steps"]
     ]
+    for key, what in (("estimated_s", "idle-machine"), ("estimated_at_load_s", "load-scaled")):
+        ratios = [s[key] / s["seconds"] for s in journey["steps"] if s.get(key) and s["seconds"] > 0]
+        if ratios:
+            lines += ["", f"Cost model (`tda_explorer.estimates`, shipped rates), {what} estimate / measured: "
+                          f"{min(ratios):.2f} to {max(ratios):.2f} over the {len(ratios)} estimated steps."]  # fmt: skip
     return lines
 
 

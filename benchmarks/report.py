@@ -234,7 +234,11 @@ METHOD_SECTIONS = (
     ("unrolled_smooth.json", "benchmarks.unrolled_smooth", "Unrolled: LDS vs removed fraction and recipe"),
     ("airrep.json", "benchmarks.airrep", "AirRep: learned representations with attention pooling"),
     ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
-    ("app_latency.json", "benchmarks.app_latency", "App: server time of selecting a prediction"),
+    (
+        "app_latency.json",
+        "benchmarks.app_latency",
+        "App: the first hour's default steps and the server time of a click",
+    ),
     ("byo.json", "benchmarks.byo", "Your own model: imported, attributed, evaluated with its own recipe"),
     ("mislabel.json", "benchmarks.mislabel", "Mislabel detection vs cleanlab and the own-loss baseline"),
     ("pruning.json", "benchmarks.pruning", "Pruning curves: attribution rules vs loss, cleanlab and random"),

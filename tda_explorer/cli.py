@@ -385,3 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TDAError as e:
         tqdm.write(f"error: {e}", file=sys.stderr)  # on its own line, below any open progress bar
         return 2
+    except BaseException:  # a bug or Ctrl-C: end the open bars' lines, so the traceback starts on its own
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+        raise

@@ -27,6 +27,10 @@ class ArtifactError(TDAError, RuntimeError):
     """A workspace artifact is missing, unreadable, or was made by a different config."""
 
 
+class Cancelled(TDAError, RuntimeError):
+    """A long step was stopped on request (`tda_explorer.progress.cancel_scope`); finished parts are kept."""
+
+
 def check_choice(what: str, value: object, choices) -> None:
     """ConfigError `"<what> <value!r> is not one of <choices>."` unless `value` is one of `choices`."""
     if value not in choices:

@@ -3,6 +3,7 @@ predicted) without a chosen training example; per-seed scores; mean, variance an
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,9 +11,11 @@ import pandas as pd
 import streamlit as st
 
 import appgallery
+import appjobs
 import appkit
 from tda_explorer.attributors.dtda import BASES, MEASUREMENTS, compute_dtda
 from tda_explorer.errors import TDAError
+from tda_explorer.estimates import estimate_dtda, full_settings, load_calibration, run_shape
 from tda_explorer.viz.figures import histogram_figure, violin_figure
 
 appkit.page_guard()
@@ -35,22 +38,33 @@ with st.form("dtda"):
     )
     base = c2.selectbox(
         "Per-seed attribution", BASES, help="influence (EK-FAC), TRAK or Source at each seed, over the last layer "
-        "by default (about 20 s for the 5-seed MNIST demo; all parameters took 463 s)",
+        "by default (its time is estimated before it starts; all parameters took 463 s on the demo)",
     )  # fmt: skip
     go = st.form_submit_button("Compute (or reuse) across all seeds", type="primary")
 settings = {"base": base, "measurement": measurement}
-result = None
 started = datetime.now(UTC)
 box = st.empty()  # "not computed yet" goes away once the result is drawn
+result = None
 try:
-    if go:
-        bar = st.progress(0.0, text="d-TDA…")
-        result = compute_dtda(run, data, settings, "test", ws, appkit.progress_callback(bar))
-        bar.empty()
-    else:
-        result = appkit.stored_dtda(root, run.key, settings)
+    result = appkit.stored_dtda(root, run.key, settings)
 except TDAError as e:
     st.error(str(e))
+dtda_key = f"dtda:{root}:{run.key}:{json.dumps(settings, sort_keys=True)}"
+for ended in appjobs.resume(f"dtda:{root}:{run.key}:", skip=dtda_key):  # started before the form was reset
+    if ended.status == "done" and ended.result is not None and ended.result.config.get("method", {}) == {
+        **ended.result.config.get("method", {}), **settings}:  # fmt: skip
+        result = ended.result
+if result is None:  # computed in the background: an estimate first when long, progress, Cancel
+    shape = run_shape(run, data)
+    outcome = appjobs.run_step(
+        dtda_key,
+        f"d-TDA ({base}, {measurement}) over {len(run.seeds)} seeds",
+        lambda progress: compute_dtda(run, data, settings, "test", ws, progress),
+        estimate_dtda(full_settings("dtda", settings), shape, load_calibration(ws)),
+        requested=go, ws=ws,
+    )  # fmt: skip
+    if outcome is not None and outcome.status == "done":
+        result = outcome.result
 if result is None:
     box.caption(f"Not computed yet for these settings ({len(run.seeds)} seeds): press the button.")
     st.stop()

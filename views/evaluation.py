@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+import appjobs
 import appkit
 from tda_explorer.errors import TDAError
-from tda_explorer.evaluation import LDSConfig, compute_lds_truth
+from tda_explorer.evaluation import LDSConfig
 from tda_explorer.evaluation.report import evaluation_rows
 from tda_explorer.evaluation.trust import record_lds
 from tda_explorer.viz.figures import bar_with_interval
@@ -34,14 +35,9 @@ with st.form("lds"):
 config = LDSConfig(n_subsets=int(n_subsets), alpha=float(alpha), seeds=tuple(range(int(seeds))))
 truth = None
 try:
-    if go:
-        bar = st.progress(0.0, text="retraining on subsets…")
-        truth = compute_lds_truth(
-            data.train, data.test, run.model_config, run.train_config, config, ws, appkit.app_executor(),
-            appkit.progress_callback(bar),
-        )  # fmt: skip
-    else:
-        truth = appkit.stored_lds_truth(str(ws.root), run.key, int(n_subsets), float(alpha), int(seeds))
+    truth = appkit.stored_lds_truth(str(ws.root), run.key, int(n_subsets), float(alpha), int(seeds))
+    if truth is None:  # in the background: an estimate first when long, progress, Cancel
+        truth = appjobs.lds_truth_step(run, data, config, ws, requested=go, executor=appkit.app_executor())
 except TDAError as e:
     st.error(str(e))
 

@@ -10,10 +10,10 @@ import numpy as np
 import streamlit as st
 
 import appgallery
+import appjobs
 import appkit
 from appviews import cached_train_predictions
-from tda_explorer.errors import TDAError
-from tda_explorer.maps import REPRESENTATIONS, airrep_sources, compute_map, locate_examples, map_hover
+from tda_explorer.maps import REPRESENTATIONS, airrep_sources, locate_examples, map_hover
 from tda_explorer.selection import ids_from_selection
 from tda_explorer.viz.figures import scatter_map
 
@@ -44,16 +44,9 @@ if representation == "airrep":
     pick = st.selectbox("AirRep encoder", list(encoders), format_func=encoders.get) if len(sources) > 1 else 0
     airrep_settings = sources[pick]["settings"]
 
-try:
-    bar = st.progress(0.0, text="map…")
-    started = datetime.now(UTC)
-    result = compute_map(
-        run, data, representation, include_test, workspace=ws, progress=appkit.progress_callback(bar),
-        airrep_settings=airrep_settings,
-    )  # fmt: skip
-    bar.empty()
-except TDAError as e:
-    st.error(str(e))
+started = datetime.now(UTC)
+result = appjobs.map_step(run, data, representation, include_test, ws, airrep_settings)  # background, Cancel
+if result is None:
     st.stop()
 map_meta = ws.meta("map", result.key)
 map_seconds = (datetime.fromisoformat(map_meta["created"]) - started).total_seconds()

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import appjobs
 import appkit
 import apptrust
 from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
-from tda_explorer.errors import TDAError
-from tda_explorer.evaluation import compute_pruning_curve, stored_pruning_curve
+from tda_explorer.evaluation import stored_pruning_curve
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
@@ -85,17 +85,9 @@ if val is None:
             f"{choices[picked]['seconds']:.1f} s)."
         )
         go = st.button(f"Compute {method_cfg['method']} scores on the validation set", type="primary")
-    if not go:
-        st.stop()
-    try:
-        bar = st.progress(0.0, text="scoring the validation set…")
-        settings = {k: v for k, v in method_cfg.items() if k != "method"}
-        appkit.compute_scores(
-            run, data, method_cfg["method"], settings, "val", ws, appkit.progress_callback(bar)
-        )
-    except TDAError as e:
-        st.error(str(e))
-        st.stop()
+    settings = {k: v for k, v in method_cfg.items() if k != "method"}
+    if appjobs.scores_step(run, data, method_cfg["method"], settings, "val", ws, requested=go) is None:
+        st.stop()  # not asked, waiting for Start, running in the background, cancelled or failed
     st.session_state._computed_val = method_cfg
     st.rerun()  # draw the page afresh with the new scores (no stale button above them)
 key = val["key"]
@@ -142,17 +134,9 @@ if curve is None:
     with box.container():
         st.caption(f"Not computed yet: retrains {n_models} models (pruned by {result.method} and at random).")
         go = st.button("Compute the pruning curve", type="primary")
-    if go:
-        try:
-            bar = st.progress(0.0, text="retraining without the pruned examples…")
-            curve = compute_pruning_curve(
-                *curve_args, workspace=ws, executor=appkit.app_executor(), progress=appkit.progress_callback(bar),
-                source=key,
-            )  # fmt: skip
-            bar.empty()
-            box.empty()
-        except TDAError as e:
-            st.error(str(e))
+    curve = appjobs.pruning_curve_step(curve_args, key, ws, requested=go, executor=appkit.app_executor())
+    if curve is not None:
+        box.empty()
 if curve is not None:
     chosen = float(removed.mean())
     st.plotly_chart(

@@ -3,17 +3,31 @@ cached run), then compute the attributors you pick, each with its main settings.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import streamlit as st
 
 import appdemo
+import appjobs
 import appkit
 from appsettings import form_widgets, settings_form
 from tda_explorer.attributors import ATTRIBUTORS
+from tda_explorer.attributors.base import make_attributor
 from tda_explorer.attributors.measurement import compute_test_scores
+from tda_explorer.attributors.scores import score_config
 from tda_explorer.data import SST2_DEFAULT_PATH, DatasetSpec, load_dataset
-from tda_explorer.errors import TDAError
+from tda_explorer.errors import Cancelled, TDAError
+from tda_explorer.estimates import (
+    Estimate,
+    estimate_attributor,
+    estimate_training,
+    full_settings,
+    load_calibration,
+    new_seeds,
+    run_shape,
+    training_shape,
+)
 from tda_explorer.models import default_model_config
 from tda_explorer.store.uploads import UPLOAD_SUFFIXES, WEIGHT_SUFFIXES, save_upload
 from tda_explorer.training import TrainConfig, default_train_config, import_run, train_run
@@ -83,38 +97,64 @@ with st.form("train"):
         "Label noise: fraction of training labels flipped (seeded, recorded)", 0.0, 0.5, 0.0, 0.05
     )
     submitted = st.form_submit_button("Train (or reuse the cached run)", type="primary")
-if estimate := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds)):
-    st.caption(f"Training new seeds takes {estimate}; seeds already trained are reused.")
+
+
+def _trained(outcome, reused: bool) -> None:
+    """A training step ended here: on success, select the new run and redraw (the sidebar lists it)."""
+    if outcome is None or outcome.status != "done":
+        return
+    run = outcome.result
+    meta = ws.meta("runs", run.key)
+    st.session_state._setup_flash = f"Run {run.key}: " + appkit.cache_note(
+        meta.get("extra", {}).get("seconds", outcome.seconds), meta.get("created"), reused
+    )
+    st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
+    st.rerun()  # so the sidebar, drawn before this page, lists the new run
+
 
 problem = spec_args.pop("_problem", None)
-if submitted:
-    if problem:
-        st.error(f"The uploaded file can't be used: {problem}")
-    elif spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path"):
-        st.error("Choose a file (or give a path) first.")
-    else:
+train_key = None
+needs_path = spec_args.get("name") in ("tabular", "text", "images") and not spec_args.get("path")
+if not problem and spec_args.get("name") and not needs_path:  # the step's key: what the form would train
+    try:
+        spec = DatasetSpec(noise_fraction=noise, **spec_args)
+        cfg = default_train_config(arch)
+        if epochs:
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
+        train_key = (
+            f"train:{ws.root}:{json.dumps([spec.to_dict(), arch, cfg.to_dict(), int(seeds)], sort_keys=True)}"
+        )
+    except TDAError as e:
+        st.error(str(e))
+for ended in appjobs.resume(f"train:{ws.root}:", skip=train_key):  # started before the form was reset
+    _trained(ended, reused=False)
+if submitted and problem:
+    st.error(f"The uploaded file can't be used: {problem}")
+elif submitted and needs_path:
+    st.error("Choose a file (or give a path) first.")
+elif train_key is not None:
+    # the training step: runs in the background (an estimate first when long, progress, Cancel); the key is
+    # what would be trained, so re-opening the page (or a second click) shows the running training
+    if submitted or appjobs.involved(train_key):
         try:
-            splits = load_dataset(DatasetSpec(noise_fraction=noise, **spec_args))
-            cfg = default_train_config(arch)
-            if epochs:
-                cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs)})
-            bar = st.progress(0.0, text="training…")
-            started = datetime.now(UTC)
-            run = train_run(
-                splits, default_model_config(arch), cfg, range(int(seeds)), ws, appkit.app_executor(),
-                appkit.progress_callback(bar),
+            splits = appkit.cached_dataset(json.dumps(spec.to_dict(), sort_keys=True))
+            mcfg = default_model_config(arch)
+            todo = new_seeds(ws, splits, mcfg, cfg, range(int(seeds)))
+            estimate = estimate_training(
+                training_shape(splits.train, mcfg, cfg, int(seeds)), todo, load_calibration(ws)
+            )
+            if not todo:
+                estimate = Estimate(0.0, [])
+            outcome = appjobs.run_step(
+                train_key, f"Training {int(seeds)} seed(s) ({todo} new)",
+                lambda progress: train_run(splits, mcfg, cfg, range(int(seeds)), ws, appkit.app_executor(), progress),
+                estimate, requested=submitted, ws=ws,
             )  # fmt: skip
-            bar.progress(1.0, text="done")
-            meta = ws.meta("runs", run.key)
-            took = (datetime.now(UTC) - started).total_seconds()
-            st.session_state._setup_flash = (
-                f"Run {run.key}: " + appkit.cache_note(meta.get("extra", {}).get("seconds", took), meta.get("created"),
-                                                       appkit.was_reused(meta, started))
-            )  # fmt: skip
-            st.session_state.run_key = run.key  # the owner of the selection; the sidebar picker follows
-            st.rerun()  # so the sidebar, drawn before this page, lists the new run
+            _trained(outcome, reused=todo == 0)
         except TDAError as e:
             st.error(str(e))
+    elif (est := appdemo.training_estimate(ws, spec_args.get("name", ""), arch, int(seeds))) is not None:
+        st.caption(f"Training new seeds takes {est}; seeds already trained are reused.")
 
 with st.expander("Bring my model: a model trained elsewhere, on the data chosen above"):
     st.caption(
@@ -204,22 +244,60 @@ with st.form("attribute"):
         with st.expander(f"{method} settings"):
             chosen_settings[method] = settings_form(method)
     go = st.form_submit_button("Compute (or reuse cached scores)", type="primary")
-if go:
-    for method in methods:
+
+
+def _is_stored(method: str, settings: dict) -> bool:
+    """Whether this run already has `method`'s test scores with these settings (a click only reloads them)."""
+    try:
+        config = score_config(run, method, make_attributor(method, **settings).settings.config(), "test")
+    except (TDAError, TypeError):
+        return False
+    return ws.exists("scores", config)
+
+
+def _attribute(progress) -> list[tuple]:
+    """The background step: each picked attributor in turn (true-label and predicted-class scores, one fit);
+    `[(method, result or None, started, error or None)]`. A failure of one doesn't stop the others."""
+    data, out = appkit.dataset_of(run), []
+    for i, method in enumerate(methods):
+
+        def stage(done, total, msg, i=i, method=method):
+            progress(i + min(done, total) / max(total, 1), len(methods), f"{method}: {msg}")
+
+        started = datetime.now(UTC)
         try:
-            bar = st.progress(0.0, text=f"{method}…")
-            started = datetime.now(UTC)
-            result, _ = compute_test_scores(  # true-label and predicted-class scores, one fit
-                run, appkit.dataset_of(run), method, chosen_settings.get(method, {}), ws,
-                appkit.progress_callback(bar),
-            )  # fmt: skip
-            bar.empty()
-            st.session_state.score_key = result.key
-            meta = ws.meta("scores", result.key)
-            note = appkit.cache_note(result.seconds, meta.get("created"), appkit.was_reused(meta, started))
-            st.success(f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores. {note}.")
+            result, _ = compute_test_scores(run, data, method, chosen_settings.get(method, {}), ws, stage)
+            out.append((method, result, started, None))
+        except Cancelled:
+            raise
         except TDAError as e:
-            st.error(f"{method}: {e}")
+            out.append((method, None, started, str(e)))
+    return out
+
+
+attr_key = (
+    f"attribute:{ws.root}:{run.key}:{json.dumps([methods, chosen_settings], sort_keys=True, default=str)}"
+)
+if methods and (go or appjobs.involved(attr_key)):
+    shape, cal = run_shape(run, appkit.dataset_of(run)), load_calibration(ws)
+    tuned = any(
+        m["config"]["method"]["method"] in ("trak", "influence") for m in appkit.list_scores(ws, run.key)
+    )
+    todo = [m for m in methods if not _is_stored(m, chosen_settings.get(m, {}))]
+    parts = [
+        estimate_attributor(m, full_settings(m, chosen_settings.get(m, {})), shape, cal, tuned) for m in todo
+    ]
+    estimate = Estimate(sum(e.seconds for e in parts), [p for e in parts for p in e.parts],
+                        all(e.calibrated for e in parts))  # fmt: skip
+    outcome = appjobs.run_step(attr_key, f"Attributors {', '.join(methods)}", _attribute, estimate, go, ws)
+    for method, result, started, error in outcome.result if outcome and outcome.status == "done" else []:
+        if error is not None:
+            st.error(f"{method}: {error}")
+            continue
+        st.session_state.score_key = result.key
+        meta = ws.meta("scores", result.key)
+        note = appkit.cache_note(result.seconds, meta.get("created"), appkit.was_reused(meta, started))
+        st.success(f"{method}: {result.scores.shape[0]} × {result.scores.shape[1]} scores. {note}.")
 
 
 def _auto_choice(extra: dict) -> str:

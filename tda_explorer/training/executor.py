@@ -9,7 +9,9 @@ and is timed, and the pool is started for the rest only when jobs take at least
 and per job to ship data, so small jobs are far faster in-process (measured on 2
 cores: 50 logistic-regression retrainings on digits 10.2 s in-process, 110.8 s on a
 2-worker pool). In-process jobs can report progress within the job (epochs) through
-`job_progress()`. Pool workers end when the parent process dies (a watchdog thread).
+`job_progress()`. A `progress.cancel_scope` is checked before each job and at each report (in-process
+jobs also check it per epoch): `Cancelled` stops the map, and a pool drops its queued jobs. Pool
+workers end when the parent process dies (a watchdog thread).
 `training.ray_executor.RayExecutor` runs the same jobs on Ray (a local instance or
 a cluster); `make_executor` picks one by name (`--executor` / `$TDA_EXECUTOR`).
 """
@@ -28,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Protocol
 
 from tda_explorer.errors import ConfigError
+from tda_explorer.progress import check_cancelled
 from tda_explorer.training.trainer import Progress
 
 
@@ -46,6 +49,7 @@ class Executor(Protocol):
 
 
 POOL_MIN_JOB_SECONDS = 5.0
+_IN_PROCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("in_process", default=False)
 _JOB_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("job_progress", default=None)
 
 
@@ -53,6 +57,18 @@ def job_progress() -> Progress | None:
     """A Progress for the job running now in-process (`(done, total, msg)` within the job, e.g. epochs), or
     None (in a pool worker, or outside an executor). The executor maps it onto its overall progress."""
     return _JOB_PROGRESS.get()
+
+
+@contextlib.contextmanager
+def in_process():
+    """Within the block (this thread / context), a `LocalExecutor()` made without `workers` runs in-process
+    unless `$TDA_WORKERS` is set, also where a method makes one itself (e.g. TRAK's held-out retrainings):
+    the app's background steps use it, since a process pool spawned from a server thread only adds load."""
+    token = _IN_PROCESS.set(True)
+    try:
+        yield
+    finally:
+        _IN_PROCESS.reset(token)
 
 
 def _watch_parent(parent: int, interval: float = 1.0) -> None:
@@ -91,6 +107,8 @@ class LocalExecutor:
         self.auto = False
         if workers is None and os.environ.get("TDA_WORKERS"):
             workers = int(os.environ["TDA_WORKERS"])
+        if workers is None and _IN_PROCESS.get():
+            workers = 1
         if workers is None:
             self.auto, workers = True, min(os.cpu_count() or 1, 4)
         if workers < 1:
@@ -126,7 +144,10 @@ class LocalExecutor:
         """Job i in this process; its own progress (if it reports any) moves the overall bar within the job."""
         n = len(jobs)
 
+        check_cancelled()
+
         def within(done: int, total: int, msg: str) -> None:
+            check_cancelled()
             if progress is not None and total > 0:
                 progress(
                     round(i + min(done, total) / total, 3), n, f"job {i + 1}/{n}: {msg}"
@@ -154,13 +175,18 @@ class LocalExecutor:
             # by the jobs is copied (and moved to shared memory) once.
             sent = copy.deepcopy(jobs[first:])
             futures = {pool.submit(fn, job): first + j for j, job in enumerate(sent)}
-            for done, fut in enumerate(as_completed(futures), start=first + 1):
-                i = futures[fut]
-                results[i] = fut.result()
-                if on_result is not None:
-                    on_result(i, results[i])
-                if progress is not None:
-                    progress(done, n, f"job {i + 1}/{n} done")
+            try:
+                for done, fut in enumerate(as_completed(futures), start=first + 1):
+                    i = futures[fut]
+                    results[i] = fut.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
+                    check_cancelled()
+                    if progress is not None:
+                        progress(done, n, f"job {i + 1}/{n} done")
+            except BaseException:  # a failed job, Cancelled or Ctrl-C: don't start the queued jobs
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")

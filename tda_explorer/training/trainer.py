@@ -20,10 +20,11 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import ModelConfig, build_model, prepare_inputs
 from tda_explorer.models.tasks import batch_loss, task_of
-from tda_explorer.progress import Progress
+from tda_explorer.progress import Progress, check_cancelled
 from tda_explorer.training.config import TrainConfig
 
 EVAL_BATCH = 512
+PROGRESS_EVERY_S = 2.0  # within an epoch, report progress (and check for a cancel) at most this often
 
 
 @dataclass
@@ -151,14 +152,18 @@ def sgd_steps(
     """Minibatch training over the examples `idx`: `config.epochs` epochs, each in an order drawn from
     `shuffle`, the learning rate of every step from `config`'s schedule; yields after each step (the
     model is in train mode). The one training loop of the package (runs, subset retraining, LoRA members).
-    After each epoch, `progress(epoch, epochs, "<label>: epoch e loss l")` when given.
+    After each epoch, `progress(epoch, epochs, "<label>: epoch e loss l")` when given, and within a long epoch
+    at most every `PROGRESS_EVERY_S` a fractional `progress(epoch + steps done / steps, epochs, ...)` (a
+    transformer's single epoch would otherwise show nothing for minutes).
     """
     steps_per_epoch = -(-len(idx) // config.batch_size)
     total = steps_per_epoch * config.epochs
     step = 0
     task = task_of(model)
     model.train()
+    last_report = time.perf_counter()
     for epoch in range(config.epochs):
+        check_cancelled()  # a `progress.cancel_scope` stops training between epochs
         order = idx[torch.randperm(len(idx), generator=shuffle)]
         loss_sum = 0.0
         for b in range(steps_per_epoch):
@@ -175,6 +180,12 @@ def sgd_steps(
             epoch_loss = loss_sum / len(idx) if b == steps_per_epoch - 1 else None
             if epoch_loss is not None and progress is not None:
                 progress(epoch + 1, config.epochs, f"{label}: epoch {epoch + 1} loss {epoch_loss:.4f}")
+            elif time.perf_counter() - last_report >= PROGRESS_EVERY_S:
+                check_cancelled()
+                if progress is not None:
+                    progress(epoch + (b + 1) / steps_per_epoch, config.epochs,
+                             f"{label}: epoch {epoch + 1}, step {b + 1}/{steps_per_epoch}")  # fmt: skip
+                last_report = time.perf_counter()
             yield StepInfo(step, lr, epoch, epoch_loss)
 
 

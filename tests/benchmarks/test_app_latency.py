@@ -35,7 +35,15 @@ def test_journey_markdown_flags_a_step_over_budget():
 
     journey = {
         "steps": [
-            {"step": "demo", "seconds": 20.9, "budget_s": 60.0, "within_budget": True},
+            {
+                "step": "demo",
+                "seconds": 20.9,
+                "budget_s": 60.0,
+                "within_budget": True,
+                "estimated_s": 12.8,
+                "estimated_at_load_s": 19.2,
+                "load_1min": 3.0,
+            },
             {"step": "d-TDA", "seconds": 77.6, "budget_s": 60.0, "within_budget": False},
         ],
         "budget_s": 60.0,
@@ -44,5 +52,7 @@ def test_journey_markdown_flags_a_step_over_budget():
         "load_average_after": [9.0, 0, 0],
     }
     text = "\n".join(journey_markdown(journey))
-    assert "NOT all within budget" in text and "| d-TDA | 77.6 | **no** |" in text
+    assert "NOT all within budget" in text and "| d-TDA | 77.6 | – | – | – | **no** |" in text
+    assert "| demo | 20.9 | 12.8 | 19.2 | 3.0 | yes |" in text
+    assert "idle-machine estimate / measured: 0.61 to 0.61 over the 1 estimated steps" in text
     assert journey_markdown(None) == []
