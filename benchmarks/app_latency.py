@@ -55,7 +55,7 @@ def prepare(method: str, arch: str, dataset: str = "mnist5k", workspace: Path = 
 
 STEP_BUDGET_S = 60.0
 DTDA_DEFAULT = {"base": "influence", "measurement": "loss"}  # the d-TDA page's first choices
-LDS_DEFAULT = {"n_subsets": 50, "alpha": 0.5, "seeds": (0,)}  # the Evaluation page's form defaults
+LDS_DEFAULT = {"n_subsets": 20, "alpha": 0.5, "seeds": (0,)}  # the Evaluation page's form defaults
 
 
 def measure_journey(workspace: Path) -> list[dict]:

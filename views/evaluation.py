@@ -28,7 +28,7 @@ st.caption(
 )
 with st.form("lds"):
     c1, c2, c3 = st.columns(3)
-    n_subsets = c1.number_input("Subsets M", 10, 500, 50, step=10)
+    n_subsets = c1.number_input("Subsets M", 10, 500, 20, step=10)  # the quick check's size: one shared truth
     alpha = c2.slider("alpha (subset fraction)", 0.1, 0.9, 0.5, 0.05)
     seeds = c3.number_input("Retraining seeds R", 1, 5, 1)
     go = st.form_submit_button("Compute (or reuse) the LDS ground truth", type="primary")
