@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,13 +87,15 @@ def airrep_sources(workspace: Workspace, run_key: str) -> list[dict]:
 
 
 def airrep_embeddings(
-    run: TrainedRun, splits: DatasetSplits, settings: dict, include_test: bool, workspace: Workspace
+    run: TrainedRun, splits: DatasetSplits, settings: Mapping, include_test: bool, workspace: Workspace
 ) -> np.ndarray:
     """AirRep embeddings `[n, out_dim]` float32 of train (+ test) examples from a stored encoder.
 
-    ConfigError unless AirRep with these `settings` was computed for the run (see `airrep_sources`), so
-    drawing a map never starts AirRep's subset retrainings.
+    `settings`: AirRep's settings (a dict or `AirRepSettings`). ConfigError unless AirRep with these
+    settings was computed for the run (see `airrep_sources`), so drawing a map never starts AirRep's subset
+    retrainings.
     """
+    settings = settings.as_dict() if hasattr(settings, "as_dict") else dict(settings)
     as_stored = json.loads(json.dumps(settings))  # tuples -> lists, as in the artifact's metadata
     if not any(src["settings"] == as_stored for src in airrep_sources(workspace, run.key)):
         raise ConfigError(

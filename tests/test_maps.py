@@ -51,7 +51,7 @@ def test_airrep_sources_list_stored_encoders_only(airrep_run):
     sources = airrep_sources(ws, run.key)
     assert [s["score_key"] for s in sources] == [result.key]
     settings = make_attributor("airrep", **TINY_AIRREP).settings
-    assert sources[0]["settings"] == json.loads(json.dumps(settings))
+    assert sources[0]["settings"] == json.loads(json.dumps(settings.as_dict()))
     assert airrep_sources(ws, "no-such-run") == []
 
 

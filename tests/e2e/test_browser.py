@@ -223,7 +223,7 @@ def test_first_hour(server, page, tmp_path, last_shot):
     lasso(page)
     page.get_by_text(re.compile(r"\d+ training example\(s\) selected")).first.wait_for()
     settle(page)
-    assert page.get_by_text(re.compile(r"Preview \(\d+ of \d+\)")).count() == 1
+    assert page.get_by_text(re.compile(r"Preview \(\d+ of \d+ selected")).count() == 1
     shot(page, "06b-map-lasso")
 
     # 5. Flag the most suspicious training example.
