@@ -16,6 +16,7 @@ import appkit
 import apptrust
 from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
 from tda_explorer.evaluation import stored_pruning_curve
+from tda_explorer.evaluation.pruning import pruning_usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
@@ -94,7 +95,14 @@ key = val["key"]
 result = appkit.cached_scores(str(ws.root), key)
 just_computed = st.session_state.get("_computed_val") == method_cfg
 st.caption(appkit.cache_note(val["extra"]["seconds"], val["created"], reused=not just_computed))
-useful = usefulness(result.scores)
+RULES = {"class_balanced": "within each class (default)", "sum": "over the whole training set"}
+rule = st.radio(
+    "Rank usefulness", list(RULES), format_func=RULES.get, horizontal=True,
+    help="Within each class, the least useful examples of every class go first (a score is then the example's "
+    "usefulness rank in its class, 0-1). Over the whole set, the hard examples of a few classes dominate the "
+    "removals, which retrained worse in the pruning benchmark (RESULTS.md, 'Pruning curves').",
+)  # fmt: skip
+useful = pruning_usefulness(usefulness(result.scores), rule, train.labels.numpy())
 
 mode = st.radio("Remove by", ["fraction", "score threshold"], horizontal=True)
 if mode == "fraction":

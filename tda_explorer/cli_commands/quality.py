@@ -246,7 +246,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ctx = open_run(args)
     result = method_scores(ctx, args, args.split)
     table = prune_table(result.scores, ctx.splits.train, ctx.ws.flags().get(ctx.run.key), args.fraction,
-                        args.threshold)  # fmt: skip
+                        args.threshold, rule=args.rule)  # fmt: skip
     written = table if args.only == "all" else table[table["status"] == args.only]
     path = write_table(written, args.export) if args.export else None
     removed = table[table["status"] == "removed"].sort_values("score")
@@ -328,6 +328,9 @@ def add_commands(sub) -> None:
     add_run_args(p, method=True)
     p.add_argument("--fraction", type=float, help="fraction of the training set to remove, e.g. 0.1")
     p.add_argument("--threshold", type=float, help="remove examples whose usefulness is below this")
+    p.add_argument("--rule", default="class_balanced", choices=["class_balanced", "sum"],
+                   help="rank usefulness within each class (default, as the app; scores are then within-class "
+                   "ranks in [0, 1]) or over the whole set (sum)")  # fmt: skip
     p.add_argument("--split", default="val", choices=["val", "test"], help="queries (default val)")
     p.add_argument("--export", metavar="FILE", help="write the table (.csv, .json or .parquet)")
     p.add_argument("--only", default="all", choices=["all", "kept", "removed"], help="rows written (all)")
