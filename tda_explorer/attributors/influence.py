@@ -133,7 +133,7 @@ class Influence(Attributor):
             "table": {str(k): v for k, v in table.items()},
         }
 
-    def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float) -> _Member:
+    def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float, progress=None) -> _Member:
         """The member's train gradients and its inverse operator (built by `backend.inverse.make_inverse`)."""
         s = self.settings
         inputs = prepare_inputs(model, train.inputs)
@@ -143,7 +143,7 @@ class Influence(Attributor):
             grads = gradient_features(model, inputs, train.labels, s.params, dtype=self._dtype())
         problem = CurvatureProblem(
             model, inputs, train.labels, s.params, s.batch_size, self._dtype(), s.curvature, s.seed,
-            s.fisher_samples,
+            s.fisher_samples, progress,
         )  # fmt: skip
         op = make_inverse(
             s.solver, problem, damping=s.damping, damping_factor=self._damping_factor(), weight_decay=wd,
@@ -171,8 +171,16 @@ class Influence(Attributor):
         members = [
             (seed, c) for seed in seeds for c in ([-1] if final else range(len(run.checkpoints[seed])))
         ]
+
+        def within(i: int):  # a member's factor fitting, as a share of the whole fit
+            if self.progress is None:
+                return None
+            return lambda done, total, msg: self.progress(
+                i * total + done, len(members) * total, f"influence: member {i + 1}/{len(members)}, {msg}"
+            )
+
         for i, (seed, c) in enumerate(members):
-            self.members_.append(self._member(run.model(seed, c), train, float(wd)))
+            self.members_.append(self._member(run.model(seed, c), train, float(wd), within(i)))
             if self.progress is not None:
                 self.progress(
                     i + 1,

@@ -103,7 +103,7 @@ class KroneckerCurvature:
             saved = forward_saved_bytes(self.model, inputs)
         return max(1, min(self.batch_size, DEFAULT_MEMORY_BYTES // max(1, SAVED_COPIES * saved)))
 
-    def _passes(self, inputs: torch.Tensor):
+    def _passes(self, inputs: torch.Tensor, report: Callable[[int, int], None] | None = None):
         """Yield per forward + backward the captured `{layer: [a, ds]}` with labels sampled from the model
         (seeded).
 
@@ -125,10 +125,15 @@ class KroneckerCurvature:
                         self.model.zero_grad(set_to_none=True)
                         batch_loss(task, logits, y).sum().backward()
                     yield store
+            if report is not None:  # examples done in this pass (also where a cancel is noticed)
+                report(min(s + self.batch_size, len(inputs)), len(inputs))
         self.model.zero_grad(set_to_none=True)
 
-    def _covariances(self, inputs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer the covariances `(A [d_in, d_in], S [d_out, d_out])` (float64) over `inputs`."""
+    def _covariances(
+        self, inputs: torch.Tensor, report: Callable[[int, int], None] | None = None
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer the covariances `(A [d_in, d_in], S [d_out, d_out])` (float64) over `inputs`;
+        `report(examples done, n)` after each batch."""
         n = len(inputs)
         if n == 0:
             raise ConfigError("cannot fit curvature on an empty training set.")
@@ -140,7 +145,7 @@ class KroneckerCurvature:
             ]
             for i in self.layers
         }
-        for store in self._passes(inputs):
+        for store in self._passes(inputs, report):
             for name, (a, ds) in store.items():
                 a2 = a.reshape(-1, a.shape[-1])
                 cov[name][0] += (a2.T @ a2).double()
@@ -169,21 +174,28 @@ class KroneckerCurvature:
 
     def fit(self, inputs: torch.Tensor, progress: Progress | None = None) -> KroneckerCurvature:
         """Fit covariances, eigendecompose, (EK-FAC) correct eigenvalues; `inputs` model-ready `[n, ...]`."""
-        self._set_basis(self._covariances(inputs))
-        if progress is not None:
-            progress(1, 2 if self.corrected else 1, "curvature: covariances fitted")
+        n, stages = len(inputs), 2 if self.corrected else 1
+
+        def stage(k: int, what: str) -> Callable[[int, int], None] | None:
+            if progress is None:
+                return None
+            return lambda done, total: progress(
+                k * n + done, stages * n, f"curvature: {what} ({done}/{total})"
+            )
+
+        self._set_basis(self._covariances(inputs, stage(0, "covariances")))
         if self.corrected:
-            self._correct_eigenvalues(inputs)
-            if progress is not None:
-                progress(2, 2, "curvature: eigenvalues corrected")
+            self._correct_eigenvalues(inputs, stage(1, "eigenvalue correction"))
         self._set_damping()
         return self
 
-    def _correct_eigenvalues(self, inputs: torch.Tensor) -> None:
+    def _correct_eigenvalues(
+        self, inputs: torch.Tensor, report: Callable[[int, int], None] | None = None
+    ) -> None:
         sums = {
             i.name: torch.zeros(i.d_out, i.d_in, dtype=torch.float64, device=self.device) for i in self.layers
         }
-        for store in self._passes(inputs):
+        for store in self._passes(inputs, report):
             for name, (a, ds) in store.items():
                 f = self.factors_[name]
                 qa, qs = a @ f.q_a.to(a.dtype), ds @ f.q_s.to(ds.dtype)

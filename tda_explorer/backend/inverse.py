@@ -68,6 +68,7 @@ class CurvatureProblem:
         curvature: "ggn" or "hessian": what cg / lissa multiply with (exact always uses the Hessian;
             K-FAC / EK-FAC their sampled Fisher).
         seed / fisher_samples: of the Fisher's sampled labels (K-FAC / EK-FAC) and eigenvalue probes.
+        progress: `(done, total, message)` while K-FAC / EK-FAC factors are fitted (per batch).
     """
 
     model: torch.nn.Module
@@ -79,6 +80,7 @@ class CurvatureProblem:
     curvature: str = "ggn"
     seed: int = 0
     fisher_samples: int = 1
+    progress: Callable[[int, int, str], None] | None = None  # K-FAC / EK-FAC fitting, per batch of examples
 
     def hessian(self, curvature: str) -> LossHessian:
         """The exact curvature's matrix-free form (Hessian or GGN)."""
@@ -167,7 +169,7 @@ class KroneckerInverse:
     ) -> KroneckerInverse:
         """Fit the curvature on the problem's inputs; relative damping x each layer's mean eigenvalue."""
         curv = problem.kronecker(cls.corrected, damping, damping_factor, weight_decay)
-        return cls(curv.fit(problem.inputs))
+        return cls(curv.fit(problem.inputs, problem.progress))
 
     @property
     def info(self) -> dict:
