@@ -48,3 +48,34 @@ def assert_same_attribution(
     torch.testing.assert_close(
         a.score_groups(queries, groups), b.score_groups(queries, groups), rtol=rtol, atol=group_atol or atol
     )
+
+
+def digits_gd_problem(
+    factory: Callable[[], torch.nn.Module], n_train: int, test_start: int, n_test: int, steps: int, lr: float,
+    checkpoint_every: int | None = None,
+):  # fmt: skip
+    """Digits `[n, 1, 8, 8]` in [0, 1]: the first `n_train` for training, `n_test` from `test_start` as queries;
+    `factory()`'s model trained by `steps` full-batch GD steps on the mean cross-entropy (the peers' tests).
+
+    Returns:
+        `(model, checkpoints, tr_x, tr_y, te_x, te_y)`; `checkpoints` = state dicts after every
+        `checkpoint_every` steps (empty when None).
+    """
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    y = torch.tensor(y, dtype=torch.long)
+    tr_x, tr_y = x[:n_train], y[:n_train]
+    te_x, te_y = x[test_start : test_start + n_test], y[test_start : test_start + n_test]
+    model = factory()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    checkpoints = []
+    for step in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(tr_x), tr_y).backward()
+        opt.step()
+        if checkpoint_every and step % checkpoint_every == checkpoint_every - 1:
+            checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    return model, checkpoints, tr_x, tr_y, te_x, te_y

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
-from sklearn.datasets import load_digits
 
 from benchmarks.peers.dattri_runner import METHODS, PEER_METHODS, run_dattri
 from tda_explorer.models import LogRegConfig, build_model
+from tests.fixtures import digits_gd_problem
 
 N_TRAIN, N_TEST, DAMPING, LR = 60, 10, 1e-2, 0.5
 
@@ -26,20 +26,7 @@ def factory() -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def problem():
     """60/10 digits, softmax regression trained by 300 full-batch GD steps; 3 trajectory checkpoints."""
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    y = torch.tensor(y, dtype=torch.long)
-    tr_x, tr_y, te_x, te_y = x[:N_TRAIN], y[:N_TRAIN], x[100 : 100 + N_TEST], y[100 : 100 + N_TEST]
-    model = factory()
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    checkpoints = []
-    for step in range(300):
-        opt.zero_grad()
-        F.cross_entropy(model(tr_x), tr_y).backward()
-        opt.step()
-        if step % 100 == 99:
-            checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return model, checkpoints, tr_x, tr_y, te_x, te_y
+    return digits_gd_problem(factory, N_TRAIN, 100, N_TEST, steps=300, lr=LR, checkpoint_every=100)
 
 
 def per_example_grads(model, x, y) -> torch.Tensor:

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
-from sklearn.datasets import load_digits
 
 from benchmarks.peers.kronfluence_runner import run_kronfluence
 from tda_explorer.models import LogRegConfig, build_model
+from tests.fixtures import digits_gd_problem
 
 pytest.importorskip("kronfluence")  # the bench extra (requirements-bench-nodeps.txt)
 pytestmark = pytest.mark.slow  # ~1 min on a loaded machine: kronfluence writes and reads its factors
@@ -25,16 +25,7 @@ def factory() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def problem():
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
-    y = torch.tensor(y, dtype=torch.long)
-    tr_x, tr_y, te_x, te_y = x[:N_TRAIN], y[:N_TRAIN], x[200 : 200 + N_TEST], y[200 : 200 + N_TEST]
-    model = factory()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    for _ in range(200):
-        opt.zero_grad()
-        F.cross_entropy(model(tr_x), tr_y).backward()
-        opt.step()
+    model, _, tr_x, tr_y, te_x, te_y = digits_gd_problem(factory, N_TRAIN, 200, N_TEST, steps=200, lr=0.5)
     return model.state_dict(), tr_x, tr_y, te_x, te_y
 
 
