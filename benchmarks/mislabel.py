@@ -126,7 +126,7 @@ def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
     else:  # "auto" retrains the MLP 16 times to choose lambda: over this benchmark's budget
         timed(
             f"trak-{n_seeds} self-influence (regularization=None)",
-            lambda: make_attributor("trak", regularization=None).fit(run, train).self_influence(),
+            lambda: make_attributor("trak", damping=None).fit(run, train).self_influence(),
         )
     if arch == "logreg":  # on the MLP, EK-FAC self-influence over 5 seeds took > 25 min per flip seed
         timed(

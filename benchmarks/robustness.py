@@ -134,7 +134,7 @@ def protocol_rows(name: str, run, splits, queries, truth, cfg) -> list[dict]:
             att = make_attributor("trak", proj_dim=k, n_models=n_models).fit(run, splits.train)
             default = lds_score(att.score(queries), truth).mean
             seconds = time.perf_counter() - start
-            old = make_attributor("trak", proj_dim=k, n_models=n_models, regularization=None)
+            old = make_attributor("trak", proj_dim=k, n_models=n_models, damping=None)
             old_lds = lds_score(old.fit(run, splits.train).score(queries), truth).mean
             table = sweep(att, queries, truth)
             best = max(table, key=table.get)

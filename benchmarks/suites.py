@@ -333,7 +333,7 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         Method(  # plain TRAK (lambda = 0, pseudo-inverse) against dattri's shipped default
             f"trak-{trak_models} (reg 0)",
             "trak",
-            {**trak, "proj_type": "sjlt", "regularization": 0.0},
+            {**trak, "proj_type": "sjlt", "damping": 0.0},
             models=trak_models,
             peer="trak",
             peer_kwargs={"proj_dim": proj_dim},

@@ -91,21 +91,21 @@ class Timer:
 def methods(n_seeds: int) -> list[tuple[str, str, dict]]:
     """(label, attributor name, settings) rows; gradients over LoRA + head.
 
-    TRAK uses `regularization=TRAK_REG` (see its comment). The LoRA ensemble rows wrap TRAK and influence
+    TRAK uses `damping=TRAK_REG` (see its comment). The LoRA ensemble rows wrap TRAK and influence
     with the ensemble attributor over the run's seeds: for the text model every seed *is* a LoRA
     fine-tune (adapters + head) of the one shared, frozen MiniLM, i.e. Deng et al.'s LoRA ensemble
     (`kind="independent"`; the ensemble refuses to add a second set of adapters to the text model).
     """
     from tda_explorer.attributors import ATTRIBUTORS
 
-    trak = {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora", "proj_type": "rademacher"}
+    trak = {"proj_dim": 2048, "damping": TRAK_REG, "params": "lora", "proj_type": "rademacher"}
     influence = {"solver": "ekfac", "params": "lora"}
     rows = [
         ("TRAK, 1 model", "trak", {**trak, "n_models": 1}),
         (
             "TRAK, 1 model, regularization 0 (plain TRAK)",
             "trak",
-            {**trak, "regularization": 0.0, "n_models": 1},
+            {**trak, "damping": 0.0, "n_models": 1},
         ),
         ("influence (EK-FAC), 1 model", "influence", influence),
         ("Grad-Dot", "grad_dot", {"params": "lora"}),
@@ -253,7 +253,7 @@ def mislabel_rows(splits, model_cfg, train_cfg, ws, executor) -> dict:
     )
     for label, name, settings in (
         ("influence (EK-FAC) self-influence", "influence", {"solver": "ekfac", "params": "lora"}),
-        ("TRAK self-influence", "trak", {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora"}),
+        ("TRAK self-influence", "trak", {"proj_dim": 2048, "damping": TRAK_REG, "params": "lora"}),
     ):
         with Timer() as t:
             scores = make_attributor(name, **settings).fit(run, noisy.train).self_influence()

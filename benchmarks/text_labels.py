@@ -56,7 +56,7 @@ def methods() -> list[tuple[str, str, dict]]:
     TRAK's lambda (its default `c x trace / N` with the fallback c vs the benchmark's absolute 30).
     The default `ensemble` equals `trak` on a one-seed run, so it is not a row here.
     """
-    trak = {"proj_dim": 2048, "regularization": TRAK_REG, "params": "lora", "proj_type": "rademacher"}
+    trak = {"proj_dim": 2048, "damping": TRAK_REG, "params": "lora", "proj_type": "rademacher"}
     return [
         ("Grad-Dot", "grad_dot", {"params": "lora"}),
         ("TRAK (defaults)", "trak", {}),

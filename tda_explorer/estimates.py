@@ -6,7 +6,7 @@ The model: `seconds = fixed + rate x units`, with `units` the work of the step c
 - training:      two parts, seeds x optimisation steps (epochs x batches: the per-step overhead, which
                  dominates small models on CPU) and seeds x examples x epochs x parameters (the arithmetic);
 - attributor m:  models x (train + query examples) x parameters used (all, or the head's), x checkpoints
-                 for TracIn / influence over every checkpoint; TRAK's `regularization="auto"` adds its
+                 for TracIn / influence over every checkpoint; TRAK's `damping="auto"` adds its
                  held-out retrainings (`TUNE_SUBSETS` trainings of one seed on half the data, at the
                  training rate), unless the workspace already holds them;
 - d-TDA:         seeds x (train + query examples) x parameters used by the per-seed response;
@@ -245,7 +245,7 @@ def estimate_attributor(
 ) -> Estimate:
     """Fitting `method` with its full `settings` (defaults filled in) and scoring `shape.n_query` queries.
 
-    TRAK with `regularization="auto"` and `tune_subsets` > 0 adds its held-out retrainings unless
+    TRAK with `damping="auto"` and `tune_subsets` > 0 adds its held-out retrainings unless
     `tuning_cached` (they are stored per run)."""
     cal = cal or Calibration()
     models = _n_models(settings, shape.n_seeds)
@@ -261,8 +261,8 @@ def estimate_attributor(
 
 def _tunes(method: str, settings: dict) -> bool:
     """Whether `method` with these settings makes the held-out retrainings of an "auto" default."""
-    if method == "trak":  # "damping" (formerly "regularization") = "auto" by default
-        auto = settings.get("damping", settings.get("regularization", "auto")) == "auto"
+    if method == "trak":  # full settings (`full_settings`): "damping" is the one name
+        auto = settings.get("damping", "auto") == "auto"
         return auto and settings.get("tune_subsets", 1) != 0
     if method == "influence":
         return (
@@ -274,19 +274,16 @@ def _tunes(method: str, settings: dict) -> bool:
 
 
 def full_settings(method: str, settings: dict) -> dict:
-    """`settings` with the method's defaults filled in (what the estimate reads: params, models, ...)."""
-    import dataclasses
+    """`settings` with the method's defaults filled in and deprecated names mapped (what the estimate reads:
+    params, models, ...); the settings as given when they don't validate (the step itself will say why)."""
+    from tda_explorer.attributors import METHOD_SETTINGS
 
-    from tda_explorer.attributors.base import make_attributor
-
-    try:
-        attr = make_attributor(method, **dict(settings))
-    except (ConfigError, TypeError):
+    if method not in METHOD_SETTINGS:
         return dict(settings)
-    if hasattr(attr, "get_params"):
-        return dict(attr.get_params())
-    full = attr.settings
-    return dataclasses.asdict(full) if dataclasses.is_dataclass(full) else dict(full)
+    try:
+        return METHOD_SETTINGS[method].build(method, **dict(settings)).as_dict()
+    except ConfigError:
+        return dict(settings)
 
 
 def estimate_dtda(settings: dict, shape: Shape, cal: Calibration | None = None) -> Estimate:

@@ -27,7 +27,7 @@ from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainConfig, train_run
 
 DEMO = Shape(n_train=4000, n_query=500, n_params=235_146, n_head=1290, epochs=15, n_seeds=5, n_val=500)
-TRAK_DEFAULT = {"n_models": 1, "params": "all", "regularization": "auto", "tune_subsets": 16}
+TRAK_DEFAULT = {"n_models": 1, "params": "all", "damping": "auto", "tune_subsets": 16}
 
 
 def test_estimates_order_the_demo_steps_as_measured():
