@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import head_prefix, prepare_inputs
 from tda_explorer.store import Workspace, load_tensors, save_tensors
+from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import (
@@ -51,7 +53,6 @@ from tda_explorer.training.trainer import (
 )
 
 MEMBER_KINDS = ("independent", "dropout", "lora")
-LORA_KIND = "lora_members"
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,23 @@ def finetune_lora(
     return LoraMember(seed, state, ckpt, time.perf_counter() - start, losses)
 
 
+def _load_member(path: Path, meta: dict) -> LoraMember:
+    seed, e = int(meta["config"]["seed"]), meta["extra"]
+    state = load_tensors(path / "adapter.pt")
+    return LoraMember(seed, state, e["checkpoint"], float(e["seconds"]), e["epoch_losses"])
+
+
+LORA_KIND = register_kind(
+    ArtifactKind(
+        "lora_members",
+        files=("adapter.pt",),
+        save=lambda d, member: save_tensors(d, "adapter", member.state),
+        load=_load_member,
+        recompute="fit the LoRA ensemble again (finished members are reused)",
+    )
+).name
+
+
 def lora_members(
     run: TrainedRun,
     train: ExampleSet,
@@ -406,22 +424,18 @@ def lora_members(
     out = []
     for i, seed in enumerate(seeds):
         cfg = lora_config(run, train, lora, targets, seed)
-        if not workspace.exists(LORA_KIND, cfg):
 
-            def member_progress(done: int, total: int, msg: str, i: int = i) -> None:
-                if progress is not None:
-                    progress(i * total + done, len(seeds) * total, msg)
+        def member_progress(done: int, total: int, msg: str, i: int = i) -> None:
+            if progress is not None:
+                progress(i * total + done, len(seeds) * total, msg)
 
-            m = finetune_lora(run, train, lora, targets, int(seed), member_progress)
-            extra = {"checkpoint": m.checkpoint, "seconds": m.seconds, "epoch_losses": m.epoch_losses}
-            with workspace.write(LORA_KIND, cfg, extra=extra) as d:
-                save_tensors(d, "adapter", m.state)
-        path = workspace.open(LORA_KIND, cfg)
-        extra = workspace.meta(LORA_KIND, path.name)["extra"]
-        state = load_tensors(path / "adapter.pt")
-        out.append(
-            LoraMember(int(seed), state, extra["checkpoint"], float(extra["seconds"]), extra["epoch_losses"])
+        member = workspace.cached(
+            LORA_KIND,
+            cfg,
+            lambda seed=int(seed): finetune_lora(run, train, lora, targets, seed, member_progress),
+            extra=lambda m: {k: getattr(m, k) for k in ("checkpoint", "seconds", "epoch_losses")},
         )
+        out.append(member)
     if progress is not None:
         progress(len(seeds), len(seeds), f"{len(seeds)} LoRA member(s) ready")
     return out

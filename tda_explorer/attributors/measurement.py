@@ -24,11 +24,19 @@ from tda_explorer.attributors.scores import ScoreResult
 from tda_explorer.data import DatasetSplits
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_array, save_array
+from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training import TrainedRun
 from tda_explorer.training.trainer import Progress
 
 MEASUREMENTS = ("predicted", "true_label")
-PREDICTED_KIND = "scores_predicted"
+PREDICTED_KIND = register_kind(
+    ArtifactKind(
+        "scores_predicted",
+        files=("scores.npy",),
+        recompute="open the attribution at the predicted class again (the app's Attribution page or "
+        "`tda-explorer explain ... --measurement predicted`)",
+    )
+).name
 
 
 def _config(base: ScoreResult, predicted: np.ndarray) -> dict:
@@ -67,31 +75,40 @@ def scores_for_measurement(
     if len(predicted) != len(base.query_ids):
         raise ConfigError(f"{len(predicted)} predictions for {len(base.query_ids)} queries.")
     cfg = _config(base, predicted)
-    if not workspace.exists(PREDICTED_KIND, cfg):
+
+    def compute() -> tuple[np.ndarray, int]:  # ([n_query, n_train] float32 scores, rows recomputed)
         scores = base.scores.copy()
         positions = test.index_of(list(base.query_ids))
         true = test.labels.numpy()[positions]
         wrong = np.flatnonzero(true != predicted)
         if len(wrong):
             queries = test.subset(positions[wrong]).with_labels(torch.as_tensor(predicted[wrong]))
-            if attributor is None:
-                attributor = attributor_from_config(base.config["method"], progress=progress)
-                if getattr(attributor, "workspace", False) is None:
-                    attributor.workspace = workspace
-                attributor.fit(run, splits.train)
-            scores[wrong] = attributor.score(queries).numpy().astype(np.float32)
-        with workspace.write(PREDICTED_KIND, cfg, extra={"n_recomputed": int(len(wrong))}) as d:
-            save_array(d, "scores", scores)
-    path = workspace.open(PREDICTED_KIND, cfg)
+            fitted = attributor
+            if fitted is None:
+                fitted = attributor_from_config(base.config["method"], progress=progress)
+                if getattr(fitted, "workspace", False) is None:
+                    fitted.workspace = workspace
+                fitted.fit(run, splits.train)
+            scores[wrong] = fitted.score(queries).numpy().astype(np.float32)
+        return scores, int(len(wrong))
+
+    stored, key = workspace.cached(
+        PREDICTED_KIND,
+        cfg,
+        compute,
+        save=lambda d, value: save_array(d, "scores", value[0]),
+        load=lambda path, _meta: (load_array(path / "scores.npy"), path.name),
+        extra=lambda value: {"n_recomputed": value[1]},
+    )
     return ScoreResult(
         method=base.method,
         config={**base.config, "measurement": "predicted"},
-        scores=load_array(path / "scores.npy"),
+        scores=stored,
         self_influence=base.self_influence,
         query_ids=base.query_ids,
         train_ids=base.train_ids,
         seconds=base.seconds,
-        key=path.name,
+        key=key,
     )
 
 

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 
 from tda_explorer.backend.stats import spearman_rows
 from tda_explorer.data.example_set import ExampleSet, examples_fingerprint
+from tda_explorer.store import load_array, save_array
+from tda_explorer.store.kinds import ArtifactKind, register_kind
 
 #: Candidate factors c (lambda = c x trace / N); 0 = plain TRAK (pseudo-inverse).
 FACTORS: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
@@ -50,6 +52,17 @@ TUNE_QUERIES = 100
 TUNE_SUBSET_SEED = 7_919
 
 _MEMORY: dict[str, np.ndarray] = {}
+
+#: The held-out losses `[M, n_val]` of the retrainings, one artifact per (recipe, train, val, subsets).
+TUNE_KIND = register_kind(
+    ArtifactKind(
+        "trak_tune",
+        files=("losses.npy",),
+        save=lambda d, losses: save_array(d, "losses", losses),
+        load=lambda path, _meta: load_array(path / "losses.npy"),
+        recompute="fit TRAK (or influence) with damping 'auto' again",
+    )
+).name
 
 
 @dataclass
@@ -161,7 +174,6 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
 
     Cached in `workspace` (kind "trak_tune") when given, and in memory for the process.
     """
-    from tda_explorer.store import load_array, save_array
     from tda_explorer.training.runs import retrain_on_subsets
 
     recipe = run.train_config
@@ -175,16 +187,14 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
     key = repr(cfg)
     if key in _MEMORY:
         return _MEMORY[key]
-    if workspace is not None and workspace.exists("trak_tune", cfg):
-        losses = load_array(workspace.open("trak_tune", cfg) / "losses.npy")
-    else:
+
+    def compute() -> np.ndarray:  # [M, n_val] float64 cross-entropy, mean over the one retraining seed
         logits = retrain_on_subsets(run.model_config, recipe, train, masks, (0,), val)
         m, r, n, c = logits.shape  # [M, R = 1 seed, n_val, C]
         ce = F.cross_entropy(logits.double().reshape(-1, c), val.labels.repeat(m * r), reduction="none")
-        losses = ce.reshape(m, r, n).numpy().mean(axis=1)
-        if workspace is not None:
-            with workspace.write("trak_tune", cfg) as d:
-                save_array(d, "losses", losses)
+        return ce.reshape(m, r, n).numpy().mean(axis=1)
+
+    losses = compute() if workspace is None else workspace.cached(TUNE_KIND, cfg, compute)
     _MEMORY[key] = losses
     return losses
 

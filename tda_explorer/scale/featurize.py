@@ -32,10 +32,17 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError, check_choice
 from tda_explorer.models import ModelConfig, prepare_inputs
 from tda_explorer.store import Workspace, load_array, require_workspace, save_array
+from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training.executor import Executor, LocalExecutor
 from tda_explorer.training.trainer import Progress, load_model
 
-FEATURES_KIND = "features"
+FEATURES_KIND = register_kind(
+    ArtifactKind(
+        "features",
+        files=("features.npy", "ids.npy"),
+        recompute="featurize again (finished shards of kind 'feature_shard' are reused)",
+    )
+).name
 SHARD_KIND = "feature_shard"
 FEATURE_KINDS = ("grad", "repr")
 
@@ -196,52 +203,60 @@ def featurize(
     ws = require_workspace(workspace, "featurize")
     executor = executor or LocalExecutor()
     cfg = features_config(model_config, state, examples, config)
-    if ws.exists(FEATURES_KIND, cfg):
-        return _load(ws, cfg, config)
-    if len(examples) == 0:
-        raise ConfigError("featurize needs at least one example.")
     n, size = len(examples), config.shard_size
     shards = [(a, min(a + size, n)) for a in range(0, n, size)]
 
     def shard_cfg(a: int, b: int) -> dict:
         return {**cfg, "rows": [a, b]}
 
-    todo = [(a, b) for a, b in shards if not ws.exists(SHARD_KIND, shard_cfg(a, b))]
-    done_before = len(shards) - len(todo)
-    if progress is not None and done_before:
-        progress(done_before, len(shards), f"features: {done_before} shard(s) reused from the workspace")
-    jobs = [
-        FeatureJob(
-            model_config,
-            examples.input_shape,
-            examples.n_classes,
-            state,
-            examples.subset(np.arange(a, b)),
-            config,
-            a,
-        )
-        for a, b in todo
-    ]
+    def compute() -> int:  # every shard saved (missing ones computed); returns the feature width d
+        if n == 0:
+            raise ConfigError("featurize needs at least one example.")
+        todo = [(a, b) for a, b in shards if not ws.exists(SHARD_KIND, shard_cfg(a, b))]
+        done_before = len(shards) - len(todo)
+        if progress is not None and done_before:
+            progress(done_before, len(shards), f"features: {done_before} shard(s) reused from the workspace")
+        jobs = [
+            FeatureJob(
+                model_config,
+                examples.input_shape,
+                examples.n_classes,
+                state,
+                examples.subset(np.arange(a, b)),
+                config,
+                a,
+            )
+            for a, b in todo
+        ]
 
-    def save(i: int, rows: np.ndarray) -> None:
-        a, b = todo[i]
-        if rows.ndim != 2 or len(rows) != b - a:
-            raise ArtifactError(f"feature shard rows {a}-{b - 1} came back with shape {rows.shape}.")
-        with ws.write(SHARD_KIND, shard_cfg(a, b), extra={"rows": [a, b]}) as d:
-            save_array(d, "features", rows)
+        def save_shard(i: int, rows: np.ndarray) -> None:
+            a, b = todo[i]
+            if rows.ndim != 2 or len(rows) != b - a:
+                raise ArtifactError(f"feature shard rows {a}-{b - 1} came back with shape {rows.shape}.")
+            with ws.write(SHARD_KIND, shard_cfg(a, b), extra={"rows": [a, b]}) as d:
+                save_array(d, "features", rows)
 
-    def report(done: int, _total: int, msg: str) -> None:
-        if progress is not None:
-            progress(done_before + done, len(shards), f"features: {msg}")
+        def report(done: int, _total: int, msg: str) -> None:
+            if progress is not None:
+                progress(done_before + done, len(shards), f"features: {msg}")
 
-    executor.map(featurize_shard, jobs, report, on_result=save)
-    first = _load_shard(ws, shard_cfg(*shards[0]), shards[0])
-    with ws.write(FEATURES_KIND, cfg, extra={"config": asdict(config), "n": n, "dim": first.shape[1]}) as d:
-        with NpyWriter(d / "features.npy", (n, first.shape[1])) as writer:
+        executor.map(featurize_shard, jobs, report, on_result=save_shard)
+        return _load_shard(ws, shard_cfg(*shards[0]), shards[0]).shape[1]
+
+    def save(d: Path, dim: int) -> None:  # the shards copied, chunk by chunk, into one [n, dim] array
+        with NpyWriter(d / "features.npy", (n, dim)) as writer:
             for a, b in shards:
                 writer.write(_load_shard(ws, shard_cfg(a, b), (a, b)))
         save_array(d, "ids", np.asarray(examples.ids, dtype=str))
-    return _load(ws, cfg, config)
+
+    return ws.cached(
+        FEATURES_KIND,
+        cfg,
+        compute,
+        save,
+        lambda path, _meta: _load(path, config),
+        extra=lambda dim: {"config": asdict(config), "n": n, "dim": dim},
+    )
 
 
 def _load_shard(ws: Workspace, cfg: dict, rows: tuple[int, int]) -> np.ndarray:
@@ -254,8 +269,7 @@ def _load_shard(ws: Workspace, cfg: dict, rows: tuple[int, int]) -> np.ndarray:
     return arr
 
 
-def _load(ws: Workspace, cfg: dict, config: FeatureConfig) -> Features:
-    path = ws.open(FEATURES_KIND, cfg)
+def _load(path: Path, config: FeatureConfig) -> Features:
     array = load_array(path / "features.npy", mmap_mode="r")
     ids = tuple(str(i) for i in load_array(path / "ids.npy"))
     if array.ndim != 2 or len(array) != len(ids):

@@ -288,3 +288,28 @@ def test_lora_member_ghost_factors_equal_its_gradients(lora_ensemble, dropout_ru
     g = example_grads(member, x, y, params="all")
     f = ghost_factors(member, x, y, "all")
     torch.testing.assert_close(f.dot(f).double(), (g @ g.T).float().double(), rtol=1e-4, atol=1e-6)
+
+
+def test_lora_member_written_before_workspace_cached_is_found(dropout_run, tmp_path, monkeypatch):
+    """A "lora_members" artifact written by the earlier hand-written block (same key) is loaded as is."""
+    from tda_explorer.store import save_tensors
+
+    run, train, _ = dropout_run
+    lora = em.LoraSettings(rank=2, epochs=1, base_seed=1)
+    targets = em.lora_targets(run.model(1))
+    trained = em.finetune_lora(run, train, lora, targets, 7)
+    ws = Workspace(tmp_path)
+    cfg = em.lora_config(run, train, lora, targets, 7)
+    extra = {"checkpoint": trained.checkpoint, "seconds": 1.5, "epoch_losses": trained.epoch_losses}
+    with ws.write("lora_members", cfg, extra=extra) as d:
+        save_tensors(d, "adapter", trained.state)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored LoRA member was retrained")
+
+    monkeypatch.setattr(em, "finetune_lora", no_training)
+    (got,) = em.lora_members(run, train, lora, [7], ws)
+    assert (got.seed, got.seconds, got.checkpoint) == (7, 1.5, trained.checkpoint)
+    assert got.state.keys() == trained.state.keys()
+    assert all(torch.equal(got.state[k], trained.state[k]) for k in trained.state)
+    assert [m["key"] for m in ws.list(em.LORA_KIND)] == [ws.key("lora_members", cfg)]

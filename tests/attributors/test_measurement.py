@@ -61,3 +61,36 @@ def test_compute_test_scores_fits_once_for_both_measurements(tiny_run, tmp_path,
     want = make_attributor("grad_dot").fit(run, train).score(queries.with_labels(torch.as_tensor(predicted)))
     np.testing.assert_allclose(pred.scores, want.numpy(), rtol=1e-5, atol=1e-7)
     assert base.key != pred.key
+
+
+def test_predicted_scores_written_before_workspace_cached_are_found(tiny_run, tmp_path):
+    """An artifact written by the hand-written cache block (same kind, same config) is reused as is."""
+    from tda_explorer.attributors.measurement import _config
+    from tda_explorer.store import save_array
+
+    run, train, queries = tiny_run
+    splits = DatasetSplits(train=train, val=queries, test=queries, spec={"name": "tiny"})
+    base = ScoreResult(
+        method="grad_dot",
+        config={"run": run.key, "method": {"method": "grad_dot"}, "queries": "test"},
+        scores=np.zeros((len(queries), len(train)), np.float32),
+        self_influence=np.zeros(len(train), np.float32),
+        query_ids=list(queries.ids),
+        train_ids=list(train.ids),
+        seconds=0.1,
+        key="base0",
+    )
+    predicted = (queries.labels.numpy() + 1) % 3  # every query "wrong": a recompute would need a fit
+    ws = Workspace(tmp_path)
+    sentinel = np.arange(base.scores.size, dtype=np.float32).reshape(base.scores.shape)
+    cfg = _config(base, predicted)
+    with ws.write(PREDICTED_KIND, cfg, extra={"n_recomputed": len(predicted)}) as d:
+        save_array(d, "scores", sentinel)
+
+    class NoFit:
+        def score(self, _queries):
+            raise AssertionError("recomputed instead of reusing the stored artifact")
+
+    got = scores_for_measurement(run, splits, base, "predicted", predicted, ws, attributor=NoFit())
+    assert got.key == ws.key(PREDICTED_KIND, cfg) == ws.list(PREDICTED_KIND)[0]["key"]
+    np.testing.assert_array_equal(got.scores, sentinel)

@@ -143,3 +143,34 @@ def test_influence_auto_damping_uses_the_held_out_signal_and_only_reshifts_eigen
     torch.testing.assert_close(auto.score(queries), fixed.score(queries), rtol=1e-5, atol=1e-8)
     fallback = make_attributor("influence", solver="ekfac").fit(run, train)  # no validation split
     assert fallback.solve_info_[0]["tuning"]["rule"] == "fallback"
+
+
+def test_heldout_losses_written_before_workspace_cached_are_found(tiny_run, tmp_path, monkeypatch):
+    """A "trak_tune" artifact written by the earlier hand-written block (same config dict) is reused as is."""
+    import numpy as np
+
+    from tda_explorer.data.example_set import examples_fingerprint
+    from tda_explorer.store import save_array
+
+    run, train, queries = tiny_run
+    val = queries.subset(range(6), name="val")
+    masks = np.ones((4, len(train)), dtype=bool)
+    cfg = {
+        "model": run.model_config.to_dict(),
+        "training": run.train_config.to_dict(),
+        "train": examples_fingerprint(train),
+        "val": examples_fingerprint(val),
+        "subsets": [trak_tuning.TUNE_SUBSET_SEED, len(masks)],
+    }
+    ws = Workspace(tmp_path)
+    sentinel = np.arange(4 * len(val), dtype=np.float64).reshape(4, len(val)) / 7
+    with ws.write("trak_tune", cfg) as d:
+        save_array(d, "losses", sentinel)
+    monkeypatch.setattr(
+        "tda_explorer.training.runs.retrain_on_subsets",
+        lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained instead of reusing the artifact")),
+    )
+    trak_tuning._MEMORY.clear()
+    got = trak_tuning.heldout_losses(run, train, val, masks, ws)
+    assert got.dtype == sentinel.dtype and np.array_equal(got, sentinel)
+    assert [m["key"] for m in ws.list("trak_tune")] == [ws.key("trak_tune", cfg)]

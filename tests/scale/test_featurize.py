@@ -105,3 +105,29 @@ def test_key_follows_weights_and_settings(setup) -> None:
     with pytest.raises(ConfigError):
         FeatureConfig(objective="hinge")
     assert torch.is_tensor(next(iter(state.values())))
+
+
+def test_features_written_before_workspace_cached_are_found(setup, tmp_path) -> None:
+    """A "features" artifact written by the earlier hand-written block (same config key) is reused as is."""
+    from dataclasses import asdict
+
+    from tda_explorer.scale.featurize import features_config
+    from tda_explorer.store import save_array
+
+    train, state = setup
+    ws = Workspace(tmp_path)
+    config = FeatureConfig(projection_dim=4, shard_size=100)
+    cfg = features_config(CFG, state, train, config)
+    sentinel = np.arange(len(train) * 4, dtype=np.float32).reshape(len(train), 4)
+    with ws.write(FEATURES_KIND, cfg, extra={"config": asdict(config), "n": len(train), "dim": 4}) as d:
+        save_array(d, "features", sentinel)
+        save_array(d, "ids", np.asarray(train.ids, dtype=str))
+
+    class NoJobs(LocalExecutor):
+        def map(self, *args, **kwargs):
+            raise AssertionError("featurized again instead of reusing the stored artifact")
+
+    out = featurize(CFG, state, train, config, ws, NoJobs(1))
+    assert out.key == ws.key(FEATURES_KIND, cfg) and out.ids == train.ids
+    np.testing.assert_array_equal(out.array, sentinel)
+    assert ws.list(SHARD_KIND) == []
