@@ -1,10 +1,15 @@
-"""Console output shared by the per-method benchmarks: timestamped log lines and progress lines on stderr."""
+"""What the per-method benchmarks share: timestamped log and progress lines on stderr, the `--quick|--full`
+command line, the machine record and the per-mode results file."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
 import sys
 import time
+from pathlib import Path
 
 
 def load_1m() -> float:
@@ -29,3 +34,41 @@ def progress_line(desc: str):
             print(file=sys.stderr)
 
     return report
+
+
+def mode_parser(description: str, workers_help: str) -> argparse.ArgumentParser:
+    """The command line every per-method benchmark starts from: `--quick` (the default) | `--full`, and
+    `--workers` (default 2); `args.mode` is None when neither flag is given."""
+    parser = argparse.ArgumentParser(description=description)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_const", dest="mode", const="quick", help="small (default)")
+    group.add_argument("--full", action="store_const", dest="mode", const="full", help="the full comparison")
+    parser.add_argument("--workers", type=int, default=2, help=f"{workers_help} (default 2)")
+    return parser
+
+
+def store_result(path: Path, mode: str, result: dict, keep: tuple[str, ...] = ()) -> None:
+    """Write `result` as the `mode` entry of the JSON file `path` (atomically), leaving the other modes'
+    entries alone (a quick run does not erase the full one); the keys `keep` of the entry it replaces are
+    carried over when `result` has none (blocks written by another script)."""
+    from tda_explorer.store.atomic import atomic_write_text
+
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    old = stored.get(mode, {})
+    stored[mode] = {**result, **{k: old[k] for k in keep if old.get(k) and not result.get(k)}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(stored, indent=2, default=str) + "\n")
+
+
+def machine_info(workers: int) -> dict:
+    """Where a benchmark ran: CPUs, torch threads, worker processes, versions, load averages at the end."""
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "workers": workers,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "loadavg_end": os.getloadavg(),
+    }

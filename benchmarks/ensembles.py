@@ -24,10 +24,7 @@ prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
@@ -35,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.console import progress_line
+from benchmarks.console import machine_info, mode_parser, progress_line, store_result
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
@@ -183,14 +180,7 @@ def run_benchmark(mode: str, workers: int) -> dict:
         "bases": {b: {"settings": s, "lora_settings": ls} for b, (s, ls) in BASES.items()},
         "dropout_p": DROPOUT_P,
         "lora": LORA,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "workers": workers,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "loadavg_end": os.getloadavg(),
-        },
+        "machine": machine_info(workers),
         "wall_seconds": time.perf_counter() - started,
         "rows": rows,
         "notes": [
@@ -243,18 +233,11 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_const", dest="mode", const="quick", help="small (default)")
-    group.add_argument("--full", action="store_const", dest="mode", const="full", help="the full comparison")
-    parser.add_argument("--workers", type=int, default=2, help="training processes (default 2)")
+    parser = mode_parser(__doc__.split("\n")[0], "training processes")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS})")
     args = parser.parse_args(argv)
     result = run_benchmark(args.mode or "quick", args.workers)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
-    stored[result["mode"]] = result  # one entry per mode: a quick run does not erase the full one
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
+    store_result(args.out, result["mode"], result)
     print(markdown(result))
     print(f"\nwritten {args.out}")
     return 0

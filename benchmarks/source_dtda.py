@@ -28,19 +28,20 @@ shared: the 1-minute load average is recorded next to the timings.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.console import load_1m, progress_line
+from benchmarks.console import load_1m, mode_parser, progress_line, store_result
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
@@ -106,9 +107,48 @@ def scenarios(mode: dict, n_train: int) -> dict:
     }
 
 
+def mnist5k_cut(n_train: int, n_query: int):
+    """mnist5k's first `n_train` training images (at most all) and first `n_query` test images (the
+    queries), with the cut recorded in the spec (so in every artifact key)."""
+    from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
+
+    full = load_dataset(DatasetSpec(name="mnist5k"))
+    n = min(n_train, len(full.train))
+    return DatasetSplits(
+        train=full.train.subset(np.arange(n)),
+        val=full.val,
+        test=full.test.subset(np.arange(n_query)),
+        spec={**full.spec, "options": {**full.spec["options"], "bench_cut": [n, n_query]}},
+    )
+
+
+@dataclass(frozen=True)
+class DtdaStep:
+    """Runs a d-TDA evaluation step (`validate_dtda`, `dtda_pruning`) of one run with a base attributor
+    measured on the query loss, and times it."""
+
+    run: Any
+    splits: Any
+    workspace: Any
+    executor: Any
+
+    def __call__(self, step: Callable, base: str, label: str | None = None, **kwargs) -> tuple[Any, float]:
+        """`(step(...), wall seconds rounded to 0.1)`; `label` names a progress line on stderr (None: none)."""
+        t0 = time.perf_counter()
+        value = step(
+            self.run,
+            self.splits,
+            {"base": base, "measurement": "loss"},
+            workspace=self.workspace,
+            executor=self.executor,
+            progress=progress_line(label) if label else None,
+            **kwargs,
+        )
+        return value, round(time.perf_counter() - t0, 1)
+
+
 def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> dict:
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
     from tda_explorer.evaluation.dtda import dtda_pruning, validate_dtda
     from tda_explorer.models import MLPConfig
@@ -120,14 +160,8 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
     started = time.perf_counter()
     ws = Workspace(workspace)
     executor = LocalExecutor(workers)
-    full = load_dataset(DatasetSpec(name="mnist5k"))
-    n = min(mode["n_train"], len(full.train))
-    splits = DatasetSplits(
-        train=full.train.subset(np.arange(n)),
-        val=full.val,
-        test=full.test.subset(np.arange(mode["n_query"])),
-        spec={**full.spec, "options": {**full.spec["options"], "bench_cut": [n, mode["n_query"]]}},
-    )
+    splits = mnist5k_cut(mode["n_train"], mode["n_query"])
+    n = len(splits.train)
     model_cfg = MLPConfig(hidden=HIDDEN)
     # one shard = one worker pool (spawning one costs ~10-20 s on a busy box); shards do not change the key
     lds_cfg = LDSConfig(n_subsets=mode["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=0, shard_size=50)
@@ -170,55 +204,26 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
             "methods": rows,
         }
         if name == "converged":
-            t0 = time.perf_counter()
-            val = validate_dtda(
-                run,
-                splits,
-                {"base": "influence", "measurement": "loss"},
-                n_pairs=mode["dtda_pairs"],
-                workspace=ws,
-                executor=executor,
-                progress=progress_line("d-TDA retraining"),
-            )
+            step = DtdaStep(run, splits, ws, executor)
+            val, seconds = step(validate_dtda, "influence", "d-TDA retraining", n_pairs=mode["dtda_pairs"])
             out["dtda_validation"] = {
                 **val.summary(),
-                "seconds": round(time.perf_counter() - t0, 1),
+                "seconds": seconds,
                 "pairs": val.table(),
                 "run": run.key,
             }
             print(f"  d-TDA validation: {val.summary()}", file=sys.stderr)
             if mode["dtda_source"]:  # the same pairs (and cached retrainings), predicted with Source per seed
-                t0 = time.perf_counter()
-                alt = validate_dtda(
-                    run,
-                    splits,
-                    {"base": "source", "measurement": "loss"},
-                    pairs=val.pairs,
-                    workspace=ws,
-                    executor=executor,
-                    progress=progress_line("d-TDA source"),
-                )
-                out["dtda_validation_source"] = {
-                    **alt.summary(),
-                    "seconds": round(time.perf_counter() - t0, 1),
-                    "pairs": alt.table(),
-                }
+                alt, seconds = step(validate_dtda, "source", "d-TDA source", pairs=val.pairs)
+                out["dtda_validation_source"] = {**alt.summary(), "seconds": seconds, "pairs": alt.table()}
                 print(f"  d-TDA (source) on the same pairs: {alt.summary()}", file=sys.stderr)
-            t0 = time.perf_counter()
-            pruning = dtda_pruning(
-                run,
-                splits,
-                {"base": "influence", "measurement": "loss"},
-                fractions=mode["pruning_fractions"],
-                workspace=ws,
-                executor=executor,
-                progress=progress_line("d-TDA pruning"),
-            )
+            fractions = mode["pruning_fractions"]
+            pruning, seconds = step(dtda_pruning, "influence", "d-TDA pruning", fractions=fractions)
             out["dtda_pruning"] = {
                 "rows": pruning.table(),
                 "seed_used": pruning.seed_used,
                 "seeds": list(run.seeds),
-                "seconds": round(time.perf_counter() - t0, 1),
+                "seconds": seconds,
             }
             print(f"  d-TDA pruning: {pruning.table()}", file=sys.stderr)
     out["meta"] = {
@@ -281,11 +286,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_const", dest="mode", const="quick")
-    group.add_argument("--full", action="store_const", dest="mode", const="full")
-    parser.add_argument("--workers", type=int, default=2, help="retraining worker processes (default 2)")
+    parser = mode_parser(__doc__.split("\n")[0], "retraining worker processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--workspace", type=Path, default=WORKSPACE, help="artifact cache (default %(default)s)"
@@ -293,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mode = args.mode or "quick"
     result = run_benchmark(mode, args.workers, args.workspace)
-    stored = json.loads(args.out.read_text()) if args.out.exists() else {}
-    stored[mode] = result
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(stored, indent=2) + "\n")
+    store_result(args.out, mode, result)
     print(markdown(result))
     return 0
 

@@ -90,6 +90,24 @@ class Method:
         return _hash(self.to_dict())
 
 
+#: dattri's counterpart of each of our influence solvers.
+PEER_INFLUENCE = {"ekfac": "if_ekfac", "cg": "if_cg", "lissa": "if_lissa", "exact": "if_explicit"}
+
+
+def influence_row(solver: str, settings: dict | None = None, **fields: Any) -> Method:
+    """The row `influence/<solver>` (settings `{"solver": solver, **settings}`) against dattri's same solver,
+    which is handed the damping our attributor used (`PEER_DAMPING_OURS`); `fields` are further `Method` fields.
+    """
+    return Method(
+        f"influence/{solver}",
+        "influence",
+        {"solver": solver, **(settings or {})},
+        peer=PEER_INFLUENCE[solver],
+        peer_kwargs={"damping": PEER_DAMPING_OURS},
+        **fields,
+    )
+
+
 @dataclass(frozen=True)
 class Suite:
     """A benchmark: data, model, training, ground truth, label noise and methods (see module docstring).
@@ -248,7 +266,6 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
     tuned = TUNED[kind]
     budget = 20 * 60.0
     damping = {} if tuned["damping"] is None else {"damping": tuned["damping"]}
-    peer_if = {"damping": PEER_DAMPING_OURS}
     if kind == "logreg":
         cg, lissa = {"max_iter": 100, "tol": 1e-4}, {"max_iter": 100, "tol": 1e-4}
         cg_probe = {"kind": "queries", "values": [16, 32]}
@@ -262,7 +279,7 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         Method("grad_dot", "grad_dot", {"params": "all"}, peer="grad_dot"),
         Method("grad_cos", "grad_cos", {"params": "all"}, peer="grad_cos"),
         Method("tracin", "tracin", {}, peer="tracin", peer_checkpoints="trajectory"),
-        Method("influence/ekfac", "influence", {"solver": "ekfac"}, peer="if_ekfac", peer_kwargs=peer_if),
+        influence_row("ekfac"),
         Method(  # influence averaged over the run's seeds, like TRAK's models (no dattri counterpart)
             f"influence/ekfac ({trak_models} seeds)",
             "influence",
@@ -270,22 +287,16 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
             models=trak_models,
         ),
         Method("influence/kfac", "influence", {"solver": "kfac"}),
-        Method(
-            "influence/cg",
-            "influence",
-            {"solver": "cg", **damping, **cg},
-            peer="if_cg",
-            peer_kwargs=peer_if,
+        influence_row(
+            "cg",
+            {**damping, **cg},
             peer_budget_s=budget,
             peer_probe=cg_probe,
             mislabel=iterative_mislabel,
         ),
-        Method(
-            "influence/lissa",
-            "influence",
-            {"solver": "lissa", **damping, **lissa},
-            peer="if_lissa",
-            peer_kwargs=peer_if,
+        influence_row(
+            "lissa",
+            {**damping, **lissa},
             peer_budget_s=budget,
             peer_probe={"kind": "kwarg", "name": "recursion_depth", "values": [10, 30], "full": 5000},
             mislabel=iterative_mislabel,
@@ -302,13 +313,7 @@ def _methods(kind: str, *, exact: bool, proj_dim: int, trak_models: int) -> tupl
         )
     if exact:
         rows += [
-            Method(
-                "influence/exact",
-                "influence",
-                {"solver": "exact", **damping},
-                peer="if_explicit",
-                peer_kwargs=peer_if,
-            ),
+            influence_row("exact", damping),
             Method("influence/exact (defaults)", "influence", {"solver": "exact"}),
         ]
     # rows without their own proj_type keep the dense Rademacher projection they were measured with
@@ -376,20 +381,8 @@ def _quick() -> Suite:
         isolate=False,
         methods=(
             Method("grad_dot", "grad_dot", {"params": "all"}, peer="grad_dot"),
-            Method(
-                "influence/ekfac",
-                "influence",
-                {"solver": "ekfac"},
-                peer="if_ekfac",
-                peer_kwargs={"damping": PEER_DAMPING_OURS},
-            ),
-            Method(
-                "influence/exact",
-                "influence",
-                {"solver": "exact"},
-                peer="if_explicit",
-                peer_kwargs={"damping": PEER_DAMPING_OURS},
-            ),
+            influence_row("ekfac"),
+            influence_row("exact"),
             Method(
                 "trak-5",
                 "trak",

@@ -29,16 +29,13 @@ and prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.console import log, progress_line
+from benchmarks.console import log, machine_info, mode_parser, progress_line, store_result
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
@@ -213,14 +210,7 @@ def run_benchmark(mode: str, workers: int) -> dict:
         },
         "rows": rows,
         "mislabel": mislabel,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "workers": workers,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "loadavg_end": os.getloadavg(),
-        },
+        "machine": machine_info(workers),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "notes": [
             "fine-tune seconds: wall time recorded when each seed was trained (single-threaded trainer); "
@@ -328,11 +318,7 @@ def label_lines(result: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_const", const="quick", dest="mode")
-    group.add_argument("--full", action="store_const", const="full", dest="mode")
-    parser.add_argument("--workers", type=int, default=2, help="processes for seeds and LDS retraining")
+    parser = mode_parser(__doc__.split("\n")[0], "processes for seeds and LDS retraining")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process (attributors)")
     args = parser.parse_args(argv)
     import torch
@@ -340,12 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     mode = args.mode or "quick"
     result = run_benchmark(mode, args.workers)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    if stored.get(mode, {}).get("labels"):  # the label-agreement block (benchmarks.text_labels) stays
-        result["labels"] = stored[mode]["labels"]
-    stored[mode] = result
-    RESULTS.write_text(json.dumps(stored, indent=2, default=str) + "\n")
+    store_result(RESULTS, mode, result, keep=("labels",))  # benchmarks.text_labels' block stays
     print(markdown(result))
     return 0
 

@@ -97,9 +97,8 @@ def dtda_validation(n_pairs: int = 6, workers: int = 1, n_query: int = 25) -> di
     shifts over the pairs. Not yet run to completion: `compute_dtda` also computes every seed's
     self-influence, which for the unrolled base costs N / n_query times its scoring (> 10 min here).
     """
-    from benchmarks.source_dtda import HIDDEN, MODES, scenarios
+    from benchmarks.source_dtda import HIDDEN, MODES, DtdaStep, mnist5k_cut, scenarios
     from tda_explorer.attributors.dtda import compute_dtda, measurement_values
-    from tda_explorer.data import DatasetSpec, DatasetSplits, load_dataset
     from tda_explorer.evaluation.dtda import validate_dtda
     from tda_explorer.models import MLPConfig
     from tda_explorer.store import Workspace
@@ -109,14 +108,8 @@ def dtda_validation(n_pairs: int = 6, workers: int = 1, n_query: int = 25) -> di
     torch.set_num_threads(1)
     mode = MODES["quick"]
     ws, executor = Workspace(WORKSPACE), LocalExecutor(workers)
-    full = load_dataset(DatasetSpec(name="mnist5k"))
-    n = mode["n_train"]
-    splits = DatasetSplits(
-        train=full.train.subset(np.arange(n)),
-        val=full.val,
-        test=full.test.subset(np.arange(n_query)),
-        spec={**full.spec, "options": {**full.spec["options"], "bench_cut": [n, n_query]}},
-    )
+    splits = mnist5k_cut(mode["n_train"], n_query)
+    n = len(splits.train)
     model_cfg, train_cfg = MLPConfig(hidden=HIDDEN), scenarios(mode, n)["converged"]
     run = train_run(
         splits, model_cfg, train_cfg, range(mode["dtda_seeds"]), ws, executor, progress_line("train")
@@ -127,18 +120,10 @@ def dtda_validation(n_pairs: int = 6, workers: int = 1, n_query: int = 25) -> di
         compute_dtda(
             run, splits, {"base": base, "measurement": "loss"}, workspace=ws, progress=progress_line(base)
         )
-    val = validate_dtda(
-        run, splits, {"base": "unrolled", "measurement": "loss"}, n_pairs, workspace=ws, executor=executor
-    )
-    out["unrolled"] = {**val.summary(), "seconds": round(time.perf_counter() - t0, 1)}
-    infl = validate_dtda(
-        run,
-        splits,
-        {"base": "influence", "measurement": "loss"},
-        pairs=val.pairs,
-        workspace=ws,
-        executor=executor,
-    )
+    step = DtdaStep(run, splits, ws, executor)
+    val, _ = step(validate_dtda, "unrolled", n_pairs=n_pairs)
+    out["unrolled"] = {**val.summary(), "seconds": round(time.perf_counter() - t0, 1)}  # with compute_dtda
+    infl, _ = step(validate_dtda, "influence", pairs=val.pairs)
     out["influence_same_pairs"] = infl.summary()
     fixed = np.zeros_like(val.retrained)  # [P, S] query loss after fixed-seed retraining without the example
     queries = splits.test

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -11,34 +12,23 @@ import pytest
 
 from benchmarks.report import write_report
 from benchmarks.run import _extrapolate, main, run_suite
-from benchmarks.suites import GROUPS, PEER_DAMPING_OURS, SUITES, Method, Suite
-from tda_explorer.data import DatasetSpec
-from tda_explorer.models import LogRegConfig
+from benchmarks.suites import GROUPS, SUITES, Method, Suite, influence_row
 from tda_explorer.training import TrainConfig
 
 
 def tiny_suite() -> Suite:
     """digits, first 240 train / 30 queries, logreg trained 4 epochs, M=6 half subsets, two methods."""
-    return Suite(
+    return dataclasses.replace(
+        SUITES["quick-digits-logreg"],  # its dataset and model, cut down
         name="tiny",
         description="test suite",
-        dataset=DatasetSpec("digits").to_dict(),
-        model=LogRegConfig().to_dict(),
         train=TrainConfig(lr=0.1, weight_decay=1e-3, epochs=4, batch_size=32, checkpoints=2).to_dict(),
         lds={"n_subsets": 6, "alpha": 0.5, "seeds": [0], "subset_seed": 0},
         n_train=240,
         n_query=30,
-        methods=(
-            Method("grad_dot", "grad_dot", {"params": "all"}, peer="grad_dot"),
-            Method(
-                "influence/exact",
-                "influence",
-                {"solver": "exact"},
-                peer="if_explicit",
-                peer_kwargs={"damping": PEER_DAMPING_OURS},
-            ),
-        ),
+        methods=(Method("grad_dot", "grad_dot", {"params": "all"}, peer="grad_dot"), influence_row("exact")),
         targets={"influence/exact": 0.0},
+        isolate=True,
     )
 
 
