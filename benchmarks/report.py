@@ -226,35 +226,28 @@ def suite_section(doc: dict) -> str:
 
 EXTRA_SECTIONS = ("SCALE.md", "DESIGN_MEASUREMENTS.md")
 
-#: Per-method benchmarks (`{mode: result}` JSON files), rendered by their own module's `markdown(result)`.
+#: Per-method benchmarks: `benchmarks.<name>` writes `{mode: result}` to `<results>/<name>.json` and renders
+#: it with its own `markdown(result)`; one section each, under the title given here.
 METHOD_SECTIONS = (
-    ("ensembles.json", "benchmarks.ensembles", "Efficient ensembles (Deng et al.): dropout and LoRA members"),
-    ("source_dtda.json", "benchmarks.source_dtda", "Source (unrolled differentiation) and d-TDA validation"),
-    ("unrolled.json", "benchmarks.unrolled", "Unrolled (exact replay): fixed- vs fresh-seed LDS and cost"),
-    ("unrolled_smooth.json", "benchmarks.unrolled_smooth", "Unrolled: LDS vs removed fraction and recipe"),
-    ("airrep.json", "benchmarks.airrep", "AirRep: learned representations with attention pooling"),
-    ("text.json", "benchmarks.text", "Text: SST-2 on MiniLM + LoRA"),
-    (
-        "app_latency.json",
-        "benchmarks.app_latency",
-        "App: the first hour's default steps and the server time of a click",
-    ),
-    ("byo.json", "benchmarks.byo", "Your own model: imported, attributed, evaluated with its own recipe"),
-    ("mislabel.json", "benchmarks.mislabel", "Mislabel detection vs cleanlab and the own-loss baseline"),
-    ("pruning.json", "benchmarks.pruning", "Pruning curves: attribution rules vs loss, cleanlab and random"),
-    (
-        "robustness.json",
-        "benchmarks.robustness",
-        "Robustness of the defaults: default vs best fixed value in hindsight",
-    ),
+    ("ensembles", "Efficient ensembles (Deng et al.): dropout and LoRA members"),
+    ("source_dtda", "Source (unrolled differentiation) and d-TDA validation"),
+    ("unrolled", "Unrolled (exact replay): fixed- vs fresh-seed LDS and cost"),
+    ("unrolled_smooth", "Unrolled: LDS vs removed fraction and recipe"),
+    ("airrep", "AirRep: learned representations with attention pooling"),
+    ("text", "Text: SST-2 on MiniLM + LoRA"),
+    ("app_latency", "App: the first hour's default steps and the server time of a click"),
+    ("byo", "Your own model: imported, attributed, evaluated with its own recipe"),
+    ("mislabel", "Mislabel detection vs cleanlab and the own-loss baseline"),
+    ("pruning", "Pruning curves: attribution rules vs loss, cleanlab and random"),
+    ("robustness", "Robustness of the defaults: default vs best fixed value in hindsight"),
 )
 
 
 def method_sections(results_dir: Path) -> str:
     """One section per per-method benchmark found in `results_dir` (full mode first, then quick)."""
     text = ""
-    for filename, module, title in METHOD_SECTIONS:
-        path = Path(results_dir) / filename
+    for name, title in METHOD_SECTIONS:
+        path, module = Path(results_dir) / f"{name}.json", f"benchmarks.{name}"
         if not path.is_file():
             continue
         doc = json.loads(path.read_text())
@@ -266,7 +259,7 @@ def method_sections(results_dir: Path) -> str:
             if not body:
                 continue
             text += f"\n## {title}{'' if mode is None else f' ({mode})'}\n\n{body}\n\n(`python -m {module}"
-            text += f"{'' if mode is None else f' --{mode}'}`, results in `benchmarks/results/{filename}`)\n"
+            text += f"{'' if mode is None else f' --{mode}'}`, results in `benchmarks/results/{name}.json`)\n"
     return text
 
 

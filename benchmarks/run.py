@@ -196,20 +196,28 @@ def _lds_dict(scores: np.ndarray, truth) -> dict:
     return {**res.to_dict(), "median": float(np.nanmedian(res.per_query))}
 
 
+def _task_inputs(task: dict) -> tuple[Suite, Method, Any, Any, Any]:
+    """`(suite, method, splits, run, LDS truth)` of a method step, rebuilt from its JSON task."""
+    from tda_explorer.evaluation import load_lds_truth
+    from tda_explorer.store import Workspace
+    from tda_explorer.training import load_run
+
+    ws = Workspace(task["workspace"])
+    run, truth = load_run(task["run_key"], ws), load_lds_truth(task["truth_key"], ws)
+    suite = Suite.from_dict(task["suite"])
+    return suite, Method(**task["method"]), suite.splits(), run, truth
+
+
 def step_ours(task: dict) -> dict:
     """Our attributor: timed fit + score, LDS, then the mislabel experiment (see module docstring)."""
     import torch
 
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.evaluation import load_lds_truth, mislabel_metrics, training_loss_scores
+    from tda_explorer.evaluation import mislabel_metrics, training_loss_scores
     from tda_explorer.store import Workspace
     from tda_explorer.training import load_run
 
-    suite, method = Suite.from_dict(task["suite"]), Method(**task["method"])
-    ws = Workspace(task["workspace"])
-    splits = suite.splits()
-    run = load_run(task["run_key"], ws)
-    truth = load_lds_truth(task["truth_key"], ws)
+    suite, method, splits, run, truth = _task_inputs(task)
     attributor = make_attributor(method.name, **method.settings)
     release_memory()
     with measured() as cost:
@@ -241,7 +249,7 @@ def step_ours(task: dict) -> dict:
     del attributor, scores
     if method.mislabel and task.get("noisy_run_key"):
         noisy = suite.noisy_splits()
-        noisy_run = load_run(task["noisy_run_key"], ws)
+        noisy_run = load_run(task["noisy_run_key"], Workspace(task["workspace"]))
         attributor = make_attributor(method.name, **method.settings)
         release_memory()
         with measured() as mcost:
@@ -289,16 +297,9 @@ def step_dattri(task: dict) -> dict:
     import torch
 
     from benchmarks.peers.dattri_runner import run_dattri
-    from tda_explorer.evaluation import load_lds_truth
     from tda_explorer.models import build_model
-    from tda_explorer.store import Workspace
-    from tda_explorer.training import load_run
 
-    suite, method = Suite.from_dict(task["suite"]), Method(**task["method"])
-    ws = Workspace(task["workspace"])
-    splits = suite.splits()
-    run = load_run(task["run_key"], ws)
-    truth = load_lds_truth(task["truth_key"], ws)
+    suite, method, splits, run, truth = _task_inputs(task)
     ckpts, lrs = _peer_inputs(suite, method, run)
     kwargs = dict(method.peer_kwargs)
     if kwargs.get("damping") == PEER_DAMPING_OURS:

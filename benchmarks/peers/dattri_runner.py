@@ -304,69 +304,55 @@ def run_dattri(
 
     build: Callable[[], Any]
     cache_loader: DataLoader | None = None
-    if method in ("if_explicit", "if_cg", "if_lissa"):
-        # The IHVP is summed over the batches of the cache loader, so it must be ONE batch (the full-data
-        # Hessian of the mean loss); dattri's README caches a single-batch loader too.
-        cache_loader = _loader(train_x, train_y, n_train)
+    if method in ("if_explicit", "if_cg", "if_lissa", "if_ekfac"):
         train_loader = _loader(train_x, train_y, big_train)
-        # The transform is recomputed per test batch, so use few; but CG vmaps one chain of full-training-set
-        # HVPs per test row (memory ~ rows x n_train x activations): keep its test batch at `batch_size`.
-        # LiSSA's chains use one sampled example per step, so all test rows can share one batch.
-        test_bs = min(n_test, batch_size) if method == "if_cg" else big_test
-        test_loader = _loader(test_x, test_y, test_bs)
         task = AttributionTask(loss_func=loss_func, model=model, checkpoints=last)
-        if method == "if_explicit":
-            kwargs = {"regularization": lam, **extra}
-            cls = IFAttributorExplicit
-        elif method == "if_cg":
-            kwargs = {**CG_DEFAULTS, "regularization": lam, **extra}
-            cls = IFAttributorCG
+        if method == "if_ekfac":
+            cache_bs, test_bs, cls = batch_size, big_test, IFAttributorEKFAC
+            kwargs = {"damping": lam, **extra}
+            modules = kwargs.get("module_name") or [
+                n for n, m in model.named_modules() if isinstance(m, nn.Linear)
+            ]
+            settings.update(
+                module_name=list(modules) if isinstance(modules, list) else [modules],
+                fisher="empirical (true labels), mean over samples",
+            )
+            scale = "g_train^T (EKFAC(F_emp) + damping I)^{-1} g_test over nn.Linear params, not divided by n"
         else:
-            kwargs = {**LISSA_DEFAULTS, **extra}
-            kwargs.setdefault("damping", lam / kwargs["scaling"])
-            settings["lissa_effective_damping"] = kwargs["damping"] * kwargs["scaling"]
-            cls = IFAttributorLiSSA
+            # The IHVP is summed over the batches of the cache loader, so it must be ONE batch (the full-data
+            # Hessian of the mean loss); dattri's README caches a single-batch loader too.
+            cache_bs = n_train
+            # The transform is recomputed per test batch, so use few; but CG vmaps one chain of full-training-
+            # set HVPs per test row (memory ~ rows x n_train x activations): keep its test batch at
+            # `batch_size`. LiSSA's chains use one sampled example per step, so all test rows share one batch.
+            test_bs = min(n_test, batch_size) if method == "if_cg" else big_test
+            if method == "if_explicit":
+                kwargs = {"regularization": lam, **extra}
+                cls = IFAttributorExplicit
+            elif method == "if_cg":
+                kwargs = {**CG_DEFAULTS, "regularization": lam, **extra}
+                cls = IFAttributorCG
+            else:
+                kwargs = {**LISSA_DEFAULTS, **extra}
+                kwargs.setdefault("damping", lam / kwargs["scaling"])
+                settings["lissa_effective_damping"] = kwargs["damping"] * kwargs["scaling"]
+                cls = IFAttributorLiSSA
+            scale = "g_train^T (H_mean + damping I)^{-1} g_test, not divided by n_train"
+        cache_loader = _loader(train_x, train_y, cache_bs)
+        test_loader = _loader(test_x, test_y, test_bs)
         settings.update(
             dattri_class=cls.__name__,
             kwargs=kwargs,
             damping=lam,
             checkpoints_used=1,
-            cache_batch_size=n_train,
+            cache_batch_size=cache_bs,
             train_batch_size=big_train,
             test_batch_size=test_bs,
-            scale="g_train^T (H_mean + damping I)^{-1} g_test, not divided by n_train",
+            scale=scale,
         )
 
         def build() -> Any:
             attributor = cls(task=task, device="cpu", **kwargs)
-            attributor.cache(cache_loader)
-            with torch.no_grad():
-                return attributor.attribute(train_loader, test_loader)
-
-    elif method == "if_ekfac":
-        cache_loader = _loader(train_x, train_y, batch_size)
-        train_loader = _loader(train_x, train_y, big_train)
-        test_loader = _loader(test_x, test_y, big_test)
-        task = AttributionTask(loss_func=loss_func, model=model, checkpoints=last)
-        kwargs = {"damping": lam, **extra}
-        modules = kwargs.get("module_name") or [
-            n for n, m in model.named_modules() if isinstance(m, nn.Linear)
-        ]
-        settings.update(
-            dattri_class="IFAttributorEKFAC",
-            kwargs=kwargs,
-            damping=lam,
-            module_name=list(modules) if isinstance(modules, list) else [modules],
-            fisher="empirical (true labels), mean over samples",
-            checkpoints_used=1,
-            cache_batch_size=batch_size,
-            train_batch_size=big_train,
-            test_batch_size=big_test,
-            scale="g_train^T (EKFAC(F_emp) + damping I)^{-1} g_test over nn.Linear params, not divided by n",
-        )
-
-        def build() -> Any:
-            attributor = IFAttributorEKFAC(task=task, device="cpu", **kwargs)
             attributor.cache(cache_loader)
             with torch.no_grad():
                 return attributor.attribute(train_loader, test_loader)
