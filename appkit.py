@@ -369,6 +369,13 @@ def require_run(message: str | None = NO_RUN_MESSAGE) -> TrainedRun:
     return run
 
 
+def page(title: str) -> tuple[Workspace, TrainedRun]:
+    """Open a page that needs a run: the guard, the title, then `(workspace, current run)` (or stop the page)."""
+    page_guard()
+    st.title(title)
+    return workspace(), require_run()
+
+
 __all__ = [
     "app_executor",
     "app_run",
@@ -389,6 +396,7 @@ __all__ = [
     "ids_from_rows",
     "init_session",
     "measured_scores",
+    "page",
     "page_guard",
     "sidebar",
     "prediction_table",

@@ -79,3 +79,19 @@ def digits_gd_problem(
         if checkpoint_every and step % checkpoint_every == checkpoint_every - 1:
             checkpoints.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     return model, checkpoints, tr_x, tr_y, te_x, te_y
+
+
+def digits_head(n_train: int, n_val: int, n_test: int, tag: list[int]):
+    """The first `n_train` / `n_val` / `n_test` examples of the digits splits (seed 0), `tag` recorded as the
+    spec's "tiny" option (so in every artifact key)."""
+    import numpy as np
+
+    from tda_explorer.data import DatasetSplits, load_digits_splits
+
+    full = load_digits_splits(seed=0)
+    return DatasetSplits(
+        train=full.train.subset(np.arange(n_train)),
+        val=full.val.subset(np.arange(n_val)),
+        test=full.test.subset(np.arange(n_test)),
+        spec={**full.spec, "options": {**full.spec["options"], "tiny": tag}},
+    )

@@ -5,23 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tda_explorer.data import DatasetSplits, load_digits_splits
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import MLPConfig
 from tda_explorer.similarity import REPRESENTATIONS, most_similar, similarity_features
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainConfig, train_run
+from tests.fixtures import digits_head
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    full = load_digits_splits(seed=0)
-    splits = DatasetSplits(
-        train=full.train.subset(np.arange(300)),
-        val=full.val.subset(np.arange(20)),
-        test=full.test.subset(np.arange(30)),
-        spec={**full.spec, "options": {**full.spec["options"], "tiny": [300, 30]}},
-    )
+    splits = digits_head(300, 20, 30, tag=[300, 30])
     ws = Workspace(tmp_path_factory.mktemp("sim"))
     cfg = TrainConfig(lr=0.1, epochs=2, batch_size=32, checkpoints=1)
     run = train_run(splits, MLPConfig(hidden=(32,)), cfg, [0], ws, LocalExecutor(1))

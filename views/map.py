@@ -19,11 +19,8 @@ from tda_explorer.viz.figures import scatter_map
 
 PREVIEW_MAX = 24
 
-appkit.page_guard()
-st.title("Map")
-ws = appkit.workspace()
+ws, run = appkit.page("Map")
 root = str(ws.root)
-run = appkit.require_run()
 data = appkit.dataset_of(run)
 train, test = data.train, data.test
 

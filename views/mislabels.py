@@ -10,11 +10,8 @@ import appkit
 from tda_explorer.evaluation.mislabel import mislabel_metrics, roc_points
 from tda_explorer.viz.figures import roc_figure
 
-appkit.page_guard()
-st.title("Mislabels")
-ws = appkit.workspace()
+ws, run = appkit.page("Mislabels")
 root = str(ws.root)
-run = appkit.require_run()
 data = appkit.dataset_of(run)
 train = data.train
 scores = appkit.mislabel_scores(root, run)

@@ -103,21 +103,13 @@ def test_refine_moves_the_argmax_to_the_parabola_vertex_between_its_neighbours()
 
 def test_cached_scores_record_the_auto_choice(tmp_path, monkeypatch):
     """compute_scores hands TRAK the workspace and the validation split; the choice lands in the metadata."""
-    import numpy as np
-
     from tda_explorer.attributors.scores import compute_scores
-    from tda_explorer.data import DatasetSplits, load_digits_splits
     from tda_explorer.models import LogRegConfig
     from tda_explorer.training import LocalExecutor, TrainConfig, train_run
+    from tests.fixtures import digits_head
 
     monkeypatch.setenv("TDA_WORKERS", "1")
-    full = load_digits_splits(seed=0)
-    splits = DatasetSplits(
-        train=full.train.subset(np.arange(120)),
-        val=full.val.subset(np.arange(30)),
-        test=full.test.subset(np.arange(10)),
-        spec={**full.spec, "options": {**full.spec["options"], "tiny": [120, 30]}},
-    )
+    splits = digits_head(120, 30, 10, tag=[120, 30])
     ws = Workspace(tmp_path)
     cfg = TrainConfig(optimizer="sgd", lr=0.2, weight_decay=1e-3, epochs=2, batch_size=32, checkpoints=1)
     run = train_run(splits, LogRegConfig(), cfg, (0,), ws, LocalExecutor(1))
