@@ -72,6 +72,17 @@ class Attributor(ABC):
         """An unfitted attributor of the same class with these settings changed (and the same progress)."""
         return type(self)(self.settings.replace(**changes), progress=self.progress)
 
+    def _fit_seeds(self, run: TrainedRun, fit_seed: Callable[[int], Any], label: str) -> list:
+        """`[fit_seed(s) for s in run.select_seeds(self.settings.seeds)]`, reporting `<label>: seed s fitted`
+        to `self.progress` after each seed (for attributors that keep one fitted member per run seed)."""
+        seeds = run.select_seeds(self.settings.seeds)
+        members = []
+        for i, seed in enumerate(seeds):
+            members.append(fit_seed(seed))
+            if self.progress is not None:
+                self.progress(i + 1, len(seeds), f"{label}: seed {seed} fitted")
+        return members
+
     def _check_fitted(self) -> None:
         if not getattr(self, "fitted_", False):
             raise NotFittedError(f"{self.name}: call fit(run, train) before score/self_influence.")

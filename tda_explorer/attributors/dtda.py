@@ -260,13 +260,9 @@ class DTDA(Attributor):
     # ----------------------------------------------------------------------------------- protocol
     def fit(self, run: TrainedRun, train: ExampleSet) -> DTDA:
         """Fit one base attributor per chosen seed (on a single-seed view of the run); returns self."""
-        seeds = run.select_seeds(self.settings.seeds)
         self.n_train_, self.n_classes_, self.train_ids_ = len(train), run.n_classes, tuple(train.ids)
-        self.members_ = []
-        for i, seed in enumerate(seeds):
-            self.members_.append(self._fit_seed(run, train, seed))
-            if self.progress is not None:
-                self.progress(i + 1, len(seeds), f"dtda/{self.settings.base}: seed {seed} fitted")
+        label = f"dtda/{self.settings.base}"
+        self.members_ = self._fit_seeds(run, lambda seed: self._fit_seed(run, train, seed), label)
         self.fitted_ = True
         return self
 

@@ -298,13 +298,8 @@ class Source(Attributor):
 
     def fit(self, run: TrainedRun, train: ExampleSet) -> Source:
         """Per seed: segments, averaged EK-FAC per segment, responses `r [N, p]`; returns self."""
-        seeds = run.select_seeds(self.settings.seeds)
         self.n_train_ = len(train)
-        self.members_ = []
-        for i, seed in enumerate(seeds):
-            self.members_.append(self._member(run, seed, train))
-            if self.progress is not None:
-                self.progress(i + 1, len(seeds), f"source: seed {seed} fitted")
+        self.members_ = self._fit_seeds(run, lambda seed: self._member(run, seed, train), "source")
         self.fitted_ = True
         return self
 

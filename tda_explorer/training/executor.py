@@ -25,28 +25,12 @@ import multiprocessing as mp
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Protocol
 
 from tda_explorer.errors import ConfigError
 from tda_explorer.progress import check_cancelled
+from tda_explorer.training.executor_base import Executor
 from tda_explorer.training.trainer import Progress
-
-
-class Executor(Protocol):
-    """Runs `fn(job)` for every job; returns the results in the order of `jobs`."""
-
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        jobs: Sequence[Any],
-        progress: Progress | None = None,
-        on_result: Callable[[int, Any], None] | None = None,
-    ) -> list[Any]:
-        """Run the jobs; `on_result(i, result)` is called in this process as each one finishes."""
-        ...
-
 
 POOL_MIN_JOB_SECONDS = 5.0
 _IN_PROCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("in_process", default=False)
@@ -94,7 +78,7 @@ def _init_worker(parent: int | None = None) -> None:
                 os._exit(1)
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     """In-process, local process-pool, or automatic (the default) executor.
 
     Args:
@@ -115,32 +99,23 @@ class LocalExecutor:
             raise ConfigError(f"workers must be >= 1, got {workers}.")
         self.workers = workers
 
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        jobs: Sequence[Any],
-        progress: Progress | None = None,
-        on_result: Callable[[int, Any], None] | None = None,
-    ) -> list[Any]:
-        jobs = list(jobs)
-        results: list[Any] = [None] * len(jobs)
+    def _run(self, fn, jobs, record, progress) -> None:
         n = len(jobs)
         serial = self.workers == 1 or n <= 1
         first = 0
         if self.auto and not serial:  # time the first job in-process, then decide
             start = time.perf_counter()
-            self._run_here(fn, jobs, 0, results, progress, on_result)
+            self._run_here(fn, jobs, 0, record, progress)
             first = 1
             serial = time.perf_counter() - start < POOL_MIN_JOB_SECONDS or n - 1 <= 1
         if serial:
             for i in range(first, n):
-                self._run_here(fn, jobs, i, results, progress, on_result)
-            return results
-        self._run_pool(fn, jobs, first, results, progress, on_result)
-        return results
+                self._run_here(fn, jobs, i, record, progress)
+        else:
+            self._run_pool(fn, jobs, first, record)
 
     @staticmethod
-    def _run_here(fn, jobs, i, results, progress, on_result) -> None:
+    def _run_here(fn, jobs, i, record, progress) -> None:
         """Job i in this process; its own progress (if it reports any) moves the overall bar within the job."""
         n = len(jobs)
 
@@ -155,15 +130,12 @@ class LocalExecutor:
 
         token = _JOB_PROGRESS.set(within if progress is not None else None)
         try:
-            results[i] = fn(jobs[i])
+            value = fn(jobs[i])
         finally:
             _JOB_PROGRESS.reset(token)
-        if on_result is not None:
-            on_result(i, results[i])
-        if progress is not None:
-            progress(i + 1, n, f"job {i + 1}/{n} done")
+        record(i, value, i + 1)
 
-    def _run_pool(self, fn, jobs, first, results, progress, on_result) -> None:
+    def _run_pool(self, fn, jobs, first, record) -> None:
         n = len(jobs)
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(
@@ -177,13 +149,8 @@ class LocalExecutor:
             futures = {pool.submit(fn, job): first + j for j, job in enumerate(sent)}
             try:
                 for done, fut in enumerate(as_completed(futures), start=first + 1):
-                    i = futures[fut]
-                    results[i] = fut.result()
-                    if on_result is not None:
-                        on_result(i, results[i])
+                    record(futures[fut], fut.result(), done)
                     check_cancelled()
-                    if progress is not None:
-                        progress(done, n, f"job {i + 1}/{n} done")
             except BaseException:  # a failed job, Cancelled or Ctrl-C: don't start the queued jobs
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise

@@ -27,12 +27,12 @@ an exception raised by `fn` itself is not retried and is re-raised here (its ori
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tda_explorer.errors import ConfigError
-from tda_explorer.training.trainer import Progress
+from tda_explorer.training.executor_base import Executor
 
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def _run_job(fn: Callable[[Any], Any], job: Any) -> Any:
     return fn(job)
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Runs Executor jobs as Ray tasks (see module docstring).
 
     Args:
@@ -156,28 +156,9 @@ class RayExecutor:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         return max(2, int(2 * cpus / self.cpus_per_job))
 
-    def map(
-        self,
-        fn: Callable[[Any], Any],
-        jobs: Sequence[Any],
-        progress: Progress | None = None,
-        on_result: Callable[[int, Any], None] | None = None,
-    ) -> list[Any]:
-        """Run `fn(job)` for every job on Ray; results in the order of `jobs`.
-
-        Args:
-            fn: a picklable function (module level in an importable module).
-            jobs: picklable job descriptions.
-            progress: `progress(done, total, msg)`, called here as jobs finish.
-            on_result: `on_result(i, result)`, called here as job i finishes (e.g. to save it).
-
-        Returns:
-            `[fn(jobs[0]), fn(jobs[1]), ...]`.
-        """
-        jobs = list(jobs)
-        results: list[Any] = [None] * len(jobs)
-        if not jobs:
-            return results
+    def _run(self, fn, jobs, record, progress) -> None:
+        """Run `fn(job)` for every job on Ray (`fn` and the jobs picklable, `fn` at module level in an
+        importable module); at most `max_in_flight` tasks are submitted at a time."""
         ray = self.ray()
         task = ray.remote(_run_job).options(num_cpus=self.cpus_per_job, max_retries=self.max_retries)
         fn_ref = ray.put(fn)
@@ -191,16 +172,11 @@ class RayExecutor:
                     submitted += 1
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 i = pending.pop(ready[0])
-                results[i] = _get(ray, ready[0])
                 done += 1
-                if on_result is not None:
-                    on_result(i, results[i])
-                if progress is not None:
-                    progress(done, len(jobs), f"job {i + 1}/{len(jobs)} done")
+                record(i, _get(ray, ready[0]), done)
         finally:
             for ref in pending:
                 ray.cancel(ref)
-        return results
 
 
 def _get(ray, ref) -> Any:
