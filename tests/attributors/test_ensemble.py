@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tda_explorer.attributors import ensemble_lora as el
 from tda_explorer.attributors import ensemble_members as em
 from tda_explorer.attributors import make_attributor
 from tda_explorer.attributors.ensemble_members import FixedDropout, dropout_masks, member_mask_seed
@@ -201,7 +202,7 @@ def test_lora_gradients_cover_exactly_lora_and_head(lora_ensemble, dropout_run):
 def test_lora_members_cached_and_self_influence(lora_ensemble, dropout_run, monkeypatch):
     ens, ws, settings = lora_ensemble
     run, train, queries = dropout_run
-    assert len(ws.list(em.LORA_KIND)) == 2
+    assert len(ws.list(el.LORA_KIND)) == 2
     cost = ens.cost_report()
     assert cost["trained_models"] == 1 and cost["adapters"] == 2 and cost["members"] == 2
     base_bytes = em.state_bytes(run.checkpoints[1][-1].state)
@@ -215,7 +216,7 @@ def test_lora_members_cached_and_self_influence(lora_ensemble, dropout_run, monk
     def no_training(*args, **kwargs):
         raise AssertionError("a cached LoRA member was retrained")
 
-    monkeypatch.setattr(em, "finetune_lora", no_training)
+    monkeypatch.setattr(el, "finetune_lora", no_training)
     again = make_attributor("ensemble", workspace=ws, **settings).fit(run, train)
     _close(again.score(queries), ens.score(queries))
 
@@ -295,11 +296,11 @@ def test_lora_member_written_before_workspace_cached_is_found(dropout_run, tmp_p
     from tda_explorer.store import save_tensors
 
     run, train, _ = dropout_run
-    lora = em.LoraSettings(rank=2, epochs=1, base_seed=1)
-    targets = em.lora_targets(run.model(1))
-    trained = em.finetune_lora(run, train, lora, targets, 7)
+    lora = el.LoraSettings(rank=2, epochs=1, base_seed=1)
+    targets = el.lora_targets(run.model(1))
+    trained = el.finetune_lora(run, train, lora, targets, 7)
     ws = Workspace(tmp_path)
-    cfg = em.lora_config(run, train, lora, targets, 7)
+    cfg = el.lora_config(run, train, lora, targets, 7)
     extra = {"checkpoint": trained.checkpoint, "seconds": 1.5, "epoch_losses": trained.epoch_losses}
     with ws.write("lora_members", cfg, extra=extra) as d:
         save_tensors(d, "adapter", trained.state)
@@ -307,9 +308,9 @@ def test_lora_member_written_before_workspace_cached_is_found(dropout_run, tmp_p
     def no_training(*args, **kwargs):
         raise AssertionError("a stored LoRA member was retrained")
 
-    monkeypatch.setattr(em, "finetune_lora", no_training)
-    (got,) = em.lora_members(run, train, lora, [7], ws)
+    monkeypatch.setattr(el, "finetune_lora", no_training)
+    (got,) = el.lora_members(run, train, lora, [7], ws)
     assert (got.seed, got.seconds, got.checkpoint) == (7, 1.5, trained.checkpoint)
     assert got.state.keys() == trained.state.keys()
     assert all(torch.equal(got.state[k], trained.state[k]) for k in trained.state)
-    assert [m["key"] for m in ws.list(em.LORA_KIND)] == [ws.key("lora_members", cfg)]
+    assert [m["key"] for m in ws.list(el.LORA_KIND)] == [ws.key("lora_members", cfg)]
