@@ -81,7 +81,9 @@ def test_sharded_featurization_matches_local(digits, ray_executor, tmp_path) -> 
     on_ray = featurize(cfg, state, digits.train, fc, Workspace(tmp_path / "a"), ray_executor)
     local = featurize(cfg, state, digits.train, fc, Workspace(tmp_path / "b"), LocalExecutor(1))
     assert on_ray.key == local.key and on_ray.array.shape == (len(digits.train), 24)
-    assert np.array_equal(np.asarray(on_ray.array), np.asarray(local.array))
+    # Ray workers run torch with one intra-op thread and this process with several, so the float32
+    # projection sums in another order: equal to rounding, not bit for bit.
+    np.testing.assert_allclose(np.asarray(on_ray.array), np.asarray(local.array), rtol=1e-5, atol=1e-6)
 
 
 def test_results_keep_job_order_and_errors_keep_their_type(digits, ray_executor) -> None:
