@@ -162,13 +162,19 @@ def protocol_rows(name: str, run, splits, queries, truth, cfg) -> list[dict]:
     return rows
 
 
-#: EK-FAC influence: relative damping factors of the hindsight sweep (the default is 0.1 per layer).
+#: EK-FAC influence: relative damping factors of the hindsight sweep (x each layer's mean eigenvalue, on top
+#: of the run's weight decay; the default is "auto", which may also drop the weight decay).
 DAMPING_SWEEP = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
-    """Influence (EK-FAC, first seed) with its default damping vs a sweep of fixed damping factors."""
+    """Influence (EK-FAC, first seed) with its default damping vs a sweep of fixed damping factors, on top of
+    the run's weight decay and (when it is > 0) without it: the shifts "auto" chooses among.
+
+    Sweep keys: the factor (`"0.1"`), or `"0.1 without wd"` for the shift without the run's weight decay.
+    """
     from tda_explorer.attributors import make_attributor
+    from tda_explorer.attributors.influence import weight_decay_choices
     from tda_explorer.evaluation import lds_score
 
     start = time.perf_counter()
@@ -177,9 +183,11 @@ def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
     seconds = time.perf_counter() - start
     chosen = att.solve_info_[0].get("tuning") or {"factor": 0.1, "rule": "fixed"}
     table = {}
-    for f in DAMPING_SWEEP:
-        att = make_attributor("influence", damping_factor=f).fit(run, splits.train)
-        table[f] = lds_score(att.score(queries), truth).mean
+    for wd in weight_decay_choices(float(run.weight_decay)):
+        for f in DAMPING_SWEEP:
+            att = make_attributor("influence", damping_factor=f, weight_decay=wd).fit(run, splits.train)
+            key = f"{f:g}" if wd == run.weight_decay else f"{f:g} without wd"
+            table[key] = lds_score(att.score(queries), truth).mean
     best = max(table, key=table.get)
     row = {
         "protocol": name,
@@ -189,15 +197,15 @@ def influence_rows(name: str, run, splits, queries, truth) -> list[dict]:
         "default": default,
         "default_seconds": round(seconds, 1),
         "chosen": chosen,
-        "lambda0": table[min(table)],
+        "lambda0": table[f"{min(DAMPING_SWEEP):g}"],
         "previous_default": default,
         "best": table[best],
         "best_factor": best,
-        "sweep": {str(c): v for c, v in table.items()},
+        "sweep": table,
     }
     row["met"] = bool(default >= row["best"] - TARGET)
     log(
-        f"{name} influence/ekfac: default {default:.3f} | best {table[best]:.3f} @ {best:g} | smallest {row['lambda0']:.3f}"
+        f"{name} influence/ekfac: default {default:.3f} | best {table[best]:.3f} @ {best} | smallest {row['lambda0']:.3f}"
     )
     return [row]
 
@@ -334,15 +342,17 @@ def markdown(result: dict) -> str:
             "",
             'Influence (EK-FAC, first seed), default damping_factor="auto" (held-out validation mini-LDS) vs '
             "fixed factors "
-            f"{', '.join(f'{c:g}' for c in DAMPING_SWEEP)} in hindsight:",
+            f"{', '.join(f'{c:g}' for c in DAMPING_SWEEP)} (x each layer's mean eigenvalue, on top of the run's "
+            "weight decay and, when it is > 0, without it) in hindsight:",
             "",
             "| protocol | default LDS (factor) | smallest damping | best (factor) | default - best | met |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in inf:
             lines.append(
-                f"| {r['protocol']} | {r['default']:.3f} ({r['chosen']['factor']:.3g}) | {r['lambda0']:.3f} | {r['best']:.3f} "
-                f"({r['best_factor']:g}) | {r['default'] - r['best']:+.3f} | {'met' if r['met'] else 'MISSED'} |"
+                f"| {r['protocol']} | {r['default']:.3f} ({r['chosen']['factor']:.3g}{_wd_note(r['chosen'])}) | "
+                f"{r['lambda0']:.3f} | {r['best']:.3f} "
+                f"({_fmt(r['best_factor'])}) | {r['default'] - r['best']:+.3f} | {'met' if r['met'] else 'MISSED'} |"
             )
     kron = [r for r in result["rows"] if r["method"] == "kronfluence"]
     if kron:
@@ -351,6 +361,16 @@ def markdown(result: dict) -> str:
     accs = ", ".join(f"{k} {v['test_acc']:.3f}" for k, v in result["runs"].items())
     lines += ["", f"Met on {met} / {len(result['rows'])} rows. Test accuracy: {accs}."]
     return "\n".join(lines)
+
+
+def _fmt(factor) -> str:
+    """A sweep key as printed: numbers with `:g`, labels ("0.1 without wd") as they are."""
+    return f"{factor:g}" if isinstance(factor, (int, float)) else str(factor)
+
+
+def _wd_note(chosen: dict) -> str:
+    """ ", without wd" when "auto" dropped the run's weight decay from the shift, else ""."""
+    return ", without wd" if chosen.get("declared_weight_decay") and chosen.get("weight_decay") == 0 else ""
 
 
 def kronfluence_markdown(rows: list[dict]) -> list[str]:

@@ -16,6 +16,8 @@ Solvers: "ekfac" (default; EK-FAC eigenvalue-corrected K-FAC, layer-block-diagon
 convergence is recorded in `solve_info_`). Default damping: `damping_factor x mean eigenvalue`
 (per layer for K-FAC/EK-FAC, of the whole H for the others; Hutchinson estimate for cg/lissa), with the
 factor depending on the solver (`DEFAULT_DAMPING_FACTOR`).
+`damping_factor="auto"` (EK-FAC / K-FAC) chooses the shift on a held-out validation mini-LDS, with
+and without the run's `wd` (`weight_decay_choices`); the choice is kept in `solve_info_[i]["tuning"]`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ from tda_explorer.training.runs import TrainedRun
 #: eigenvalue): the best fixed factor on our digits protocols ranged 0.001-3 (robustness.py).
 AUTO_DAMPING_FACTORS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 SELF_CHUNK = 1024
+
+
+def weight_decay_choices(declared: float) -> tuple[float, ...]:
+    """The L2 shifts "auto" tries under its damping candidates: the run's weight decay and, when it is > 0,
+    none.
+
+    Why not always the declared one: wd is the exact curvature of the L2 term, but EK-FAC's eigenvalues are
+    the diagonal of the curvature in an approximate eigenbasis, and by Schur-Horn the k smallest diagonal
+    entries sum to at least the k smallest eigenvalues: the approximation is already damped in the small
+    directions where wd matters. On digits logistic regression trained to convergence by L-BFGS with
+    wd = 1e-3 (`benchmarks/robustness.py`) EK-FAC's best total shift was about 0.1 x the mean eigenvalue
+    (4e-4 < wd), out of reach with wd as a floor, while the exact Hessian did best with wd added.
+    """
+    return (declared, 0.0) if declared > 0 else (declared,)
+
+
 #: Bytes of dense inverse-HVP query vectors held at once (score / score_groups): 256 MiB is 285 queries
 #: on the MNIST MLP (p = 235k, float32) and every query at once on small models, where iterative solvers
 #: need the whole batch (a CG iteration costs about the same for 128 right-hand sides as for 500).
@@ -111,27 +129,47 @@ class Influence(Attributor):
         return DEFAULT_DAMPING_FACTOR[self.settings.solver] if factor in (None, "auto") else factor
 
     def _tune(self, op: KroneckerInverse, model: torch.nn.Module, grads) -> dict:
-        """damping_factor="auto" for EK-FAC / K-FAC: the factor whose predictions best rank the held-out
-        mini-LDS of `trak_tuning.heldout_signal` (validation split, the run's recipe, never the evaluation),
-        refined between grid points; each candidate only re-shifts the fitted eigenvalues."""
+        """damping_factor="auto" for EK-FAC / K-FAC: the shift whose predictions best rank the held-out
+        mini-LDS of `trak_tuning.heldout_signal` (validation split, the run's recipe, never the evaluation).
+
+        Candidates: `factor x` each layer's mean eigenvalue for every factor of `AUTO_DAMPING_FACTORS`, on top
+        of the run's weight decay and, when it is > 0, also without it (`weight_decay_choices`); the best grid
+        point's family wins (ties keep the weight decay), its factor refined between grid points. The
+        validation gradients and the subsets' summed train gradients are rotated into the eigenbasis once
+        (`KroneckerInverse.bilinear_family`): a candidate costs one division and one product per layer.
+        """
         if not isinstance(self.heldout_, tuple):
             return {"factor": op.curvature.damping_factor, "rule": "fallback", "reason": self.heldout_}
         val, masks, losses = self.heldout_
         inputs = prepare_inputs(model, val.inputs)
         g_val = gradient_features(model, inputs, val.labels, self.settings.params, dtype=self._dtype())
         sums = _Member(model, grads, op).group_sum(torch.from_numpy(masks))  # [M, p]
-
-        def predict(c: float) -> torch.Tensor:
-            op.set_damping_factor(c)
-            return (op.solve(g_val) @ sums.to(g_val).T).double().cpu()
-
-        best, table = trak_tuning.score_table(predict, losses, AUTO_DAMPING_FACTORS)
+        predict_at = op.bilinear_family(g_val, sums.to(g_val))  # (factor, wd) -> [n_val, M]
+        declared = float(op.curvature.weight_decay)
+        found = {}
+        for wd in weight_decay_choices(declared):
+            found[wd] = trak_tuning.score_table(
+                lambda c, wd=wd: predict_at(c, wd).double().cpu(), losses, AUTO_DAMPING_FACTORS
+            )
+        peak = {
+            wd: max((v for v in t.values() if v == v), default=float("-inf")) for wd, (_, t) in found.items()
+        }
+        wd = max(found, key=lambda w: (peak[w], w == declared))
+        best, table = found[wd]
+        op.set_weight_decay(wd)
         op.set_damping_factor(best if best == best else self._damping_factor())  # NaN: keep the default
-        return {
+        out = {
             "factor": op.curvature.damping_factor,
             "rule": "validation-lds",
+            "weight_decay": wd,
             "table": {str(k): v for k, v in table.items()},
         }
+        if len(found) > 1:
+            out["declared_weight_decay"] = declared
+            out["table_other_weight_decay"] = {
+                str(k): v for w, (_, t) in found.items() if w != wd for k, v in t.items()
+            }
+        return out
 
     def _member(self, model: torch.nn.Module, train: ExampleSet, wd: float, progress=None) -> _Member:
         """The member's train gradients and its inverse operator (built by `backend.inverse.make_inverse`)."""

@@ -32,6 +32,7 @@ import torch
 from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.damping import absolute_damping, check_damping
 from tda_explorer.backend.hessian import LossHessian, SolveResult, cg_solve, lissa_solve
+from tda_explorer.backend.layers import flat_to_layer
 from tda_explorer.errors import ConfigError
 
 #: CG's default stopping rule: relative residual `||A x - g|| / ||g|| < CG_TOL` per right-hand side, at most
@@ -188,6 +189,41 @@ class KroneckerInverse:
         """Re-shift the fitted eigenvalues to `factor x` each layer's mean eigenvalue (no refit)."""
         self.curvature.damping_factor = factor
         self.curvature._set_damping()
+
+    def set_weight_decay(self, weight_decay: float) -> None:
+        """The L2 shift `wd` added to the eigenvalues besides the damping (no refit)."""
+        check_damping(None, None, weight_decay)
+        self.curvature.weight_decay = float(weight_decay)
+
+    def bilinear_family(
+        self, left: torch.Tensor, right: torch.Tensor
+    ) -> Callable[[float, float], torch.Tensor]:
+        """`(factor, wd) -> left (C + (wd + factor x mean eig) I)^{-1} right^T` `[b, m]`, for many shifts.
+
+        `left [b, p]` and `right [m, p]` are rotated into each layer's eigenbasis once (`Q_S^T G Q_A`);
+        a shift only changes the diagonal there, so each call costs one elementwise division and one
+        `[b, d_out d_in] x [d_out d_in, m]` product per layer (the mean eigenvalue is each layer's, as in
+        `set_damping_factor`; an absolute `damping` of the curvature is ignored: this is for relative ones).
+        """
+        curv = self.curvature
+        curv._check(left)
+        curv._check(right)
+        parts = []
+        for info in curv.layers:
+            f = curv.factors_[info.name]
+            rot_l = f.q_s.T.to(left) @ flat_to_layer(left, info) @ f.q_a.to(left)
+            rot_r = f.q_s.T.to(right) @ flat_to_layer(right, info) @ f.q_a.to(right)
+            parts.append(
+                (rot_l.flatten(1), rot_r.flatten(1), f.eigenvalues.flatten(), float(f.eigenvalues.mean()))
+            )
+
+        def at(factor: float, weight_decay: float) -> torch.Tensor:
+            total = 0
+            for rot_l, rot_r, eig, mean in parts:
+                total = total + (rot_l / (eig + weight_decay + factor * mean).to(rot_l)) @ rot_r.T
+            return total
+
+        return at
 
 
 class EKFACInverse(KroneckerInverse):

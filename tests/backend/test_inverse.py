@@ -116,6 +116,24 @@ def test_kronecker_inverses_equal_the_dense_inverse_of_their_block_curvature(pro
     check_operator(op, torch.linalg.solve(dense + torch.diag(shift), g.T).T, g, other)
 
 
+@pytest.mark.parametrize("solver", ["ekfac", "kfac"])
+def test_bilinear_family_equals_reshifted_solves(problem, solver):
+    """One rotation, many shifts: `bilinear_family(c, wd)` = `solve` after `set_damping_factor(c)` /
+    `set_weight_decay(wd)`, at every candidate (what damping_factor="auto" reads)."""
+    op = make_inverse(solver, problem, damping=None, damping_factor=0.1, weight_decay=WD)
+    p = ParamSubset.resolve(problem.model, "all").numel
+    left, right = rows(p, n=5), rows(p, n=3, seed=2)
+    at = op.bilinear_family(left, right)
+    for factor, wd in ((0.001, WD), (0.3, 0.0), (3.0, WD)):
+        op.set_damping_factor(factor)
+        op.set_weight_decay(wd)
+        assert at(factor, wd).shape == (5, 3)
+        torch.testing.assert_close(at(factor, wd), op.solve(left) @ right.T, rtol=1e-8, atol=1e-10)
+    assert not torch.allclose(at(0.3, 0.0), at(0.3, WD))  # the weight decay is part of the shift
+    with pytest.raises(ConfigError, match="weight_decay must be >= 0"):
+        op.set_weight_decay(-1.0)
+
+
 def test_kernel_inverse_regularised_and_singular():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(10, 30, generator=gen, dtype=torch.float64)
