@@ -29,8 +29,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +63,7 @@ MODES = {
 OWN_LOSS, CLEANLAB = "own loss (baseline)", f"cleanlab (self-confidence, {FOLDS}-fold out-of-fold)"
 OLD_COMBO = "previous mislabel_score: ranks(own loss, cleanlab, trak SI)"
 NEW_COMBO = "mislabel_score (DEFAULT_RULE)"
+OOF_PROBS = "__oof_probs__"  # the r x K-fold probabilities [N, C], cached beside the signals (not a row)
 
 
 def log(msg: str) -> None:
@@ -70,10 +74,53 @@ def _as_np(x) -> np.ndarray:
     return np.asarray(torch.as_tensor(x).double().cpu())
 
 
-def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting: the clean data, the model and its recipe, and the self-influence rows.
+
+    Attributes:
+        name: the cache / table name, e.g. "mnist5k-logreg".
+        load: returns the clean `DatasetSplits` (10% of its training labels are then flipped per flip seed).
+        model_config, train_config: the run trained on the noisy labels (and retrained for out-of-fold).
+        attributions: `(row name, attributor, settings)`; `{n}` in a row name is the number of seeds.
+    """
+
+    name: str
+    load: Callable[[], Any]
+    model_config: Any
+    train_config: Any
+    attributions: tuple[tuple[str, str, dict], ...]
+
+
+def image_setting(setting: str) -> Setting:
+    """The image / digits settings "<dataset>-<logreg|mlp>" with the package's default recipe."""
+    from tda_explorer.data import DatasetSpec, load_dataset
+    from tda_explorer.models import LogRegConfig, MLPConfig
+    from tda_explorer.training import default_train_config
+
+    dataset, arch = setting.split("-")
+    rows = [("grad_dot self-influence", "grad_dot", {}), ("tracin self-influence", "tracin", {})]
+    if arch == "logreg":
+        rows += [
+            ("trak-{n} self-influence", "trak", {}),
+            # on the MLP, EK-FAC self-influence over 5 seeds took > 25 min per flip seed
+            ("influence/ekfac self-influence ({n} seeds)", "influence", {"seeds": "all"}),
+        ]
+    else:  # "auto" retrains the MLP 16 times to choose lambda: over this benchmark's budget
+        rows.append(("trak-{n} self-influence (regularization=None)", "trak", {"damping": None}))
+    return Setting(
+        setting,
+        lambda: load_dataset(DatasetSpec(dataset)),
+        LogRegConfig() if arch == "logreg" else MLPConfig(),
+        default_train_config(arch),
+        tuple(rows),
+    )
+
+
+def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dict:
     """Every raw signal `[N]` of one (setting, flip seed), cached as npz + json in `CACHE`."""
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.data import DatasetSpec, inject_label_noise, load_dataset
+    from tda_explorer.data import inject_label_noise
     from tda_explorer.evaluation.label_quality import (
         cleanlab_scores,
         loss_dynamics,
@@ -81,21 +128,19 @@ def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
         out_of_fold_probs,
     )
     from tda_explorer.evaluation.mislabel import training_loss_scores
-    from tda_explorer.models import LogRegConfig, MLPConfig
     from tda_explorer.store import Workspace
-    from tda_explorer.training import LocalExecutor, default_train_config, train_run
+    from tda_explorer.training import LocalExecutor, train_run
 
-    name = f"{setting}-flip{flip_seed}-s{n_seeds}"
+    setting = image_setting(setting) if isinstance(setting, str) else setting
+    name = f"{setting.name}-flip{flip_seed}-s{n_seeds}"
     npz, meta_path = CACHE / f"{name}.npz", CACHE / f"{name}.json"
     if npz.exists() and meta_path.exists():
         with np.load(npz) as z:
             signals = {k: z[k] for k in z.files}
         return {**json.loads(meta_path.read_text()), "signals": signals}
-    dataset, arch = setting.split("-")
-    noisy = inject_label_noise(load_dataset(DatasetSpec(dataset)), 0.1, flip_seed)
-    model_cfg = LogRegConfig() if arch == "logreg" else MLPConfig()
+    noisy = inject_label_noise(setting.load(), 0.1, flip_seed)
     ws = Workspace(WORKSPACE)
-    run = train_run(noisy, model_cfg, default_train_config(arch), range(n_seeds), ws, LocalExecutor(1))
+    run = train_run(noisy, setting.model_config, setting.train_config, range(n_seeds), ws, LocalExecutor(1))
     train = noisy.train
     signals, seconds = {}, {}
 
@@ -116,26 +161,16 @@ def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
     mean_oof = np.mean(oof, axis=0)
     signals[f"cleanlab ({REPEATS}x{FOLDS}-fold)"] = cleanlab_scores(mean_oof, train.labels)
     signals[f"out-of-fold margin ({REPEATS}x{FOLDS}-fold)"] = oof_margin_score(mean_oof, train.labels)
+    signals[OOF_PROBS] = mean_oof
     seconds[CLEANLAB] = seconds["oof repeat 0"]
-    timed("grad_dot self-influence", lambda: make_attributor("grad_dot").fit(run, train).self_influence())
-    timed("tracin self-influence", lambda: make_attributor("tracin").fit(run, train).self_influence())
-    if arch == "logreg":
+    for row, method, settings in setting.attributions:
         timed(
-            f"trak-{n_seeds} self-influence", lambda: make_attributor("trak").fit(run, train).self_influence()
-        )
-    else:  # "auto" retrains the MLP 16 times to choose lambda: over this benchmark's budget
-        timed(
-            f"trak-{n_seeds} self-influence (regularization=None)",
-            lambda: make_attributor("trak", damping=None).fit(run, train).self_influence(),
-        )
-    if arch == "logreg":  # on the MLP, EK-FAC self-influence over 5 seeds took > 25 min per flip seed
-        timed(
-            f"influence/ekfac self-influence ({n_seeds} seeds)",
-            lambda: make_attributor("influence", seeds="all").fit(run, train).self_influence(),
+            row.format(n=n_seeds),
+            lambda m=method, kw=settings: make_attributor(m, **kw).fit(run, train).self_influence(),
         )
     flips = np.isin(np.asarray(train.ids), np.asarray(noisy.flipped_ids))
     meta = {
-        "setting": setting,
+        "setting": setting.name,
         "flip_seed": flip_seed,
         "run": run.key,
         "test_acc": run.mean_metric("test_acc"),
@@ -151,10 +186,11 @@ def scored(signals: dict, n_seeds: int) -> dict[str, np.ndarray]:
     """Raw signals plus the combinations, each `[N]` (higher = more suspicious); flips excluded."""
     from tda_explorer.evaluation.label_quality import DEFAULT_RULE, mislabel_score
 
-    raw = {k: v for k, v in signals.items() if k != "__flips__"}
+    raw = {k: v for k, v in signals.items() if k not in ("__flips__", OOF_PROBS)}
     out = dict(raw)
-    trak = next(v for k, v in raw.items() if k.startswith("trak-"))
-    out[OLD_COMBO] = mislabel_score([raw[OWN_LOSS], raw[CLEANLAB], trak])
+    trak = next((v for k, v in raw.items() if k.startswith("trak-")), None)
+    if trak is not None:  # a setting without a TRAK row has no "previous" combination
+        out[OLD_COMBO] = mislabel_score([raw[OWN_LOSS], raw[CLEANLAB], trak])
     out[NEW_COMBO] = mislabel_score([raw[_signal_name(s, n_seeds)] for s in DEFAULT_RULE])
     return out
 
@@ -189,9 +225,10 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
-def setting_result(setting: str, flip_seeds, dev_seeds, n_seeds: int) -> dict:
+def setting_result(setting: str | Setting, flip_seeds, dev_seeds, n_seeds: int) -> dict:
     from tda_explorer.evaluation.mislabel import mislabel_metrics
 
+    setting = image_setting(setting) if isinstance(setting, str) else setting
     per_seed, accs, seconds = {}, [], {}
     for group, seeds in (("eval", flip_seeds), ("dev", dev_seeds)):
         for fs in seeds:
@@ -220,7 +257,7 @@ def setting_result(setting: str, flip_seeds, dev_seeds, n_seeds: int) -> dict:
         row["seconds"] = float(np.mean(seconds[name])) if name in seconds else None
         rows.append(row)
     return {
-        "setting": setting,
+        "setting": setting.name,
         "flip_seeds": list(flip_seeds),
         "dev_seeds": list(dev_seeds),
         "test_acc": float(np.mean(accs)),
