@@ -14,11 +14,14 @@ inspecting the top 10% / 20%):
   `regularization=None` because the default "auto" spends 16 held-out retrainings of the MLP on choosing
   lambda, over this benchmark's budget) and influence (EK-FAC, all seeds; logistic regression only: on the
   MLP it took more than 25 minutes per flip seed on the shared machine);
-- `mislabel_score` (`label_quality.DEFAULT_RULE`, fixed before the evaluation flips were drawn, see that
-  module) and the earlier combination (ranks of own loss, cleanlab, TRAK self-influence).
+- kNN label disagreement: the share of each example's 10 nearest training examples (cosine on the final
+  models' representation) with another label (`label_quality.knn_disagreement`);
+- `mislabel_score` (`label_quality.DEFAULT_RULE`: out-of-fold margin, own loss, kNN disagreement, chosen
+  on the development flip seeds only, see that module), the rule before it (out-of-fold margin + loss
+  dynamics) and the earliest combination (ranks of own loss, cleanlab, TRAK self-influence).
 
-Results over the evaluation flip seeds are the mean with a t-interval (95%); the development flip seed
-(on which the rule was chosen) is reported separately. Per-seed signals are cached in
+Results over the evaluation flip seeds are the mean with a t-interval (95%); the development flip seeds
+(on which the rule was chosen) are reported separately. Per-seed signals are cached in
 `benchmarks/.workspace/mislabel_signals/` so the table can be re-rendered without recomputation.
 
 Writes `benchmarks/results/mislabel.json` (`{mode: result}`); `python -m benchmarks.mislabel --quick|--full`.
@@ -56,13 +59,17 @@ MODES = {
     "full": {
         "settings": ("mnist5k-logreg", "mnist5k-mlp"),
         "flip_seeds": {"mnist5k-logreg": (0, 1, 2), "mnist5k-mlp": (0, 1, 2)},
-        "dev_seeds": {"mnist5k-logreg": (100,)},  # the rule's development seed (see label_quality)
+        "dev_seeds": {"mnist5k-logreg": (100,), "mnist5k-mlp": (100,)},  # development seeds (label_quality)
         "seeds": 5,
     },
 }
 OWN_LOSS, CLEANLAB = "own loss (baseline)", f"cleanlab (self-confidence, {FOLDS}-fold out-of-fold)"
 OLD_COMBO = "previous mislabel_score: ranks(own loss, cleanlab, trak SI)"
+#: The rule before the kNN signal (chosen on mnist5k logistic regression alone; it missed on SST-2).
+RULE_BEFORE_KNN = ("oof_margin", "loss_dynamics")
+BEFORE_KNN = "mislabel_score before kNN: ranks(out-of-fold margin, loss dynamics)"
 NEW_COMBO = "mislabel_score (DEFAULT_RULE)"
+KNN = "kNN label disagreement (k = 10, final models)"
 OOF_PROBS = "__oof_probs__"  # the r x K-fold probabilities [N, C], cached beside the signals (not a row)
 
 
@@ -123,6 +130,7 @@ def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dic
     from tda_explorer.data import inject_label_noise
     from tda_explorer.evaluation.label_quality import (
         cleanlab_scores,
+        knn_disagreement,
         loss_dynamics,
         oof_margin_score,
         out_of_fold_probs,
@@ -134,15 +142,20 @@ def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dic
     setting = image_setting(setting) if isinstance(setting, str) else setting
     name = f"{setting.name}-flip{flip_seed}-s{n_seeds}"
     npz, meta_path = CACHE / f"{name}.npz", CACHE / f"{name}.json"
-    if npz.exists() and meta_path.exists():
+    cached = npz.exists() and meta_path.exists()
+    if cached:
         with np.load(npz) as z:
-            signals = {k: z[k] for k in z.files}
-        return {**json.loads(meta_path.read_text()), "signals": signals}
+            signals = {k: z[k] for k in z.files if k != "__flips__"}
+        meta = json.loads(meta_path.read_text())
+        if KNN in signals:
+            return _load(npz, meta)
     noisy = inject_label_noise(setting.load(), 0.1, flip_seed)
     ws = Workspace(WORKSPACE)
     run = train_run(noisy, setting.model_config, setting.train_config, range(n_seeds), ws, LocalExecutor(1))
     train = noisy.train
-    signals, seconds = {}, {}
+    if not cached:
+        signals, meta = {}, {"seconds": {}}
+    seconds = meta["seconds"]
 
     def timed(key, fn):
         t = time.perf_counter()
@@ -150,8 +163,12 @@ def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dic
         seconds[key] = round(time.perf_counter() - t, 1)
         log(f"{name} {key}: {seconds[key]}s")
 
+    if cached:  # a cache from before the kNN signal: only that is added (same run, same flips)
+        timed(KNN, lambda: knn_disagreement(run, train))
+        return _save(npz, meta_path, signals, meta, noisy)
     timed(OWN_LOSS, lambda: training_loss_scores(run, train))
     timed("loss dynamics (all checkpoints, all seeds)", lambda: loss_dynamics(run, train))
+    timed(KNN, lambda: knn_disagreement(run, train))
     oof = []
     for i in range(REPEATS):
         t = time.perf_counter()
@@ -168,7 +185,6 @@ def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dic
             row.format(n=n_seeds),
             lambda m=method, kw=settings: make_attributor(m, **kw).fit(run, train).self_influence(),
         )
-    flips = np.isin(np.asarray(train.ids), np.asarray(noisy.flipped_ids))
     meta = {
         "setting": setting.name,
         "flip_seed": flip_seed,
@@ -176,9 +192,24 @@ def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dic
         "test_acc": run.mean_metric("test_acc"),
         "seconds": seconds,
     }
+    return _save(npz, meta_path, signals, meta, noisy)
+
+
+def _load(npz: Path, meta: dict) -> dict:
+    with np.load(npz) as z:
+        return {**meta, "signals": {k: z[k] for k in z.files}}
+
+
+def _save(npz: Path, meta_path: Path, signals: dict, meta: dict, noisy) -> dict:
+    """Write the signals (with the flips as "__flips__") and the metadata, each atomically."""
+    flips = np.isin(np.asarray(noisy.train.ids), np.asarray(noisy.flipped_ids))
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(npz, **signals, **{"__flips__": flips})
-    meta_path.write_text(json.dumps(meta, indent=1))
+    tmp = npz.with_name(npz.stem + ".tmp.npz")
+    np.savez(tmp, **signals, **{"__flips__": flips})
+    tmp.replace(npz)
+    tmp_meta = meta_path.with_suffix(".tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp_meta.replace(meta_path)
     return {**meta, "signals": {**signals, "__flips__": flips}}
 
 
@@ -191,6 +222,7 @@ def scored(signals: dict, n_seeds: int) -> dict[str, np.ndarray]:
     trak = next((v for k, v in raw.items() if k.startswith("trak-")), None)
     if trak is not None:  # a setting without a TRAK row has no "previous" combination
         out[OLD_COMBO] = mislabel_score([raw[OWN_LOSS], raw[CLEANLAB], trak])
+    out[BEFORE_KNN] = mislabel_score([raw[_signal_name(s, n_seeds)] for s in RULE_BEFORE_KNN])
     out[NEW_COMBO] = mislabel_score([raw[_signal_name(s, n_seeds)] for s in DEFAULT_RULE])
     return out
 
@@ -202,6 +234,7 @@ def _signal_name(rule_signal: str, n_seeds: int) -> str:
         "oof_self_confidence": f"cleanlab ({REPEATS}x{FOLDS}-fold)",
         "loss_dynamics": "loss dynamics (all checkpoints, all seeds)",
         "own_loss": OWN_LOSS,
+        "knn_disagreement": KNN,
     }[rule_signal]
 
 
@@ -211,7 +244,11 @@ def _derived_seconds(sec: dict) -> dict:
     out = {f"cleanlab ({REPEATS}x{FOLDS}-fold)": oof, f"out-of-fold margin ({REPEATS}x{FOLDS}-fold)": oof}
     from tda_explorer.evaluation.label_quality import DEFAULT_RULE
 
-    extra = {"loss_dynamics": "loss dynamics (all checkpoints, all seeds)", "own_loss": OWN_LOSS}
+    extra = {
+        "loss_dynamics": "loss dynamics (all checkpoints, all seeds)",
+        "own_loss": OWN_LOSS,
+        "knn_disagreement": KNN,
+    }
     out[NEW_COMBO] = oof + sum(sec.get(extra[r], 0.0) for r in DEFAULT_RULE if r in extra)
     return out
 
@@ -304,7 +341,7 @@ def markdown(result: dict) -> str:
         f"recipe; every score on the same run and flips. Mean over flip seeds with a 95% t-interval; "
         f"recall = share of the flips found in the top 10% / 20% of the ranking. `mislabel_score` = mean "
         f"normalised rank of {', '.join(result['rule'])} ({result['repeats']} x {result['folds']}-fold "
-        "out-of-fold probabilities), chosen on the development flip seed only.",
+        "out-of-fold probabilities), chosen on the development flip seeds only.",
         f"Wall time {result['wall_seconds']:.0f} s (cached steps not re-run); 1-minute load at the end "
         f"{result['machine']['load_end'][0]:.1f} on {result['machine']['cpus']} CPUs (a shared machine). Times are "
         "wall seconds under that load; retrainings already cached in the benchmark's workspace (e.g. from an "

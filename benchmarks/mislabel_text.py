@@ -33,8 +33,9 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from benchmarks import mislabel
 from benchmarks.measure import mode_parser, short_machine
-from benchmarks.mislabel import FOLDS, REPEATS, ROOT, WORKSPACE, Setting, markdown, setting_result
+from benchmarks.mislabel import FOLDS, REPEATS, ROOT, WORKSPACE, Setting, setting_result
 
 RESULTS = ROOT / "benchmarks" / "results" / "mislabel_text.json"
 N_TRAIN = 4000
@@ -106,6 +107,11 @@ def run_benchmark(mode: str, settings: tuple[Setting, ...] | None = None) -> dic
     }
 
 
+def markdown(result: dict) -> str:
+    """`benchmarks.mislabel`'s tables with the text model named first."""
+    return f"Model: {result['model']}.\n\n{mislabel.markdown(result)}"
+
+
 def save(result: dict, path=RESULTS) -> None:
     """Store `result` under its mode in `path` (other modes kept), atomically."""
     stored = json.loads(path.read_text()) if path.exists() else {}
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     result = run_benchmark(args.mode or "quick")
     save(result)
-    print(f"Model: {result['model']}.\n\n{markdown(result)}")
+    print(markdown(result))
     return 0
 
 

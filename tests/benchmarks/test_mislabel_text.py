@@ -67,6 +67,6 @@ def test_text_protocol_scores_every_signal_and_caches_them(tmp_path, monkeypatch
         assert z[mislabel.OOF_PROBS].shape == (60, 2) and z["__flips__"].sum() == 6
     again = mislabel.setting_result(setting, (0,), (), 1)  # from the cache: the same numbers
     assert {r["score"]: r["per_seed"] for r in again["rows"]} == {k: r["per_seed"] for k, r in rows.items()}
-    assert "Target (mislabel_score AUC >= cleanlab's and >= own loss)" in mislabel.markdown(result)
+    assert "Target (mislabel_score AUC >= cleanlab's and >= own loss)" in mislabel_text.markdown(result)
     mislabel_text.save(result, tmp_path / "out.json")
     assert '"tiny"' in (tmp_path / "out.json").read_text()
