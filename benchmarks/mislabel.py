@@ -14,11 +14,14 @@ inspecting the top 10% / 20%):
   `regularization=None` because the default "auto" spends 16 held-out retrainings of the MLP on choosing
   lambda, over this benchmark's budget) and influence (EK-FAC, all seeds; logistic regression only: on the
   MLP it took more than 25 minutes per flip seed on the shared machine);
-- `mislabel_score` (`label_quality.DEFAULT_RULE`, fixed before the evaluation flips were drawn, see that
-  module) and the earlier combination (ranks of own loss, cleanlab, TRAK self-influence).
+- kNN label disagreement: the share of each example's 10 nearest training examples (cosine on the final
+  models' representation) with another label (`label_quality.knn_disagreement`);
+- `mislabel_score` (`label_quality.DEFAULT_RULE`: out-of-fold margin, own loss, kNN disagreement, chosen
+  on the development flip seeds only, see that module), the rule before it (out-of-fold margin + loss
+  dynamics) and the earliest combination (ranks of own loss, cleanlab, TRAK self-influence).
 
-Results over the evaluation flip seeds are the mean with a t-interval (95%); the development flip seed
-(on which the rule was chosen) is reported separately. Per-seed signals are cached in
+Results over the evaluation flip seeds are the mean with a t-interval (95%); the development flip seeds
+(on which the rule was chosen) are reported separately. Per-seed signals are cached in
 `benchmarks/.workspace/mislabel_signals/` so the table can be re-rendered without recomputation.
 
 Writes `benchmarks/results/mislabel.json` (`{mode: result}`); `python -m benchmarks.mislabel --quick|--full`.
@@ -29,8 +32,11 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,13 +59,18 @@ MODES = {
     "full": {
         "settings": ("mnist5k-logreg", "mnist5k-mlp"),
         "flip_seeds": {"mnist5k-logreg": (0, 1, 2), "mnist5k-mlp": (0, 1, 2)},
-        "dev_seeds": {"mnist5k-logreg": (100,)},  # the rule's development seed (see label_quality)
+        "dev_seeds": {"mnist5k-logreg": (100,), "mnist5k-mlp": (100,)},  # development seeds (label_quality)
         "seeds": 5,
     },
 }
 OWN_LOSS, CLEANLAB = "own loss (baseline)", f"cleanlab (self-confidence, {FOLDS}-fold out-of-fold)"
 OLD_COMBO = "previous mislabel_score: ranks(own loss, cleanlab, trak SI)"
+#: The rule before the kNN signal (chosen on mnist5k logistic regression alone; it missed on SST-2).
+RULE_BEFORE_KNN = ("oof_margin", "loss_dynamics")
+BEFORE_KNN = "mislabel_score before kNN: ranks(out-of-fold margin, loss dynamics)"
 NEW_COMBO = "mislabel_score (DEFAULT_RULE)"
+KNN = "kNN label disagreement (k = 10, final models)"
+OOF_PROBS = "__oof_probs__"  # the r x K-fold probabilities [N, C], cached beside the signals (not a row)
 
 
 def log(msg: str) -> None:
@@ -70,34 +81,81 @@ def _as_np(x) -> np.ndarray:
     return np.asarray(torch.as_tensor(x).double().cpu())
 
 
-def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
+@dataclass(frozen=True)
+class Setting:
+    """One benchmark setting: the clean data, the model and its recipe, and the self-influence rows.
+
+    Attributes:
+        name: the cache / table name, e.g. "mnist5k-logreg".
+        load: returns the clean `DatasetSplits` (10% of its training labels are then flipped per flip seed).
+        model_config, train_config: the run trained on the noisy labels (and retrained for out-of-fold).
+        attributions: `(row name, attributor, settings)`; `{n}` in a row name is the number of seeds.
+    """
+
+    name: str
+    load: Callable[[], Any]
+    model_config: Any
+    train_config: Any
+    attributions: tuple[tuple[str, str, dict], ...]
+
+
+def image_setting(setting: str) -> Setting:
+    """The image / digits settings "<dataset>-<logreg|mlp>" with the package's default recipe."""
+    from tda_explorer.data import DatasetSpec, load_dataset
+    from tda_explorer.models import LogRegConfig, MLPConfig
+    from tda_explorer.training import default_train_config
+
+    dataset, arch = setting.split("-")
+    rows = [("grad_dot self-influence", "grad_dot", {}), ("tracin self-influence", "tracin", {})]
+    if arch == "logreg":
+        rows += [
+            ("trak-{n} self-influence", "trak", {}),
+            # on the MLP, EK-FAC self-influence over 5 seeds took > 25 min per flip seed
+            ("influence/ekfac self-influence ({n} seeds)", "influence", {"seeds": "all"}),
+        ]
+    else:  # "auto" retrains the MLP 16 times to choose lambda: over this benchmark's budget
+        rows.append(("trak-{n} self-influence (regularization=None)", "trak", {"damping": None}))
+    return Setting(
+        setting,
+        lambda: load_dataset(DatasetSpec(dataset)),
+        LogRegConfig() if arch == "logreg" else MLPConfig(),
+        default_train_config(arch),
+        tuple(rows),
+    )
+
+
+def compute_signals(setting: str | Setting, flip_seed: int, n_seeds: int) -> dict:
     """Every raw signal `[N]` of one (setting, flip seed), cached as npz + json in `CACHE`."""
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.data import DatasetSpec, inject_label_noise, load_dataset
+    from tda_explorer.data import inject_label_noise
     from tda_explorer.evaluation.label_quality import (
         cleanlab_scores,
+        knn_disagreement,
         loss_dynamics,
         oof_margin_score,
         out_of_fold_probs,
     )
     from tda_explorer.evaluation.mislabel import training_loss_scores
-    from tda_explorer.models import LogRegConfig, MLPConfig
     from tda_explorer.store import Workspace
-    from tda_explorer.training import LocalExecutor, default_train_config, train_run
+    from tda_explorer.training import LocalExecutor, train_run
 
-    name = f"{setting}-flip{flip_seed}-s{n_seeds}"
+    setting = image_setting(setting) if isinstance(setting, str) else setting
+    name = f"{setting.name}-flip{flip_seed}-s{n_seeds}"
     npz, meta_path = CACHE / f"{name}.npz", CACHE / f"{name}.json"
-    if npz.exists() and meta_path.exists():
+    cached = npz.exists() and meta_path.exists()
+    if cached:
         with np.load(npz) as z:
-            signals = {k: z[k] for k in z.files}
-        return {**json.loads(meta_path.read_text()), "signals": signals}
-    dataset, arch = setting.split("-")
-    noisy = inject_label_noise(load_dataset(DatasetSpec(dataset)), 0.1, flip_seed)
-    model_cfg = LogRegConfig() if arch == "logreg" else MLPConfig()
+            signals = {k: z[k] for k in z.files if k != "__flips__"}
+        meta = json.loads(meta_path.read_text())
+        if KNN in signals:
+            return _load(npz, meta)
+    noisy = inject_label_noise(setting.load(), 0.1, flip_seed)
     ws = Workspace(WORKSPACE)
-    run = train_run(noisy, model_cfg, default_train_config(arch), range(n_seeds), ws, LocalExecutor(1))
+    run = train_run(noisy, setting.model_config, setting.train_config, range(n_seeds), ws, LocalExecutor(1))
     train = noisy.train
-    signals, seconds = {}, {}
+    if not cached:
+        signals, meta = {}, {"seconds": {}}
+    seconds = meta["seconds"]
 
     def timed(key, fn):
         t = time.perf_counter()
@@ -105,8 +163,12 @@ def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
         seconds[key] = round(time.perf_counter() - t, 1)
         log(f"{name} {key}: {seconds[key]}s")
 
+    if cached:  # a cache from before the kNN signal: only that is added (same run, same flips)
+        timed(KNN, lambda: knn_disagreement(run, train))
+        return _save(npz, meta_path, signals, meta, noisy)
     timed(OWN_LOSS, lambda: training_loss_scores(run, train))
     timed("loss dynamics (all checkpoints, all seeds)", lambda: loss_dynamics(run, train))
+    timed(KNN, lambda: knn_disagreement(run, train))
     oof = []
     for i in range(REPEATS):
         t = time.perf_counter()
@@ -116,34 +178,38 @@ def compute_signals(setting: str, flip_seed: int, n_seeds: int) -> dict:
     mean_oof = np.mean(oof, axis=0)
     signals[f"cleanlab ({REPEATS}x{FOLDS}-fold)"] = cleanlab_scores(mean_oof, train.labels)
     signals[f"out-of-fold margin ({REPEATS}x{FOLDS}-fold)"] = oof_margin_score(mean_oof, train.labels)
+    signals[OOF_PROBS] = mean_oof
     seconds[CLEANLAB] = seconds["oof repeat 0"]
-    timed("grad_dot self-influence", lambda: make_attributor("grad_dot").fit(run, train).self_influence())
-    timed("tracin self-influence", lambda: make_attributor("tracin").fit(run, train).self_influence())
-    if arch == "logreg":
+    for row, method, settings in setting.attributions:
         timed(
-            f"trak-{n_seeds} self-influence", lambda: make_attributor("trak").fit(run, train).self_influence()
+            row.format(n=n_seeds),
+            lambda m=method, kw=settings: make_attributor(m, **kw).fit(run, train).self_influence(),
         )
-    else:  # "auto" retrains the MLP 16 times to choose lambda: over this benchmark's budget
-        timed(
-            f"trak-{n_seeds} self-influence (regularization=None)",
-            lambda: make_attributor("trak", damping=None).fit(run, train).self_influence(),
-        )
-    if arch == "logreg":  # on the MLP, EK-FAC self-influence over 5 seeds took > 25 min per flip seed
-        timed(
-            f"influence/ekfac self-influence ({n_seeds} seeds)",
-            lambda: make_attributor("influence", seeds="all").fit(run, train).self_influence(),
-        )
-    flips = np.isin(np.asarray(train.ids), np.asarray(noisy.flipped_ids))
     meta = {
-        "setting": setting,
+        "setting": setting.name,
         "flip_seed": flip_seed,
         "run": run.key,
         "test_acc": run.mean_metric("test_acc"),
         "seconds": seconds,
     }
+    return _save(npz, meta_path, signals, meta, noisy)
+
+
+def _load(npz: Path, meta: dict) -> dict:
+    with np.load(npz) as z:
+        return {**meta, "signals": {k: z[k] for k in z.files}}
+
+
+def _save(npz: Path, meta_path: Path, signals: dict, meta: dict, noisy) -> dict:
+    """Write the signals (with the flips as "__flips__") and the metadata, each atomically."""
+    flips = np.isin(np.asarray(noisy.train.ids), np.asarray(noisy.flipped_ids))
     CACHE.mkdir(parents=True, exist_ok=True)
-    np.savez(npz, **signals, **{"__flips__": flips})
-    meta_path.write_text(json.dumps(meta, indent=1))
+    tmp = npz.with_name(npz.stem + ".tmp.npz")
+    np.savez(tmp, **signals, **{"__flips__": flips})
+    tmp.replace(npz)
+    tmp_meta = meta_path.with_suffix(".tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp_meta.replace(meta_path)
     return {**meta, "signals": {**signals, "__flips__": flips}}
 
 
@@ -151,10 +217,12 @@ def scored(signals: dict, n_seeds: int) -> dict[str, np.ndarray]:
     """Raw signals plus the combinations, each `[N]` (higher = more suspicious); flips excluded."""
     from tda_explorer.evaluation.label_quality import DEFAULT_RULE, mislabel_score
 
-    raw = {k: v for k, v in signals.items() if k != "__flips__"}
+    raw = {k: v for k, v in signals.items() if k not in ("__flips__", OOF_PROBS)}
     out = dict(raw)
-    trak = next(v for k, v in raw.items() if k.startswith("trak-"))
-    out[OLD_COMBO] = mislabel_score([raw[OWN_LOSS], raw[CLEANLAB], trak])
+    trak = next((v for k, v in raw.items() if k.startswith("trak-")), None)
+    if trak is not None:  # a setting without a TRAK row has no "previous" combination
+        out[OLD_COMBO] = mislabel_score([raw[OWN_LOSS], raw[CLEANLAB], trak])
+    out[BEFORE_KNN] = mislabel_score([raw[_signal_name(s, n_seeds)] for s in RULE_BEFORE_KNN])
     out[NEW_COMBO] = mislabel_score([raw[_signal_name(s, n_seeds)] for s in DEFAULT_RULE])
     return out
 
@@ -166,6 +234,7 @@ def _signal_name(rule_signal: str, n_seeds: int) -> str:
         "oof_self_confidence": f"cleanlab ({REPEATS}x{FOLDS}-fold)",
         "loss_dynamics": "loss dynamics (all checkpoints, all seeds)",
         "own_loss": OWN_LOSS,
+        "knn_disagreement": KNN,
     }[rule_signal]
 
 
@@ -175,7 +244,11 @@ def _derived_seconds(sec: dict) -> dict:
     out = {f"cleanlab ({REPEATS}x{FOLDS}-fold)": oof, f"out-of-fold margin ({REPEATS}x{FOLDS}-fold)": oof}
     from tda_explorer.evaluation.label_quality import DEFAULT_RULE
 
-    extra = {"loss_dynamics": "loss dynamics (all checkpoints, all seeds)", "own_loss": OWN_LOSS}
+    extra = {
+        "loss_dynamics": "loss dynamics (all checkpoints, all seeds)",
+        "own_loss": OWN_LOSS,
+        "knn_disagreement": KNN,
+    }
     out[NEW_COMBO] = oof + sum(sec.get(extra[r], 0.0) for r in DEFAULT_RULE if r in extra)
     return out
 
@@ -189,9 +262,10 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
-def setting_result(setting: str, flip_seeds, dev_seeds, n_seeds: int) -> dict:
+def setting_result(setting: str | Setting, flip_seeds, dev_seeds, n_seeds: int) -> dict:
     from tda_explorer.evaluation.mislabel import mislabel_metrics
 
+    setting = image_setting(setting) if isinstance(setting, str) else setting
     per_seed, accs, seconds = {}, [], {}
     for group, seeds in (("eval", flip_seeds), ("dev", dev_seeds)):
         for fs in seeds:
@@ -220,7 +294,7 @@ def setting_result(setting: str, flip_seeds, dev_seeds, n_seeds: int) -> dict:
         row["seconds"] = float(np.mean(seconds[name])) if name in seconds else None
         rows.append(row)
     return {
-        "setting": setting,
+        "setting": setting.name,
         "flip_seeds": list(flip_seeds),
         "dev_seeds": list(dev_seeds),
         "test_acc": float(np.mean(accs)),
@@ -267,7 +341,7 @@ def markdown(result: dict) -> str:
         f"recipe; every score on the same run and flips. Mean over flip seeds with a 95% t-interval; "
         f"recall = share of the flips found in the top 10% / 20% of the ranking. `mislabel_score` = mean "
         f"normalised rank of {', '.join(result['rule'])} ({result['repeats']} x {result['folds']}-fold "
-        "out-of-fold probabilities), chosen on the development flip seed only.",
+        "out-of-fold probabilities), chosen on the development flip seeds only.",
         f"Wall time {result['wall_seconds']:.0f} s (cached steps not re-run); 1-minute load at the end "
         f"{result['machine']['load_end'][0]:.1f} on {result['machine']['cpus']} CPUs (a shared machine). Times are "
         "wall seconds under that load; retrainings already cached in the benchmark's workspace (e.g. from an "

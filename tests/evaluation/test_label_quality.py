@@ -109,3 +109,26 @@ def test_combined_score_never_reads_the_flip_record(tiny, model_config, train_co
     assert scores[0][flipped].mean() > scores[0][~flipped].mean()  # and it finds flips
     with pytest.raises(ConfigError, match="out-of-fold"):
         combined_mislabel_score(run, splits.train, None, ("oof_margin",))
+
+
+def test_knn_disagreement_is_the_share_of_neighbours_with_another_label(
+    tiny, model_config, train_config, tmp_path
+):
+    import torch
+
+    from tda_explorer.backend.features import representations
+    from tda_explorer.evaluation.label_quality import knn_disagreement
+    from tda_explorer.models import prepare_inputs
+
+    run = train_run(tiny, model_config, train_config, (0,), workspace=_ws(tmp_path))
+    got = knn_disagreement(run, tiny.train, k=3, block=7)  # blocks that do not divide N
+    model = run.model(0)
+    f = representations(model, prepare_inputs(model, tiny.train.inputs)).float()
+    sim = f @ f.T
+    sim.fill_diagonal_(-torch.inf)
+    y = tiny.train.labels
+    want = (y[sim.topk(3, dim=1).indices] != y[:, None]).double().mean(1).numpy()
+    np.testing.assert_allclose(got, want)
+    assert got.shape == (len(tiny.train),) and ((got >= 0) & (got <= 1)).all()
+    with pytest.raises(ConfigError, match="neighbours"):
+        knn_disagreement(run, tiny.train, k=len(tiny.train))
