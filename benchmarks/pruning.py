@@ -8,8 +8,12 @@ every distinct kept set trained once per seed, one shared random-removal baselin
 the mean over the seeds with a 95% t-interval.
 
 Rules (usefulness from *validation*-set scores only; the test set is used for nothing but accuracy):
-- attribution (grad_dot, TRAK, influence/EK-FAC): `usefulness_from_scores(attributor.score(val))` under
-  `pruning_usefulness` rules "sum" (the earlier rule), "class_balanced" and "normalised";
+- attribution (grad_dot, TRAK, influence/EK-FAC): `rule_usefulness(attributor.score(val), rule, ...)`
+  under the rules "class_balanced" (the mean validation helpfulness, ranked within each class), "harm"
+  (only the negative part of the scores: the predicted damage to the validation examples an example
+  hurts) and "harm_loss" (harm's rank averaged with the own-loss rank: attribution combined with the loss
+  baseline), all class-balanced; the earlier "sum" and "normalised" rules lost on both settings in the
+  previous measurement (git history of RESULTS.md) and are no longer retrained;
 - d-TDA (EK-FAC base, the run's seeds): mean influence summed over validation ("mean"), and the
   per-seed usefulness `U_s = sum_q helps_s(q, z)` as `mean_s U_s - std_s U_s` ("mean-minus-std",
   a lower bound that prefers examples useful on every seed), both class-balanced;
@@ -47,6 +51,7 @@ ATTRIBUTORS = {
     "influence/ekfac": ("influence", {}),
 }
 BASELINES = ("own loss (EL2N-like)", "cleanlab label issues")
+RULES = ("class_balanced", "harm", "harm_loss")  # per attributor (evaluation.pruning.PRUNING_RULES)
 
 
 def log(msg: str) -> None:
@@ -57,42 +62,59 @@ def _np(x) -> np.ndarray:
     return np.asarray(torch.as_tensor(x).double().cpu())
 
 
-def usefulness_vectors(run, splits) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """`{rule name: usefulness [n_train]}` (higher = kept longer) and the seconds each source took."""
+def usefulness_vectors(
+    run, splits, attributors: dict = ATTRIBUTORS, dtda: bool = True, folds: int = 5
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """`{rule name: usefulness [n_train]}` (higher = kept longer) and the seconds each source took.
+
+    Reads `splits.train` and `splits.val` only (never `splits.test`). `dtda=False` / `folds=0` leave out
+    the d-TDA rules / the cleanlab baseline.
+    """
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.attributors.dtda import compute_dtda
     from tda_explorer.evaluation.label_quality import cleanlab_scores, out_of_fold_probs
     from tda_explorer.evaluation.mislabel import training_loss_scores
-    from tda_explorer.evaluation.pruning import pruning_usefulness, usefulness_from_scores
-    from tda_explorer.store import Workspace
+    from tda_explorer.evaluation.pruning import rule_usefulness
     from tda_explorer.training import LocalExecutor
 
-    train, labels = splits.train, splits.train.labels
+    train, val, labels = splits.train, splits.val, splits.train.labels
+    own_loss = _np(training_loss_scores(run, train))
     out, seconds = {}, {}
-    for label, (name, settings) in ATTRIBUTORS.items():
+    for label, (name, settings) in attributors.items():
         t = time.perf_counter()
         attributor = make_attributor(name, **settings).fit(run, train)
-        useful = usefulness_from_scores(attributor.score(splits.val))
-        si = _np(attributor.self_influence())
+        scores = _np(attributor.score(val))
         seconds[label] = round(time.perf_counter() - t, 1)
-        for rule in ("sum", "class_balanced", "normalised"):
-            out[f"{label} · {rule}"] = pruning_usefulness(useful, rule, labels, si)
+        for rule in RULES:
+            out[f"{label} · {rule}"] = rule_usefulness(scores, rule, labels, own_loss=own_loss)
         log(f"{label}: {seconds[label]}s")
+    if dtda:
+        out.update(_dtda_vectors(run, splits, seconds))
+    out[BASELINES[0]] = -own_loss
+    if folds:
+        t = time.perf_counter()
+        probs = out_of_fold_probs(run, train, folds, executor=LocalExecutor(1))
+        out[BASELINES[1]] = -cleanlab_scores(probs, labels)
+        seconds["cleanlab"] = round(time.perf_counter() - t, 1)
+    return out, seconds
+
+
+def _dtda_vectors(run, splits, seconds: dict) -> dict[str, np.ndarray]:
+    from tda_explorer.attributors.dtda import compute_dtda
+    from tda_explorer.evaluation.pruning import pruning_usefulness
+    from tda_explorer.store import Workspace
+
     t = time.perf_counter()
     result = compute_dtda(run, splits, None, "val", Workspace(WORKSPACE))
     per_seed = (result.helps_sign * result.deltas.astype(np.float64)).sum(axis=1)  # [S, n_train]
     seconds["dtda"] = round(time.perf_counter() - t, 1)
-    out["d-TDA · mean"] = pruning_usefulness(per_seed.mean(0), "class_balanced", labels)
-    out["d-TDA · mean-minus-std"] = pruning_usefulness(
-        per_seed.mean(0) - per_seed.std(0), "class_balanced", labels
-    )
     log(f"dtda: {seconds['dtda']}s")
-    out[BASELINES[0]] = -_np(training_loss_scores(run, train))
-    t = time.perf_counter()
-    probs = out_of_fold_probs(run, train, 5, executor=LocalExecutor(1))
-    out[BASELINES[1]] = -cleanlab_scores(probs, labels)
-    seconds["cleanlab"] = round(time.perf_counter() - t, 1)
-    return out, seconds
+    labels = splits.train.labels
+    return {
+        "d-TDA · mean": pruning_usefulness(per_seed.mean(0), "class_balanced", labels),
+        "d-TDA · mean-minus-std": pruning_usefulness(
+            per_seed.mean(0) - per_seed.std(0), "class_balanced", labels
+        ),
+    }
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -144,6 +166,7 @@ def _setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
     for name, c in curves.items():
         rows.append(_row(name, c.method_acc, c, flipped))
     attribution = {k: c for k, c in curves.items() if k not in BASELINES}
+    pure = {k: c for k, c in attribution.items() if not k.endswith("harm_loss")}
     return {
         "dataset": dataset,
         "noise": noise,
@@ -151,7 +174,8 @@ def _setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
         "fractions": list(FRACTIONS),
         "n_removed": list(any_curve.n_removed),
         "rows": rows,
-        "best_attribution_rule": best_pruning_rule(attribution),
+        "best_attribution_rule": best_pruning_rule(pure),
+        "best_combined_rule": best_pruning_rule(attribution),
         "best_rule": best_pruning_rule(curves),
         "seconds": {**seconds, "retraining": retrain_s},
     }
@@ -204,15 +228,9 @@ def run_benchmark(mode: str) -> dict:
     settings = [setting_result(d, noise, cfg["seeds"]) for d, noise in cfg["settings"]]
     for s, (d, noise) in zip(settings, cfg["settings"], strict=True):
         s["diagnosis_grad_dot"] = diagnose(d, noise, cfg["seeds"])
-    return {
-        "benchmark": "pruning",
-        "mode": mode,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": "logreg",
-        "settings": settings,
-        "machine": short_machine(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
+    head = {"benchmark": "pruning", "mode": mode, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    wall = round(time.perf_counter() - started, 1)
+    return head | {"model": "logreg", "settings": settings, "machine": short_machine(), "wall_seconds": wall}
 
 
 def _fmt(t) -> str:
