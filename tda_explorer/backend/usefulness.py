@@ -12,6 +12,11 @@ import numpy as np
 
 from tda_explorer.errors import ConfigError
 
+#: The pruning rules of `evaluation.pruning.rule_usefulness` (described there).
+PRUNING_RULES = ("sum", "class_balanced", "normalised", "harm", "harm_loss")
+#: The rule the app and the CLI start from: the best attribution rule of `benchmarks/pruning.py`.
+DEFAULT_PRUNING_RULE = "class_balanced"
+
 
 def usefulness(scores: np.ndarray) -> np.ndarray:
     """Per-training-example usefulness `[n_train]`: the mean score over the queries (positive = helps them).

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tda_explorer.backend.usefulness import harm
+from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, PRUNING_RULES, harm
 from tda_explorer.backend.usefulness import usefulness as mean_usefulness
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
@@ -75,9 +75,7 @@ def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
     return mean_usefulness(as_float64(scores, "scores", (None, None)))
 
 
-PRUNING_RULES = ("sum", "class_balanced", "normalised", "harm", "harm_loss")
 _SCORE_RULES = ("harm", "harm_loss")  # need the score matrix, not only its mean
-DEFAULT_PRUNING_RULE = "class_balanced"
 
 
 def class_balanced_usefulness(useful: np.ndarray, labels: np.ndarray | torch.Tensor) -> np.ndarray:
