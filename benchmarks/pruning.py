@@ -238,10 +238,12 @@ def _fmt(t) -> str:
     return f"{mean:.4f}" if np.isnan(lo) else f"{mean:.4f} ±{(hi - lo) / 2:.4f}"
 
 
-def targets(setting: dict) -> list[str]:
-    """The issue's targets checked on one setting (met / missed, per fraction)."""
+def targets(
+    setting: dict, which: str = "best_attribution_rule", label: str = "best attribution rule"
+) -> list[str]:
+    """The issue's targets checked on one setting (met / missed, per fraction) for the rule `setting[which]`."""
     rows = {r["rule"]: r for r in setting["rows"]}
-    best = rows[setting["best_attribution_rule"]]
+    best = rows[setting[which]]
     fr = setting["fractions"]
     mean = {k: [a[0] for a in r["acc"]] for k, r in rows.items()}
     b = mean[best["rule"]]
@@ -254,7 +256,7 @@ def targets(setting: dict) -> list[str]:
             others = {k: mean[k][i] for k in ("random", *BASELINES)}
             ok = b[i] > full and all(b[i] > v for v in others.values())
             out.append(
-                f"- {f:.0%} removed: best attribution rule ({best['rule']}) {b[i]:.4f} vs full noisy "
+                f"- {f:.0%} removed: {label} ({best['rule']}) {b[i]:.4f} vs full noisy "
                 f"{full:.4f}, "
                 + ", ".join(f"{k} {v:.4f}" for k, v in others.items())
                 + f": {'met' if ok else 'MISSED'}"
@@ -263,10 +265,37 @@ def targets(setting: dict) -> list[str]:
         wins = [f"{f:.0%}" for i, f in enumerate(fr) if f > 0 and b[i] > mean["random"][i]]
         losses = [f"{f:.0%}" for i, f in enumerate(fr) if f > 0 and b[i] <= mean["random"][i]]
         out.append(
-            f"- beats random at >= one fraction with the best attribution rule ({best['rule']}): "
+            f"- beats random at >= one fraction with the {label} ({best['rule']}): "
             f"{'met' if wins else 'MISSED'} (above random at {', '.join(wins) or 'none'}; "
             f"not above at {', '.join(losses) or 'none'})"
         )
+    return out
+
+
+def winners(setting: dict) -> list[str]:
+    """The rules above random, own loss and cleanlab at every removed fraction (and, with noise, above the
+    full noisy set)."""
+    rows = {r["rule"]: [a[0] for a in r["acc"]] for r in setting["rows"]}
+    others = [rows[k] for k in ("random", *BASELINES)]
+    keep = [i for i, f in enumerate(setting["fractions"]) if f > 0]
+    return [
+        name
+        for name, acc in rows.items()
+        if name not in ("random", *BASELINES)
+        and all(acc[i] > o[i] for i in keep for o in others)
+        and (not setting["noise"] or all(acc[i] > acc[0] for i in keep))
+    ]
+
+
+def rule_means(setting: dict) -> dict[str, float]:
+    """`{rule: mean test accuracy over the attributors and the removed fractions}` for each rule of `RULES`
+    (how `DEFAULT_PRUNING_RULE` is chosen: the app picks the attributor separately, so a rule must do
+    well whichever attributor feeds it)."""
+    keep = [i for i, f in enumerate(setting["fractions"]) if f > 0]
+    out = {}
+    for rule in RULES:
+        accs = [r["acc"][i][0] for r in setting["rows"] if r["rule"].endswith(f" · {rule}") for i in keep]
+        out[rule] = float(np.mean(accs))
     return out
 
 
@@ -285,7 +314,8 @@ def markdown(result: dict) -> str:
         out += [
             "",
             f"**{title}**, seeds {s['seeds']}; retraining every distinct kept set took {s['seconds']['retraining']:.0f} s; "
-            f"best attribution rule: {s['best_attribution_rule']}; best overall: {s['best_rule']}",
+            f"best attribution rule: {s['best_attribution_rule']}; best combined with the own loss: "
+            f"{s.get('best_combined_rule', '-')}; best overall: {s['best_rule']}",
             "",
             head,
             "|" + " --- |" * (len(s["fractions"]) + 1),
@@ -309,6 +339,22 @@ def markdown(result: dict) -> str:
                 "so both tails are the large-gradient (hard) examples of a few classes.",
             ]
         out += ["", "Targets:", "", *targets(s)]
+        combined = s.get("best_combined_rule")
+        if combined and combined != s["best_attribution_rule"]:
+            out += [
+                "",
+                "With attribution combined with the own loss:",
+                "",
+                *targets(s, "best_combined_rule", "best combined rule"),
+            ]
+        means = rule_means(s)
+        out += [
+            "",
+            f"Rules above random, own loss and cleanlab at every fraction: {', '.join(winners(s)) or 'none'}. "
+            "Each rule's mean accuracy over the three attributors and the removed fractions: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items(), key=lambda kv: -kv[1]))
+            + f" (random {np.mean([a[0] for a in s['rows'][0]['acc'][1:]]):.4f}).",
+        ]
     return "\n".join(out)
 
 

@@ -14,9 +14,9 @@ import streamlit as st
 import appjobs
 import appkit
 import apptrust
-from tda_explorer.backend.usefulness import curve_fractions, removal_mask
+from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, curve_fractions, removal_mask
 from tda_explorer.evaluation import stored_pruning_curve
-from tda_explorer.evaluation.pruning import DEFAULT_PRUNING_RULE, best_pruning_rule, rule_usefulness
+from tda_explorer.evaluation.pruning import best_pruning_rule, rule_usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
@@ -96,9 +96,9 @@ result = appkit.cached_scores(str(ws.root), key)
 just_computed = st.session_state.get("_computed_val") == method_cfg
 st.caption(appkit.cache_note(val["extra"]["seconds"], val["created"], reused=not just_computed))
 RULES = {
+    "harm_loss": "harm + own loss, within each class",
     "harm": "harm to validation, within each class",
     "class_balanced": "mean usefulness, within each class",
-    "harm_loss": "harm + own loss, within each class",
     "sum": "mean usefulness, over the whole training set",
 }
 labels = train.labels.numpy()

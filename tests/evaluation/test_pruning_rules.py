@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 
 from tda_explorer.attributors import make_attributor
-from tda_explorer.backend.usefulness import harm
+from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, PRUNING_RULES, harm
 from tda_explorer.data import DatasetSplits, inject_label_noise
 from tda_explorer.errors import ConfigError
-from tda_explorer.evaluation.pruning import (
-    DEFAULT_PRUNING_RULE,
-    PRUNING_RULES,
-    pruning_usefulness,
-    rule_usefulness,
-)
+from tda_explorer.evaluation.pruning import pruning_usefulness, rule_usefulness
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, train_run
 
