@@ -89,3 +89,24 @@ def test_benchmark_rules_never_read_the_test_split(noisy_run):
     )
     assert {f"grad_dot · {r}" for r in pruning.RULES} | set(pruning.BASELINES) == set(uses)
     assert all(u.shape == (len(noisy.train),) and np.isfinite(u).all() for u in uses.values())
+
+
+def test_benchmark_table_names_the_rules_that_beat_every_baseline():
+    from benchmarks import pruning
+
+    def row(name, acc):
+        return {"rule": name, "acc": [[a, np.nan, np.nan] for a in acc]}
+
+    rows = [
+        row("random", [0.85, 0.85, 0.84, 0.84]),
+        row(pruning.BASELINES[0], [0.85, 0.87, 0.89, 0.88]),
+        row(pruning.BASELINES[1], [0.85, 0.86, 0.88, 0.89]),
+        row("a · harm", [0.85, 0.88, 0.90, 0.90]),
+        row("a · class_balanced", [0.85, 0.88, 0.88, 0.90]),  # below own loss at 10%: not a winner
+        row("b · harm", [0.85, 0.86, 0.87, 0.88]),
+    ]
+    setting = {"noise": 0.1, "fractions": [0.0, 0.05, 0.1, 0.2], "rows": rows}
+    assert pruning.winners(setting) == ["a · harm"]
+    means = pruning.rule_means(setting)
+    assert set(means) == {"harm", "class_balanced"}
+    assert means["harm"] == pytest.approx(np.mean([0.88, 0.90, 0.90, 0.86, 0.87, 0.88]))
