@@ -1,15 +1,20 @@
 """Pruning curves: which removal rule keeps the best training set (issue 21, item 4).
 
 On mnist5k (4,000 train / 500 validation / 500 test) with logistic regression at the package's default
-recipe, clean and with 10% of the training labels flipped (flip seed 0), a run of `seeds` seeds is
+recipe, clean and with 10% of the training labels flipped (flip seed 0), and (full mode) the default
+MLP with 10% flipped labels (grad_dot and influence only, no d-TDA), a run of `seeds` seeds is
 trained; every rule below ranks the training examples, the lowest-ranked 5% / 10% / 20% are removed,
 and the model is retrained on the kept set with each of the run's seeds (`evaluation.pruning_curves`:
 every distinct kept set trained once per seed, one shared random-removal baseline). Test accuracy is
 the mean over the seeds with a 95% t-interval.
 
 Rules (usefulness from *validation*-set scores only; the test set is used for nothing but accuracy):
-- attribution (grad_dot, TRAK, influence/EK-FAC): `usefulness_from_scores(attributor.score(val))` under
-  `pruning_usefulness` rules "sum" (the earlier rule), "class_balanced" and "normalised";
+- attribution (grad_dot, TRAK, influence/EK-FAC): `rule_usefulness(attributor.score(val), rule, ...)`
+  under the rules "class_balanced" (the mean validation helpfulness, ranked within each class), "harm"
+  (only the negative part of the scores: the predicted damage to the validation examples an example
+  hurts) and "harm_loss" (harm's rank averaged with the own-loss rank: attribution combined with the loss
+  baseline), all class-balanced; the earlier "sum" and "normalised" rules lost on both settings in the
+  previous measurement (git history of RESULTS.md) and are no longer retrained;
 - d-TDA (EK-FAC base, the run's seeds): mean influence summed over validation ("mean"), and the
   per-seed usefulness `U_s = sum_q helps_s(q, z)` as `mean_s U_s - std_s U_s` ("mean-minus-std",
   a lower bound that prefers examples useful on every seed), both class-balanced;
@@ -37,16 +42,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
 FRACTIONS = (0.0, 0.05, 0.1, 0.2)
-MODES = {
-    "quick": {"settings": (("mnist5k", 0.1),), "seeds": 1},
-    "full": {"settings": (("mnist5k", 0.1), ("mnist5k", 0.0)), "seeds": 3},
+MODES = {  # settings: (dataset, flipped fraction, model)
+    "quick": {"settings": (("mnist5k", 0.1, "logreg"),), "seeds": 1},
+    "full": {
+        "settings": (("mnist5k", 0.1, "logreg"), ("mnist5k", 0.0, "logreg"), ("mnist5k", 0.1, "mlp")),
+        "seeds": 3,
+    },
 }
+#: The MLP setting leaves out TRAK (its validation-tuned damping retrains MLPs) and d-TDA, for time.
+MLP_ATTRIBUTORS = ("grad_dot", "influence/ekfac")
 ATTRIBUTORS = {
     "grad_dot": ("grad_dot", {}),
     "trak": ("trak", {}),
     "influence/ekfac": ("influence", {}),
 }
 BASELINES = ("own loss (EL2N-like)", "cleanlab label issues")
+RULES = ("class_balanced", "harm", "harm_loss")  # per attributor (evaluation.pruning.PRUNING_RULES)
 
 
 def log(msg: str) -> None:
@@ -57,42 +68,59 @@ def _np(x) -> np.ndarray:
     return np.asarray(torch.as_tensor(x).double().cpu())
 
 
-def usefulness_vectors(run, splits) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """`{rule name: usefulness [n_train]}` (higher = kept longer) and the seconds each source took."""
+def usefulness_vectors(
+    run, splits, attributors: dict = ATTRIBUTORS, dtda: bool = True, folds: int = 5
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """`{rule name: usefulness [n_train]}` (higher = kept longer) and the seconds each source took.
+
+    Reads `splits.train` and `splits.val` only (never `splits.test`). `dtda=False` / `folds=0` leave out
+    the d-TDA rules / the cleanlab baseline.
+    """
     from tda_explorer.attributors import make_attributor
-    from tda_explorer.attributors.dtda import compute_dtda
     from tda_explorer.evaluation.label_quality import cleanlab_scores, out_of_fold_probs
     from tda_explorer.evaluation.mislabel import training_loss_scores
-    from tda_explorer.evaluation.pruning import pruning_usefulness, usefulness_from_scores
-    from tda_explorer.store import Workspace
+    from tda_explorer.evaluation.pruning import rule_usefulness
     from tda_explorer.training import LocalExecutor
 
-    train, labels = splits.train, splits.train.labels
+    train, val, labels = splits.train, splits.val, splits.train.labels
+    own_loss = _np(training_loss_scores(run, train))
     out, seconds = {}, {}
-    for label, (name, settings) in ATTRIBUTORS.items():
+    for label, (name, settings) in attributors.items():
         t = time.perf_counter()
         attributor = make_attributor(name, **settings).fit(run, train)
-        useful = usefulness_from_scores(attributor.score(splits.val))
-        si = _np(attributor.self_influence())
+        scores = _np(attributor.score(val))
         seconds[label] = round(time.perf_counter() - t, 1)
-        for rule in ("sum", "class_balanced", "normalised"):
-            out[f"{label} · {rule}"] = pruning_usefulness(useful, rule, labels, si)
+        for rule in RULES:
+            out[f"{label} · {rule}"] = rule_usefulness(scores, rule, labels, own_loss=own_loss)
         log(f"{label}: {seconds[label]}s")
+    if dtda:
+        out.update(_dtda_vectors(run, splits, seconds))
+    out[BASELINES[0]] = -own_loss
+    if folds:
+        t = time.perf_counter()
+        probs = out_of_fold_probs(run, train, folds, executor=LocalExecutor(1))
+        out[BASELINES[1]] = -cleanlab_scores(probs, labels)
+        seconds["cleanlab"] = round(time.perf_counter() - t, 1)
+    return out, seconds
+
+
+def _dtda_vectors(run, splits, seconds: dict) -> dict[str, np.ndarray]:
+    from tda_explorer.attributors.dtda import compute_dtda
+    from tda_explorer.evaluation.pruning import pruning_usefulness
+    from tda_explorer.store import Workspace
+
     t = time.perf_counter()
     result = compute_dtda(run, splits, None, "val", Workspace(WORKSPACE))
     per_seed = (result.helps_sign * result.deltas.astype(np.float64)).sum(axis=1)  # [S, n_train]
     seconds["dtda"] = round(time.perf_counter() - t, 1)
-    out["d-TDA · mean"] = pruning_usefulness(per_seed.mean(0), "class_balanced", labels)
-    out["d-TDA · mean-minus-std"] = pruning_usefulness(
-        per_seed.mean(0) - per_seed.std(0), "class_balanced", labels
-    )
     log(f"dtda: {seconds['dtda']}s")
-    out[BASELINES[0]] = -_np(training_loss_scores(run, train))
-    t = time.perf_counter()
-    probs = out_of_fold_probs(run, train, 5, executor=LocalExecutor(1))
-    out[BASELINES[1]] = -cleanlab_scores(probs, labels)
-    seconds["cleanlab"] = round(time.perf_counter() - t, 1)
-    return out, seconds
+    labels = splits.train.labels
+    return {
+        "d-TDA · mean": pruning_usefulness(per_seed.mean(0), "class_balanced", labels),
+        "d-TDA · mean-minus-std": pruning_usefulness(
+            per_seed.mean(0) - per_seed.std(0), "class_balanced", labels
+        ),
+    }
 
 
 def _interval(values: np.ndarray) -> list[float]:
@@ -104,33 +132,38 @@ def _interval(values: np.ndarray) -> list[float]:
     return [float(v.mean()), float(v.mean() - half), float(v.mean() + half)]
 
 
-def setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
+def setting_result(dataset: str, noise: float, n_seeds: int, arch: str = "logreg") -> dict:
     """One setting's rows, cached as JSON in `WORKSPACE/pruning_settings/` (so settings can run in parallel)."""
     import json
 
-    path = WORKSPACE / "pruning_settings" / f"{dataset}-noise{noise}-s{n_seeds}.json"
+    model = "" if arch == "logreg" else f"-{arch}"
+    path = WORKSPACE / "pruning_settings" / f"{dataset}{model}-noise{noise}-s{n_seeds}.json"
     if path.exists():
         return json.loads(path.read_text())
-    result = _setting_result(dataset, noise, n_seeds)
+    result = _setting_result(dataset, noise, n_seeds, arch)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
 
 
-def _setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
+def _setting_result(dataset: str, noise: float, n_seeds: int, arch: str) -> dict:
     from tda_explorer.data import DatasetSpec, inject_label_noise, load_dataset
     from tda_explorer.evaluation.pruning import best_pruning_rule, pruning_curves
-    from tda_explorer.models import LogRegConfig
+    from tda_explorer.models import LogRegConfig, MLPConfig
     from tda_explorer.store import Workspace
     from tda_explorer.training import LocalExecutor, default_train_config, train_run
 
     splits = load_dataset(DatasetSpec(dataset))
     if noise:
         splits = inject_label_noise(splits, noise, 0)
-    cfg, model = default_train_config("logreg"), LogRegConfig()
+    cfg, model = default_train_config(arch), LogRegConfig() if arch == "logreg" else MLPConfig()
     seeds = tuple(range(n_seeds))
     run = train_run(splits, model, cfg, seeds, Workspace(WORKSPACE), LocalExecutor(1))
-    uses, seconds = usefulness_vectors(run, splits)
+    if arch == "logreg":
+        uses, seconds = usefulness_vectors(run, splits)
+    else:
+        chosen = {k: ATTRIBUTORS[k] for k in MLP_ATTRIBUTORS}
+        uses, seconds = usefulness_vectors(run, splits, chosen, dtda=False)
     t = time.perf_counter()
     curves = pruning_curves(
         uses, splits.train, splits.test, model, cfg, FRACTIONS, seeds, 0, LocalExecutor(1),
@@ -144,14 +177,17 @@ def _setting_result(dataset: str, noise: float, n_seeds: int) -> dict:
     for name, c in curves.items():
         rows.append(_row(name, c.method_acc, c, flipped))
     attribution = {k: c for k, c in curves.items() if k not in BASELINES}
+    pure = {k: c for k, c in attribution.items() if not k.endswith("harm_loss")}
     return {
         "dataset": dataset,
+        "model": arch,
         "noise": noise,
         "seeds": list(seeds),
         "fractions": list(FRACTIONS),
         "n_removed": list(any_curve.n_removed),
         "rows": rows,
-        "best_attribution_rule": best_pruning_rule(attribution),
+        "best_attribution_rule": best_pruning_rule(pure),
+        "best_combined_rule": best_pruning_rule(attribution),
         "best_rule": best_pruning_rule(curves),
         "seconds": {**seconds, "retraining": retrain_s},
     }
@@ -201,18 +237,13 @@ def diagnose(dataset: str, noise: float, n_seeds: int) -> dict:
 def run_benchmark(mode: str) -> dict:
     cfg = MODES[mode]
     started = time.perf_counter()
-    settings = [setting_result(d, noise, cfg["seeds"]) for d, noise in cfg["settings"]]
-    for s, (d, noise) in zip(settings, cfg["settings"], strict=True):
-        s["diagnosis_grad_dot"] = diagnose(d, noise, cfg["seeds"])
-    return {
-        "benchmark": "pruning",
-        "mode": mode,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": "logreg",
-        "settings": settings,
-        "machine": short_machine(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
+    settings = [setting_result(d, noise, cfg["seeds"], arch) for d, noise, arch in cfg["settings"]]
+    for s, (d, noise, arch) in zip(settings, cfg["settings"], strict=True):
+        if arch == "logreg":
+            s["diagnosis_grad_dot"] = diagnose(d, noise, cfg["seeds"])
+    head = {"benchmark": "pruning", "mode": mode, "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    wall = round(time.perf_counter() - started, 1)
+    return head | {"settings": settings, "machine": short_machine(), "wall_seconds": wall}
 
 
 def _fmt(t) -> str:
@@ -220,10 +251,12 @@ def _fmt(t) -> str:
     return f"{mean:.4f}" if np.isnan(lo) else f"{mean:.4f} ±{(hi - lo) / 2:.4f}"
 
 
-def targets(setting: dict) -> list[str]:
-    """The issue's targets checked on one setting (met / missed, per fraction)."""
+def targets(
+    setting: dict, which: str = "best_attribution_rule", label: str = "best attribution rule"
+) -> list[str]:
+    """The issue's targets checked on one setting (met / missed, per fraction) for the rule `setting[which]`."""
     rows = {r["rule"]: r for r in setting["rows"]}
-    best = rows[setting["best_attribution_rule"]]
+    best = rows[setting[which]]
     fr = setting["fractions"]
     mean = {k: [a[0] for a in r["acc"]] for k, r in rows.items()}
     b = mean[best["rule"]]
@@ -236,7 +269,7 @@ def targets(setting: dict) -> list[str]:
             others = {k: mean[k][i] for k in ("random", *BASELINES)}
             ok = b[i] > full and all(b[i] > v for v in others.values())
             out.append(
-                f"- {f:.0%} removed: best attribution rule ({best['rule']}) {b[i]:.4f} vs full noisy "
+                f"- {f:.0%} removed: {label} ({best['rule']}) {b[i]:.4f} vs full noisy "
                 f"{full:.4f}, "
                 + ", ".join(f"{k} {v:.4f}" for k, v in others.items())
                 + f": {'met' if ok else 'MISSED'}"
@@ -245,16 +278,44 @@ def targets(setting: dict) -> list[str]:
         wins = [f"{f:.0%}" for i, f in enumerate(fr) if f > 0 and b[i] > mean["random"][i]]
         losses = [f"{f:.0%}" for i, f in enumerate(fr) if f > 0 and b[i] <= mean["random"][i]]
         out.append(
-            f"- beats random at >= one fraction with the best attribution rule ({best['rule']}): "
+            f"- beats random at >= one fraction with the {label} ({best['rule']}): "
             f"{'met' if wins else 'MISSED'} (above random at {', '.join(wins) or 'none'}; "
             f"not above at {', '.join(losses) or 'none'})"
         )
     return out
 
 
+def winners(setting: dict) -> list[str]:
+    """The rules above random, own loss and cleanlab at every removed fraction (and, with noise, above the
+    full noisy set)."""
+    rows = {r["rule"]: [a[0] for a in r["acc"]] for r in setting["rows"]}
+    others = [rows[k] for k in ("random", *BASELINES)]
+    keep = [i for i, f in enumerate(setting["fractions"]) if f > 0]
+    return [
+        name
+        for name, acc in rows.items()
+        if name not in ("random", *BASELINES)
+        and all(acc[i] > o[i] for i in keep for o in others)
+        and (not setting["noise"] or all(acc[i] > acc[0] for i in keep))
+    ]
+
+
+def rule_means(setting: dict) -> dict[str, float]:
+    """`{rule: mean test accuracy over the attributors and the removed fractions}` for each rule of `RULES`
+    (how `DEFAULT_PRUNING_RULE` is chosen: the app picks the attributor separately, so a rule must do
+    well whichever attributor feeds it)."""
+    keep = [i for i, f in enumerate(setting["fractions"]) if f > 0]
+    out = {}
+    for rule in RULES:
+        accs = [r["acc"][i][0] for r in setting["rows"] if r["rule"].endswith(f" · {rule}") for i in keep]
+        if accs:
+            out[rule] = float(np.mean(accs))
+    return out
+
+
 def markdown(result: dict) -> str:
     out = [
-        "MNIST 5k, logistic regression (default recipe); usefulness from validation-set scores, test "
+        "MNIST 5k, logistic regression and MLP (the package's default recipes); usefulness from validation-set scores, test "
         "accuracy after retraining on the kept set, mean over the run's seeds ± half a 95% t-interval. "
         "The best rule is picked on these same test curves (`best_pruning_rule`), so its margin is "
         "optimistic; every rule's row is shown.",
@@ -263,11 +324,14 @@ def markdown(result: dict) -> str:
     ]
     for s in result["settings"]:
         head = "| rule | " + " | ".join(f"{f:.0%} removed" for f in s["fractions"]) + " |"
-        title = "10% flipped labels (seed 0)" if s["noise"] else "clean labels"
+        title = ("10% flipped labels (seed 0)" if s["noise"] else "clean labels") + (
+            ", MLP" if s.get("model") == "mlp" else ", logistic regression"
+        )
         out += [
             "",
             f"**{title}**, seeds {s['seeds']}; retraining every distinct kept set took {s['seconds']['retraining']:.0f} s; "
-            f"best attribution rule: {s['best_attribution_rule']}; best overall: {s['best_rule']}",
+            f"best attribution rule: {s['best_attribution_rule']}; best combined with the own loss: "
+            f"{s.get('best_combined_rule', '-')}; best overall: {s['best_rule']}",
             "",
             head,
             "|" + " --- |" * (len(s["fractions"]) + 1),
@@ -291,6 +355,22 @@ def markdown(result: dict) -> str:
                 "so both tails are the large-gradient (hard) examples of a few classes.",
             ]
         out += ["", "Targets:", "", *targets(s)]
+        combined = s.get("best_combined_rule")
+        if combined and combined != s["best_attribution_rule"]:
+            out += [
+                "",
+                "With attribution combined with the own loss:",
+                "",
+                *targets(s, "best_combined_rule", "best combined rule"),
+            ]
+        means = rule_means(s)
+        out += [
+            "",
+            f"Rules above random, own loss and cleanlab at every fraction: {', '.join(winners(s)) or 'none'}. "
+            "Each rule's mean accuracy over the attributors and the removed fractions: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in sorted(means.items(), key=lambda kv: -kv[1]))
+            + f" (random {np.mean([a[0] for a in s['rows'][0]['acc'][1:]]):.4f}).",
+        ]
     return "\n".join(out)
 
 

@@ -1,5 +1,5 @@
 """Pruning & export: remove the training examples an attributor marks least useful to the validation
-set, preview the removal per class, the pruning curve (retrained accuracy vs fraction removed, against
+set (by a pruning rule: the best curve measured on the run, else the benchmark's best), preview the removal per class, the pruning curve (retrained accuracy vs fraction removed, against
 random removal; computed on demand and cached), export the kept and removed lists (CSV, JSON, Parquet)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import streamlit as st
 import appjobs
 import appkit
 import apptrust
-from tda_explorer.backend.usefulness import curve_fractions, removal_mask, usefulness
+from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, curve_fractions, removal_mask
 from tda_explorer.evaluation import stored_pruning_curve
-from tda_explorer.evaluation.pruning import pruning_usefulness
+from tda_explorer.evaluation.pruning import best_pruning_rule, rule_usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
@@ -95,14 +95,49 @@ key = val["key"]
 result = appkit.cached_scores(str(ws.root), key)
 just_computed = st.session_state.get("_computed_val") == method_cfg
 st.caption(appkit.cache_note(val["extra"]["seconds"], val["created"], reused=not just_computed))
-RULES = {"class_balanced": "within each class (default)", "sum": "over the whole training set"}
+RULES = {
+    "harm_loss": "harm + own loss, within each class",
+    "harm": "harm to validation, within each class",
+    "class_balanced": "mean usefulness, within each class",
+    "sum": "mean usefulness, over the whole training set",
+}
+labels = train.labels.numpy()
+own_loss = appkit.cached_training_loss(str(ws.root), run.key)
+uses = {r: rule_usefulness(result.scores, r, labels, own_loss=own_loss) for r in RULES}
+# Default rule: the best pruning curve already measured on this run (at the curve settings below), else the
+# best attribution rule of the pruning benchmark.
+curve_setup = (curve_fractions(st.session_state.get("prune_largest", 0.5)),
+               tuple(range(int(st.session_state.get("prune_seeds", 1)))))  # fmt: skip
+measured = {
+    r: c
+    for r in RULES
+    if (
+        c := stored_pruning_curve(
+            uses[r], train, data.test, run.model_config, run.train_config, *curve_setup, workspace=ws
+        )
+    )
+    is not None  # fmt: skip
+}
+best = best_pruning_rule(measured) if measured else DEFAULT_PRUNING_RULE
 rule = st.radio(
-    "Rank usefulness", list(RULES), format_func=RULES.get, horizontal=True,
-    help="Within each class, the least useful examples of every class go first (a score is then the example's "
-    "usefulness rank in its class, 0-1). Over the whole set, the hard examples of a few classes dominate the "
-    "removals, which retrained worse in the pruning benchmark (RESULTS.md, 'Pruning curves').",
+    "Rank usefulness", list(RULES), index=list(RULES).index(best), format_func=RULES.get, horizontal=True,
+    help="Harm: the mean over validation examples of only the negative scores (the damage an example does to "
+    "the validation examples it hurts; its help elsewhere does not buy it back). Mean usefulness: the mean "
+    "score, positive = helps. Within each class, the least useful examples of every class go first (a score "
+    "is then the example's rank in its class, 0-1); over the whole set, the hard examples of a few classes "
+    "dominate the removals. Harm + own loss averages harm's rank with the example's own-loss rank. "
+    "Measured in RESULTS.md, 'Pruning curves'.",
 )  # fmt: skip
-useful = pruning_usefulness(usefulness(result.scores), rule, train.labels.numpy())
+st.caption(
+    f"Default: {RULES[best]} — "
+    + (
+        f"the best pruning curve measured on this run ({len(measured)} rule(s) measured)."
+        if measured
+        else "the best attribution rule of the pruning benchmark; compute this page's pruning curve for other "
+        "rules to compare them on this run."
+    )
+)
+useful = uses[rule]
 
 mode = st.radio("Remove by", ["fraction", "score threshold"], horizontal=True)
 if mode == "fraction":
@@ -115,7 +150,6 @@ else:
     )
     removed = removal_mask(useful, threshold=threshold)
 
-labels = train.labels.numpy()
 per_class = pd.DataFrame(
     {
         "class": list(train.class_names),
@@ -131,8 +165,8 @@ st.dataframe(per_class, hide_index=True)
 
 st.subheader("Pruning curve")
 c1, c2 = st.columns(2)
-largest = c1.select_slider("Largest fraction removed", [0.3, 0.5, 0.7, 0.9], value=0.5)
-n_seeds = int(c2.number_input("Retraining seeds", min_value=1, max_value=5, value=1))
+largest = c1.select_slider("Largest fraction removed", [0.3, 0.5, 0.7, 0.9], value=0.5, key="prune_largest")
+n_seeds = int(c2.number_input("Retraining seeds", min_value=1, max_value=5, value=1, key="prune_seeds"))
 fractions, seeds = curve_fractions(largest), tuple(range(n_seeds))
 curve_args = (useful, train, data.test, run.model_config, run.train_config, fractions, seeds)
 curve = stored_pruning_curve(*curve_args, workspace=ws)
@@ -142,7 +176,9 @@ if curve is None:
     with box.container():
         st.caption(f"Not computed yet: retrains {n_models} models (pruned by {result.method} and at random).")
         go = st.button("Compute the pruning curve", type="primary")
-    curve = appjobs.pruning_curve_step(curve_args, key, ws, requested=go, executor=appkit.app_executor())
+    curve = appjobs.pruning_curve_step(
+        curve_args, f"{key}:{rule}", ws, requested=go, executor=appkit.app_executor()
+    )
     if curve is not None:
         box.empty()
 if curve is not None:

@@ -1,7 +1,8 @@
 """Usefulness of training examples to a set of queries, and the removal choices made from it (numpy only).
 
 `usefulness(scores)` is the mean score of each training example over the queries (`[n_train]`, higher =
-more useful); `removal_mask` picks the least useful examples, `curve_fractions` the removed fractions of a
+more useful); `harm(scores)` keeps only the negative part (the predicted harm to the queries an example
+hurts, `<= 0`); `removal_mask` picks the least useful examples, `curve_fractions` the removed fractions of a
 pruning curve.
 """
 
@@ -10,6 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from tda_explorer.errors import ConfigError
+
+#: The pruning rules of `evaluation.pruning.rule_usefulness` (described there).
+PRUNING_RULES = ("sum", "class_balanced", "normalised", "harm", "harm_loss")
+#: The rule the app and the CLI start from: the highest mean test accuracy over the attributors and removed
+#: fractions in `benchmarks/pruning.py`, on both the clean and the 10%-flipped mnist5k runs (RESULTS.md).
+DEFAULT_PRUNING_RULE = "harm_loss"
 
 
 def usefulness(scores: np.ndarray) -> np.ndarray:
@@ -22,6 +29,17 @@ def usefulness(scores: np.ndarray) -> np.ndarray:
     the most negative usefulness.
     """
     return np.asarray(scores, dtype=np.float64).mean(axis=0)
+
+
+def harm(scores: np.ndarray) -> np.ndarray:
+    """Per-training-example harm `[n_train]`, `<= 0`: the mean over the queries of `min(score, 0)`.
+
+    The negative part of `usefulness`: the predicted damage to the queries an example hurts, with its help
+    to the others left out, so a training example cannot buy its damage back by helping elsewhere. A
+    mislabelled example hurts the queries of its true class and helps few; most clean examples hurt
+    little. Ranking by it (most negative first) is the pruning rule "harm".
+    """
+    return np.minimum(np.asarray(scores, dtype=np.float64), 0.0).mean(axis=0)
 
 
 def removal_mask(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, PRUNING_RULES
 from tda_explorer.cli_commands.common import (
     add_run_args,
     check_method,
@@ -236,6 +237,7 @@ def cmd_flags(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ prune
 def cmd_prune(args: argparse.Namespace) -> int:
     """Choose the least useful training examples by validation scores; export the kept/removed table."""
+    from tda_explorer.evaluation.mislabel import training_loss_scores
     from tda_explorer.evaluation.review import prune_table
 
     if (args.fraction is None) == (args.threshold is None):
@@ -245,8 +247,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     check_method(args.method, parse_settings(args.set))
     ctx = open_run(args)
     result = method_scores(ctx, args, args.split)
+    own_loss = training_loss_scores(ctx.run, ctx.splits.train).numpy() if args.rule == "harm_loss" else None
     table = prune_table(result.scores, ctx.splits.train, ctx.ws.flags().get(ctx.run.key), args.fraction,
-                        args.threshold, rule=args.rule)  # fmt: skip
+                        args.threshold, rule=args.rule, own_loss=own_loss)  # fmt: skip
     written = table if args.only == "all" else table[table["status"] == args.only]
     path = write_table(written, args.export) if args.export else None
     removed = table[table["status"] == "removed"].sort_values("score")
@@ -328,9 +331,9 @@ def add_commands(sub) -> None:
     add_run_args(p, method=True)
     p.add_argument("--fraction", type=float, help="fraction of the training set to remove, e.g. 0.1")
     p.add_argument("--threshold", type=float, help="remove examples whose usefulness is below this")
-    p.add_argument("--rule", default="class_balanced", choices=["class_balanced", "sum"],
-                   help="rank usefulness within each class (default, as the app; scores are then within-class "
-                   "ranks in [0, 1]) or over the whole set (sum)")  # fmt: skip
+    p.add_argument("--rule", default=DEFAULT_PRUNING_RULE, choices=[r for r in PRUNING_RULES if r != "normalised"],
+                   help=f"pruning rule (default {DEFAULT_PRUNING_RULE}, the benchmark's best; see "
+                   "evaluation.pruning): all but sum rank within each class (scores are then ranks in [0, 1])")  # fmt: skip
     p.add_argument("--split", default="val", choices=["val", "test"], help="queries (default val)")
     p.add_argument("--export", metavar="FILE", help="write the table (.csv, .json or .parquet)")
     p.add_argument("--only", default="all", choices=["all", "kept", "removed"], help="rows written (all)")

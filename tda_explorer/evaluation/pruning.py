@@ -5,7 +5,8 @@ matrix over validation queries (`backend.usefulness.usefulness`; positive score 
 harmful examples have the lowest mean and go first). Removals are nested: the examples removed at k% are also removed at every larger k, for
 the method (by usefulness, lowest first) and for the random baseline (one seeded permutation).
 
-Rules (`pruning_usefulness(useful, rule, labels, self_influence)`, each `[n_train]`, higher = kept longer):
+Rules (`rule_usefulness(val_scores, rule, labels, self_influence, own_loss)`, each `[n_train]`, higher =
+kept longer; the first three are also `pruning_usefulness(useful, rule, ...)` of the mean usefulness):
 - "sum": the usefulness itself (the summed validation helpfulness; the most harmful go first);
 - "class_balanced": each example's rank *within its given class* scaled to [0, 1], so every removed
   fraction takes about the same share of each class (a plain sum is dominated by the gradient norm and
@@ -13,7 +14,14 @@ Rules (`pruning_usefulness(useful, rule, labels, self_influence)`, each `[n_trai
   gradient, which unbalances the kept set);
 - "normalised": usefulness / sqrt(self-influence) (the gradient-norm factor divided out, a cosine
   between the example and the validation set; the largest-gradient examples, the hard but informative
-  ones, no longer dominate both tails), then class-balanced.
+  ones, no longer dominate both tails), then class-balanced;
+- "harm": `backend.usefulness.harm`, the mean over validation queries of `min(score, 0)` (the predicted
+  damage to the validation examples it hurts; help elsewhere does not offset it), class-balanced;
+- "harm_loss": the mean of the normalised ranks of harm and of minus the example's own training loss
+  (a rule that combines attribution with the loss baseline), class-balanced.
+`DEFAULT_PRUNING_RULE` ("harm_loss") is the rule the app and the CLI start from: the highest mean test
+accuracy over the attributors and removed fractions in `benchmarks/pruning.py` on the clean and the noisy
+run; the app prefers the best curve measured on the run itself when there is one.
 `pruning_curves` measures several rules at once (one shared random baseline, each distinct kept set
 trained once per seed); `best_pruning_rule` picks, among measured curves, the rule with the highest mean accuracy over the removed
 fractions.
@@ -33,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tda_explorer.backend.usefulness import PRUNING_RULES, harm
 from tda_explorer.backend.usefulness import usefulness as mean_usefulness
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
@@ -53,7 +62,7 @@ from tda_explorer.training.trainer import Progress
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 PRUNING_KIND = "pruning_curve"
-_CURVE_ARRAYS = ("method_acc", "random_acc", "method_loss", "random_loss")
+_CURVE_ARRAYS = ("method_acc", "method_loss", "random_acc", "random_loss")
 
 
 def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -67,7 +76,7 @@ def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
     return mean_usefulness(as_float64(scores, "scores", (None, None)))
 
 
-PRUNING_RULES = ("sum", "class_balanced", "normalised")
+_SCORE_RULES = ("harm", "harm_loss")  # need the score matrix, not only its mean
 
 
 def class_balanced_usefulness(useful: np.ndarray, labels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -105,6 +114,8 @@ def pruning_usefulness(
     use = as_float64(useful, "usefulness", (None,))
     if rule not in PRUNING_RULES:
         raise ConfigError(f"pruning rule {rule!r} is not one of {PRUNING_RULES}.")
+    if rule in _SCORE_RULES:
+        raise ConfigError(f"pruning rule {rule!r} needs the score matrix: use rule_usefulness(scores, ...).")
     if rule == "sum":
         return use
     if labels is None:
@@ -115,6 +126,43 @@ def pruning_usefulness(
         si = np.clip(as_float64(self_influence, "self_influence", (len(use),)), 0.0, None)
         use = use / np.sqrt(si + 1e-12 * max(float(si.max()), 1e-30))
     return class_balanced_usefulness(use, labels)
+
+
+def rule_usefulness(
+    scores: np.ndarray | torch.Tensor,
+    rule: str,
+    labels: np.ndarray | torch.Tensor | None = None,
+    self_influence: np.ndarray | torch.Tensor | None = None,
+    own_loss: np.ndarray | torch.Tensor | None = None,
+) -> np.ndarray:
+    """Usefulness `[n_train]` under any rule of `PRUNING_RULES` (module docstring); higher = kept longer.
+
+    Args:
+        scores: `[n_val, n_train]` validation-query scores, positive = the training example helps the query.
+        rule: one of `PRUNING_RULES`.
+        labels: the training labels `[n_train]` (every rule but "sum").
+        self_influence: the attributor's self-influence `[n_train]`, >= 0 ("normalised").
+        own_loss: each training example's own training loss `[n_train]`, nats ("harm_loss"; e.g.
+            `evaluation.mislabel.training_loss_scores(run, train)`).
+    """
+    s = as_float64(scores, "scores", (None, None))
+    if rule not in _SCORE_RULES:
+        return pruning_usefulness(mean_usefulness(s), rule, labels, self_influence)
+    if labels is None:
+        raise ConfigError(f"pruning rule {rule!r} needs the training labels.")
+    damage = harm(s)
+    if rule == "harm_loss":
+        if own_loss is None:
+            raise ConfigError("pruning rule 'harm_loss' needs each training example's own loss.")
+        loss = as_float64(own_loss, "own_loss", (s.shape[1],))
+        damage = _normalised_rank(damage) + _normalised_rank(-loss)
+    return class_balanced_usefulness(damage, labels)
+
+
+def _normalised_rank(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return (rankdata(x) - 0.5) / len(x)
 
 
 def best_pruning_rule(curves: dict[str, PruningCurve], against_random: bool = False) -> str:
@@ -149,63 +197,45 @@ class PruningCurve:
         fractions: removed fractions k, `[K]`.
         n_removed: examples removed at each fraction, `[K]`.
         seeds: retraining seeds, `[R]`.
-        method_acc, random_acc: float64 `[K, R]` test accuracy after removing by usefulness / at random.
-        method_loss, random_loss: float64 `[K, R]` mean test cross-entropy (nats).
         removal_order: training ids, least useful first (the method removes a prefix of it).
+        method_acc, method_loss: float64 `[K, R]` test accuracy and mean test cross-entropy (nats) after
+            removing by usefulness.
+        random_acc, random_loss: the same after removing at random.
     """
 
     fractions: tuple[float, ...]
     n_removed: tuple[int, ...]
     seeds: tuple[int, ...]
-    method_acc: np.ndarray
-    random_acc: np.ndarray
-    method_loss: np.ndarray
-    random_loss: np.ndarray
     removal_order: tuple[str, ...]
+    method_acc: np.ndarray
+    method_loss: np.ndarray
+    random_acc: np.ndarray
+    random_loss: np.ndarray
 
     def table(self) -> list[dict]:
         """One row per fraction: fraction, n_removed, mean/std over seeds of accuracy and loss (to plot)."""
-        rows = []
-        for i, (f, k) in enumerate(zip(self.fractions, self.n_removed, strict=True)):
-            row: dict = {"fraction": f, "n_removed": k}
-            for name in ("method_acc", "random_acc", "method_loss", "random_loss"):
-                values = getattr(self, name)[i]
-                row[name] = float(values.mean())
-                row[f"{name}_std"] = float(values.std())
-            rows.append(row)
-        return rows
+        arrays = {name: getattr(self, name) for name in _CURVE_ARRAYS}
+        return [
+            {"fraction": f, "n_removed": k}
+            | {name: float(a[i].mean()) for name, a in arrays.items()}
+            | {f"{name}_std": float(a[i].std()) for name, a in arrays.items()}
+            for i, (f, k) in enumerate(zip(self.fractions, self.n_removed, strict=True))
+        ]
 
 
-def pruning_curve(
-    usefulness: torch.Tensor | np.ndarray,
-    train: ExampleSet,
-    test: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seeds: Sequence[int] = (0,),
-    random_seed: int = 0,
-    executor: Executor | None = None,
-    progress: Progress | None = None,
-) -> PruningCurve:
-    """Retrain without the least useful `round(k * N)` examples for each k, and without as many random ones.
+def pruning_curve(usefulness: torch.Tensor | np.ndarray, *curve_args, **curve_kwargs) -> PruningCurve:
+    """`pruning_curves({"method": usefulness}, ...)`'s one curve: retrain without the least useful
+    `round(k * N)` examples for each removed fraction k, and without as many random ones.
 
     Args:
         usefulness: `[n_train]`, higher = more useful (ties broken by position, stably).
-        train, test: training set and the set accuracy is measured on.
-        model_config, train_config: how the models are retrained.
-        fractions: removed fractions in [0, 1).
-        seeds: retraining seeds; every mask is trained with each.
-        random_seed: seed of the random-removal permutation (`numpy.random.default_rng(random_seed)`).
-        executor, progress: run the retrainings and report `(done, total, msg)`.
+        curve_args, curve_kwargs: `train, test, model_config, train_config, fractions, seeds, random_seed,
+            executor, progress` as for `pruning_curves`.
 
     Returns:
         PruningCurve with accuracies `[K, R]` for the method and the random baseline.
     """
-    (curve,) = pruning_curves(
-        {"method": usefulness}, train, test, model_config, train_config, fractions, seeds, random_seed,
-        executor, progress,
-    ).values()  # fmt: skip
+    (curve,) = pruning_curves({"method": usefulness}, *curve_args, **curve_kwargs).values()
     return curve
 
 
@@ -221,18 +251,20 @@ def pruning_curves(
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> dict[str, PruningCurve]:
-    """`pruning_curve` for several usefulness vectors at once, `{name: [n_train]}` -> `{name: PruningCurve}`.
+    """Pruning curves of several usefulness vectors at once, `{name: [n_train]}` -> `{name: PruningCurve}`.
 
-    Every distinct kept set (across names and the one shared random-removal baseline) is retrained once
-    per seed, so the curves are directly comparable and cost `#distinct masks x #seeds` trainings.
+    For each name and removed fraction k in [0, 1), the `round(k * N)` least useful examples (lowest
+    first, ties broken by position) are removed; the random baseline removes a prefix of one
+    `numpy.random.default_rng(random_seed)` permutation. Every distinct kept set (across names and the
+    shared random baseline) is retrained once per seed with `model_config` / `train_config` (`executor`
+    runs them, `progress` gets `(done, total, msg)`), so the curves are directly comparable and cost
+    `#distinct masks x #seeds` trainings; accuracy and loss are measured on `test`.
     """
     n = len(train)
     if not usefulness:
         raise ConfigError("pruning_curves needs at least one usefulness vector.")
     uses = {name: as_float64(u, f"usefulness {name!r}", (n,)) for name, u in usefulness.items()}
-    fractions = check_fractions(fractions, "pruning fractions")
-    seeds = check_seeds(seeds)
-    random_seed = check_int(random_seed, "random_seed")
+    fractions, seeds, random_seed = _checked_setup(fractions, seeds, random_seed)
     n_removed = tuple(round(f * n) for f in fractions)
     if max(n_removed) >= n:
         raise ConfigError(
@@ -265,27 +297,32 @@ def pruning_curves(
     }
 
 
+def _checked_setup(fractions, seeds, random_seed) -> tuple[tuple[float, ...], tuple[int, ...], int]:
+    return (
+        check_fractions(fractions, "pruning fractions"),
+        check_seeds(seeds),
+        check_int(random_seed, "random_seed"),
+    )
+
+
 def pruning_curve_config(
-    usefulness: torch.Tensor | np.ndarray,
-    train: ExampleSet,
-    test: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-    fractions: Sequence[float] = DEFAULT_FRACTIONS,
-    seeds: Sequence[int] = (0,),
+    usefulness: torch.Tensor | np.ndarray, train: ExampleSet, test: ExampleSet, model_config: ModelConfig,
+    train_config: TrainConfig, fractions: Sequence[float] = DEFAULT_FRACTIONS, seeds: Sequence[int] = (0,),
     random_seed: int = 0,
-) -> dict:
-    """The config dict keying a "pruning_curve" artifact; `usefulness` `[n_train]` enters as a digest."""
+) -> dict:  # fmt: skip
+    """The config dict keying a "pruning_curve" artifact (`usefulness` `[n_train]` enters as a digest;
+    the other arguments as for `pruning_curves`)."""
     use = as_float64(usefulness, "usefulness", (len(train),))
+    fractions, seeds, random_seed = _checked_setup(fractions, seeds, random_seed)
     return {
         "usefulness": hashlib.sha256(np.ascontiguousarray(use).tobytes()).hexdigest()[:16],
         "train": {"fingerprint": fingerprint(train), "n": len(train)},
         "test": {"fingerprint": fingerprint(test), "n": len(test)},
         "model": model_config.to_dict(),
         "training": train_config.to_dict(),
-        "fractions": list(check_fractions(fractions, "pruning fractions")),
-        "seeds": list(check_seeds(seeds)),
-        "random_seed": check_int(random_seed, "random_seed"),
+        "fractions": list(fractions),
+        "seeds": list(seeds),
+        "random_seed": random_seed,
     }
 
 

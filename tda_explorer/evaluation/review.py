@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from tda_explorer.attributors.scores import list_scores, load_scores
-from tda_explorer.backend.usefulness import removal_mask, usefulness
+from tda_explorer.backend.usefulness import removal_mask
 from tda_explorer.data.example_set import DatasetSplits, ExampleSet
 from tda_explorer.evaluation.mislabel import training_loss_scores
-from tda_explorer.evaluation.pruning import pruning_usefulness
+from tda_explorer.evaluation.pruning import rule_usefulness
 from tda_explorer.store import Workspace
 from tda_explorer.store.exports import export_table
 from tda_explorer.store.flags import FlagRecord
@@ -102,6 +102,7 @@ def prune_table(
     threshold: float | None = None,
     rule: str = "sum",
     self_influence: np.ndarray | None = None,
+    own_loss: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The export table of a pruning choice, as the app's Pruning page exports it.
 
@@ -111,14 +112,14 @@ def prune_table(
         flags: current flags of the run, copied into the table.
         fraction / threshold: remove the `fraction` least useful examples, or those whose usefulness is
             below `threshold` (exactly one; see `backend.usefulness.removal_mask`).
-        rule: `evaluation.pruning.pruning_usefulness` rule ("sum" = the mean score itself;
-            "class_balanced" / "normalised" rank within each class, so `score` and a threshold are then
-            within-class ranks in [0, 1]); `self_influence` `[n_train]` for "normalised".
+        rule: `evaluation.pruning.rule_usefulness` rule ("sum" = the mean score itself; the others rank
+            within each class, so `score` and a threshold are then within-class ranks in [0, 1]);
+            `self_influence` `[n_train]` for "normalised", `own_loss` `[n_train]` for "harm_loss".
 
     Returns:
         `store.exports.export_table`: one row per training example, `score` = usefulness and `status`
         "kept" or "removed".
     """
-    useful = pruning_usefulness(usefulness(scores), rule, train.labels.numpy(), self_influence)
+    useful = rule_usefulness(scores, rule, train.labels.numpy(), self_influence, own_loss)
     removed = removal_mask(useful, fraction=fraction, threshold=threshold)
     return export_table(train.ids, train.labels.numpy(), train.class_names, useful, removed, flags)

@@ -218,6 +218,9 @@ def test_prune_exports_the_kept_list(cli, key, tmp_path):
     data = json.loads(cli("prune", "--run", key, "--method", "grad_dot", "--fraction", "0.1", "--json")[1])
     assert data["n_removed"] == 130 and sum(data["removed_per_class"].values()) == 130
     assert not set(data["removed"]) & set(kept_ids(path))
+    by = {r: json.loads(cli("prune", "--run", key, "--method", "grad_dot", "--fraction", "0.1", "--rule", r,
+                            "--json")[1])["removed"] for r in ("sum", "harm_loss")}  # fmt: skip
+    assert len(by["harm_loss"]) == 130 and by["harm_loss"] != by["sum"]  # own loss read from the run
     assert_user_error(
         cli("prune", "--run", key, "--method", "grad_dot", "--fraction", "0.1", "--threshold", "0"),
         "exactly one",

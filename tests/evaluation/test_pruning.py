@@ -121,7 +121,7 @@ def test_normalised_rule_divides_out_the_gradient_norm():
 def test_best_pruning_rule_is_the_highest_mean_accuracy_over_removed_fractions():
     def curve(acc, rand):
         acc, rand = np.asarray(acc, float)[:, None], np.asarray(rand, float)[:, None]
-        return PruningCurve((0.0, 0.1, 0.2), (0, 1, 2), (0,), acc, rand, -acc, -rand, ())
+        return PruningCurve((0.0, 0.1, 0.2), (0, 1, 2), (0,), (), acc, -acc, rand, -rand)
 
     curves = {
         "loss": curve([0.5, 0.80, 0.80], [0.5, 0.6, 0.6]),
