@@ -352,3 +352,23 @@ def lds_truth_step(run, data, config, ws: Workspace, requested: bool, executor=N
         estimate_retrainings(n, config.alpha, shape, load_calibration(ws)), requested=requested, ws=ws,
     )  # fmt: skip
     return outcome.result if outcome is not None and outcome.status == "done" else None
+
+
+def oof_step(run, data, ws: Workspace, requested: bool, executor=None):
+    """The run's out-of-fold probabilities (`cached_oof_probs`: REPEATS x N_FOLDS retrainings, for the combined
+    mislabel score and cleanlab's) as a background step. Returns them when they finished during this page run,
+    else None."""
+    from tda_explorer.estimates import estimate_retrainings, load_calibration, training_shape
+    from tda_explorer.evaluation.run_label_quality import N_FOLDS, REPEATS, cached_oof_probs
+
+    key = f"oof:{ws.root}:{run.key}"
+    if not (requested or involved(key)):
+        return None
+    shape = training_shape(data.train, run.model_config, run.train_config, 1)
+    n = N_FOLDS * REPEATS
+    outcome = run_step(
+        key, f"Out-of-fold probabilities ({n} retrainings)",
+        lambda progress: cached_oof_probs(run, data.train, ws, executor, progress),
+        estimate_retrainings(n, 1.0 - 1.0 / N_FOLDS, shape, load_calibration(ws)), requested=requested, ws=ws,
+    )  # fmt: skip
+    return outcome.result if outcome is not None and outcome.status == "done" else None

@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -129,9 +130,25 @@ def cached_training_loss(root: str, run_key: str):
     return training_loss_scores(run, dataset_of(run).train).numpy()
 
 
+@st.cache_data(show_spinner=False)
+def cached_label_quality(root: str, run_key: str) -> dict[str, np.ndarray]:
+    """The combined mislabel score and cleanlab's `[n_train]`, from the run's cached out-of-fold probabilities."""
+    from tda_explorer.evaluation.run_label_quality import cached_oof_probs, label_quality_scores
+
+    run = cached_run(root, run_key)
+    train = dataset_of(run).train
+    return label_quality_scores(run, train, cached_oof_probs(run, train, Workspace(root)))
+
+
 def mislabel_scores(root: str, run: TrainedRun) -> dict[str, object]:
-    """Named mislabel scores `[n_train]` (higher = more suspicious) available for a run."""
-    out = {"own training loss": cached_training_loss(root, run.key)}
+    """Named mislabel scores `[n_train]` (higher = more suspicious) available for a run: the combined score and
+    cleanlab's first once the out-of-fold probabilities are computed, then the own loss and self-influences."""
+    from tda_explorer.evaluation.run_label_quality import has_oof_probs
+
+    out: dict[str, object] = {}
+    if has_oof_probs(run, dataset_of(run).train, Workspace(root)):
+        out.update(cached_label_quality(root, run.key))
+    out["own training loss"] = cached_training_loss(root, run.key)
     for m in list_scores(Workspace(root), run.key):
         r = cached_scores(root, m["key"])
         out[f"self-influence · {r.method} ({m['key'][:6]})"] = r.self_influence
@@ -403,6 +420,7 @@ __all__ = [
     "flags_for",
     "list_scores",
     "mislabel_scores",
+    "cached_label_quality",
     "progress_callback",
     "require_run",
     "workspace",

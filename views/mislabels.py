@@ -6,8 +6,10 @@ import numpy as np
 import streamlit as st
 
 import appgallery
+import appjobs
 import appkit
 from tda_explorer.evaluation.mislabel import mislabel_metrics, roc_points
+from tda_explorer.evaluation.run_label_quality import COMBINED, N_FOLDS, REPEATS
 from tda_explorer.viz.figures import roc_figure
 
 ws, run = appkit.page("Mislabels")
@@ -15,6 +17,20 @@ root = str(ws.root)
 data = appkit.dataset_of(run)
 train = data.train
 scores = appkit.mislabel_scores(root, run)
+if COMBINED not in scores:
+    if run.train_config is None:
+        st.caption(
+            "The combined mislabel score and cleanlab's need the run's training recipe (out-of-fold retraining); "
+            "this imported run has none, so self-influence and the own loss are shown."
+        )
+    else:
+        st.caption(
+            f"A stronger ranking: the combined mislabel score (out-of-fold margin, own loss and the labels of the "
+            f"nearest training examples) and cleanlab's, from {N_FOLDS * REPEATS} out-of-fold retrainings."
+        )
+        go = st.button("Compute the combined mislabel score")
+        if appjobs.oof_step(run, data, ws, requested=go, executor=appkit.app_executor()) is not None:
+            st.rerun()
 name = st.selectbox("Mislabel score (higher = more suspicious)", list(scores))
 score = np.asarray(scores[name], dtype=np.float64)
 

@@ -173,6 +173,8 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
         return _flag_ops(ctx, args, train, store)
     if args.method:
         score, name = method_scores(ctx, args, "test").self_influence, f"self-influence · {args.method}"
+    elif args.score in ("combined", "cleanlab"):
+        score, name = _label_quality(ctx, args)
     else:
         score, name = training_loss_scores(ctx.run, train).numpy(), "own training loss"
     flipped = ctx.splits.flipped_ids
@@ -188,6 +190,27 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
     if flipped:
         print(f"ROC-AUC against the injected flips: {out['metrics']['auc']:.3f}")
     return 0
+
+
+def _label_quality(ctx, args):
+    """The combined mislabel score or cleanlab's `[n_train]` and its name (out-of-fold retrainings, cached)."""
+    from tda_explorer.evaluation.run_label_quality import (
+        CLEANLAB,
+        COMBINED,
+        cached_oof_probs,
+        label_quality_scores,
+    )
+
+    update, bar = progress_bar("out-of-fold retraining")
+    try:
+        probs = cached_oof_probs(ctx.run, ctx.splits.train, ctx.ws, _executor(args), update)
+    finally:
+        bar.close()
+    scores = label_quality_scores(ctx.run, ctx.splits.train, probs)
+    name = COMBINED if args.score == "combined" else CLEANLAB
+    if name not in scores:
+        raise ConfigError("cleanlab is not installed: pip install cleanlab, or use --score combined.")
+    return scores[name], name
 
 
 def _flag_ops(ctx, args, train, store) -> int:
@@ -304,6 +327,12 @@ def add_commands(sub) -> None:
 
     m = sub.add_parser("mislabels", help="rank suspected mislabels; --flag / --unflag training examples")
     add_run_args(m, method="optional")
+    m.add_argument(
+        "--score", choices=("loss", "combined", "cleanlab"), default="loss",
+        help="without --method: own training loss (default), the combined mislabel score or cleanlab's "
+        "(both from 15 out-of-fold retrainings, cached)",
+    )  # fmt: skip
+    m.add_argument("--workers", type=int, help="local worker processes for retraining (default $TDA_WORKERS)")
     m.add_argument("--top", type=int, default=20, help="rows shown (default 20)")
     m.add_argument("--hide-flagged", action="store_true", help="leave out examples flagged already")
     m.add_argument("--flag", action="append", metavar="ID", help="flag this training example (repeatable)")

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from tda_explorer.attributors.scores import compute_scores
 from tda_explorer.data import DatasetSpec, load_dataset
+from tda_explorer.evaluation.run_label_quality import CLEANLAB, COMBINED
 from tda_explorer.models import LogRegConfig
 from tda_explorer.store import Workspace
 from tda_explorer.training import LocalExecutor, TrainConfig, train_run
@@ -82,6 +83,29 @@ def test_mislabels_page_scores_against_injected_flips_and_flags(prepared, monkey
     rerun(at, "mislabels")
     flags = prepared["ws"].flags().get(prepared["run"].key)
     assert set(chosen) <= set(flags)
+
+
+def test_mislabels_page_computes_the_combined_score_and_cleanlab(prepared, monkeypatch):
+    pytest.importorskip("cleanlab.rank")
+    at = app_at(prepared, monkeypatch, "mislabels")
+    picker = next(s for s in at.selectbox if s.label.startswith("Mislabel score"))
+    assert COMBINED not in picker.options
+    next(b for b in at.button if b.label == "Compute the combined mislabel score").click()
+    at.run()
+    start = [b for b in at.button if b.label == "Start"]  # asked first when estimated over 30 s
+    if start:
+        start[0].click()
+        at.run()
+    for _ in range(60):  # the 15 retrainings run in a background step; the page polls it
+        picker = next(s for s in at.selectbox if s.label.startswith("Mislabel score"))
+        if COMBINED in picker.options:
+            break
+        at.run()
+    assert not at.exception, at.exception
+    assert picker.options[:2] == [COMBINED, CLEANLAB] and picker.value == COMBINED
+    auc = float(next(m.value for m in at.metric if m.label.startswith("ROC-AUC")))
+    assert 0.5 < auc <= 1.0
+    assert not [b for b in at.button if b.label == "Compute the combined mislabel score"]
 
 
 def test_galleries_filter_by_label_and_flag(prepared, monkeypatch):

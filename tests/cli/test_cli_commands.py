@@ -177,6 +177,22 @@ def test_evaluate_human_output_and_bad_metric(cli, key):
     )
 
 
+def test_mislabels_by_the_combined_score_and_cleanlab(cli, key):
+    pytest.importorskip("cleanlab.rank")
+    from tda_explorer.evaluation.run_label_quality import CLEANLAB, COMBINED
+
+    code, out, _ = cli("mislabels", "--run", key, "--score", "combined", "--top", "4", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["score"] == COMBINED and len(data["rows"]) == 4
+    scores = [r["score"] for r in data["rows"]]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= v <= 1.0 for v in scores)
+    data = json.loads(cli("mislabels", "--run", key, "--score", "cleanlab", "--top", "4", "--json")[1])
+    assert data["score"] == CLEANLAB
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a one-line usage error naming the choices
+        cli("mislabels", "--run", key, "--score", "oof")
+    assert exit_info.value.code == 2
+
+
 def test_mislabels_rank_flag_unflag(cli, key):
     code, out, _ = cli("mislabels", "--run", key, "--top", "5", "--json")
     data = json.loads(out)
