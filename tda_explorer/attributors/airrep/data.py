@@ -244,16 +244,13 @@ def generate_airrep_data(
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> AirRepData:
-    """Make (or reuse) AirRep's training data; see the module docstring.
+    """AirRep's training data, retrained or reused from `workspace` (required); see the module docstring.
 
-    Args:
-        train: the training set (N examples) the subsets are drawn from.
-        queries: label queries (a held-out split, e.g. validation; disjoint from `train` by id).
-        recipe: `(model_config, train_config)`, how each subset model is trained (as for the run explained).
-        config: data settings (default `AirRepDataConfig()`).
-        workspace: cache of shards and result (required).
-        executor: runs the retrainings (default `LocalExecutor()`).
-        progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count).
+    The M subsets of `train` (N examples) that `config` names (default `AirRepDataConfig()`) are each
+    retrained with `recipe = (model_config, train_config)` (as for the run being explained) through
+    `executor` (default `LocalExecutor()`), and every label query is scored: `queries` must be held out
+    from `train` (by id; e.g. the validation split). `progress(done, total, msg)` counts the M * R
+    retrainings (those of finished shards count as done).
 
     Returns:
         AirRepData (masks `[M, N]`, losses `[M, n_query]`, labels `[n_query, M]`).
@@ -335,13 +332,20 @@ def _check_shard(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _load(path: Path, meta: dict, config: AirRepDataConfig) -> AirRepData:
-    arr = {k: load_array(path / f"{k}.npy") for k in DATA_ARRAYS}
+    return data_from_arrays({k: load_array(path / f"{k}.npy") for k in DATA_ARRAYS}, path, meta, config)
+
+
+def data_from_arrays(
+    arr: dict[str, np.ndarray], path: Path, meta: dict, config: AirRepDataConfig
+) -> AirRepData:
+    """AirRepData from a stored artifact's arrays (`DATA_ARRAYS`; without "seed_losses", the losses are
+    taken as one seed's), its folder and meta; ArtifactError if the shapes do not fit `config`."""
     m, n, nq = config.n_subsets, len(arr["train_ids"]), len(arr["query_ids"])
-    if arr["masks"].shape != (m, n) or arr["labels"].shape != (nq, m):
+    if arr["masks"].shape != (m, n) or arr["labels"].shape != (nq, m) or arr["losses"].shape != (m, nq):
         raise ArtifactError(f"AirRep data {path} is inconsistent; delete it and recompute.")
     return AirRepData(
         masks=arr["masks"].astype(bool),
-        seed_losses=arr["seed_losses"],
+        seed_losses=arr["seed_losses"] if "seed_losses" in arr else arr["losses"][:, None, :],
         losses=arr["losses"],
         labels=arr["labels"],
         train_ids=tuple(str(i) for i in arr["train_ids"]),

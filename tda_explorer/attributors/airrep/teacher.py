@@ -37,6 +37,7 @@ from tda_explorer.attributors.airrep.data import (
     AirRepDataConfig,
     check_disjoint_subsets,
     check_queries,
+    data_from_arrays,
     evaluation_masks,
     examples_fingerprint,
     normalise_labels,
@@ -44,7 +45,7 @@ from tda_explorer.attributors.airrep.data import (
 )
 from tda_explorer.attributors.base import Attributor
 from tda_explorer.data.example_set import ExampleSet
-from tda_explorer.errors import ArtifactError, ConfigError
+from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_array, require_workspace, save_arrays
 from tda_explorer.store.kinds import ArtifactKind, register_kind
 
@@ -143,21 +144,7 @@ def teacher_airrep_data(
         }
 
     def load(path: Path, meta: dict) -> AirRepData:
-        arr = {f[:-4]: load_array(path / f) for f in _FILES}
-        m, nq = config.n_subsets, len(queries)
-        if arr["masks"].shape != (m, n) or arr["labels"].shape != (nq, m) or arr["losses"].shape != (m, nq):
-            raise ArtifactError(f"AirRep teacher data {path} is inconsistent; delete it and recompute.")
-        return AirRepData(
-            masks=arr["masks"].astype(bool),
-            seed_losses=arr["losses"][:, None, :],
-            losses=arr["losses"],
-            labels=arr["labels"],
-            train_ids=tuple(str(i) for i in arr["train_ids"]),
-            query_ids=tuple(str(i) for i in arr["query_ids"]),
-            config=config,
-            key=path.name,
-            seconds=float(meta["extra"]["seconds"]),
-        )
+        return data_from_arrays({f[:-4]: load_array(path / f) for f in _FILES}, path, meta, config)
 
     cfg = teacher_config(train, queries, config, teacher_key)
     return ws.cached(TEACHER_KIND, cfg, compute, load=load, extra=lambda _v: {"seconds": seconds[0]})
