@@ -100,3 +100,22 @@ def test_bad_teacher_scores_are_refused(tmp_path, tiny):
         teacher_airrep_data(bad, train, val, {}, AirRepDataConfig(n_subsets=4), workspace=ws)
     with pytest.raises(ConfigError, match="training examples"):
         teacher_airrep_data(bad, train, train.subset(range(3)), {}, workspace=ws)
+
+
+def test_max_steps_cuts_encoder_training_and_keeps_old_keys(tmp_path, tiny):
+    from tda_explorer.attributors.airrep import EncoderConfig, RankTrainConfig, train_encoder
+    from tda_explorer.attributors.airrep.train import ENCODER_KIND
+
+    train, val, _ = tiny
+    ws = Workspace(tmp_path)
+    scores = np.random.default_rng(1).normal(size=(len(val), len(train)))
+    data = teacher_airrep_data(scores, train, val, {"t": 1}, AirRepDataConfig(n_subsets=20), workspace=ws)
+    enc = EncoderConfig(dim=4, hidden=8, image_backbone="mlp")
+    # 16 training subsets / 4 per step x 10 queries / 5 per step = 8 steps an epoch; 3 epochs would be 24.
+    cfg = RankTrainConfig(epochs=3, subsets_per_step=4, queries_per_step=5, patience=3, max_steps=11)
+    trained = train_encoder(data, train, val, enc, cfg, workspace=ws)
+    assert ws.meta(ENCODER_KIND, trained.key)["extra"]["steps"] == 11
+    assert [h["epoch"] for h in trained.history] == [-1, 0, 1]  # the second epoch cut after 3 steps
+    assert "max_steps" not in RankTrainConfig().to_dict()  # encoders trained before keep their keys
+    with pytest.raises(ConfigError, match="max_steps"):
+        RankTrainConfig(max_steps=0)

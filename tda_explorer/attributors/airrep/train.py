@@ -57,6 +57,9 @@ class RankTrainConfig:
     Args:
         lr: AdamW learning rate (constant after a linear warm-up of `warmup_steps`).
         weight_decay: AdamW decoupled weight decay.
+        max_steps: if set, training stops after this many optimisation steps (the last epoch is cut short,
+            then evaluated and checkpointed as usual): a fixed budget when an epoch is long (thousands of
+            subsets). Left out of `to_dict` when None, so the keys of earlier encoders are unchanged.
         epochs: maximum number of epochs. An epoch visits every (query batch, subset batch) pair once:
             `ceil(M_train / K) * ceil(Q_train / B)` steps.
         subsets_per_step: subsets ranked against each other per step (K; batches are near-equal splits).
@@ -88,10 +91,13 @@ class RankTrainConfig:
     max_weight: float = 5.0
     logit_scale: bool = True
     seed: int = 0
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}.")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be None or >= 1, got {self.max_steps!r}.")
         if min(self.epochs, self.subsets_per_step, self.queries_per_step, self.patience) < 1:
             raise ConfigError("epochs, subsets_per_step, queries_per_step and patience must be >= 1.")
         if self.subsets_per_step < 2:
@@ -105,7 +111,10 @@ class RankTrainConfig:
             raise ConfigError("need 0 <= min_weight <= max_weight, grad_clip >= 0 and warmup_steps >= 0.")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["max_steps"] is None:
+            del d["max_steps"]
+        return d
 
 
 @dataclass
@@ -330,6 +339,7 @@ def _fit(
     n_sb, n_qb = math.ceil(len(sub_tr) / k), math.ceil(len(q_tr) / b)
     steps_per_epoch = n_sb * n_qb
     total = steps_per_epoch * cfg.epochs
+    max_steps = total if cfg.max_steps is None else min(total, cfg.max_steps)
     held = len(sub_ho) >= 2 and len(q_ho) >= 1
 
     def evaluate() -> tuple[float, float]:
@@ -355,16 +365,16 @@ def _fit(
         epoch, step, history = extra["epoch"], extra["step"], extra["history"]
         best_epoch, best_metric, seconds = extra["best_epoch"], extra["best_metric"], extra["seconds"]
         if progress is not None:
-            progress(step, total, f"AirRep encoder: resumed after epoch {epoch}")
+            progress(step, max_steps, f"AirRep encoder: resumed after epoch {epoch}")
     bad = epoch - 1 - best_epoch  # finished epochs since the best one
-    while epoch < cfg.epochs and (not held or bad < cfg.patience):
+    while epoch < cfg.epochs and step < max_steps and (not held or bad < cfg.patience):
         rng = np.random.default_rng([cfg.seed, 3, epoch])
         sub_batches = np.array_split(rng.permutation(sub_tr), n_sb)
         q_batches = np.array_split(rng.permutation(q_tr), n_qb)
         pairs = rng.permutation(steps_per_epoch)
         losses = []
         encoder.train()
-        for i in pairs:
+        for i in pairs[: max_steps - step]:
             sub, qs = torch.from_numpy(sub_batches[i // n_qb]), torch.from_numpy(q_batches[i % n_qb])
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             for group in opt.param_groups:
@@ -378,7 +388,7 @@ def _fit(
             step += 1
             losses.append(float(loss.detach()))
             if progress is not None:
-                progress(step, total, f"AirRep encoder: epoch {epoch + 1}, loss {losses[-1]:.4f}")
+                progress(step, max_steps, f"AirRep encoder: epoch {epoch + 1}, loss {losses[-1]:.4f}")
         lds, held_loss = evaluate()
         epoch += 1
         if not held or lds > best_metric:
