@@ -183,8 +183,20 @@ def summary(result) -> dict:
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.to_dict().items()}
 
 
-def run_benchmark(mode: str, workers: int, workspace: Path = WORKSPACE, out: Path = RESULTS) -> dict:
-    cfg = MODES[mode]
+@dataclass
+class Setting:
+    """The shared setting: workspace, executor, splits, the 10-seed run and the LDS ground truth."""
+
+    ws: Workspace
+    executor: LocalExecutor
+    splits: object
+    run: object
+    truth: object
+    description: dict
+
+
+def setup(workspace: Path, workers: int) -> Setting:
+    """Train (or load) the mnist5k MLP run over 10 seeds and the LDS ground truth (100 half subsets)."""
     torch.set_num_threads(2)
     ws = Workspace(workspace)
     (Path(ws.root) / ".gitignore").write_text("*\n")
@@ -198,24 +210,39 @@ def run_benchmark(mode: str, workers: int, workspace: Path = WORKSPACE, out: Pat
     truth = compute_lds_truth(
         splits.train, splits.test, model_cfg, train_cfg, lds_cfg, ws, executor, progress_printer("LDS truth")
     )
-    masks = torch.from_numpy(truth.masks)
-    results: dict = {
-        "benchmark": "airrep",
-        "mode": mode,
-        "setting": {
-            "dataset": "mnist5k",
-            "model": model_cfg.to_dict(),
-            "training": train_cfg.to_dict(),
-            "n_train": len(splits.train),
-            "n_test_queries": len(splits.test),
-            "n_label_queries": len(splits.val),
-            "lds": lds_cfg.key_dict(),
-            "torch_threads": torch.get_num_threads(),
-            "workers": workers,
-            "cpu_count": os.cpu_count(),
-        },
-        "methods": {},
+    description = {
+        "dataset": "mnist5k",
+        "model": model_cfg.to_dict(),
+        "training": train_cfg.to_dict(),
+        "n_train": len(splits.train),
+        "n_test_queries": len(splits.test),
+        "n_label_queries": len(splits.val),
+        "lds": lds_cfg.key_dict(),
+        "torch_threads": torch.get_num_threads(),
+        "workers": workers,
+        "cpu_count": os.cpu_count(),
     }
+    return Setting(ws, executor, splits, run, truth, description)
+
+
+def save_result(out: Path, key: str, results: dict) -> None:
+    """Store `results` under `key` in the JSON file `out` (one entry per mode), keeping the other keys."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stored = json.loads(out.read_text()) if out.is_file() else {}
+    stored = stored if isinstance(stored, dict) and "benchmark" not in stored else {}
+    stored[key] = results
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(stored, indent=2) + "\n")
+    tmp.replace(out)
+
+
+def run_benchmark(mode: str, workers: int, workspace: Path = WORKSPACE, out: Path = RESULTS) -> dict:
+    cfg = MODES[mode]
+    st = setup(workspace, workers)
+    ws, executor, splits, run, truth = st.ws, st.executor, st.splits, st.run, st.truth
+    model_cfg, train_cfg = run.model_config, run.train_config
+    masks = torch.from_numpy(truth.masks)
+    results: dict = {"benchmark": "airrep", "mode": mode, "setting": st.description, "methods": {}}
     methods = results["methods"]
 
     for name in BASELINES:
@@ -289,11 +316,7 @@ def run_benchmark(mode: str, workers: int, workspace: Path = WORKSPACE, out: Pat
     results["comparison"] = compare(results, run)
     results["loadavg_end"] = loadavg()
     results["markdown"] = markdown(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stored = json.loads(out.read_text()) if out.is_file() else {}
-    stored = stored if isinstance(stored, dict) and "benchmark" not in stored else {}
-    stored[mode] = results  # one entry per mode: {"quick": ..., "full": ...}
-    out.write_text(json.dumps(stored, indent=2) + "\n")
+    save_result(out, mode, results)  # one entry per mode: {"quick": ..., "full": ...}
     print(results["markdown"])
     return results
 

@@ -202,23 +202,27 @@ class FailingExecutor:
 def test_data_generation_resumes_after_interruption(tmp_path, digits_tiny):
     train, val, _ = digits_tiny
     cfg = AirRepDataConfig(n_subsets=6, shard_size=2, alpha=0.5)
-    args = (train, val, LogRegConfig(), TINY_TRAIN, cfg)
+    args = (train, val, (LogRegConfig(), TINY_TRAIN), cfg)
     ws = Workspace(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        generate_airrep_data(*args, ws, FailingExecutor(ok_calls=1))
+        generate_airrep_data(*args, workspace=ws, executor=FailingExecutor(ok_calls=1))
     assert len(ws.list("airrep_shard")) == 1 and not ws.list("airrep_data")
     counting = FailingExecutor(ok_calls=99)
     seen = []
-    resumed = generate_airrep_data(*args, ws, counting, lambda d, t, m: seen.append((d, t)))
+    resumed = generate_airrep_data(
+        *args, workspace=ws, executor=counting, progress=lambda d, t, m: seen.append((d, t))
+    )
     assert counting.calls == 2  # the finished shard was reused
     assert seen[0] == (2, 6)  # progress starts from the finished shard
-    whole = generate_airrep_data(*args, Workspace(tmp_path / "b"), LocalExecutor(1))
+    whole = generate_airrep_data(*args, workspace=Workspace(tmp_path / "b"), executor=LocalExecutor(1))
     np.testing.assert_array_equal(resumed.masks, whole.masks)
     np.testing.assert_array_equal(resumed.seed_losses, whole.seed_losses)
     np.testing.assert_array_equal(resumed.labels, whole.labels)
     assert resumed.labels.shape == (len(val), 6) and resumed.masks.sum(1).tolist() == [40] * 6
     np.testing.assert_allclose(resumed.labels, normalise_labels(resumed.losses))
-    again = generate_airrep_data(*args, ws, FailingExecutor(ok_calls=0))  # cached: no retraining
+    again = generate_airrep_data(
+        *args, workspace=ws, executor=FailingExecutor(ok_calls=0)
+    )  # cached: no retraining
     assert again.key == resumed.key
 
 
@@ -234,7 +238,7 @@ def test_training_subsets_are_disjoint_from_evaluation_subsets(digits_tiny):
     with pytest.raises(ConfigError, match="subset_seed"):
         AirRepDataConfig(subset_seed=0, eval_subset_seed=0)
     with pytest.raises(ConfigError, match="training examples"):  # label queries must be held out
-        generate_airrep_data(train, train.subset(range(5)), LogRegConfig(), TINY_TRAIN, cfg)
+        generate_airrep_data(train, train.subset(range(5)), (LogRegConfig(), TINY_TRAIN), cfg)
 
 
 # ------------------------------------------------------------------------------------ attributor

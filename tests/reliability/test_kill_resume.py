@@ -68,9 +68,9 @@ def work(mode, root, pause):
                                   progress)
         return digest(truth.masks, truth.losses, truth.logits)
     from tda_explorer.attributors.airrep.data import AirRepDataConfig, generate_airrep_data
-    data = generate_airrep_data(digits.train, digits.val, LogRegConfig(), fast,
-                                AirRepDataConfig(n_subsets=10, subset_seed=1, seeds=(0,), shard_size=2), ws,
-                                LocalExecutor(1), progress)
+    data = generate_airrep_data(digits.train, digits.val, (LogRegConfig(), fast),
+                                AirRepDataConfig(n_subsets=10, subset_seed=1, seeds=(0,), shard_size=2),
+                                workspace=ws, executor=LocalExecutor(1), progress=progress)
     return digest(data.masks, data.seed_losses, data.labels)
 """
 CHILD = (

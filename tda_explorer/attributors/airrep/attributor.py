@@ -9,6 +9,13 @@
 3. the encoder (`train.py`, artifact "airrep_encoder") trained with the pairwise ranking loss;
 4. the training embeddings `Enc(z_i)` `[N, dim]`, computed once and kept.
 
+Distilled mode (`teacher=<attributor>` given to the constructor): step 2 is replaced by teacher-labelled
+data (`teacher.py`, artifact "airrep_teacher"): the teacher (fitted on the run if it is not yet) scores
+the label queries once, and the label of (query, subset) is the sum of its scores over the subset's
+members, for `data.n_subsets` random subsets (thousands cost seconds, not retrainings). `teacher` is not
+a setting: `compute_scores` never builds a distilled AirRep, so its score cache holds only the
+retrained kind.
+
 Scores (rank-only: the scale is learned from normalised ranks, not a loss change):
 - `score(queries)[q, i] = <Enc(x_q), Enc(z_i)>` `[n_query, N]` float32, one matmul per query chunk;
   positive = z_i helps x_q (the encoder is trained so that subsets with larger `r` — lower query loss
@@ -37,6 +44,7 @@ import torch
 from tda_explorer.attributors.airrep.data import AirRepData, AirRepDataConfig, generate_airrep_data
 from tda_explorer.attributors.airrep.encoder import EncoderConfig
 from tda_explorer.attributors.airrep.pooling import group_scores
+from tda_explorer.attributors.airrep.teacher import teacher_airrep_data
 from tda_explorer.attributors.airrep.train import RankTrainConfig, TrainedEncoder, train_encoder
 from tda_explorer.attributors.base import Attributor, register
 from tda_explorer.attributors.method_settings import AirRepSettings
@@ -58,7 +66,8 @@ class AirRep(Attributor):
     `AirRepDataConfig`, `RankTrainConfig` fields; `batch_size`). Not settings (they do not change the
     result): `progress`; `workspace` (where data, checkpoints and the encoder are cached; required
     to fit, `compute_scores` passes its own); `executor` (runs the subset retrainings, default `LocalExecutor()`); `label_queries`
-    (instead of the run dataset's validation split; its fingerprint keys the data artifact).
+    (instead of the run dataset's validation split; its fingerprint keys the data artifact); `teacher`
+    (an attributor whose summed scores label the subsets instead of retraining; see the module docstring).
     """
 
     name = "airrep"
@@ -74,10 +83,12 @@ class AirRep(Attributor):
         workspace: Workspace | None = None,
         executor: Executor | None = None,
         label_queries: ExampleSet | None = None,
+        teacher: Attributor | None = None,
         **values,
     ) -> None:
         super().__init__(settings, progress=progress, **values)
         self.workspace, self.executor, self.label_queries = workspace, executor, label_queries
+        self.teacher = teacher
 
     # ---------------------------------------------------------------------------------- fitting
     def _label_queries(self, run: TrainedRun) -> ExampleSet:
@@ -102,21 +113,38 @@ class AirRep(Attributor):
 
         return report
 
+    def _data(
+        self, run: TrainedRun, train: ExampleSet, queries: ExampleSet, config: AirRepDataConfig, ws: Workspace
+    ) -> AirRepData:
+        """Retrained subsets (default) or, with a teacher, teacher-labelled subsets."""
+        if self.teacher is None:
+            recipe = (run.model_config, run.require_recipe("airrep"))
+            return generate_airrep_data(
+                train,
+                queries,
+                recipe,
+                config,
+                workspace=ws,
+                executor=self.executor,
+                progress=self._phase("data"),
+            )
+        teacher = self.teacher
+
+        def teacher_scores() -> torch.Tensor:
+            if not getattr(teacher, "fitted_", False):
+                teacher.fit(run, train)
+            return teacher.score(queries)
+
+        key = {"method": teacher.name, "settings": teacher.settings.config(), "run": run.key}
+        key["weights"] = run.fingerprint()
+        return teacher_airrep_data(teacher_scores, train, queries, key, config, workspace=ws)
+
     def fit(self, run: TrainedRun, train: ExampleSet) -> AirRep:
         """Generate (or load) the training data, train (or load) the encoder, embed `train` once."""
         s = self.settings
         ws = require_workspace(self.workspace, "AirRep.fit")
         queries = self._label_queries(run)
-        self.data_: AirRepData = generate_airrep_data(
-            train,
-            queries,
-            run.model_config,
-            run.require_recipe("airrep"),
-            AirRepDataConfig(**s.data),
-            ws,
-            self.executor,
-            self._phase("data"),
-        )
+        self.data_: AirRepData = self._data(run, train, queries, AirRepDataConfig(**s.data), ws)
         self.trained_: TrainedEncoder = train_encoder(
             self.data_,
             train,
@@ -137,6 +165,7 @@ class AirRep(Attributor):
                 "encoder_key": self.trained_.key,
                 "best_epoch": self.trained_.best_epoch,
                 "label_queries": len(queries),
+                "teacher": None if self.teacher is None else self.teacher.name,
             }
         }
         self.n_train_ = len(train)

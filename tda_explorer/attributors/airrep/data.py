@@ -28,6 +28,7 @@ import numbers
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from tda_explorer.backend.stats import random_subset_masks
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.models import ModelConfig
-from tda_explorer.store import Workspace, load_array, require_workspace, save_array
+from tda_explorer.store import Workspace, load_array, require_workspace, save_array, save_arrays
+from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training.config import TrainConfig
 from tda_explorer.training.executor import Executor, LocalExecutor
 from tda_explorer.training.runs import retrain_on_subsets
@@ -46,6 +48,7 @@ from tda_explorer.training.trainer import Progress
 DATA_KIND = "airrep_data"
 SHARD_KIND = "airrep_shard"
 LABEL_CLIP = 10.0
+DATA_ARRAYS = ("masks", "seed_losses", "losses", "labels", "train_ids", "query_ids")
 
 
 @dataclass(frozen=True)
@@ -234,103 +237,137 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 def generate_airrep_data(
     train: ExampleSet,
     queries: ExampleSet,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
+    recipe: tuple[ModelConfig, TrainConfig],
     config: AirRepDataConfig | None = None,
+    *,
     workspace: Workspace | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> AirRepData:
-    """Make (or reuse) AirRep's training data; see the module docstring.
+    """AirRep's training data, retrained or reused from `workspace` (required); see the module docstring.
 
-    Args:
-        train: the training set (N examples) the subsets are drawn from.
-        queries: label queries (a held-out split, e.g. validation; disjoint from `train` by id).
-        model_config, train_config: how each subset model is trained (as for the run being explained).
-        config: data settings (default `AirRepDataConfig()`).
-        workspace: cache of shards and result (required).
-        executor: runs the retrainings (default `LocalExecutor()`).
-        progress: `progress(done, total, msg)` over the M * R retrainings (finished shards count).
+    The M subsets of `train` (N examples) that `config` names (default `AirRepDataConfig()`) are each
+    retrained with `recipe = (model_config, train_config)` (as for the run being explained) through
+    `executor` (default `LocalExecutor()`), and every label query is scored: `queries` must be held out
+    from `train` (by id; e.g. the validation split). `progress(done, total, msg)` counts the M * R
+    retrainings (those of finished shards count as done).
 
     Returns:
         AirRepData (masks `[M, N]`, losses `[M, n_query]`, labels `[n_query, M]`).
     """
     config = config or AirRepDataConfig()
     executor = executor or LocalExecutor()
+    model_config, train_config = recipe
     check_queries(train, queries)
     ws = require_workspace(workspace, "generate_airrep_data")
     n, m, r = len(train), config.n_subsets, len(config.seeds)
     masks = training_subset_masks(n, config)
     check_disjoint_subsets(masks, evaluation_masks(n, config))
     cfg = data_config(train, queries, model_config, train_config, config)
-    if ws.exists(DATA_KIND, cfg):
-        return _load(ws, cfg, config)
     base = {k: v for k, v in cfg.items() if k != "n_subsets"}
     shards = [(a, min(a + config.shard_size, m)) for a in range(0, m, config.shard_size)]
-    done = sum((b - a) * r for a, b in shards if ws.exists(SHARD_KIND, {**base, "subsets": [a, b]}))
-    if progress is not None and done:
-        progress(done, m * r, f"AirRep data: {done} retrainings reused from finished shards")
-    for a, b in shards:
-        shard_cfg = {**base, "subsets": [a, b]}
-        if ws.exists(SHARD_KIND, shard_cfg):
-            continue
-        before = done
+    done = [0]  # retrainings finished or reused, for progress
 
-        def report(d: int, _t: int, msg: str, before: int = before, a: int = a, b: int = b) -> None:
+    def shard_losses(a: int, b: int) -> np.ndarray:
+        """Query losses `[b - a, R, n_query]` after retraining on subsets a..b-1."""
+        before = done[0]
+
+        def report(d: int, _t: int, msg: str) -> None:
             if progress is not None:
                 progress(before + d, m * r, f"AirRep data, subsets {a}-{b - 1}: {msg}")
 
-        start = time.perf_counter()
         logits = retrain_on_subsets(
             model_config, train_config, train, masks[a:b], config.seeds, queries, executor, report
         )
-        extra = {"seconds": time.perf_counter() - start, "loadavg": list(os.getloadavg())}
-        with ws.write(SHARD_KIND, shard_cfg, extra=extra) as d:
-            save_array(d, "seed_losses", _cross_entropy(logits, queries.labels))
-        done += (b - a) * r
-    parts, seconds = [], 0.0
-    for a, b in shards:
-        path = ws.open(SHARD_KIND, {**base, "subsets": [a, b]})
-        part = load_array(path / "seed_losses.npy")
-        if part.shape != (b - a, r, len(queries)):
-            raise ArtifactError(f"AirRep shard {path} has shape {part.shape}; delete it and rerun.")
-        parts.append(part)
-        seconds += float(ws.meta(SHARD_KIND, path.name)["extra"]["seconds"])
-    seed_losses = np.concatenate(parts)
-    losses = seed_losses.mean(1)
-    extra = {
-        "config": asdict(config),
-        "seconds": seconds,
-        "train_name": train.name,
-        "query_name": queries.name,
-    }
-    with ws.write(DATA_KIND, cfg, extra=extra) as d:
-        save_array(d, "masks", masks)
-        save_array(d, "seed_losses", seed_losses)
-        save_array(d, "losses", losses)
-        save_array(d, "labels", normalise_labels(losses))
-        save_array(d, "train_ids", np.asarray(train.ids, dtype=str))
-        save_array(d, "query_ids", np.asarray(queries.ids, dtype=str))
-    return _load(ws, cfg, config)
+        done[0] += (b - a) * r
+        return _cross_entropy(logits, queries.labels)
+
+    def shard(a: int, b: int) -> tuple[np.ndarray, float]:
+        """`(seed_losses, seconds)` of one "airrep_shard" artifact (computed or reused)."""
+        start = time.perf_counter()
+        return ws.cached(
+            SHARD_KIND,
+            {**base, "subsets": [a, b]},
+            lambda: shard_losses(a, b),
+            save=lambda d, v: save_array(d, "seed_losses", v),
+            load=lambda path, meta: (_check_shard(path, (b - a, r, len(queries))), meta["extra"]["seconds"]),
+            extra=lambda _v: {"seconds": time.perf_counter() - start, "loadavg": list(os.getloadavg())},
+        )
+
+    def compute() -> dict[str, np.ndarray]:
+        done[0] = sum((b - a) * r for a, b in shards if ws.exists(SHARD_KIND, {**base, "subsets": [a, b]}))
+        if progress is not None and done[0]:
+            progress(done[0], m * r, f"AirRep data: {done[0]} retrainings reused from finished shards")
+        parts = [shard(a, b) for a, b in shards]
+        seed_losses = np.concatenate([p for p, _ in parts])
+        seconds[0] = sum(s for _, s in parts)
+        losses = seed_losses.mean(1)
+        return {
+            "masks": masks,
+            "seed_losses": seed_losses,
+            "losses": losses,
+            "labels": normalise_labels(losses),
+            "train_ids": np.asarray(train.ids, dtype=str),
+            "query_ids": np.asarray(queries.ids, dtype=str),
+        }
+
+    seconds = [0.0]
+    extra = {"config": asdict(config), "train_name": train.name, "query_name": queries.name}
+    return ws.cached(
+        DATA_KIND,
+        cfg,
+        compute,
+        load=lambda path, meta: _load(path, meta, config),
+        extra=lambda _v: {**extra, "seconds": seconds[0]},
+    )
 
 
-def _load(ws: Workspace, cfg: dict, config: AirRepDataConfig) -> AirRepData:
-    path = ws.open(DATA_KIND, cfg)
-    arr = {
-        k: load_array(path / f"{k}.npy")
-        for k in ("masks", "seed_losses", "losses", "labels", "train_ids", "query_ids")
-    }
+def _check_shard(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    part = load_array(path / "seed_losses.npy")
+    if part.shape != shape:
+        raise ArtifactError(
+            f"AirRep shard {path} has shape {part.shape}, expected {shape}; delete it and rerun."
+        )
+    return part
+
+
+def _load(path: Path, meta: dict, config: AirRepDataConfig) -> AirRepData:
+    return data_from_arrays({k: load_array(path / f"{k}.npy") for k in DATA_ARRAYS}, path, meta, config)
+
+
+def data_from_arrays(
+    arr: dict[str, np.ndarray], path: Path, meta: dict, config: AirRepDataConfig
+) -> AirRepData:
+    """AirRepData from a stored artifact's arrays (`DATA_ARRAYS`; without "seed_losses", the losses are
+    taken as one seed's), its folder and meta; ArtifactError if the shapes do not fit `config`."""
     m, n, nq = config.n_subsets, len(arr["train_ids"]), len(arr["query_ids"])
-    if arr["masks"].shape != (m, n) or arr["labels"].shape != (nq, m):
+    if arr["masks"].shape != (m, n) or arr["labels"].shape != (nq, m) or arr["losses"].shape != (m, nq):
         raise ArtifactError(f"AirRep data {path} is inconsistent; delete it and recompute.")
     return AirRepData(
         masks=arr["masks"].astype(bool),
-        seed_losses=arr["seed_losses"],
+        seed_losses=arr["seed_losses"] if "seed_losses" in arr else arr["losses"][:, None, :],
         losses=arr["losses"],
         labels=arr["labels"],
         train_ids=tuple(str(i) for i in arr["train_ids"]),
         query_ids=tuple(str(i) for i in arr["query_ids"]),
         config=config,
         key=path.name,
-        seconds=float(ws.meta(DATA_KIND, path.name)["extra"]["seconds"]),
+        seconds=float(meta["extra"]["seconds"]),
     )
+
+
+register_kind(
+    ArtifactKind(
+        DATA_KIND,
+        files=tuple(f"{k}.npy" for k in DATA_ARRAYS),
+        save=save_arrays,
+        recompute="make the AirRep data again (`generate_airrep_data` / fitting airrep; finished shards are reused)",
+    )
+)
+register_kind(
+    ArtifactKind(
+        SHARD_KIND,
+        files=("seed_losses.npy",),
+        recompute="make the AirRep data again (other shards are reused)",
+    )
+)

@@ -30,6 +30,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from tda_explorer.backend.stats import spearman_rows
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_tensors, require_workspace, save_tensors
+from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training.trainer import Progress
 
 ENCODER_KIND = "airrep_encoder"
@@ -55,6 +57,9 @@ class RankTrainConfig:
     Args:
         lr: AdamW learning rate (constant after a linear warm-up of `warmup_steps`).
         weight_decay: AdamW decoupled weight decay.
+        max_steps: if set, training stops after this many optimisation steps (the last epoch is cut short,
+            then evaluated and checkpointed as usual): a fixed budget when an epoch is long (thousands of
+            subsets). Left out of `to_dict` when None, so the keys of earlier encoders are unchanged.
         epochs: maximum number of epochs. An epoch visits every (query batch, subset batch) pair once:
             `ceil(M_train / K) * ceil(Q_train / B)` steps.
         subsets_per_step: subsets ranked against each other per step (K; batches are near-equal splits).
@@ -86,10 +91,13 @@ class RankTrainConfig:
     max_weight: float = 5.0
     logit_scale: bool = True
     seed: int = 0
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}.")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be None or >= 1, got {self.max_steps!r}.")
         if min(self.epochs, self.subsets_per_step, self.queries_per_step, self.patience) < 1:
             raise ConfigError("epochs, subsets_per_step, queries_per_step and patience must be >= 1.")
         if self.subsets_per_step < 2:
@@ -103,7 +111,10 @@ class RankTrainConfig:
             raise ConfigError("need 0 <= min_weight <= max_weight, grad_clip >= 0 and warmup_steps >= 0.")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["max_steps"] is None:
+            del d["max_steps"]
+        return d
 
 
 @dataclass
@@ -186,26 +197,59 @@ def _load_optimizer(opt: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -
     opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
 
-def heldout_metrics(
-    encoder: AirRepEncoder,
-    xq: tuple[torch.Tensor, torch.Tensor],
-    xt: tuple[torch.Tensor, torch.Tensor],
-    masks: torch.Tensor,
-    labels: torch.Tensor,
-    pooling: str,
-    cfg: RankTrainConfig,
-) -> tuple[float, float]:
-    """`(group LDS, ranking loss)` of `f(xq, S_j)` against labels `[nq, K]` over the subsets `masks [K, N]`.
+@dataclass(frozen=True)
+class _RankProblem:
+    """What one encoder training ranks: prepared `(inputs, labels)` of the training set (`xt`) and label
+    queries (`xq`), subset masks bool `[M, N]`, labels `[n_query, M]`, the pooling and the settings."""
 
-    `xq`, `xt` are `prepare(...)` outputs (inputs, labels) of the queries and the training set.
-    """
+    xt: tuple[torch.Tensor, torch.Tensor]
+    xq: tuple[torch.Tensor, torch.Tensor]
+    masks: torch.Tensor
+    labels: torch.Tensor
+    pooling: str
+    cfg: RankTrainConfig
 
-    f = group_scores(encoder.embed(xq), encoder.embed(xt), masks, pooling)
-    rho = spearman_rows(f.double().numpy(), labels.double().numpy())
-    rho = rho[np.isfinite(rho)]
-    gamma = float(encoder.log_logit_scale.detach().exp()) if cfg.logit_scale else 1.0
-    loss = pairwise_ranking_loss(f * gamma, labels.float(), cfg.min_weight, cfg.max_weight)
-    return (float(rho.mean()) if rho.size else float("nan")), float(loss)
+    def heldout_metrics(
+        self, encoder: AirRepEncoder, qs: torch.Tensor, subs: torch.Tensor
+    ) -> tuple[float, float]:
+        """`(group LDS, ranking loss)` of `f(x_q, S_j)` against the labels, queries `qs`, subsets `subs`."""
+        cfg = self.cfg
+        q = (self.xq[0][qs], self.xq[1][qs])
+        f = group_scores(encoder.embed(q), encoder.embed(self.xt), self.masks[subs], self.pooling)
+        labels = self.labels[qs][:, subs]
+        rho = spearman_rows(f.double().numpy(), labels.double().numpy())
+        rho = rho[np.isfinite(rho)]
+        gamma = float(encoder.log_logit_scale.detach().exp()) if cfg.logit_scale else 1.0
+        loss = pairwise_ranking_loss(f * gamma, labels.float(), cfg.min_weight, cfg.max_weight)
+        return (float(rho.mean()) if rho.size else float("nan")), float(loss)
+
+    def step_loss(
+        self, encoder: AirRepEncoder, qs: torch.Tensor, subs: torch.Tensor, rng: np.random.Generator
+    ) -> torch.Tensor:
+        """Ranking loss of one step over queries `qs` and subsets `subs` (with gradients)."""
+        cfg, masks = self.cfg, self.masks[subs]
+        members = masks.any(0).nonzero().flatten()
+        if cfg.members_per_step is not None and len(members) > cfg.members_per_step:
+            members = members[
+                torch.from_numpy(np.sort(rng.choice(len(members), cfg.members_per_step, replace=False)))
+            ]
+        device = next(encoder.parameters()).device
+        t_emb = encoder(self.xt[0][members].to(device), self.xt[1][members])
+        q_emb = encoder(self.xq[0][qs].to(device), self.xq[1][qs])
+        f = pool(q_emb @ t_emb.T, masks[:, members], self.pooling)  # float64 [B, K]
+        if cfg.logit_scale:
+            f = f * encoder.log_logit_scale.exp()
+        labels = self.labels[qs][:, subs].to(f)
+        return pairwise_ranking_loss(f, labels, cfg.min_weight, cfg.max_weight).float()
+
+    @torch.no_grad()
+    def init_logit_scale(self, encoder: AirRepEncoder, qs: torch.Tensor, subs: torch.Tensor) -> None:
+        """Set `log gamma = -log std(f_i - f_j)` over the pairs of one batch (queries `qs`, subsets `subs`)."""
+        q = (self.xq[0][qs], self.xq[1][qs])
+        f = group_scores(encoder.embed(q), encoder.embed(self.xt), self.masks[subs], self.pooling).double()
+        diff = (f[:, :, None] - f[:, None, :]).flatten()
+        std = float(diff.std()) if diff.numel() > 1 else 0.0
+        encoder.log_logit_scale.fill_(-math.log(std) if std > 0 and math.isfinite(std) else 0.0)
 
 
 def train_encoder(
@@ -242,18 +286,27 @@ def train_encoder(
         raise ConfigError("the training set / label queries do not match the AirRep data they were made for.")
     key_cfg = encoder_config_key(data, encoder_config, cfg, pooling)
     encoder = build_encoder(encoder_config, train, cfg.seed)
-    if ws.exists(ENCODER_KIND, key_cfg):
-        return _load_encoder(ws, key_cfg, encoder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return _fit(data, train, queries, encoder, cfg, pooling, ws, key_cfg, progress)
 
+    def fit() -> tuple[dict[str, torch.Tensor], dict]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return _fit(data, train, queries, encoder, cfg, pooling, ws, key_cfg, progress)
 
-def _load_encoder(ws: Workspace, key_cfg: dict, encoder: AirRepEncoder) -> TrainedEncoder:
-    path = ws.open(ENCODER_KIND, key_cfg)
-    extra = ws.meta(ENCODER_KIND, path.name)["extra"]
-    encoder.load_state_dict(load_tensors(path / "encoder.pt"), strict=False)
-    return TrainedEncoder(encoder.eval(), extra["history"], extra["best_epoch"], extra["seconds"], path.name)
+    def load(path: Path, meta: dict) -> TrainedEncoder:
+        extra = meta["extra"]
+        encoder.load_state_dict(load_tensors(path / "encoder.pt"), strict=False)
+        return TrainedEncoder(
+            encoder.eval(), extra["history"], extra["best_epoch"], extra["seconds"], path.name
+        )
+
+    return ws.cached(
+        ENCODER_KIND,
+        key_cfg,
+        fit,
+        save=lambda d, fitted: save_tensors(d, "encoder", fitted[0]),
+        load=load,
+        extra=lambda fitted: fitted[1],
+    )
 
 
 def _fit(
@@ -266,10 +319,18 @@ def _fit(
     ws: Workspace,
     key_cfg: dict,
     progress: Progress | None,
-) -> TrainedEncoder:
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train `encoder` (resuming from its "airrep_ckpt"); `(best weights, record)` for "airrep_encoder"."""
     started = time.perf_counter()
-    xt, xq = encoder.prepare(train), encoder.prepare(queries)
-    masks, labels = torch.from_numpy(data.masks), torch.from_numpy(data.labels)
+    problem = _RankProblem(
+        encoder.prepare(train),
+        encoder.prepare(queries),
+        torch.from_numpy(data.masks),
+        torch.from_numpy(data.labels),
+        pooling,
+        cfg,
+    )
+    masks = problem.masks
     sub_tr, sub_ho = holdout_split(len(masks), cfg.holdout_subsets, cfg.seed, 1)
     q_tr, q_ho = holdout_split(len(queries), cfg.holdout_queries, cfg.seed, 2)
     params = [p for p in encoder.parameters() if p.requires_grad]
@@ -278,14 +339,13 @@ def _fit(
     n_sb, n_qb = math.ceil(len(sub_tr) / k), math.ceil(len(q_tr) / b)
     steps_per_epoch = n_sb * n_qb
     total = steps_per_epoch * cfg.epochs
+    max_steps = total if cfg.max_steps is None else min(total, cfg.max_steps)
     held = len(sub_ho) >= 2 and len(q_ho) >= 1
 
     def evaluate() -> tuple[float, float]:
         if not held:
             return float("nan"), float("nan")
-        sel = torch.from_numpy(q_ho)
-        q = (xq[0][sel], xq[1][sel])
-        return heldout_metrics(encoder, q, xt, masks[sub_ho], labels[sel][:, sub_ho], pooling, cfg)
+        return problem.heldout_metrics(encoder, torch.from_numpy(q_ho), torch.from_numpy(sub_ho))
 
     epoch, step, seconds = 0, 0, 0.0
     best_state, best_epoch = _trainable_state(encoder), -1
@@ -295,7 +355,7 @@ def _fit(
         {"epoch": -1, "train_loss": None, "heldout_lds": init_lds, "heldout_loss": init_loss, "seconds": 0.0}
     ]
     if cfg.logit_scale:  # gamma = 1 / std of the initial pair differences (overwritten on resume)
-        _init_logit_scale(encoder, xt, xq, masks[sub_tr[:k]], torch.from_numpy(q_tr[:b]), pooling)
+        problem.init_logit_scale(encoder, torch.from_numpy(q_tr[:b]), torch.from_numpy(sub_tr[:k]))
     if ws.exists(CKPT_KIND, key_cfg):  # resume after the last finished epoch
         path = ws.open(CKPT_KIND, key_cfg)
         extra = ws.meta(CKPT_KIND, path.name)["extra"]
@@ -305,21 +365,21 @@ def _fit(
         epoch, step, history = extra["epoch"], extra["step"], extra["history"]
         best_epoch, best_metric, seconds = extra["best_epoch"], extra["best_metric"], extra["seconds"]
         if progress is not None:
-            progress(step, total, f"AirRep encoder: resumed after epoch {epoch}")
+            progress(step, max_steps, f"AirRep encoder: resumed after epoch {epoch}")
     bad = epoch - 1 - best_epoch  # finished epochs since the best one
-    while epoch < cfg.epochs and (not held or bad < cfg.patience):
+    while epoch < cfg.epochs and step < max_steps and (not held or bad < cfg.patience):
         rng = np.random.default_rng([cfg.seed, 3, epoch])
         sub_batches = np.array_split(rng.permutation(sub_tr), n_sb)
         q_batches = np.array_split(rng.permutation(q_tr), n_qb)
         pairs = rng.permutation(steps_per_epoch)
         losses = []
         encoder.train()
-        for i in pairs:
+        for i in pairs[: max_steps - step]:
             sub, qs = torch.from_numpy(sub_batches[i // n_qb]), torch.from_numpy(q_batches[i % n_qb])
             lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = _step_loss(encoder, xt, xq, masks[sub], labels[qs][:, sub], qs, pooling, cfg, rng)
+            loss = problem.step_loss(encoder, qs, sub, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -328,7 +388,7 @@ def _fit(
             step += 1
             losses.append(float(loss.detach()))
             if progress is not None:
-                progress(step, total, f"AirRep encoder: epoch {epoch + 1}, loss {losses[-1]:.4f}")
+                progress(step, max_steps, f"AirRep encoder: epoch {epoch + 1}, loss {losses[-1]:.4f}")
         lds, held_loss = evaluate()
         epoch += 1
         if not held or lds > best_metric:
@@ -358,7 +418,6 @@ def _fit(
             save_tensors(d, "best", best_state)
             save_tensors(d, "optimizer", _flat_optimizer(opt))
     seconds += time.perf_counter() - started
-    encoder.load_state_dict(best_state, strict=False)
     extra = {
         "history": history,
         "best_epoch": best_epoch,
@@ -366,48 +425,20 @@ def _fit(
         "steps": step,
         "loadavg": list(os.getloadavg()),
     }
-    with ws.write(ENCODER_KIND, key_cfg, extra=extra) as d:
-        save_tensors(d, "encoder", best_state)
-    return TrainedEncoder(encoder.eval(), history, best_epoch, seconds, ws.key(ENCODER_KIND, key_cfg))
+    return best_state, extra
 
 
-def _step_loss(
-    encoder: AirRepEncoder,
-    xt: tuple[torch.Tensor, torch.Tensor],
-    xq: tuple[torch.Tensor, torch.Tensor],
-    masks: torch.Tensor,
-    labels: torch.Tensor,
-    qs: torch.Tensor,
-    pooling: str,
-    cfg: RankTrainConfig,
-    rng: np.random.Generator,
-) -> torch.Tensor:
-    """Ranking loss of one step: queries `qs`, subset masks `[K, N]`, labels `[B, K]`."""
-    members = masks.any(0).nonzero().flatten()
-    if cfg.members_per_step is not None and len(members) > cfg.members_per_step:
-        members = members[
-            torch.from_numpy(np.sort(rng.choice(len(members), cfg.members_per_step, replace=False)))
-        ]
-    device = next(encoder.parameters()).device
-    t_emb = encoder(xt[0][members].to(device), xt[1][members])
-    q_emb = encoder(xq[0][qs].to(device), xq[1][qs])
-    f = pool(q_emb @ t_emb.T, masks[:, members], pooling)  # float64 [B, K]
-    if cfg.logit_scale:
-        f = f * encoder.log_logit_scale.exp()
-    return pairwise_ranking_loss(f, labels.to(f), cfg.min_weight, cfg.max_weight).float()
-
-
-@torch.no_grad()
-def _init_logit_scale(
-    encoder: AirRepEncoder,
-    xt: tuple[torch.Tensor, torch.Tensor],
-    xq: tuple[torch.Tensor, torch.Tensor],
-    masks: torch.Tensor,
-    qs: torch.Tensor,
-    pooling: str,
-) -> None:
-    """Set `log gamma = -log std(f_i - f_j)` over the pairs of one batch (queries `qs`, subsets `masks`)."""
-    f = group_scores(encoder.embed((xq[0][qs], xq[1][qs])), encoder.embed(xt), masks, pooling).double()
-    diff = (f[:, :, None] - f[:, None, :]).flatten()
-    std = float(diff.std()) if diff.numel() > 1 else 0.0
-    encoder.log_logit_scale.fill_(-math.log(std) if std > 0 and math.isfinite(std) else 0.0)
+register_kind(
+    ArtifactKind(
+        ENCODER_KIND,
+        files=("encoder.pt",),
+        recompute="train the AirRep encoder again (fit airrep; it resumes)",
+    )
+)
+register_kind(
+    ArtifactKind(
+        CKPT_KIND,
+        files=("encoder.pt", "best.pt", "optimizer.pt"),
+        recompute="train the AirRep encoder again (from its last finished epoch's checkpoint, if any)",
+    )
+)
