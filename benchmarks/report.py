@@ -234,32 +234,39 @@ METHOD_SECTIONS = (
     ("unrolled", "Unrolled (exact replay): fixed- vs fresh-seed LDS and cost"),
     ("unrolled_smooth", "Unrolled: LDS vs removed fraction and recipe"),
     ("airrep", "AirRep: learned representations with attention pooling"),
+    ("airrep", "AirRep distilled from a teacher (teacher-labelled subsets)", "airrep_teacher",
+     ("teacher", "teacher_150_steps")),
     ("text", "Text: SST-2 on MiniLM + LoRA"),
     ("app_latency", "App: the first hour's default steps and the server time of a click"),
     ("byo", "Your own model: imported, attributed, evaluated with its own recipe"),
     ("mislabel", "Mislabel detection vs cleanlab and the own-loss baseline"),
+    ("mislabel_text", "Mislabel detection on text: SST-2, frozen MiniLM head"),
     ("pruning", "Pruning curves: attribution rules vs loss, cleanlab and random"),
     ("robustness", "Robustness of the defaults: default vs best fixed value in hindsight"),
-)
+)  # fmt: skip
+"""(results file stem, title[, rendering module stem, result keys]): a section per key of the file (default
+the module `benchmarks.<stem>` and the keys "full" then "quick", or the whole file when it has neither)."""
 
 
 def method_sections(results_dir: Path) -> str:
     """One section per per-method benchmark found in `results_dir` (full mode first, then quick)."""
     text = ""
-    for name, title in METHOD_SECTIONS:
-        path, module = Path(results_dir) / f"{name}.json", f"benchmarks.{name}"
+    for name, title, *how in METHOD_SECTIONS:
+        module_stem, keys = how if how else (name, ("full", "quick"))
+        path, module = Path(results_dir) / f"{name}.json", f"benchmarks.{module_stem}"
         if not path.is_file():
             continue
         doc = json.loads(path.read_text())
-        modes = [m for m in ("full", "quick") if isinstance(doc.get(m), dict)] or [None]
+        modes = [m for m in keys if isinstance(doc.get(m), dict)] or ([None] if not how else [])
         render = getattr(importlib.import_module(module), "markdown", None)
         for mode in modes:
             result = doc if mode is None else doc[mode]
             body = (render(result) if render is not None else result.get("markdown", "")).strip()
             if not body:
                 continue
+            flag = "" if mode is None else f" --{mode}" if mode in ("full", "quick") else ""
             text += f"\n## {title}{'' if mode is None else f' ({mode})'}\n\n{body}\n\n(`python -m {module}"
-            text += f"{'' if mode is None else f' --{mode}'}`, results in `benchmarks/results/{name}.json`)\n"
+            text += f"{flag}`, results in `benchmarks/results/{name}.json`)\n"
     return text
 
 
