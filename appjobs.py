@@ -368,7 +368,7 @@ def oof_step(run, data, ws: Workspace, requested: bool, executor=None):
     n = N_FOLDS * REPEATS
     outcome = run_step(
         key, f"Out-of-fold probabilities ({n} retrainings)",
-        lambda progress: cached_oof_probs(run, data.train, ws, executor, progress),
+        lambda progress: cached_oof_probs(run, data.train, ws, executor=executor, progress=progress),
         estimate_retrainings(n, 1.0 - 1.0 / N_FOLDS, shape, load_calibration(ws)), requested=requested, ws=ws,
     )  # fmt: skip
     return outcome.result if outcome is not None and outcome.status == "done" else None

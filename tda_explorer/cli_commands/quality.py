@@ -203,7 +203,7 @@ def _label_quality(ctx, args):
 
     update, bar = progress_bar("out-of-fold retraining")
     try:
-        probs = cached_oof_probs(ctx.run, ctx.splits.train, ctx.ws, _executor(args), update)
+        probs = cached_oof_probs(ctx.run, ctx.splits.train, ctx.ws, executor=_executor(args), progress=update)
     finally:
         bar.close()
     scores = label_quality_scores(ctx.run, ctx.splits.train, probs)

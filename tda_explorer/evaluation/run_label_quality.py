@@ -65,6 +65,7 @@ def cached_oof_probs(
     run: TrainedRun,
     train: ExampleSet,
     ws: Workspace,
+    *,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> np.ndarray:

@@ -29,10 +29,10 @@ def test_oof_probs_are_computed_once_and_keyed_by_the_labels(
     run = train_run(tiny, model_config, train_config, (0,), workspace=ws)
     assert not has_oof_probs(run, tiny.train, ws)
     executor = recorder()
-    probs = cached_oof_probs(run, tiny.train, ws, executor)
+    probs = cached_oof_probs(run, tiny.train, ws, executor=executor)
     assert len(executor.jobs) == N_FOLDS * REPEATS and has_oof_probs(run, tiny.train, ws)
     again = recorder()
-    np.testing.assert_array_equal(cached_oof_probs(run, tiny.train, ws, again), probs)
+    np.testing.assert_array_equal(cached_oof_probs(run, tiny.train, ws, executor=again), probs)
     assert again.jobs == []  # read back, not retrained
     relabelled = tiny.train.with_labels(tiny.train.labels.roll(1))
     assert oof_config(run, relabelled) != oof_config(run, tiny.train)  # other labels: other probabilities
