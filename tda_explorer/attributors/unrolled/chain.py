@@ -170,25 +170,30 @@ class ChainStep:
         for s in self.shapes:
             offsets.append(offsets[-1] + math.prod(s))
 
-        def block(t: torch.Tensor, j: int) -> torch.Tensor:
-            return t[:, offsets[j] : offsets[j + 1]]
+        def weight(t: torch.Tensor, i: int) -> torch.Tensor:  # [Q, d_out, d_in] view of layer i's weight
+            return t[:, offsets[2 * i] : offsets[2 * i + 1]].view(q, *self.shapes[2 * i])
 
-        V = [block(gbar, 2 * i).view(q, *self.shapes[2 * i]) for i in range(n_layers)]
-        c = [block(gbar, 2 * i + 1) for i in range(n_layers)]
+        def bias(t: torch.Tensor, i: int) -> torch.Tensor:
+            return t[:, offsets[2 * i + 1] : offsets[2 * i + 2]]
+
+        V = [weight(gbar, i) for i in range(n_layers)]
+        acts = [x.expand(q, -1, -1) for x in self.acts]
         r_acts: list[torch.Tensor | None] = [None]
-        rz = torch.matmul(self.acts[0], V[0].transpose(1, 2)) + c[0].unsqueeze(1)
+        rz = torch.baddbmm(bias(gbar, 0).unsqueeze(1), acts[0], V[0].transpose(1, 2))
         for i in range(1, n_layers):
-            ra = rz * self.masks[i - 1]
+            ra = rz.mul_(self.masks[i - 1])
             r_acts.append(ra)
-            rz = ra @ self.W[i].T + torch.matmul(self.acts[i], V[i].transpose(1, 2)) + c[i].unsqueeze(1)
+            rz = torch.baddbmm(bias(gbar, i).unsqueeze(1), acts[i], V[i].transpose(1, 2))
+            rz.baddbmm_(ra, self.W[i].T.expand(q, -1, -1))
         wbar = (rz * self.deltas[-1]).sum(-1)
-        rd = (self.p * rz - self.p * (self.p * rz).sum(-1, keepdim=True)) / self.n
+        rd = (rz - (self.p * rz).sum(-1, keepdim=True)).mul_(self.p / self.n)
         for i in range(n_layers - 1, -1, -1):
-            hw = torch.matmul(rd.transpose(1, 2), self.acts[i])
+            block = weight(a, i)
+            block.baddbmm_(rd.transpose(1, 2), acts[i])
             if r_acts[i] is not None:
-                hw = hw + torch.matmul(self.deltas[i].T, r_acts[i])
-            block(a, 2 * i).view(q, *self.shapes[2 * i]).add_(hw)
-            block(a, 2 * i + 1).add_(rd.sum(1))
+                block.baddbmm_(self.deltas[i].T.expand(q, -1, -1), r_acts[i])
+            bias(a, i).add_(rd.sum(1))
             if i > 0:
-                rd = (rd @ self.W[i] + torch.matmul(self.deltas[i], V[i])) * self.masks[i - 1]
+                d = torch.bmm(rd, self.W[i].expand(q, -1, -1))
+                rd = d.baddbmm_(self.deltas[i].expand(q, -1, -1), V[i]).mul_(self.masks[i - 1])
         return wbar
