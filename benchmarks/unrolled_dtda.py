@@ -120,7 +120,10 @@ def run_study(n_query: int, n_seeds: int, workers: int) -> dict:
         "unrolled_per_seed_vs_fixed_seed": pearson(pred_seed, true_fixed),
         "fixed_seed_mean_vs_retrained_mean": pearson(true_fixed.mean(1), true_retrained.mean(1)),
     }
-    out["spearman_unrolled_vs_retrained"] = float(spearmanr(pred_u, true_retrained.mean(1)).statistic)
+    out["spearman"] = {
+        "unrolled_vs_retrained": float(spearmanr(pred_u, true_retrained.mean(1)).statistic),
+        "influence_vs_retrained": float(spearmanr(pred_i, true_retrained.mean(1)).statistic),
+    }
     out["pairs"] = [
         {
             "query": queries.ids[q],
