@@ -4,6 +4,7 @@
     python -m benchmarks.unrolled --queries 500        # all test queries (the issue's setting)
     python -m benchmarks.unrolled --queries 20 --subsets 30 --no-baselines   # a smoke run
     python -m benchmarks.unrolled --methods trak-10,source   # some rows only, merged into the JSON
+    python -m benchmarks.unrolled --arch logreg               # the logistic-regression row (its own JSON)
 
 MNIST 5k (4,000 train images), the default MLP recipe (`MLPConfig()`, `default_train_config("mlp")`:
 SGD momentum 0.9, lr 0.05 cosine, wd 1e-4, batch 64, 15 epochs = 945 steps), explained at seed 0. Two
@@ -19,7 +20,8 @@ Methods on the first `--queries` test queries: `unrolled` (seed 0), and as basel
 (seed 0), Source (L = 3, seed 0) and TRAK-10 (count sketch, k = 2,048, seeds 0-9), each scored against both
 truths. Cost: wall seconds of `fit` + `score`, per query, and against the wall time of training the model
 once (measured here, same process, one thread); "one query" = fit + score of the first query alone.
-Writes `benchmarks/results/unrolled.json` and prints a Markdown table. The machine may be shared: the
+Writes `benchmarks/results/unrolled.json` (`--arch logreg`: the same on logistic regression with
+`default_train_config("logreg")`, into `unrolled_logreg.json`) and prints a Markdown table. The machine may be shared: the
 1-minute load average is recorded next to every timing.
 """
 
@@ -69,6 +71,11 @@ def timed(fn):
     return out, round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2), load
 
 
+def results_path(arch: str) -> Path:
+    """Where the results of `arch` go: `unrolled.json` for the MLP, `unrolled_<arch>.json` otherwise."""
+    return RESULTS if arch == "mlp" else RESULTS.with_name(f"unrolled_{arch}.json")
+
+
 def run_benchmark(
     n_query: int,
     n_subsets: int,
@@ -77,20 +84,21 @@ def run_benchmark(
     truth_only: bool = False,
     only: tuple[str, ...] = (),
     save=None,
+    arch: str = "mlp",
 ) -> dict:
     from tda_explorer.attributors import make_attributor
     from tda_explorer.data import DatasetSpec, load_dataset
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
-    from tda_explorer.models import MLPConfig
+    from tda_explorer.models import default_model_config
     from tda_explorer.store import Workspace
     from tda_explorer.training import LocalExecutor, default_train_config, train_model, train_run
 
     torch.set_num_threads(1)
     ws, executor = Workspace(WORKSPACE), LocalExecutor(workers)
     splits = load_dataset(DatasetSpec(name="mnist5k"))
-    model_cfg, train_cfg = MLPConfig(), default_train_config("mlp")
+    model_cfg, train_cfg = default_model_config(arch), default_train_config(arch)
     queries = splits.test.subset(range(n_query))
-    out: dict = {"n_train": len(splits.train), "n_query": n_query, "n_subsets": n_subsets}
+    out: dict = {"arch": arch, "n_train": len(splits.train), "n_query": n_query, "n_subsets": n_subsets}
 
     log("training seed 0 once (timed, in-process)")
     _, wall, cpu, load = timed(lambda: train_model(model_cfg, train_cfg, splits.train, 0))
@@ -176,7 +184,7 @@ def markdown(res: dict) -> str:
     u, one = res["methods"].get("unrolled"), res.get("unrolled_one_query")
     once = (u or {}).get("training_once")
     lines = [
-        f"MNIST 5k MLP (default recipe), seed 0, first {res['n_query']} test queries, M = {res['n_subsets']} half "
+        f"MNIST 5k {'MLP' if res.get('arch', 'mlp') == 'mlp' else res['arch']} (default recipe), seed 0, first {res['n_query']} test queries, M = {res['n_subsets']} half "
         "subsets, fixed-seed and fresh-seed ground truth"
         + (
             f"; training the model once: {once['seconds']} s wall / {once['cpu_seconds']} s CPU "
@@ -245,6 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--queries", type=int, default=100, help="test queries attributed (first n of 500)")
     p.add_argument("--subsets", type=int, default=100, help="LDS subsets M")
     p.add_argument("--workers", type=int, default=1, help="retraining processes")
+    p.add_argument(
+        "--arch", default="mlp", choices=("mlp", "logreg"), help="the model (default recipe of each)"
+    )
     p.add_argument("--no-baselines", action="store_true", help="only unrolled (no EK-FAC / Source / TRAK-10)")
     p.add_argument(
         "--methods", default="", help="comma-separated row labels (prefixes) to compute; default all"
@@ -259,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         help="train the run and the two ground truths (cached in shards of 10), stop",
     )
     args = p.parse_args(argv)
+    global RESULTS
+    RESULTS = results_path(args.arch)
     started = time.perf_counter()
     only = tuple(m for m in (args.methods or "").split(",") if m)
     if args.dtda or args.linearity:
@@ -290,7 +303,14 @@ def main(argv: list[str] | None = None) -> None:
         write(res)
 
     res = run_benchmark(
-        args.queries, args.subsets, args.workers, not args.no_baselines, args.truth_only, only, save
+        args.queries,
+        args.subsets,
+        args.workers,
+        not args.no_baselines,
+        args.truth_only,
+        only,
+        save,
+        args.arch,
     )
     if not args.truth_only:
         save(res)

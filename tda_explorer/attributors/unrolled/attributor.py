@@ -18,22 +18,29 @@ chosen seeds. `score_groups` (the default) sums member scores: the first-order e
 group. `self_influence` runs the training examples themselves as queries: its cost is `N / n_query`
 times that of `score`.
 
-Cost, T steps, p parameters, batch B: `ceil(Q / chunk)` reverse passes for Q queries, each one forward
-replay of the run plus per step one vmapped vector-Jacobian product of the batch gradient with `chunk`
-cotangents (about 3 gradient evaluations per query). Memory (itemsize s, optimizer state vectors
-n_s = 0 SGD / 1 momentum / 2 Adam, snapshot every k steps):
+Cost, T steps, p parameters, batch B: `ceil(Q / chunk)` reverse passes for Q queries, each per step one
+vector-Jacobian product of the batch gradient with `chunk` cotangents. Two implementations (`reverse`):
+autograd's double backward (any model; one forward replay of each segment per pass, about 3 gradient
+evaluations per query and step), and for Linear/ReLU chains without dropout (the zoo's `mlp`, `logreg`)
+a closed-form R-operator step (`chain`: about two products of the first layer's size per query and
+step). For chains trained by SGD (with or without momentum) `fit` also keeps a tape of what that step
+needs (the layers after the first, their inputs and the logits, per step), so the reverse pass replays
+nothing: a query then costs about one training's worth of compute, not three. Memory (itemsize s,
+optimizer state vectors n_s = 0 SGD / 1 momentum / 2 Adam, snapshot every k steps):
 
     (ceil(T / k) + n_stages) * p * (1 + n_s) * s     snapshots (parameters + optimizer state)
   + k * p * (1 + 2 [Adam]) * s                       one replayed segment (+ Adam's moments per step)
   + T * (5 KB + 8 B)                                 RNG state and batch indices per step
+  + T * (p_rest + B * (d_1 + ... + C)) * s           the chain tape, if it fits in `memory_bytes`
   + chunk * p * (1 + n_s) * s * ~4                   cotangents and the vmapped product's work
   + Q * N * 8                                        the result (float64)
 
-k = ceil(sqrt(T)) by default (`every`) balances the first two; `chunk` comes from `memory_bytes`. The
-compute does not depend on k (each segment is replayed once per reverse pass); only memory does. Per query
-and step the reverse pass needs one Hessian-vector product of the batch loss (about 2-3 gradient
-evaluations), so Q queries cost about Q times one training in gradient work whatever the batching; the
-batching over queries only removes per-step overhead.
+(p_rest = the parameters after the first layer, d_l the hidden widths, C the classes: 225 MB for the
+demo's MLP at 945 steps of 64). k = ceil(sqrt(T)) by default (`every`) balances the first two; `chunk`
+comes from `memory_bytes`. The compute does not depend on k (each segment is replayed once per reverse
+pass); only memory does. Per query and step the reverse pass needs one Hessian-vector product of the
+batch loss, so Q queries cost about Q times one training in compute whatever the batching; batching
+over queries only removes per-step overhead (the `[chunk, p]` cotangent updates are memory-bound).
 
 Exact is not the same as predictive: the derivative is exact for infinitesimal weight changes (finite
 differences of real retraining agree to ~1e-8 in the float64 tests), but a ReLU network trained at a large
@@ -106,7 +113,15 @@ class Unrolled(Attributor):
         seeds = run.select_seeds(self.settings.seeds)
         self.n_train_, self.members_ = len(train), []
         for i, seed in enumerate(seeds):
-            traj = Trajectory(run.model_config, recipe, train, seed, get_dtype(), self.settings.every)
+            traj = Trajectory(
+                run.model_config,
+                recipe,
+                train,
+                seed,
+                get_dtype(),
+                self.settings.every,
+                self.settings.memory_bytes,
+            )
             theta = traj.record()
             gap = replay_gap(theta, traj, run.checkpoints[seed][-1].state)
             if gap > REPLAY_TOLERANCE:

@@ -8,8 +8,10 @@ its batches (fixed-seed removal), averaged over the seeds; positive = i helps th
 saved as an artifact of kind `KIND` keyed by run, query, class and seeds, so a second click is a load.
 
 Cost per call without the cache: one replay of each seed (about one training, skipped when a fitted
-`Unrolled` is passed in) plus one reverse pass per seed (about three trainings' worth of gradient work
-per query; see `attributors.unrolled.attributor`).
+`Unrolled` is passed in) plus one reverse pass per seed: about one training's worth of compute for the
+zoo's MLP / logistic regression trained by SGD (the closed-form step on the tape `fit` keeps), about
+three for other models (autograd's double backward and a second replay; see
+`attributors.unrolled.attributor`; times in RESULTS.md).
 """
 
 from __future__ import annotations

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from tda_explorer.attributors.unrolled.chain import chain_train_step, linear_chain, tape_bytes_per_step
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.models import ModelConfig
 from tda_explorer.training.config import TrainConfig
@@ -56,10 +57,13 @@ class SegmentReplay:
     Attributes:
         thetas: flat parameters `[p]` before each step.
         moments: Adam only: `(exp_avg, exp_avg_sq)` flat `[p]` after each step (else empty).
+        forwards: Linear/ReLU chains only (`Trajectory.chain`): each step's layer inputs and logits
+            (`chain.chain_train_step`), else empty.
     """
 
     thetas: list[torch.Tensor]
     moments: list[tuple[torch.Tensor, torch.Tensor]]
+    forwards: list[tuple[list[torch.Tensor], torch.Tensor]] = field(default_factory=list)
 
 
 class FlatParams:
@@ -75,7 +79,7 @@ class FlatParams:
     def get(self, model: nn.Module) -> torch.Tensor:
         """Flat copy `[p]` of the model's trainable parameters."""
         params = dict(model.named_parameters())
-        return torch.cat([params[n].detach().reshape(-1) for n in self.names]).clone()
+        return torch.cat([params[n].detach().reshape(-1) for n in self.names])  # a new tensor
 
     def set(self, model: nn.Module, flat: torch.Tensor) -> None:
         params = dict(model.named_parameters())
@@ -90,7 +94,7 @@ class FlatParams:
     def cat_state(self, opt: torch.optim.Optimizer, model: nn.Module, key: str) -> torch.Tensor:
         """One optimizer state entry (e.g. "exp_avg") of every parameter as a flat `[p]` copy."""
         params = dict(model.named_parameters())
-        return torch.cat([opt.state[params[n]][key].detach().reshape(-1) for n in self.names]).clone()
+        return torch.cat([opt.state[params[n]][key].detach().reshape(-1) for n in self.names])
 
 
 def default_every(total_steps: int) -> int:
@@ -117,6 +121,7 @@ class Trajectory:
         seed: int,
         dtype: torch.dtype,
         every: int | None = None,
+        tape_bytes: int = 0,
     ) -> None:
         self.model_config, self.data, self.seed, self.dtype = model_config, data, int(seed), dtype
         self.plans: list[StagePlan] = stage_plans(train_config, len(data))
@@ -128,6 +133,14 @@ class Trajectory:
         self.models: list[nn.Module] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self.inputs: torch.Tensor | None = None
+        #: Linear layer names when the model is a Linear/ReLU chain without dropout (`chain`), else None:
+        #: `replay` then keeps each step's forward pass for the closed-form reverse step.
+        self.chain: list[str] | None = None
+        #: Chains trained by SGD (plain or momentum) within `tape_bytes`: per global step, what the
+        #: closed-form reverse step needs (`[W_1..W_{L-1}]`, `[a_1..a_{L-1}]`, logits), kept by `record`
+        #: so that the reverse pass replays nothing.
+        self.tapes: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
+        self.tape_bytes = int(tape_bytes)
 
     def record(self) -> torch.Tensor:
         """Run the recipe once, keeping steps and snapshots; returns the final flat parameters `[p]`."""
@@ -139,16 +152,25 @@ class Trajectory:
                     self.inputs = inputs
                     if not self.models:
                         self.flat = FlatParams(model)
+                        dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+                        self.chain = None if dropout else linear_chain(model, self.flat.names)
                     opt = make_optimizer(plan.config, [p for p in model.parameters() if p.requires_grad])
                     model.train()
                     start = len(self.steps)
+                    tape = self._tape_stage(k)
                     for t, batch in enumerate(stage_batches(plan, self.seed)):
                         g = len(self.steps)
                         if t % self.every == 0:
                             self.snapshots[g] = (self.flat.get(model), copy.deepcopy(opt.state_dict()))
                         lr = plan.config.lr_at(t, plan.total_steps)
                         self.steps.append(Step(k, t, lr, batch, torch.get_rng_state()))
-                        train_step(model, opt, inputs, self.data.labels, batch, lr)
+                        if tape:
+                            weights = [model.get_submodule(n).weight.detach().clone() for n in self.chain[1:]]
+                            x, y = inputs[batch], self.data.labels[batch]
+                            acts, logits = chain_train_step(model, opt, self.chain, x, y, lr)
+                            self.tapes[g] = (weights, acts[1:], logits)
+                        else:
+                            train_step(model, opt, inputs, self.data.labels, batch, lr)
                     stops = [g for g in self.snapshots if g > start] + [len(self.steps)]
                     begins = [start] + [g for g in self.snapshots if g > start]
                     self.segments += [Segment(k, a, b) for a, b in zip(begins, stops, strict=True)]
@@ -158,6 +180,15 @@ class Trajectory:
                 state.update({n: b.detach().clone() for n, b in model.named_buffers()})
         return self.flat.get(self.models[-1])
 
+    def _tape_stage(self, stage: int) -> bool:
+        """Whether `record` tapes this stage: a chain, not Adam, and every tapeable step within `tape_bytes`."""
+        if self.chain is None or self.optimizer_kind(stage) == "adam":
+            return False
+        item = torch.finfo(self.dtype).bits // 8
+        steps = sum(p.total_steps for k, p in enumerate(self.plans) if self.optimizer_kind(k) != "adam")
+        batch = max(p.config.batch_size for p in self.plans)
+        return steps * tape_bytes_per_step(self.flat.shapes, batch, item) <= self.tape_bytes
+
     def replay(self, seg: Segment) -> SegmentReplay:
         """Rerun a segment from its snapshot with the real model and optimizer (RNG restored per segment)."""
         model, opt = self.models[seg.stage], self.optimizers[seg.stage]
@@ -166,14 +197,18 @@ class Trajectory:
         opt.load_state_dict(copy.deepcopy(opt_state))
         adam = isinstance(opt, torch.optim.Adam)
         out = SegmentReplay([], [])
-        inputs = self.inputs
+        inputs, chain = self.inputs, self.chain
         with single_thread(), torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.steps[seg.start].rng)
             model.train()
             for g in range(seg.start, seg.stop):
                 step = self.steps[g]
                 out.thetas.append(self.flat.get(model))
-                train_step(model, opt, inputs, self.data.labels, step.batch, step.lr)
+                if chain is not None:
+                    x, y = inputs[step.batch], self.data.labels[step.batch]
+                    out.forwards.append(chain_train_step(model, opt, chain, x, y, step.lr))
+                else:
+                    train_step(model, opt, inputs, self.data.labels, step.batch, step.lr)
                 if adam:
                     out.moments.append(
                         (

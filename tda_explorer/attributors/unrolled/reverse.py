@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
+from tda_explorer.attributors.unrolled.chain import ChainStep, chain_weights
 from tda_explorer.attributors.unrolled.replay import FlatParams, Trajectory
 from tda_explorer.backend.grads import OBJECTIVES
 from tda_explorer.errors import ConfigError
@@ -92,12 +93,16 @@ def _optimizer_adjoint(kind: str, a: torch.Tensor, state: list[torch.Tensor], ct
 
 
 def reverse_pass(
-    traj: Trajectory, cotangent: torch.Tensor, progress: Callable[[int, int], None] | None = None
+    traj: Trajectory,
+    cotangent: torch.Tensor,
+    progress: Callable[[int, int], None] | None = None,
+    fast: bool = True,
 ) -> torch.Tensor:
     """`dm/dw` float64 `[n_rows, N]` for final-parameter cotangents `grad m(theta_T)` `[n_rows, p]`.
 
     Replays each segment (last first) from its snapshot and walks its steps backwards; `progress(done,
-    total)` is called with the steps walked so far after each segment.
+    total)` is called with the steps walked so far after each segment. `fast`: use the closed-form step
+    of `chain` when the model is a Linear/ReLU chain without dropout (False = autograd's double backward).
     """
     a = cotangent.to(traj.dtype).clone()
     out = torch.zeros(len(a), len(traj.data), dtype=torch.float64)
@@ -110,15 +115,31 @@ def reverse_pass(
         if kind == "adam":
             ctx |= {"betas": opt.param_groups[0]["betas"], "eps": opt.param_groups[0]["eps"]}
         model.train()
+        chain = fast and traj.chain is not None
+        shapes, sizes = traj.flat.shapes, traj.flat.sizes
         for seg in reversed([s for s in traj.segments if s.stage == k]):
-            rep = traj.replay(seg)
+            taped = chain and seg.start in traj.tapes
+            rep = None if taped else traj.replay(seg)
             for g in reversed(range(seg.start, seg.stop)):
-                step, theta = traj.steps[g], rep.thetas[g - seg.start]
-                fn = batch_gradient(model, traj.flat, traj.inputs[step.batch], labels[step.batch])
-                w = torch.ones(len(step.batch), dtype=theta.dtype)
-                with torch.random.fork_rng(devices=[]):
-                    torch.set_rng_state(step.rng)
-                    grad_t, vjp_fn = vjp(fn, theta, w)
+                step = traj.steps[g]
+                x, y = traj.inputs[step.batch], labels[step.batch]
+                if taped:
+                    weights, acts, logits = traj.tapes[g]
+                    fwd = ChainStep(shapes, weights, [x.flatten(1), *acts], logits, y)
+                    grad_t = None  # only Adam needs it, and Adam stages are not taped
+                elif chain:
+                    theta = rep.thetas[g - seg.start]
+                    fwd = ChainStep(
+                        shapes, chain_weights(sizes, shapes, theta), *rep.forwards[g - seg.start], y
+                    )
+                    grad_t = fwd.gradient() if kind == "adam" else None
+                else:
+                    theta = rep.thetas[g - seg.start]
+                    fn = batch_gradient(model, traj.flat, x, y)
+                    w = torch.ones(len(step.batch), dtype=theta.dtype)
+                    with torch.random.fork_rng(devices=[]):
+                        torch.set_rng_state(step.rng)
+                        grad_t, vjp_fn = vjp(fn, theta, w)
                 ctx["lr"] = step.lr
                 if kind == "adam":
                     m_new, v_new = rep.moments[g - seg.start]
@@ -129,8 +150,11 @@ def reverse_pass(
                         "step": step.t + 1,
                     }
                 gbar = _optimizer_adjoint(kind, a, state, ctx)
-                hv, wbar = vmap(vjp_fn)(gbar)
-                a.add_(hv)
+                if chain:
+                    wbar = fwd.vjp_into(gbar, a)
+                else:
+                    hv, wbar = vmap(vjp_fn)(gbar)
+                    a.add_(hv)
                 if cfg.weight_decay:
                     a.add_(gbar, alpha=cfg.weight_decay)
                 if kind == "momentum":
