@@ -224,7 +224,7 @@ def suite_section(doc: dict) -> str:
     return "\n".join(parts)
 
 
-EXTRA_SECTIONS = ("SCALE.md", "DESIGN_MEASUREMENTS.md")
+EXTRA_SECTIONS = ("UNROLLED.md", "SCALE.md", "DESIGN_MEASUREMENTS.md")
 
 #: Per-method benchmarks: `benchmarks.<name>` writes `{mode: result}` to `<results>/<name>.json` and renders
 #: it with its own `markdown(result)`; one section each, under the title given here.
