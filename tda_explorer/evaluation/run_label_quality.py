@@ -21,9 +21,7 @@ from tda_explorer.errors import ConfigError
 from tda_explorer.evaluation.label_quality import cleanlab_scores, combined_mislabel_score, out_of_fold_probs
 from tda_explorer.store import Workspace
 from tda_explorer.store.kinds import ArtifactKind, register_kind
-from tda_explorer.training.executor import Executor
 from tda_explorer.training.runs import TrainedRun
-from tda_explorer.training.trainer import Progress
 
 #: Out-of-fold setting of the app and the CLI: K folds, r repeats (r x K retrainings).
 N_FOLDS, REPEATS = 5, 3
@@ -61,19 +59,15 @@ def has_oof_probs(run: TrainedRun, train: ExampleSet, ws: Workspace) -> bool:
     return ws.exists(OOF_PROBS.name, oof_config(run, train))
 
 
-def cached_oof_probs(
-    run: TrainedRun,
-    train: ExampleSet,
-    ws: Workspace,
-    *,
-    executor: Executor | None = None,
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """Out-of-fold probabilities `[N, C]` (REPEATS x N_FOLDS retrainings), computed once per run and cached."""
+def cached_oof_probs(run: TrainedRun, train: ExampleSet, ws: Workspace, **retraining) -> np.ndarray:
+    """Out-of-fold probabilities `[N, C]` (REPEATS x N_FOLDS retrainings), computed once per run and cached.
+
+    `retraining`: how the retrainings run, passed on to `out_of_fold_probs` (`executor=`, `progress=`).
+    """
     return ws.cached(
         OOF_PROBS.name,
         oof_config(run, train),
-        lambda: out_of_fold_probs(run, train, N_FOLDS, executor=executor, progress=progress, repeats=REPEATS),
+        lambda: out_of_fold_probs(run, train, N_FOLDS, repeats=REPEATS, **retraining),
     )
 
 
