@@ -85,13 +85,24 @@ def setup(workspace: Path):
 
 
 def lds(scores, truth, n_query: int) -> dict:
-    """LDS `{mean, ci_low, ci_high, n_valid}` of scores `[n_query, N]` against the first n_query columns."""
+    """`({mean, ci_low, ci_high, n_valid}, per-query LDS [n_query])` of scores `[n_query, N]` against the
+    ground truth's first n_query queries."""
     from tda_explorer.evaluation import lds_groups
 
     s = np.asarray(scores, dtype=np.float64)
     group = s @ truth.masks.T.astype(np.float64)  # [n_query, M]
     r = lds_groups(group, truth.losses[:, :n_query])
-    return {"mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high, "n_valid": r.n_valid}
+    return {"mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high, "n_valid": r.n_valid}, r.per_query
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
+    """Mean of the per-query LDS difference `a - b` (`[n_query]` each) with its 95% bootstrap interval,
+    over the queries where both are finite (pairing removes the spread between queries)."""
+    from tda_explorer.evaluation import bootstrap_mean_ci
+
+    d = (a - b)[np.isfinite(a) & np.isfinite(b)]
+    low, high = bootstrap_mean_ci(d)
+    return {"mean": float(d.mean()), "ci_low": low, "ci_high": high, "n": int(d.size)}
 
 
 def run_benchmark(workspace: Path = WORKSPACE, n_query: int = 500) -> dict:
@@ -107,16 +118,25 @@ def run_benchmark(workspace: Path = WORKSPACE, n_query: int = 500) -> dict:
         raise RuntimeError("the ground truth's queries are not the test split in order.")
     seed = run.seeds[0]
     log(f"run {run.key} (test acc {run.mean_metric('test_acc'):.3f}), truth {truth.key}, {n_query} queries")
-    ours = {}
+    ours, per_query = {}, {}
     for label, settings in OURS:
         start = time.perf_counter()
         att = make_attributor("influence", seeds=(seed,), **settings).fit(run, splits.train)
         scores = att.score(queries)
         seconds = time.perf_counter() - start
-        ours[label] = {"lds": lds(scores, truth, n_query), "seconds": round(seconds, 2), "load": load_1m()}
+        summary, per_query[label] = lds(scores, truth, n_query)
+        ours[label] = {"lds": summary, "seconds": round(seconds, 2), "load": load_1m()}
         tuning = (att.solve_info_[0] or {}).get("tuning") if hasattr(att, "solve_info_") else None
         if tuning:
-            ours[label]["chosen"] = {k: tuning[k] for k in ("factor", "rule", "weight_decay") if k in tuning}
+            keys = (
+                "factor",
+                "rule",
+                "weight_decay",
+                "declared_weight_decay",
+                "table",
+                "table_other_weight_decay",
+            )
+            ours[label]["chosen"] = {k: tuning[k] for k in keys if k in tuning}
         log(f"ours {label}: LDS {ours[label]['lds']['mean']:.3f} in {seconds:.1f} s")
     peers = {}
     state = run.model(seed).state_dict()
@@ -125,14 +145,16 @@ def run_benchmark(workspace: Path = WORKSPACE, n_query: int = 500) -> dict:
             run.model, state, splits.train.inputs, splits.train.labels, queries.inputs, queries.labels,
             damping=damping,
         )  # fmt: skip
+        summary, per_query[damping] = lds(res.scores, truth, n_query)
         peers[damping] = {
-            "lds": lds(res.scores, truth, n_query),
+            "lds": summary,
             "seconds": round(res.seconds, 2),
             "factor_seconds": res.settings["factor_seconds"],
             "score_seconds": res.settings["score_seconds"],
             "load": load_1m(),
         }
         log(f"kronfluence {damping}: LDS {peers[damping]['lds']['mean']:.3f} in {res.seconds:.1f} s")
+    diffs = {p: paired_difference(per_query["auto"], per_query[p]) for p in PEERS}
     best_peer = max(p["lds"]["mean"] for p in peers.values())
     lds_met = bool(ours["auto"]["lds"]["mean"] >= best_peer)
     time_met = bool(ours["auto"]["seconds"] <= peers["heuristic"]["seconds"])
@@ -145,6 +167,7 @@ def run_benchmark(workspace: Path = WORKSPACE, n_query: int = 500) -> dict:
         "n_query": n_query,
         "ours": ours,
         "kronfluence": peers,
+        "auto_minus_kronfluence": diffs,
         "lds_met": lds_met,
         "time_met": time_met,
         "met": lds_met and time_met,
@@ -191,6 +214,14 @@ def markdown(result: dict) -> str:
         f"{chosen.get('weight_decay', '?')}). LDS target: {'met' if result['lds_met'] else 'MISSED'}; "
         f"time target: {'met' if result['time_met'] else 'MISSED'}.",
     ]
+    for p, d in result.get("auto_minus_kronfluence", {}).items():
+        lines.append(
+            f"Ours (auto) - kronfluence {p}, paired per query: {d['mean']:+.3f} "
+            f"({d['ci_low']:+.3f} to {d['ci_high']:+.3f}, {d['n']} queries)."
+        )
+    if chosen.get("table"):
+        cells = ", ".join(f"{float(c):g}: {v:.3f}" for c, v in chosen["table"].items())
+        lines.append(f"Held-out validation mini-LDS per factor (the chosen weight decay): {cells}.")
     return "\n".join(lines)
 
 
