@@ -114,8 +114,9 @@ class InfluenceSettings(MethodSettings):
     weight_decay: float | None = setting(None, "L2 coefficient added to H (null = the run's)", range=NONNEG)
     seed: int = setting(0, "seed of the Fisher label sampling and of the eigenvalue probes")
     fisher_samples: int = setting(
-        1, "sampled labels per example for the K-FAC / EK-FAC factors", range=POSITIVE
-    )
+        4, "sampled labels per example for the K-FAC / EK-FAC factors (more = less sampling noise)",
+        range=POSITIVE,
+    )  # fmt: skip
     max_iter: int | None = setting(None, "cg / lissa iteration cap (null = the solver's default cap)",
                                    range=POSITIVE)  # fmt: skip
     tol: float | None = setting(None, "cg / lissa relative tolerance (null = the solver's)", range=NONNEG)
