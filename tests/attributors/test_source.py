@@ -80,7 +80,10 @@ def test_plan_segments():
 def test_one_segment_with_huge_eta_k_is_undamped_ekfac_influence(digits_case):
     run = with_steps(digits_case.run, steps=10**12)
     source = make_attributor("source", segments=1, damping=0.0).fit(run, digits_case.train)
-    influence = make_attributor("influence", solver="ekfac", damping=0.0).fit(run, digits_case.train)
+    # the same Fisher as Source's (one sampled label per example; influence's default samples 4)
+    influence = make_attributor("influence", solver="ekfac", damping=0.0, fisher_samples=1).fit(
+        run, digits_case.train
+    )
     torch.testing.assert_close(
         source.score(digits_case.queries), influence.score(digits_case.queries), rtol=1e-6, atol=1e-9
     )
