@@ -57,13 +57,16 @@ def render(run, query_id: str, measurement: str, k: int) -> None:
             "when training is metasmooth (see the README: the default MLP recipe is not)."
         )
         ws = appkit.workspace()
-        if not ws.exists(KIND, config) and not st.button("Compute exact scores", key=f"exact_{query_id}"):
+        cached = ws.exists(KIND, config)
+        if not cached and not st.button("Compute exact scores", key=f"exact_{query_id}"):
             return
         bar = st.progress(0.0, text="replaying the run…")
         progress = appkit.progress_callback(bar)
-        attributor = _fitted(root, run.key, seeds, progress)
+        attributor = (
+            None if cached else _fitted(root, run.key, seeds, progress)
+        )  # stored scores need no replay
         result = exact_scores_for_query(
-            run, query_id, ws, data, target, attributor=attributor, progress=progress
+            run, query_id, ws, data, target, seeds=chosen, attributor=attributor, progress=progress
         )
         bar.empty()
         st.caption(

@@ -265,7 +265,7 @@ def method_sections(results_dir: Path) -> str:
             body = (render(result) if render is not None else result.get("markdown", "")).strip()
             if not body:
                 continue
-            flag = "" if mode is None else f" --{mode}" if mode in ("full", "quick") else ""
+            flag = f" --{mode}" if mode in ("full", "quick") else ""
             text += f"\n## {title}{'' if mode is None else f' ({mode})'}\n\n{body}\n\n(`python -m {module}"
             text += f"{flag}`, results in `benchmarks/results/{name}.json`)\n"
     return text

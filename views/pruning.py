@@ -20,6 +20,9 @@ from tda_explorer.evaluation.pruning import best_pruning_rule, rule_usefulness
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
+#: The pruning curve's default settings (the widgets below and the lookup of stored curves before them).
+LARGEST_DEFAULT, SEEDS_DEFAULT = 0.5, 1
+
 appkit.page_guard()
 st.title("Pruning & export")
 ws = appkit.workspace()
@@ -106,8 +109,8 @@ own_loss = appkit.cached_training_loss(str(ws.root), run.key)
 uses = {r: rule_usefulness(result.scores, r, labels, own_loss=own_loss) for r in RULES}
 # Default rule: the best pruning curve already measured on this run (at the curve settings below), else the
 # best attribution rule of the pruning benchmark.
-curve_setup = (curve_fractions(st.session_state.get("prune_largest", 0.5)),
-               tuple(range(int(st.session_state.get("prune_seeds", 1)))))  # fmt: skip
+curve_setup = (curve_fractions(st.session_state.get("prune_largest", LARGEST_DEFAULT)),
+               tuple(range(int(st.session_state.get("prune_seeds", SEEDS_DEFAULT)))))  # fmt: skip
 measured = {
     r: c
     for r in RULES
@@ -165,11 +168,20 @@ st.dataframe(per_class, hide_index=True)
 
 st.subheader("Pruning curve")
 c1, c2 = st.columns(2)
-largest = c1.select_slider("Largest fraction removed", [0.3, 0.5, 0.7, 0.9], value=0.5, key="prune_largest")
-n_seeds = int(c2.number_input("Retraining seeds", min_value=1, max_value=5, value=1, key="prune_seeds"))
+largest = c1.select_slider(
+    "Largest fraction removed", [0.3, 0.5, 0.7, 0.9], value=LARGEST_DEFAULT, key="prune_largest"
+)
+n_seeds = int(
+    c2.number_input("Retraining seeds", min_value=1, max_value=5, value=SEEDS_DEFAULT, key="prune_seeds")
+)
 fractions, seeds = curve_fractions(largest), tuple(range(n_seeds))
 curve_args = (useful, train, data.test, run.model_config, run.train_config, fractions, seeds)
-curve = stored_pruning_curve(*curve_args, workspace=ws)
+# the stored curves were looked up above at these settings (the widgets' keys); look up again only if not
+curve = (
+    measured.get(rule)
+    if (fractions, seeds) == curve_setup
+    else stored_pruning_curve(*curve_args, workspace=ws)
+)
 if curve is None:
     n_models = (2 * len(fractions) - 1) * n_seeds
     box = st.empty()  # the caption and button go away once the curve is drawn

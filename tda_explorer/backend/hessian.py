@@ -171,30 +171,33 @@ class LossHessian:
 
         Block `(c, c')` is `(1/n) sum_i M_i[c, c'] a_i a_i^T`. Per class c, the blocks `c' >= c` of its row come
         from one product `a^T (M[:, c, c:] ⊙ a)` (`[d, (C - c) d]`; the others are their transposes), so the
-        work is about `n C^2 d^2 / 2` multiply-adds, and the blocks are scattered to their subset positions at
-        once. Memory: one `[C d, C d]` block matrix
-        beside H (the same size as H when every (class, coordinate) is in the subset).
+        work is about `n C^2 d^2 / 2` multiply-adds; the kept rows and columns of the block matrix are then
+        scattered into H (memory: the block matrix, its kept part and H, each about `[p, p]`).
         """
         parts = self._head_parts()
         if parts is None:
             return None
-        a, p, where = parts.inputs, parts.probs.to(parts.inputs.dtype), parts.where
+        a, p, where = parts.inputs.to(self.dtype), parts.probs.to(self.dtype), parts.where
         n_cls, d = where.shape
-        blocks = torch.empty(n_cls, d, n_cls, d, dtype=a.dtype, device=a.device)  # [c, i, c', j]
+        blocks = torch.empty(n_cls, d, n_cls, d, dtype=self.dtype, device=a.device)  # [c, i, c', j]
         for c in range(n_cls):  # blocks (c, c') for c' >= c; (c', c) is the transpose
             rest = n_cls - c
-            m_c = p[:, c : c + 1] * ((torch.arange(c, n_cls, device=a.device) == c).to(a.dtype) - p[:, c:])
+            eye = (torch.arange(c, n_cls, device=a.device) == c).to(self.dtype)
+            m_c = p[:, c : c + 1] * (eye - p[:, c:]) / self.n  # [n, C - c], the mean's 1/n folded in
             weighted = (m_c[:, :, None] * a[:, None, :]).reshape(len(a), rest * d)  # [n, (C - c) d]
             row = (a.T @ weighted).view(d, rest, d)  # [i, c', j]
             blocks[c, :, c:] = row
             blocks[c:, :, c] = row.permute(1, 2, 0)
         flat = where.reshape(-1)
+        full = blocks.view(n_cls * d, n_cls * d)
+        if flat.numel() == self.p and torch.equal(flat, torch.arange(self.p, device=flat.device)):
+            return full.to(
+                self.device
+            )  # the subset is the whole head, in (class, coordinate) order: H itself
         keep = flat >= 0
         idx = flat[keep]
         h = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
-        h[idx[:, None], idx[None, :]] = (blocks.view(n_cls * d, n_cls * d)[keep][:, keep] / self.n).to(
-            self.dtype
-        )
+        h[idx[:, None], idx[None, :]] = full[keep][:, keep]
         return h
 
     def _head_hvp(self, cols: torch.Tensor, parts: _HeadParts) -> torch.Tensor:

@@ -32,7 +32,6 @@ import torch
 from tda_explorer.backend.curvature import KroneckerCurvature
 from tda_explorer.backend.damping import absolute_damping, check_damping
 from tda_explorer.backend.hessian import LossHessian, SolveResult, cg_solve, lissa_solve
-from tda_explorer.backend.layers import flat_to_layer
 from tda_explorer.errors import ConfigError
 
 #: CG's default stopping rule: relative residual `||A x - g|| / ||g|| < CG_TOL` per right-hand side, at most
@@ -211,8 +210,7 @@ class KroneckerInverse:
         parts = []
         for info in curv.layers:
             f = curv.factors_[info.name]
-            rot_l = f.q_s.T.to(left) @ flat_to_layer(left, info) @ f.q_a.to(left)
-            rot_r = f.q_s.T.to(right) @ flat_to_layer(right, info) @ f.q_a.to(right)
+            (rot_l, _), (rot_r, _) = curv._rotated(left, info), curv._rotated(right, info)
             parts.append(
                 (rot_l.flatten(1), rot_r.flatten(1), f.eigenvalues.flatten(), float(f.eigenvalues.mean()))
             )

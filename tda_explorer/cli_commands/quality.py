@@ -194,23 +194,18 @@ def cmd_mislabels(args: argparse.Namespace) -> int:
 
 def _label_quality(ctx, args):
     """The combined mislabel score or cleanlab's `[n_train]` and its name (out-of-fold retrainings, cached)."""
-    from tda_explorer.evaluation.run_label_quality import (
-        CLEANLAB,
-        COMBINED,
-        cached_oof_probs,
-        label_quality_scores,
-    )
+    from tda_explorer.evaluation.label_quality import cleanlab_scores, combined_mislabel_score
+    from tda_explorer.evaluation.run_label_quality import CLEANLAB, COMBINED, cached_oof_probs
 
+    run, train = ctx.run, ctx.splits.train
     update, bar = progress_bar("out-of-fold retraining")
     try:
-        probs = cached_oof_probs(ctx.run, ctx.splits.train, ctx.ws, executor=_executor(args), progress=update)
+        probs = cached_oof_probs(run, train, ctx.ws, executor=_executor(args), progress=update)
     finally:
         bar.close()
-    scores = label_quality_scores(ctx.run, ctx.splits.train, probs)
-    name = COMBINED if args.score == "combined" else CLEANLAB
-    if name not in scores:
-        raise ConfigError("cleanlab is not installed: pip install cleanlab, or use --score combined.")
-    return scores[name], name
+    if args.score == "combined":
+        return combined_mislabel_score(run, train, probs), COMBINED
+    return cleanlab_scores(probs, train.labels), CLEANLAB  # ConfigError naming the install when it is missing
 
 
 def _flag_ops(ctx, args, train, store) -> int:

@@ -11,15 +11,14 @@ record of which labels were flipped.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from tda_explorer.data.example_set import ExampleSet
+from tda_explorer.data.example_set import ExampleSet, examples_fingerprint
 from tda_explorer.errors import ConfigError
 from tda_explorer.evaluation.label_quality import cleanlab_scores, combined_mislabel_score, out_of_fold_probs
-from tda_explorer.store import Workspace
+from tda_explorer.store import Workspace, load_array, save_array
 from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training.runs import TrainedRun
 
@@ -31,11 +30,11 @@ CLEANLAB = "cleanlab (out-of-fold probabilities)"
 
 
 def _save(folder: Path, probs: np.ndarray) -> None:
-    np.save(folder / "probs.npy", np.asarray(probs, dtype=np.float64))
+    save_array(folder, "probs", np.asarray(probs, dtype=np.float64))
 
 
 def _load(folder: Path, meta: dict) -> np.ndarray:
-    return np.load(folder / "probs.npy")
+    return load_array(folder / "probs.npy")
 
 
 OOF_PROBS = register_kind(
@@ -48,10 +47,7 @@ OOF_PROBS = register_kind(
 
 def oof_config(run: TrainedRun, train: ExampleSet, n_folds: int = N_FOLDS, repeats: int = REPEATS) -> dict:
     """What determines the out-of-fold probabilities: the run, the training examples and labels, the folds."""
-    digest = hashlib.sha256()
-    digest.update("\x1f".join(map(str, train.ids)).encode())
-    digest.update(np.asarray(train.labels.cpu(), dtype=np.int64).tobytes())
-    return {"run": run.key, "train": digest.hexdigest()[:16], "n_folds": n_folds, "repeats": repeats}
+    return {"run": run.key, "train": examples_fingerprint(train), "n_folds": n_folds, "repeats": repeats}
 
 
 def has_oof_probs(run: TrainedRun, train: ExampleSet, ws: Workspace) -> bool:

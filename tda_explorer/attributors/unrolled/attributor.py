@@ -120,7 +120,7 @@ class Unrolled(Attributor):
                 seed,
                 get_dtype(),
                 self.settings.every,
-                self.settings.memory_bytes,
+                self.settings.memory_bytes // len(seeds),  # the tapes of all seeds share the budget
             )
             theta = traj.record()
             gap = replay_gap(theta, traj, run.checkpoints[seed][-1].state)

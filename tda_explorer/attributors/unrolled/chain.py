@@ -104,28 +104,13 @@ def tape_bytes_per_step(shapes: tuple, batch_size: int, itemsize: int) -> int:
     return (weights + batch_size * widths) * itemsize
 
 
-def chain_forward(
-    flat_sizes: tuple[int, ...], shapes: tuple, theta: torch.Tensor, x: torch.Tensor
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Layer inputs `[a_0, ..., a_{L-1}]` and logits `[B, C]` of a chain at flat parameters `theta`."""
-    parts = theta.split(flat_sizes)
-    h, acts = x.flatten(1), []
-    n_layers = len(parts) // 2
-    for i in range(n_layers):
-        acts.append(h)
-        h = F.linear(h, parts[2 * i].view(shapes[2 * i]), parts[2 * i + 1])
-        if i < n_layers - 1:
-            h = torch.relu(h)
-    return acts, h
-
-
 class ChainStep:
     """The reverse step of one optimizer step for a Linear/ReLU chain (see module docstring).
 
     Args:
         shapes: the flat layout's parameter shapes (`[W_0, b_0, W_1, b_1, ...]`).
         weights: `[W_1, ..., W_{L-1}]` at the step's parameters (`W_0` and the biases are not needed).
-        acts: the layer inputs `[a_0 [B, d_0], ..., a_{L-1}]` (`chain_train_step` / `chain_forward`).
+        acts: the layer inputs `[a_0 [B, d_0], ..., a_{L-1}]` (`chain_train_step`).
         logits: `[B, C]` at the step's parameters.
         y: the batch's labels `[B]`.
     """

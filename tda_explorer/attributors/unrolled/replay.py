@@ -225,13 +225,5 @@ class Trajectory:
             return "adam"
         return "momentum" if cfg.momentum > 0 else "sgd"
 
-    def memory_bytes(self) -> int:
-        """Bytes held by snapshots, per-step records and one replayed segment (the formula in `unrolled`)."""
-        item = torch.finfo(self.dtype).bits // 8
-        n_state = max(self._n_state(k) for k in range(len(self.plans)))
-        snaps = len(self.snapshots) * self.flat.numel * (1 + n_state) * item
-        seg = self.every * self.flat.numel * (1 + (2 if n_state == 2 else 0)) * item
-        return snaps + seg + len(self.steps) * (5056 + 8 * self.plans[0].config.batch_size)
-
     def _n_state(self, stage: int) -> int:
         return {"sgd": 0, "momentum": 1, "adam": 2}[self.optimizer_kind(stage)]
