@@ -13,7 +13,15 @@ import numpy as np
 from tda_explorer.errors import ConfigError
 
 #: The pruning rules of `evaluation.pruning.rule_usefulness` (described there).
-PRUNING_RULES = ("sum", "class_balanced", "normalised", "harm", "harm_loss")
+PRUNING_RULES = ("sum", "class_balanced", "normalised", "harm", "harm_loss", "harm_mislabel")
+#: The round-by-round forms of the rules that rank within each class (`evaluation.iterative_pruning`): remove
+#: a small share, retrain on the kept set, score again, repeat.
+ITERATIVE_RULES = (
+    "iterative_class_balanced",
+    "iterative_harm",
+    "iterative_harm_loss",
+    "iterative_harm_mislabel",
+)
 #: The rule the app and the CLI start from: the highest mean test accuracy over the attributors and removed
 #: fractions in `benchmarks/pruning.py`, on both the clean and the 10%-flipped mnist5k runs (RESULTS.md).
 DEFAULT_PRUNING_RULE = "harm_loss"

@@ -18,7 +18,10 @@ kept longer; the first three are also `pruning_usefulness(useful, rule, ...)` of
 - "harm": `backend.usefulness.harm`, the mean over validation queries of `min(score, 0)` (the predicted
   damage to the validation examples it hurts; help elsewhere does not offset it), class-balanced;
 - "harm_loss": the mean of the normalised ranks of harm and of minus the example's own training loss
-  (a rule that combines attribution with the loss baseline), class-balanced.
+  (a rule that combines attribution with the loss baseline), class-balanced;
+- "harm_mislabel": the same with the combined mislabel score (`evaluation.label_quality.DEFAULT_RULE`:
+  out-of-fold margin + own loss + kNN label disagreement, higher = more suspicious) in place of the loss.
+The iterative rules (`evaluation.iterative_pruning`) apply these round by round, retraining in between.
 `DEFAULT_PRUNING_RULE` ("harm_loss") is the rule the app and the CLI start from: the highest mean test
 accuracy over the attributors and removed fractions in `benchmarks/pruning.py` on the clean and the noisy
 run; the app prefers the best curve measured on the run itself when there is one.
@@ -76,7 +79,7 @@ def usefulness_from_scores(scores: torch.Tensor | np.ndarray) -> np.ndarray:
     return mean_usefulness(as_float64(scores, "scores", (None, None)))
 
 
-_SCORE_RULES = ("harm", "harm_loss")  # need the score matrix, not only its mean
+_SCORE_RULES = ("harm", "harm_loss", "harm_mislabel")  # need the score matrix, not only its mean
 
 
 def class_balanced_usefulness(useful: np.ndarray, labels: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -134,6 +137,7 @@ def rule_usefulness(
     labels: np.ndarray | torch.Tensor | None = None,
     self_influence: np.ndarray | torch.Tensor | None = None,
     own_loss: np.ndarray | torch.Tensor | None = None,
+    mislabel: np.ndarray | torch.Tensor | None = None,
 ) -> np.ndarray:
     """Usefulness `[n_train]` under any rule of `PRUNING_RULES` (module docstring); higher = kept longer.
 
@@ -144,6 +148,8 @@ def rule_usefulness(
         self_influence: the attributor's self-influence `[n_train]`, >= 0 ("normalised").
         own_loss: each training example's own training loss `[n_train]`, nats ("harm_loss"; e.g.
             `evaluation.mislabel.training_loss_scores(run, train)`).
+        mislabel: a mislabel score `[n_train]`, higher = more suspicious ("harm_mislabel"; e.g.
+            `evaluation.label_quality.combined_mislabel_score(run, train, oof_probs)`).
     """
     s = as_float64(scores, "scores", (None, None))
     if rule not in _SCORE_RULES:
@@ -156,6 +162,14 @@ def rule_usefulness(
             raise ConfigError("pruning rule 'harm_loss' needs each training example's own loss.")
         loss = as_float64(own_loss, "own_loss", (s.shape[1],))
         damage = _normalised_rank(damage) + _normalised_rank(-loss)
+    elif rule == "harm_mislabel":
+        if mislabel is None:
+            raise ConfigError(
+                "pruning rule 'harm_mislabel' needs a mislabel score per training example "
+                "(evaluation.label_quality.combined_mislabel_score)."
+            )
+        suspicion = as_float64(mislabel, "mislabel", (s.shape[1],))
+        damage = _normalised_rank(damage) + _normalised_rank(-suspicion)
     return class_balanced_usefulness(damage, labels)
 
 

@@ -80,14 +80,20 @@ class _NoTestSplits:
         raise AssertionError("a pruning rule read the test split")
 
 
-def test_benchmark_rules_never_read_the_test_split(noisy_run):
+def test_benchmark_rules_never_read_the_test_split(noisy_run, tmp_path):
     from benchmarks import pruning
 
     noisy, run = noisy_run
     uses, _ = pruning.usefulness_vectors(
-        run, _NoTestSplits(noisy), {"grad_dot": ("grad_dot", {})}, dtda=False, folds=2
+        run,
+        _NoTestSplits(noisy),
+        {"grad_dot": ("grad_dot", {})},
+        dtda=False,
+        folds=2,
+        workspace=Workspace(tmp_path),
     )
-    assert {f"grad_dot · {r}" for r in pruning.RULES} | set(pruning.BASELINES) == set(uses)
+    rules = (*pruning.RULES, *pruning.ITERATIVE["grad_dot"])
+    assert {f"grad_dot · {r}" for r in rules} | {*pruning.BASELINES, pruning.MISLABEL_ROW} == set(uses)
     assert all(u.shape == (len(noisy.train),) and np.isfinite(u).all() for u in uses.values())
 
 
