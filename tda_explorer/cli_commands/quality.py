@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, PRUNING_RULES
+from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, ITERATIVE_RULES, PRUNING_RULES
 from tda_explorer.cli_commands.common import (
     add_run_args,
     check_method,
@@ -260,14 +260,33 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     if (args.fraction is None) == (args.threshold is None):
         raise ConfigError("give exactly one of --fraction (e.g. 0.1) or --threshold (a usefulness score).")
+    if args.rule in ITERATIVE_RULES and args.fraction is None:
+        raise ConfigError(
+            f"the iterative rule {args.rule!r} removes a fraction in rounds: give a fraction, not a threshold."
+        )
     if args.export:
         export_format(args.export)
     check_method(args.method, parse_settings(args.set))
     ctx = open_run(args)
     result = method_scores(ctx, args, args.split)
-    own_loss = training_loss_scores(ctx.run, ctx.splits.train).numpy() if args.rule == "harm_loss" else None
-    table = prune_table(result.scores, ctx.splits.train, ctx.ws.flags().get(ctx.run.key), args.fraction,
-                        args.threshold, rule=args.rule, own_loss=own_loss)  # fmt: skip
+    if args.rule in ITERATIVE_RULES or args.rule == "harm_mislabel":  # retrains: evaluation.iterative_pruning
+        from tda_explorer.backend.usefulness import removal_mask
+        from tda_explorer.evaluation.iterative_pruning import run_rule_usefulness
+        from tda_explorer.store.exports import export_table
+
+        update, bar = progress_bar(args.rule)
+        with bar:
+            useful = run_rule_usefulness(ctx.run, ctx.splits, result.scores, args.method, parse_settings(args.set),
+                                         args.rule, args.fraction, ctx.ws, _executor(args), update)  # fmt: skip
+        train = ctx.splits.train
+        table = export_table(train.ids, train.labels.numpy(), train.class_names, useful,
+                             removal_mask(useful, args.fraction, args.threshold), ctx.ws.flags().get(ctx.run.key))  # fmt: skip
+    else:
+        own_loss = (
+            training_loss_scores(ctx.run, ctx.splits.train).numpy() if args.rule == "harm_loss" else None
+        )
+        table = prune_table(result.scores, ctx.splits.train, ctx.ws.flags().get(ctx.run.key), args.fraction,
+                            args.threshold, rule=args.rule, own_loss=own_loss)  # fmt: skip
     written = table if args.only == "all" else table[table["status"] == args.only]
     path = write_table(written, args.export) if args.export else None
     removed = table[table["status"] == "removed"].sort_values("score")
@@ -355,10 +374,13 @@ def add_commands(sub) -> None:
     add_run_args(p, method=True)
     p.add_argument("--fraction", type=float, help="fraction of the training set to remove, e.g. 0.1")
     p.add_argument("--threshold", type=float, help="remove examples whose usefulness is below this")
-    p.add_argument("--rule", default=DEFAULT_PRUNING_RULE, choices=[r for r in PRUNING_RULES if r != "normalised"],
+    p.add_argument("--rule", default=DEFAULT_PRUNING_RULE,
+                   choices=[r for r in (*PRUNING_RULES, *ITERATIVE_RULES) if r != "normalised"],
                    help=f"pruning rule (default {DEFAULT_PRUNING_RULE}, the benchmark's best; see "
-                   "evaluation.pruning): all but sum rank within each class (scores are then ranks in [0, 1])")  # fmt: skip
+                   "evaluation.pruning): all but sum rank within each class (scores are then ranks in [0, 1]); "
+                   "iterative_* retrain and re-score every 2.5%% (evaluation.iterative_pruning)")  # fmt: skip
     p.add_argument("--split", default="val", choices=["val", "test"], help="queries (default val)")
+    p.add_argument("--workers", type=int, help="local worker processes for the iterative rules' retraining")
     p.add_argument("--export", metavar="FILE", help="write the table (.csv, .json or .parquet)")
     p.add_argument("--only", default="all", choices=["all", "kept", "removed"], help="rows written (all)")
     p.set_defaults(func=cmd_prune)

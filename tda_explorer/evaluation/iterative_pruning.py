@@ -230,6 +230,49 @@ def compute_iterative_usefulness(
     )
 
 
+def run_rule_usefulness(
+    run: TrainedRun,
+    splits: DatasetSplits,
+    scores: np.ndarray,
+    method: str,
+    settings: dict,
+    rule: str,
+    fraction: float | None,
+    workspace: Workspace,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Usefulness `[N]` (higher = kept longer) of a run under any rule of `PRUNING_RULES` but "normalised" or
+    of `ITERATIVE_RULES`, with what the rule needs computed (and cached in `workspace`) from the run: the
+    own loss, the combined mislabel score (its out-of-fold probabilities: 15 retrainings, kind
+    "oof_probs"), the iterative rounds up to `fraction` (required for an iterative rule).
+
+    Args:
+        scores: `[n_val, N]` the run's validation scores of `method(**settings)`, positive = helps.
+    """
+    from tda_explorer.evaluation.label_quality import combined_mislabel_score
+    from tda_explorer.evaluation.mislabel import training_loss_scores
+    from tda_explorer.evaluation.run_label_quality import cached_oof_probs
+
+    base = base_rule(rule) if rule.startswith("iterative_") else rule
+    labels = splits.train.labels.numpy()
+    mislabel = None
+    if base == "harm_mislabel":
+        probs = cached_oof_probs(run, splits.train, workspace, executor=executor, progress=progress)
+        mislabel = combined_mislabel_score(run, splits.train, probs)
+    if base == rule:
+        own_loss = training_loss_scores(run, splits.train).numpy() if rule == "harm_loss" else None
+        return rule_usefulness(scores, rule, labels, own_loss=own_loss, mislabel=mislabel)
+    if fraction is None:
+        raise ConfigError(
+            f"the iterative rule {rule!r} removes a fraction in rounds: give a fraction, not a threshold."
+        )
+    return compute_iterative_usefulness(
+        run, splits, method, settings, rule, fraction, min(ROUND_FRACTION, fraction), mislabel, scores,
+        workspace=workspace, executor=executor, progress=progress,
+    )  # fmt: skip
+
+
 def _save(folder: Path, useful: np.ndarray) -> None:
     save_array(folder, "usefulness", np.asarray(useful, dtype=np.float64))
 

@@ -325,3 +325,16 @@ def test_measurement_of_explain_and_attribute(cli, cli_run, key):
         cli("attribute", "--run", key, "--method", "grad_dot", "--measurement", "pred"), "true_label"
     )
     assert_user_error(cli(*argv, "--split", "val", "--measurement", "predicted"), "--split test")
+
+
+def test_prune_iterative_rule_retrains_and_is_cached(cli, key):
+    argv = ["prune", "--run", key, "--method", "grad_dot", "--fraction", "0.05", "--json"]
+    one_shot = json.loads(cli(*argv, "--rule", "harm")[1])["removed"]
+    iterative = json.loads(cli(*argv, "--rule", "iterative_harm")[1])["removed"]
+    assert len(iterative) == len(one_shot) == 65
+    assert (
+        iterative[:32] == one_shot[:32] and iterative != one_shot
+    )  # round 1 is one-shot's; round 2 re-scored
+    assert json.loads(cli(*argv, "--rule", "iterative_harm")[1])["removed"] == iterative  # (cached)
+    argv[argv.index("--fraction") : argv.index("--fraction") + 2] = ["--threshold", "0.5"]
+    assert_user_error(cli(*argv, "--rule", "iterative_harm"), "give a fraction")

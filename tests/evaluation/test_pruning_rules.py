@@ -36,6 +36,20 @@ def test_harm_counts_damage_that_help_elsewhere_does_not_buy_back():
     assert np.argsort(rule_usefulness(scores, "harm", labels)).tolist() == [0, 1, 2]
     loss = np.array([0.1, 3.0, 0.2])  # example 1 is the one the model fits worst
     assert np.argsort(rule_usefulness(scores, "harm_loss", labels, own_loss=loss))[0] == 1
+    with pytest.raises(ConfigError, match="mislabel score"):
+        rule_usefulness(scores, "harm_mislabel", labels)
+
+
+def test_harm_mislabel_averages_the_two_ranks():
+    scores = np.array([[-1.0, -0.5, -0.1, 0.0]])  # harm order: 0, 1, 2, 3
+    labels = np.zeros(4, dtype=int)
+    suspicion = np.array([0.0, 0.2, 0.9, 0.5])  # suspicion order: 2, 3, 1, 0
+    # mean ranks (0.125 steps): 0 -> 1.0, 1 -> 1.0, 2 -> 0.75, 3 -> 1.25
+    order = np.argsort(rule_usefulness(scores, "harm_mislabel", labels, mislabel=suspicion), kind="stable")
+    assert order.tolist() == [2, 0, 1, 3]
+    suspicion = np.array([0.3, 0.2, 0.9, 0.0])  # suspicion order: 2, 0, 1, 3 -> mean: 0.5, 1.0, 0.75, 1.75
+    order = np.argsort(rule_usefulness(scores, "harm_mislabel", labels, mislabel=suspicion), kind="stable")
+    assert order.tolist() == [0, 2, 1, 3]
 
 
 def test_harm_rules_are_class_balanced_and_check_their_inputs():
