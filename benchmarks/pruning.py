@@ -269,7 +269,7 @@ def _carry_rows(previous: dict, random_row: dict) -> list[dict]:
 
 
 def _row(name: str, acc: np.ndarray, curve, flipped: set | None) -> dict:
-    row = {"rule": name, "acc": [_interval(a) for a in acc]}
+    row = {"rule": name, "acc": [_interval(a) for a in acc], "acc_seeds": np.asarray(acc).tolist()}
     if flipped and name != "random":  # share of the removed examples that were flipped
         row["flipped_share"] = [
             float(np.mean([i in flipped for i in curve.removal_order[:m]])) if m else None

@@ -27,6 +27,25 @@ def _fmt(t) -> str:
     return f"{mean:.4f}" if np.isnan(lo) else f"{mean:.4f} ±{(hi - lo) / 2:.4f}"
 
 
+def paired(rows: dict[str, dict], name: str, others: tuple[str, ...], i: int) -> str:
+    """ " (paired over the retraining seeds: <name> − <other> mean ±half a 95% t-interval, ...)" at fraction
+    index `i`, for the rows that stored per-seed accuracies (`acc_seeds` `[K][R]`, the same seeds); "" when
+    one lacks them. Same-seed retrainings share their noise, so the paired interval is the one that says
+    whether a margin is more than retraining noise."""
+    from scipy import stats
+
+    if "acc_seeds" not in rows[name] or any("acc_seeds" not in rows[o] for o in others):
+        return ""
+    parts = []
+    for o in others:
+        d = np.asarray(rows[name]["acc_seeds"][i]) - np.asarray(rows[o]["acc_seeds"][i])
+        if len(d) < 2:
+            return ""
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        parts.append(f"− {o} {d.mean():+.4f} ±{half:.4f}")
+    return " (paired over the seeds: " + "; ".join(parts) + ")"
+
+
 def targets(
     setting: dict, which: str = "best_attribution_rule", label: str = "best attribution rule"
 ) -> list[str]:
@@ -49,6 +68,7 @@ def targets(
                 f"{full:.4f}, "
                 + ", ".join(f"{k} {v:.4f}" for k, v in others.items())
                 + f": {'met' if ok else 'MISSED'}"
+                + paired(rows, best["rule"], BASELINES, i)
             )
     else:
         wins = [f"{f:.0%}" for i, f in enumerate(fr) if f > 0 and b[i] > mean["random"][i]]

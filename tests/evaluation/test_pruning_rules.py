@@ -130,3 +130,23 @@ def test_benchmark_table_names_the_rules_that_beat_every_baseline():
     means = pruning.rule_means(setting)
     assert set(means) == {"harm", "class_balanced"}
     assert means["harm"] == pytest.approx(np.mean([0.88, 0.90, 0.90, 0.86, 0.87, 0.88]))
+
+
+def test_benchmark_targets_give_the_paired_seed_difference():
+    from benchmarks import pruning
+
+    def row(name, seeds):  # seeds: [K][R] per-seed accuracies
+        a = np.asarray(seeds)
+        return {"rule": name, "acc": [[m, np.nan, np.nan] for m in a.mean(1)], "acc_seeds": a.tolist()}
+
+    base = np.array([[0.85, 0.86, 0.84], [0.86, 0.88, 0.87]])
+    setting = {
+        "noise": 0.1, "fractions": [0.0, 0.1], "best_attribution_rule": "a · harm",
+        "rows": [row("random", base - 0.02), row(pruning.BASELINES[0], base), row(pruning.BASELINES[1], base),
+                 row("a · harm", base + [[0, 0, 0], [0.01, 0.01, 0.01]])],
+    }  # fmt: skip
+    (line,) = pruning.targets(setting)
+    assert line.startswith("- 10% removed") and "met" in line
+    assert (
+        f"− {pruning.BASELINES[0]} +0.0100 ±0.0000" in line
+    )  # same-seed noise cancels in the paired difference
