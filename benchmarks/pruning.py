@@ -60,10 +60,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "pruning.json"
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
 FRACTIONS = (0.0, 0.05, 0.1, 0.2)
-MODES = {  # settings: (dataset, flipped fraction, model)
+MODES = {  # settings: (dataset, flipped fraction, model[, flip seed, default 0])
     "quick": {"settings": (("mnist5k", 0.1, "logreg"),), "seeds": 1},
     "full": {
-        "settings": (("mnist5k", 0.1, "logreg"), ("mnist5k", 0.0, "logreg"), ("mnist5k", 0.1, "mlp")),
+        "settings": (
+            ("mnist5k", 0.1, "logreg"),
+            ("mnist5k", 0.0, "logreg"),
+            ("mnist5k", 0.1, "logreg", 1),  # a replication on other flips (is a margin more than noise?)
+            ("mnist5k", 0.1, "mlp"),
+        ),
         "seeds": 3,
         "carry_settings": ("mlp",),  # the MLP setting (2,431 s of retraining) is kept from the stored result
     },
@@ -179,26 +184,35 @@ def _interval(values: np.ndarray) -> list[float]:
 
 
 def setting_result(
-    dataset: str, noise: float, n_seeds: int, arch: str = "logreg", previous: dict | None = None
+    dataset: str,
+    noise: float,
+    n_seeds: int,
+    arch: str = "logreg",
+    previous: dict | None = None,
+    flip_seed: int = 0,
 ) -> dict:
     """One setting's rows, cached as JSON in `WORKSPACE/pruning_settings/` (so settings can run in parallel).
 
     `previous`: the same setting from the stored result; on logistic regression its TRAK and d-TDA rows
     (a TRAK fit is ~500 s, d-TDA ~270 s, and neither has an iterative rule) are carried over, marked, when
-    the freshly retrained random row reproduces the stored one exactly (same run, same retraining)."""
+    the freshly retrained random row reproduces the stored one exactly (same run, same retraining).
+    `flip_seed` != 0: a replication on other flipped labels, without TRAK and d-TDA (not carried: other data)."""
     import json
 
     model = "" if arch == "logreg" else f"-{arch}"
-    path = WORKSPACE / "pruning_settings" / f"{dataset}{model}-noise{noise}-s{n_seeds}-v2.json"
+    flips = f"-flips{flip_seed}" if flip_seed else ""
+    path = WORKSPACE / "pruning_settings" / f"{dataset}{model}-noise{noise}{flips}-s{n_seeds}-v2.json"
     if path.exists():
         return json.loads(path.read_text())
-    result = _setting_result(dataset, noise, n_seeds, arch, previous)
+    result = _setting_result(dataset, noise, n_seeds, arch, previous, flip_seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1))
     return result
 
 
-def _setting_result(dataset: str, noise: float, n_seeds: int, arch: str, previous: dict | None) -> dict:
+def _setting_result(
+    dataset: str, noise: float, n_seeds: int, arch: str, previous: dict | None, flip_seed: int
+) -> dict:
     from tda_explorer.data import DatasetSpec, inject_label_noise, load_dataset
     from tda_explorer.evaluation.pruning import pruning_curves
     from tda_explorer.models import LogRegConfig, MLPConfig
@@ -207,11 +221,11 @@ def _setting_result(dataset: str, noise: float, n_seeds: int, arch: str, previou
 
     splits = load_dataset(DatasetSpec(dataset))
     if noise:
-        splits = inject_label_noise(splits, noise, 0)
+        splits = inject_label_noise(splits, noise, flip_seed)
     cfg, model = default_train_config(arch), LogRegConfig() if arch == "logreg" else MLPConfig()
     seeds = tuple(range(n_seeds))
     run = train_run(splits, model, cfg, seeds, Workspace(WORKSPACE), LocalExecutor(1))
-    if arch == "logreg" and previous is not None:  # TRAK and d-TDA rows carried over (see setting_result)
+    if arch == "logreg" and (previous is not None or flip_seed):  # no TRAK / d-TDA fit (see setting_result)
         chosen = {k: v for k, v in ATTRIBUTORS.items() if k != "trak"}
         uses, seconds = usefulness_vectors(run, splits, chosen, dtda=False)
     elif arch == "logreg":
@@ -239,6 +253,7 @@ def _setting_result(dataset: str, noise: float, n_seeds: int, arch: str, previou
         "dataset": dataset,
         "model": arch,
         "noise": noise,
+        "flip_seed": flip_seed,
         "seeds": list(seeds),
         "fractions": list(FRACTIONS),
         "n_removed": list(any_curve.n_removed),
@@ -246,7 +261,7 @@ def _setting_result(dataset: str, noise: float, n_seeds: int, arch: str, previou
         "best_attribution_rule": _best_row(rows, pure),
         "best_combined_rule": _best_row(rows, attribution),
         "best_rule": _best_row(rows, [r["rule"] for r in rows if r["rule"] != "random"]),
-        "carried_over_from": previous["created"] if carried else None,
+        "carried_over_from": carried[0]["carried_over"] if carried else None,
         "seconds": {**seconds, "retraining": retrain_s},
     }
 
@@ -265,7 +280,8 @@ def _carry_rows(previous: dict, random_row: dict) -> list[dict]:
     if not same:
         log("random row differs from the stored one: TRAK / d-TDA rows not carried over")
         return []
-    return [r | {"carried_over": True} for k, r in old.items() if k.startswith(("trak ·", "d-TDA ·"))]
+    rows = [r for k, r in old.items() if k.startswith(("trak ·", "d-TDA ·"))]
+    return [r | {"carried_over": r.get("carried_over") or previous["created"]} for r in rows]  # when measured
 
 
 def _row(name: str, acc: np.ndarray, curve, flipped: set | None) -> dict:
@@ -315,19 +331,22 @@ def run_benchmark(mode: str) -> dict:
     cfg = MODES[mode]
     started = time.perf_counter()
     stored = json.loads(RESULTS.read_text()).get(mode) if RESULTS.exists() else None
-    old = {(s["dataset"], s["noise"], s.get("model", "logreg")): s | {"created": stored["created"]}
+    old = {(s["dataset"], s["noise"], s.get("model", "logreg"), s.get("flip_seed", 0)): s | {"created": stored["created"]}
            for s in (stored or {}).get("settings", [])}  # fmt: skip
     settings = []
-    for d, noise, arch in cfg["settings"]:
-        previous = old.get((d, noise, arch))
+    for d, noise, arch, *flip in cfg["settings"]:
+        flip_seed = flip[0] if flip else 0
+        previous = old.get((d, noise, arch, flip_seed))
         if arch in cfg.get("carry_settings", ()) and previous is not None:  # not re-run: the stored rows
             settings.append(
                 previous | {"carried_over_from": previous.get("carried_over_from") or stored["created"]}
             )
             continue
-        settings.append(setting_result(d, noise, cfg["seeds"], arch, previous))
-    for s, (d, noise, arch) in zip(settings, cfg["settings"], strict=True):
-        if arch == "logreg":
+        settings.append(
+            setting_result(d, noise, cfg["seeds"], arch, previous if not flip_seed else None, flip_seed)
+        )
+    for s, (d, noise, arch, *flip) in zip(settings, cfg["settings"], strict=True):
+        if arch == "logreg" and not flip:
             s["diagnosis_grad_dot"] = diagnose(d, noise, cfg["seeds"])
     head = {"benchmark": "pruning", "mode": mode, "created": datetime.now(UTC).isoformat(timespec="seconds")}
     wall = round(time.perf_counter() - started, 1)

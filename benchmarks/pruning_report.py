@@ -123,7 +123,7 @@ def markdown(result: dict) -> str:
     ]
     for s in result["settings"]:
         head = "| rule | " + " | ".join(f"{f:.0%} removed" for f in s["fractions"]) + " |"
-        title = ("10% flipped labels (seed 0)" if s["noise"] else "clean labels") + (
+        title = (f"10% flipped labels (seed {s.get('flip_seed', 0)})" if s["noise"] else "clean labels") + (
             ", MLP" if s.get("model") == "mlp" else ", logistic regression"
         )
         out += [
