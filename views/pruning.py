@@ -17,6 +17,7 @@ import apptrust
 from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, curve_fractions, removal_mask
 from tda_explorer.evaluation import stored_pruning_curve
 from tda_explorer.evaluation.pruning import best_pruning_rule, rule_usefulness
+from tda_explorer.evaluation.run_label_quality import COMBINED, has_oof_probs
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
@@ -106,7 +107,11 @@ RULES = {
 }
 labels = train.labels.numpy()
 own_loss = appkit.cached_training_loss(str(ws.root), run.key)
-uses = {r: rule_usefulness(result.scores, r, labels, own_loss=own_loss) for r in RULES}
+mislabel = None
+if has_oof_probs(run, train, ws):  # the combined mislabel score is ready (Mislabels page): offer harm + it
+    mislabel = appkit.cached_label_quality(str(ws.root), run.key)[COMBINED]
+    RULES = {"harm_mislabel": "harm + mislabel score, within each class", **RULES}
+uses = {r: rule_usefulness(result.scores, r, labels, own_loss=own_loss, mislabel=mislabel) for r in RULES}
 # Default rule: the best pruning curve already measured on this run (at the curve settings below), else the
 # best attribution rule of the pruning benchmark.
 curve_setup = (curve_fractions(st.session_state.get("prune_largest", LARGEST_DEFAULT)),
@@ -128,7 +133,8 @@ rule = st.radio(
     "the validation examples it hurts; its help elsewhere does not buy it back). Mean usefulness: the mean "
     "score, positive = helps. Within each class, the least useful examples of every class go first (a score "
     "is then the example's rank in its class, 0-1); over the whole set, the hard examples of a few classes "
-    "dominate the removals. Harm + own loss averages harm's rank with the example's own-loss rank. "
+    "dominate the removals. Harm + own loss averages harm's rank with the example's own-loss rank; harm + "
+    "mislabel score with the rank of the Mislabels page's combined score (offered once it is computed there). "
     "Measured in RESULTS.md, 'Pruning curves'.",
 )  # fmt: skip
 st.caption(

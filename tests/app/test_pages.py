@@ -153,6 +153,21 @@ def test_pruning_page_previews_and_exports(prepared, monkeypatch):
     assert written
 
 
+def test_pruning_page_offers_harm_with_the_mislabel_score_once_computed(prepared, monkeypatch):
+    from tda_explorer.evaluation.run_label_quality import cached_oof_probs
+
+    cached_oof_probs(
+        prepared["run"], prepared["splits"].train, prepared["ws"]
+    )  # (the Mislabels test made it)
+    at = app_at(prepared, monkeypatch, "pruning")
+    radio = next(r for r in at.radio if r.label == "Rank usefulness")
+    assert "harm + mislabel score, within each class" in radio.options
+    radio.set_value("harm_mislabel")
+    rerun(at, "pruning")
+    n_train = len(prepared["splits"].train)
+    assert next(m for m in at.metric if m.label == "Removed").value == f"{round(0.1 * n_train)} of {n_train}"
+
+
 def test_evaluation_page_lists_attributors(prepared, monkeypatch):
     at = app_at(prepared, monkeypatch, "evaluation")
     table = at.dataframe[0].value
