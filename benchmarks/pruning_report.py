@@ -117,7 +117,9 @@ def markdown(result: dict) -> str:
         "optimistic; every rule's row is shown. 'iterative_*' rules remove 2.5% of the training set per round, "
         "retraining on the kept set and re-scoring before each round; '* · harm_loss' / '* · harm_mislabel' "
         "combine attribution with the own loss / the combined mislabel score (reported apart from pure "
-        "attribution).",
+        "attribution). The 10%-flipped logistic-regression setting is repeated on flip seed 1 (Grad-Dot and "
+        "EK-FAC only), where nothing was picked, to see whether a margin picked on seed 0 holds on other flips; "
+        "'paired over the seeds' is the mean same-seed difference ± half its 95% t-interval.",
         f"Wall time {result['wall_seconds']:.0f} s (cached steps not re-run); 1-minute load at the end "
         f"{result['machine']['load_end'][0]:.1f} on {result['machine']['cpus']} CPUs (a shared machine).",
     ]

@@ -22,9 +22,8 @@ kept longer; the first three are also `pruning_usefulness(useful, rule, ...)` of
 - "harm_mislabel": the same with the combined mislabel score (`evaluation.label_quality.DEFAULT_RULE`:
   out-of-fold margin + own loss + kNN label disagreement, higher = more suspicious) in place of the loss.
 The iterative rules (`evaluation.iterative_pruning`) apply these round by round, retraining in between.
-`DEFAULT_PRUNING_RULE` ("harm_loss") is the rule the app and the CLI start from: the highest mean test
-accuracy over the attributors and removed fractions in `benchmarks/pruning.py` on the clean and the noisy
-run; the app prefers the best curve measured on the run itself when there is one.
+`DEFAULT_PRUNING_RULE` ("harm_loss") is the rule the app and the CLI start from (see its comment in
+`backend.usefulness`); the app prefers the best curve measured on the run itself when there is one.
 `pruning_curves` measures several rules at once (one shared random baseline, each distinct kept set
 trained once per seed); `best_pruning_rule` picks, among measured curves, the rule with the highest mean accuracy over the removed
 fractions.
