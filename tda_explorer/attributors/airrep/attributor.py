@@ -16,6 +16,15 @@ members, for `data.n_subsets` random subsets (thousands cost seconds, not retrai
 a setting: `compute_scores` never builds a distilled AirRep, so its score cache holds only the
 retrained kind.
 
+Backbone (`encoder={"backbone": ...}`): "input" (default) trains the encoder on the raw examples;
+"model_features" (AirRep's pretrained-backbone idea) feeds it the attributed run's frozen last-layer
+gradient features of every example over all the run's seeds, whitened per seed on the training set and
+projected to `feature_dim` (`model_features.py`; one forward pass per seed and example), embedded by the
+tabular MLP with its linear skip (orthonormal at initialisation, so the untrained student scores with
+the whitened features' dot product, a last-layer TRAK-like kernel).
+Training steps then cost milliseconds, and scoring a query costs one forward pass per seed, the small
+encoder and one matmul. The encoder's cache key then includes the run's weights.
+
 Scores (rank-only: the scale is learned from normalised ranks, not a loss change):
 - `score(queries)[q, i] = <Enc(x_q), Enc(z_i)>` `[n_query, N]` float32, one matmul per query chunk;
   positive = z_i helps x_q (the encoder is trained so that subsets with larger `r` — lower query loss
@@ -43,6 +52,7 @@ import torch
 
 from tda_explorer.attributors.airrep.data import AirRepData, AirRepDataConfig, generate_airrep_data
 from tda_explorer.attributors.airrep.encoder import EncoderConfig
+from tda_explorer.attributors.airrep.model_features import feature_set, feature_transform
 from tda_explorer.attributors.airrep.pooling import group_scores
 from tda_explorer.attributors.airrep.teacher import teacher_airrep_data
 from tda_explorer.attributors.airrep.train import RankTrainConfig, TrainedEncoder, train_encoder
@@ -145,18 +155,30 @@ class AirRep(Attributor):
         ws = require_workspace(self.workspace, "AirRep.fit")
         queries = self._label_queries(run)
         self.data_: AirRepData = self._data(run, train, queries, AirRepDataConfig(**s.data), ws)
+        enc_cfg = EncoderConfig(**s.encoder)
+        self.feature_models_ = self.projection_ = None
+        enc_train, enc_queries, inputs_key = train, queries, None
+        if enc_cfg.backbone == "model_features":
+            self.feature_models_ = [run.model(seed) for seed in run.seeds]
+            self.projection_ = feature_transform(
+                self.feature_models_, train, enc_cfg.feature_dim, enc_cfg.feature_damping
+            )
+            enc_train = feature_set(self.feature_models_, train, self.projection_)
+            enc_queries = feature_set(self.feature_models_, queries, self.projection_)
+            inputs_key = {"features": "last_layer_gradients", "run": run.key, "weights": run.fingerprint()}
         self.trained_: TrainedEncoder = train_encoder(
             self.data_,
-            train,
-            queries,
-            EncoderConfig(**s.encoder),
+            enc_train,
+            enc_queries,
+            enc_cfg,
             RankTrainConfig(**s.training),
             s.pooling,
             ws,
             self._phase("encoder"),
+            inputs_key,
         )
         self.encoder_ = self.trained_.encoder
-        self.train_embeddings_ = self.embed(train)
+        self.train_embeddings_ = self._embed_inputs(enc_train)
         self.costs_ = {"data_seconds": self.data_.seconds, "train_seconds": self.trained_.seconds}
         self.artifact_extra_ = {  # recorded next to cached scores (attributors.scores)
             "airrep": {
@@ -175,10 +197,15 @@ class AirRep(Attributor):
     # ---------------------------------------------------------------------------------- scoring
     def embed(self, examples: ExampleSet) -> torch.Tensor:
         """`Enc(x)` `[n, dim]` float32 for any ExampleSet of the training kind."""
-        enc = getattr(self, "encoder_", None)
-        if enc is None:
+        if getattr(self, "encoder_", None) is None:
             self._check_fitted()
-        return enc.embed(enc.prepare(examples), self.settings.batch_size)
+        if self.feature_models_ is not None:
+            examples = feature_set(self.feature_models_, examples, self.projection_)
+        return self._embed_inputs(examples)
+
+    def _embed_inputs(self, examples: ExampleSet) -> torch.Tensor:
+        """`Enc` of a set already in the encoder's input form (raw examples, or their model features)."""
+        return self.encoder_.embed(self.encoder_.prepare(examples), self.settings.batch_size)
 
     def score(self, queries: ExampleSet) -> torch.Tensor:
         """`[n_query, N]` float32, `<Enc(x_q), Enc(z_i)>` (positive = helps; rank-only)."""

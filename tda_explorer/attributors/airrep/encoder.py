@@ -39,6 +39,7 @@ from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 
 EMBED_BATCH = 512
+BACKBONES = ("input", "model_features")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ class EncoderConfig:
             tables), with the learned part starting at zero.
         init_scale: standard deviation of the initial scores `<u(x), u(z)>` over training pairs; the
             projector is rescaled at construction (with `skip`) so that attention pooling starts soft.
+        backbone: "input" (default: the encoders above on the raw inputs) or "model_features": the
+            attributed model's frozen last-layer gradient features (`model_features.py`), embedded by the
+            tabular MLP; chosen by the AirRep attributor, which computes the features from the run.
+        feature_dim: with "model_features", the features are reduced to this many entries by a fixed
+            Gaussian random projection (seed 0) when they have more (0 = keep them all); it bounds the
+            cost of a training step. Ignored (and not in the key) with backbone "input".
+        feature_damping: with "model_features", the relative damping of the per-seed whitening of the
+            features (`model_features.feature_transform`). Ignored (and not in the key) with "input".
     """
 
     dim: int = 128
@@ -70,6 +79,9 @@ class EncoderConfig:
     image_backbone: str = "cnn"
     skip: bool = True
     init_scale: float = 0.3
+    backbone: str = "input"
+    feature_dim: int = 1024
+    feature_damping: float = 1e-2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -81,9 +93,24 @@ class EncoderConfig:
             raise ConfigError(f"encoder channels must be positive integers, got {self.channels}.")
         if not self.init_scale > 0:
             raise ConfigError(f"init_scale must be > 0, got {self.init_scale}.")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        if (
+            isinstance(self.feature_dim, bool)
+            or not isinstance(self.feature_dim, int)
+            or self.feature_dim < 0
+        ):
+            raise ConfigError(f"feature_dim must be an integer >= 0, got {self.feature_dim!r}.")
+        if not self.feature_damping > 0:
+            raise ConfigError(f"feature_damping must be > 0, got {self.feature_damping!r}.")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a dict; `backbone`, `feature_dim`, `feature_damping` only when the backbone is not
+        "input" (so the keys of earlier encoders are unchanged)."""
+        d = asdict(self)
+        if d["backbone"] == "input":
+            del d["backbone"], d["feature_dim"], d["feature_damping"]
+        return d
 
 
 class _Standardise(nn.Module):
@@ -210,6 +237,11 @@ class AirRepEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg, self.kind, self.n_classes = cfg, kind, n_classes
+        if cfg.backbone == "model_features" and kind != "tabular":
+            raise ConfigError(
+                "backbone='model_features' embeds the model features of `model_features.feature_set` "
+                f"(tabular), not {kind} inputs."
+            )
         if kind == "image":
             self.backbone: nn.Module = ImageBackbone(cfg, input_shape)
         elif kind == "tabular":
@@ -222,6 +254,8 @@ class AirRepEncoder(nn.Module):
         skip = getattr(self.backbone, "skip_width", 0)
         if skip:
             with torch.no_grad():  # random projection of the input; learned features start at zero
+                if cfg.backbone == "model_features":  # orthonormal rows: keeps the features' dot products
+                    nn.init.orthogonal_(self.projector.weight[:, :skip])
                 self.projector.weight[:, skip:].zero_()
                 self.projector.bias.zero_()
         if cfg.label_coupling:

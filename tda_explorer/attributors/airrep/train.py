@@ -168,9 +168,15 @@ def holdout_split(n: int, fraction: float, seed: int, salt: int) -> tuple[np.nda
     return np.sort(order[k:]), np.sort(order[:k])
 
 
-def encoder_config_key(data: AirRepData, encoder: EncoderConfig, rank: RankTrainConfig, pooling: str) -> dict:
-    """The config dict that keys the "airrep_encoder" and "airrep_ckpt" artifacts."""
-    return {"data": data.key, "encoder": encoder.to_dict(), "rank": rank.to_dict(), "pooling": pooling}
+def encoder_config_key(
+    data: AirRepData, encoder: EncoderConfig, rank: RankTrainConfig, pooling: str, inputs: dict | None = None
+) -> dict:
+    """The config dict that keys the "airrep_encoder" and "airrep_ckpt" artifacts (`inputs`: what made the
+    encoder's inputs when they are not the raw examples, e.g. the run whose features they are)."""
+    key = {"data": data.key, "encoder": encoder.to_dict(), "rank": rank.to_dict(), "pooling": pooling}
+    if inputs is not None:
+        key["inputs"] = inputs
+    return key
 
 
 def _trainable_state(encoder: AirRepEncoder) -> dict[str, torch.Tensor]:
@@ -261,6 +267,7 @@ def train_encoder(
     pooling: str = "attention",
     workspace: Workspace | None = None,
     progress: Progress | None = None,
+    inputs_key: dict | None = None,
 ) -> TrainedEncoder:
     """Train (or load) the AirRep encoder on `data`; see the module docstring.
 
@@ -273,6 +280,7 @@ def train_encoder(
         pooling: "attention" (AirRep) or "sum" (ablation): the f used in the loss.
         workspace: where checkpoints and the final encoder are cached (required).
         progress: `progress(done, total, msg)` over the optimisation steps.
+        inputs_key: what made `train`'s / `queries`' inputs when they are derived features (joins the key).
 
     Returns:
         TrainedEncoder with the best held-out epoch's weights.
@@ -284,7 +292,7 @@ def train_encoder(
         raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
     if tuple(train.ids) != data.train_ids or tuple(queries.ids) != data.query_ids:
         raise ConfigError("the training set / label queries do not match the AirRep data they were made for.")
-    key_cfg = encoder_config_key(data, encoder_config, cfg, pooling)
+    key_cfg = encoder_config_key(data, encoder_config, cfg, pooling, inputs_key)
     encoder = build_encoder(encoder_config, train, cfg.seed)
 
     def fit() -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,0 +1,134 @@
+"""AirRep on the attributed model's frozen features (`backbone="model_features"`)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tda_explorer.attributors import make_attributor
+from tda_explorer.attributors.airrep import EncoderConfig, RankTrainConfig, build_encoder
+from tda_explorer.attributors.airrep.model_features import (
+    feature_set,
+    feature_transform,
+    last_layer_gradients,
+    model_features,
+)
+from tda_explorer.attributors.airrep.teacher import teacher_effects
+from tda_explorer.attributors.airrep.train import encoder_config_key
+from tda_explorer.backend.stats import random_subset_masks, spearman_rows
+from tda_explorer.data import load_digits_splits
+from tda_explorer.errors import ConfigError
+from tda_explorer.models import MLPConfig, build_model
+from tda_explorer.store import Workspace
+
+from .conftest import make_run
+from .test_airrep import TINY_TRAIN
+
+MLP = MLPConfig(hidden=(12,))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """60 training digits, 20 label queries, an MLP run of 2 seeds with random weights."""
+    s = load_digits_splits()
+    states = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_model(MLP, (1, 8, 8), 10)
+        states[seed] = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
+    run = make_run(MLP, TINY_TRAIN, states, (1, 8, 8), 10)
+    return s.train.subset(range(60)), s.val.subset(range(20)), run
+
+
+def test_features_are_the_head_gradient_of_the_loss(tiny):
+    train, _, run = tiny
+    model = run.model(0)
+    feats = last_layer_gradients(model, train)
+    d = model.head.in_features
+    assert feats.shape == (60, 10 * (d + 1))
+    for i in (0, 7, 33):
+        model.zero_grad()
+        x, y = train.inputs[i : i + 1].float(), train.labels[i : i + 1]
+        F.cross_entropy(model(x), y).backward()
+        block = feats[i].reshape(10, d + 1)  # class-major: [weight row c, bias c]
+        torch.testing.assert_close(block[:, :d], model.head.weight.grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(block[:, d], model.head.bias.grad, atol=1e-6, rtol=1e-5)
+    both = model_features([run.model(0), run.model(1)], train)
+    torch.testing.assert_close(
+        both, torch.cat([feats, last_layer_gradients(run.model(1), train)], 1) / 2**0.5
+    )
+
+
+def test_transform_gives_the_damped_last_layer_kernel(tiny):
+    train, val, run = tiny
+    models = [run.model(0), run.model(1)]
+    damping = 0.05
+    t = feature_transform(models, train, feature_dim=0, damping=damping).double()
+    got = model_features(models, val).double() @ t @ (model_features(models, train).double() @ t).T
+    want = torch.zeros(len(val), len(train), dtype=torch.float64)
+    for m in models:  # per seed: phi_q (Phi^T Phi / N + damping * mean eigenvalue * I)^-1 phi_i / S
+        g, q = last_layer_gradients(m, train).double(), last_layer_gradients(m, val).double()
+        cov = g.T @ g / len(g)
+        lam = damping * float(torch.linalg.eigvalsh(cov).clamp_min(0).mean())
+        want += q @ torch.linalg.solve(cov + lam * torch.eye(len(cov), dtype=cov.dtype), g.T) / len(models)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+    projected = feature_transform(models, train, feature_dim=50, damping=damping)
+    assert projected.shape == (t.shape[0], 50)
+
+
+def test_config_checks_and_unchanged_keys(tiny):
+    train, _, _ = tiny
+    assert "backbone" not in EncoderConfig().to_dict() and "feature_dim" not in EncoderConfig().to_dict()
+    assert EncoderConfig(backbone="model_features").to_dict()["backbone"] == "model_features"
+    with pytest.raises(ConfigError, match="backbone"):
+        EncoderConfig(backbone="pixels")
+    with pytest.raises(ConfigError, match="feature_dim"):
+        EncoderConfig(backbone="model_features", feature_dim=-1)
+    with pytest.raises(ConfigError, match="model features"):
+        build_encoder(EncoderConfig(backbone="model_features"), train)  # raw images, not the feature set
+    data = SimpleNamespace(key="d")
+    plain = encoder_config_key(data, EncoderConfig(), RankTrainConfig(), "sum")
+    assert "inputs" not in plain  # the keys of encoders on raw inputs are unchanged
+    run_a = encoder_config_key(data, EncoderConfig(), RankTrainConfig(), "sum", {"weights": "a"})
+    assert run_a != encoder_config_key(data, EncoderConfig(), RankTrainConfig(), "sum", {"weights": "b"})
+
+
+def test_student_recovers_a_teacher_it_can_represent(tmp_path, tiny):
+    """A teacher whose scores are the dot products of the standardised features the encoder's linear skip
+    sees: the student (orthonormal skip, dim = feature width) represents it exactly, so after training
+    (early stopping on held-out teacher labels) its example and group scores rank like the teacher's."""
+    train, val, run = tiny
+    models = [run.model(s) for s in run.seeds]
+    width = 40
+    enc = {"backbone": "model_features", "feature_dim": width, "dim": width, "hidden": 8, "depth": 1}
+    enc["label_coupling"] = False
+    t = feature_transform(models, train, width, EncoderConfig(**enc).feature_damping)
+    ft, fq = feature_set(models, train, t).inputs, feature_set(models, val, t).inputs
+    mean, std = ft.mean(0), ft.std(0)
+    zt, zq = (ft - mean) / std, (fq - mean) / std
+    scores = (zq @ zt.T).numpy()
+
+    teacher = make_attributor("grad_dot")
+    teacher.fitted_ = True
+    teacher.score = lambda _queries: torch.from_numpy(scores)
+    air = make_attributor(
+        "airrep",
+        encoder=enc,
+        pooling="sum",
+        data={"n_subsets": 64},
+        training={"epochs": 3, "subsets_per_step": 16, "queries_per_step": 16, "lr": 1e-4},
+        workspace=Workspace(tmp_path),
+        label_queries=val,
+        teacher=teacher,
+    )
+    air.fit(run, train)
+    rho = spearman_rows(air.score(val).double().numpy(), scores)
+    assert rho.mean() > 0.95
+    masks = random_subset_masks(len(train), 30, 99, range(40))
+    groups = air.score_groups(val, torch.from_numpy(masks)).double().numpy()
+    assert spearman_rows(groups, teacher_effects(scores, masks)).mean() > 0.95
+    assert air.trained_.key  # the encoder artifact is keyed by the run (its features' weights) too
+    assert air.feature_models_ is not None and len(air.feature_models_) == 2
