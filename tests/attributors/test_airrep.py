@@ -99,6 +99,19 @@ def test_attention_pool_far_below_the_best_score_and_gradients():
     torch.testing.assert_close(g1, g2)
 
 
+def test_attention_pool_fallback_works_block_by_block(monkeypatch):
+    """Many underflowing groups: the masked fallback runs in blocks of groups (memory bound), same values."""
+    from tda_explorer.attributors.airrep import pooling
+
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(3, 20, generator=gen, dtype=torch.float64)
+    s[:, 0] = 5000.0  # every group without example 0 underflows
+    masks = torch.rand(40, 20, generator=gen) < 0.4
+    masks[:, 0] = torch.arange(40) % 5 == 0
+    monkeypatch.setattr(pooling, "_MASKED_BLOCK", 3 * 20 * 4)  # 4 groups per block
+    torch.testing.assert_close(attention_pool(s, masks), attention_pool_masked(s, masks))
+
+
 # --------------------------------------------------------------------------------- labels and loss
 def test_label_normalisation():
     losses = np.array([[1.0, 2.0, 5.0], [3.0, 2.0, 5.0], [2.0, 2.0, 5.0]])  # [M=3 subsets, 3 queries]

@@ -15,6 +15,9 @@ from __future__ import annotations
 import torch
 
 POOLINGS = ("attention", "sum")
+#: Entries of one `[B, K, N]` float64 block of the masked fallback (~128 MB): with thousands of groups
+#: the unchunked block took > 20 GB.
+_MASKED_BLOCK = 1 << 24
 
 
 def attention_pool(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -23,7 +26,8 @@ def attention_pool(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     Computed with two matmuls: `e = exp(s - max_i s)` in float64 (one shift per query), then
     `f = ((e * s) @ masks.T) / (e @ masks.T)`; the shift cancels in the ratio, so this is the softmax
     over each group's members. Groups whose denominator underflows (all members more than ~700 below
-    the query's best score) are recomputed with the masked softmax (`attention_pool_masked`).
+    the query's best score) are recomputed with the masked softmax (`attention_pool_masked`), a block of
+    groups at a time.
 
     Args:
         scores: `[B, N]` example scores `s[q, i]`.
@@ -44,7 +48,11 @@ def attention_pool(scores: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     bad = (~ok) & masks.any(1)[None, :]
     if bool(bad.any()):
         rows, cols = bad.any(1).nonzero().flatten(), bad.any(0).nonzero().flatten()
-        exact = attention_pool_masked(s[rows], masks[cols])
+        chunk = max(1, _MASKED_BLOCK // max(1, len(rows) * s.shape[1]))  # bounds the [rows, chunk, N] block
+        exact = torch.cat(
+            [attention_pool_masked(s[rows], masks[cols[a : a + chunk]]) for a in range(0, len(cols), chunk)],
+            dim=1,
+        )
         patch = torch.zeros_like(out).index_put((rows[:, None], cols[None, :]), exact)
         out = torch.where(bad, patch, out)
     return out
