@@ -184,3 +184,31 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def markdown(results: dict) -> str:
+    """The curve as a Markdown table (rendered by `benchmarks.report`)."""
+    t, student = results["teacher"], results["student"]
+    g = t["group_lds"]
+    rows = [
+        f"Student: `airrep`, attention pooling, encoder {student['encoder']}, at most "
+        f"{student['steps_budget']} steps of {student['training']} (early stopping on held-out teacher "
+        f"labels; best epoch -1 = the untrained initialisation was kept). Teacher: {t['name']}, LDS "
+        f"{g['mean']:.3f} [{g['ci_low']:.3f}, {g['ci_high']:.3f}], fit {t['fit_seconds']:.0f} s + "
+        f"{t['extra_models_seconds']:.0f} s for its 9 extra models, 500 test queries scored in "
+        f"{t['inference_seconds']:.1f} s at load {t['loadavg'][0]} ({t.get('source', 'measured here')}).",
+        "",
+        "| teacher-labelled subsets | group LDS (95% CI) | LDS | held-out agreement with the teacher (init -> best) "
+        "| best epoch / run | encoder training (s) | one-time (s) | inference 500 q (s) | speed-up vs teacher "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["curve"]:
+        gl = r["group_lds"]
+        rows.append(
+            f"| {r['n_subsets']} | {gl['mean']:.3f} [{gl['ci_low']:.3f}, {gl['ci_high']:.3f}] | {r['lds']['mean']:.3f} "
+            f"| {r['heldout_lds_vs_teacher_labels_init']:.3f} -> {r['heldout_lds_vs_teacher_labels_best']:.3f} "
+            f"| {r['best_epoch']} / {r['epochs_run']} | {r['train_seconds']:.0f} | {r['one_time_seconds']:.0f} "
+            f"| {r['inference_seconds']:.3f} | {r['inference_speedup_vs_teacher']}x | {r['loadavg'][0]} |"
+        )
+    return "\n".join(rows)

@@ -295,8 +295,11 @@ class AirRepEncoder(nn.Module):
     @torch.no_grad()
     def set_statistics(self, prepared: torch.Tensor) -> None:
         """Set the input standardisation from the prepared training inputs and, with `skip`, rescale the
-        projector so the initial scores `<u(x), u(z)>` have std `init_scale` (no-op for text)."""
-        self.backbone.set_statistics(prepared)
+        projector so the initial scores `<u(x), u(z)>` have std `init_scale` (no-op for text). Model
+        features are not standardised: they are whitened already (`model_features.feature_transform`), and
+        centring them would change the kernel the orthonormal skip starts from."""
+        if self.cfg.backbone != "model_features":
+            self.backbone.set_statistics(prepared)
         if getattr(self.backbone, "skip_width", 0) and len(prepared) > 1:
             sample = prepared[torch.randperm(len(prepared))[:256]]
             u = self.projector(self.backbone(sample))
