@@ -130,3 +130,23 @@ def test_student_recovers_a_teacher_it_can_represent(tmp_path, tiny):
     assert spearman_rows(groups, teacher_effects(scores, masks)).mean() > 0.95
     assert air.trained_.key  # the encoder artifact is keyed by the run (its features' weights) too
     assert air.feature_models_ is not None and len(air.feature_models_) == 2
+
+
+def test_heldout_loss_is_the_same_block_by_block(tiny, monkeypatch):
+    """The held-out ranking loss over all subset pairs, computed a block of queries at a time (memory bound
+    for thousands of held-out subsets), equals the one-block mean over all pairs."""
+    from tda_explorer.attributors.airrep import train as train_mod
+
+    train, val, _ = tiny
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(30, len(train), generator=gen) < 0.5
+    labels = torch.randn(len(val), 30, generator=gen, dtype=torch.float64)
+    labels[:, 5] = labels[:, 6]  # ties are not pairs
+    enc = build_encoder(EncoderConfig(dim=8, hidden=8, image_backbone="mlp"), train)
+    cfg = RankTrainConfig()
+    problem = train_mod._RankProblem(enc.prepare(train), enc.prepare(val), masks, labels, "attention", cfg)
+    qs, subs = torch.arange(len(val)), torch.arange(30)
+    whole = problem.heldout_metrics(enc, qs, subs)
+    monkeypatch.setattr(train_mod, "_PAIR_BLOCK", 30 * 30 * 3)  # 3 queries per block
+    blocked = problem.heldout_metrics(enc, qs, subs)
+    assert blocked[0] == whole[0] and blocked[1] == pytest.approx(whole[1], rel=1e-5)

@@ -165,7 +165,11 @@ class AirRep(Attributor):
             )
             enc_train = feature_set(self.feature_models_, train, self.projection_)
             enc_queries = feature_set(self.feature_models_, queries, self.projection_)
-            inputs_key = {"features": "last_layer_gradients", "run": run.key, "weights": run.fingerprint()}
+            inputs_key = {
+                "features": "whitened_last_layer_gradients",
+                "run": run.key,
+                "weights": run.fingerprint(),
+            }
         self.trained_: TrainedEncoder = train_encoder(
             self.data_,
             enc_train,
