@@ -1,6 +1,7 @@
 """Unrolled: the replay is the run bit for bit; dm/dw against central finite differences of real weighted
-retraining (float64: SGD + momentum + cosine, Adam + warm-up + linear, dropout, two stages; two SGD stages on the taped closed-form chain path); chunking
-does not change results; on a converged convex model it agrees with exact influence."""
+retraining (float64: SGD + momentum + cosine, Adam + warm-up + linear, dropout, two stages, and two SGD
+stages on the taped closed-form chain path); chunking does not change results; on a converged convex
+model it agrees with exact influence."""
 
 from __future__ import annotations
 
