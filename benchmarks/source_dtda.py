@@ -14,7 +14,9 @@ truth of the two-stage pipeline retrains *both* stages on every subset):
 
 Methods: Source (L = 3 segments; segments never cross the stage boundary), Source with L = 1 (the
 "influence with damping 1/(eta K)" limit), EK-FAC influence (default damping) at the final weights, and
-TRAK (one model, 512-d projection). d-TDA (base = EK-FAC influence, measurement = query loss, S seeds
+TRAK (one model, 512-d projection), and `unrolled` (the exact derivative through every optimizer step
+of the first seed's run, both stages of the two-stage one; rows without it were measured before it was
+added and show "-"). d-TDA (base = EK-FAC influence, measurement = query loss, S seeds
 of the converged run) is validated by retraining the S seeds without each of a handful of training
 examples (pairs with the largest predicted mean shifts, both signs): correlation of predicted vs
 retrained mean shifts, mean error and W2 of the distributions (full mode also scores the same pairs
@@ -76,6 +78,7 @@ METHODS = {
     "influence": ("influence", {"solver": "ekfac"}),
     # k = 512 < N: with k > N the unregularised TRAK kernel interpolates the training set (LDS ~ 0)
     "trak": ("trak", {"proj_dim": 512, "n_models": 1, "proj_type": "rademacher"}),
+    "unrolled": ("unrolled", {}),  # seed 0 replayed exactly; the fresh-seed truth here re-draws batches
 }
 
 
@@ -182,13 +185,18 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
         t_truth = time.perf_counter() - t0
         rows = {}
         for label, (method, settings) in METHODS.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             load = load_1m()
             attr = make_attributor(method, **settings).fit(run, splits.train)
             scores = attr.score(splits.test)
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             lds = lds_score(scores, truth)
-            rows[label] = {**lds.to_dict(), "seconds": round(seconds, 2), "load_1m": load}
+            rows[label] = {
+                **lds.to_dict(),
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
+                "load_1m": load,
+            }
             print(
                 f"  {label:<14} LDS {lds.mean:.3f} [{lds.ci_low:.3f}, {lds.ci_high:.3f}] ({seconds:.1f} s)",
                 file=sys.stderr,
@@ -243,15 +251,20 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
 
 
 def markdown(result: dict) -> str:
-    """The LDS table (rows = scenarios, columns = methods) and the d-TDA validation line."""
+    """The LDS table (rows = scenarios, columns = methods; "-" for a method the stored run did not have)
+    and the d-TDA validation line."""
     labels = list(METHODS)
+
+    def cell(m: dict, k: str) -> str:
+        return f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]" if k in m else "-"
+
     lines = [
         "| scenario | test acc | " + " | ".join(labels) + " | Source - influence |",
         "|---|---|" + "---|" * len(labels) + "---|",
     ]
     for name, sc in result["scenarios"].items():
         m = sc["methods"]
-        cells = [f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]" for k in labels]
+        cells = [cell(m, k) for k in labels]
         diff = m["source"]["mean"] - m["influence"]["mean"]
         lines.append(f"| {name} | {sc['test_acc']:.3f} | " + " | ".join(cells) + f" | {diff:+.3f} |")
     for key, base in (("dtda_validation", "influence"), ("dtda_validation_source", "source")):
