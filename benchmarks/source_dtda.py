@@ -2,6 +2,8 @@
 
     python -m benchmarks.source_dtda --quick   # N = 1,000 train images, M = 50 LDS subsets (< 10 min)
     python -m benchmarks.source_dtda --full    # N = 4,000 (all of mnist5k), M = 100 subsets
+    python -m benchmarks.source_dtda --full --scenarios two-stage --out benchmarks/results/unrolled_stages.json
+        # one scenario's LDS row only (no d-TDA: it runs on the converged scenario), into another file
 
 mnist5k, an MLP (one hidden layer of 64), SGD with momentum. Three training scenarios, each explained by
 the first seed's model(s) and scored by LDS (alpha = 0.5, one retraining seed per subset; the ground
@@ -150,7 +152,11 @@ class DtdaStep:
         return value, round(time.perf_counter() - t0, 1)
 
 
-def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> dict:
+def run_benchmark(
+    mode_name: str, workers: int, workspace: Path = WORKSPACE, only: tuple[str, ...] = ()
+) -> dict:
+    """The mode's scenarios (`only`: those named, in the usual order), their LDS rows and, with the
+    converged scenario, the d-TDA steps."""
     from tda_explorer.attributors import make_attributor
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
     from tda_explorer.evaluation.dtda import dtda_pruning, validate_dtda
@@ -170,6 +176,8 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
     lds_cfg = LDSConfig(n_subsets=mode["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=0, shard_size=50)
     out: dict = {"scenarios": {}}
     for name, train_cfg in scenarios(mode, n).items():
+        if only and name not in only:
+            continue
         print(f"== {name}", file=sys.stderr)
         t0 = time.perf_counter()
         seeds = range(mode["dtda_seeds"]) if name == "converged" else [0]
@@ -236,6 +244,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
             print(f"  d-TDA pruning: {pruning.table()}", file=sys.stderr)
     out["meta"] = {
         "mode": mode_name,
+        "scenarios": list(out["scenarios"]),
         "settings": mode,
         "hidden": list(HIDDEN),
         "lds": {"n_subsets": lds_cfg.n_subsets, "alpha": lds_cfg.alpha, "seeds": list(lds_cfg.seeds)},
@@ -302,11 +311,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = mode_parser(__doc__.split("\n")[0], "retraining worker processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--scenarios",
+        default="",
+        help="comma-separated scenarios to run (default all; d-TDA needs converged)",
+    )
+    parser.add_argument(
         "--workspace", type=Path, default=WORKSPACE, help="artifact cache (default %(default)s)"
     )
     args = parser.parse_args(argv)
     mode = args.mode or "quick"
-    result = run_benchmark(mode, args.workers, args.workspace)
+    only = tuple(x for x in args.scenarios.split(",") if x)
+    unknown = set(only) - {"converged", "early", "two-stage"}
+    if unknown:
+        parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from converged, early, two-stage")
+    result = run_benchmark(mode, args.workers, args.workspace, only)
     store_result(args.out, mode, result)
     print(markdown(result))
     return 0
