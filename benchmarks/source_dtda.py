@@ -2,7 +2,7 @@
 
     python -m benchmarks.source_dtda --quick   # N = 1,000 train images, M = 50 LDS subsets (< 10 min)
     python -m benchmarks.source_dtda --full    # N = 4,000 (all of mnist5k), M = 100 subsets
-    python -m benchmarks.source_dtda --full --scenarios two-stage --out benchmarks/results/unrolled_stages.json
+    python -m benchmarks.source_dtda --full --scenarios two-stage --out /tmp/two_stage.json
         # one scenario's LDS row only (no d-TDA: it runs on the converged scenario), into another file
 
 mnist5k, an MLP (one hidden layer of 64), SGD with momentum. Three training scenarios, each explained by
