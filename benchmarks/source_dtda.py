@@ -2,6 +2,8 @@
 
     python -m benchmarks.source_dtda --quick   # N = 1,000 train images, M = 50 LDS subsets (< 10 min)
     python -m benchmarks.source_dtda --full    # N = 4,000 (all of mnist5k), M = 100 subsets
+    python -m benchmarks.source_dtda --full --scenarios two-stage --out /tmp/two_stage.json
+        # one scenario's LDS row only (no d-TDA: it runs on the converged scenario), into another file
 
 mnist5k, an MLP (one hidden layer of 64), SGD with momentum. Three training scenarios, each explained by
 the first seed's model(s) and scored by LDS (alpha = 0.5, one retraining seed per subset; the ground
@@ -14,7 +16,9 @@ truth of the two-stage pipeline retrains *both* stages on every subset):
 
 Methods: Source (L = 3 segments; segments never cross the stage boundary), Source with L = 1 (the
 "influence with damping 1/(eta K)" limit), EK-FAC influence (default damping) at the final weights, and
-TRAK (one model, 512-d projection). d-TDA (base = EK-FAC influence, measurement = query loss, S seeds
+TRAK (one model, 512-d projection), and `unrolled` (the exact derivative through every optimizer step
+of the first seed's run, both stages of the two-stage one; rows without it were measured before it was
+added and show "-"). d-TDA (base = EK-FAC influence, measurement = query loss, S seeds
 of the converged run) is validated by retraining the S seeds without each of a handful of training
 examples (pairs with the largest predicted mean shifts, both signs): correlation of predicted vs
 retrained mean shifts, mean error and W2 of the distributions (full mode also scores the same pairs
@@ -76,6 +80,7 @@ METHODS = {
     "influence": ("influence", {"solver": "ekfac"}),
     # k = 512 < N: with k > N the unregularised TRAK kernel interpolates the training set (LDS ~ 0)
     "trak": ("trak", {"proj_dim": 512, "n_models": 1, "proj_type": "rademacher"}),
+    "unrolled": ("unrolled", {}),  # seed 0 replayed exactly; the fresh-seed truth here re-draws batches
 }
 
 
@@ -147,7 +152,11 @@ class DtdaStep:
         return value, round(time.perf_counter() - t0, 1)
 
 
-def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> dict:
+def run_benchmark(
+    mode_name: str, workers: int, workspace: Path = WORKSPACE, only: tuple[str, ...] = ()
+) -> dict:
+    """The mode's scenarios (`only`: those named, in the usual order), their LDS rows and, with the
+    converged scenario, the d-TDA steps."""
     from tda_explorer.attributors import make_attributor
     from tda_explorer.evaluation import LDSConfig, compute_lds_truth, lds_score
     from tda_explorer.evaluation.dtda import dtda_pruning, validate_dtda
@@ -167,6 +176,8 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
     lds_cfg = LDSConfig(n_subsets=mode["n_subsets"], alpha=0.5, seeds=(0,), subset_seed=0, shard_size=50)
     out: dict = {"scenarios": {}}
     for name, train_cfg in scenarios(mode, n).items():
+        if only and name not in only:
+            continue
         print(f"== {name}", file=sys.stderr)
         t0 = time.perf_counter()
         seeds = range(mode["dtda_seeds"]) if name == "converged" else [0]
@@ -182,13 +193,18 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
         t_truth = time.perf_counter() - t0
         rows = {}
         for label, (method, settings) in METHODS.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             load = load_1m()
             attr = make_attributor(method, **settings).fit(run, splits.train)
             scores = attr.score(splits.test)
-            seconds = time.perf_counter() - t0
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
             lds = lds_score(scores, truth)
-            rows[label] = {**lds.to_dict(), "seconds": round(seconds, 2), "load_1m": load}
+            rows[label] = {
+                **lds.to_dict(),
+                "seconds": round(seconds, 2),
+                "cpu_seconds": round(cpu, 2),
+                "load_1m": load,
+            }
             print(
                 f"  {label:<14} LDS {lds.mean:.3f} [{lds.ci_low:.3f}, {lds.ci_high:.3f}] ({seconds:.1f} s)",
                 file=sys.stderr,
@@ -228,6 +244,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
             print(f"  d-TDA pruning: {pruning.table()}", file=sys.stderr)
     out["meta"] = {
         "mode": mode_name,
+        "scenarios": list(out["scenarios"]),
         "settings": mode,
         "hidden": list(HIDDEN),
         "lds": {"n_subsets": lds_cfg.n_subsets, "alpha": lds_cfg.alpha, "seeds": list(lds_cfg.seeds)},
@@ -243,15 +260,20 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
 
 
 def markdown(result: dict) -> str:
-    """The LDS table (rows = scenarios, columns = methods) and the d-TDA validation line."""
+    """The LDS table (rows = scenarios, columns = methods; "-" for a method the stored run did not have)
+    and the d-TDA validation line."""
     labels = list(METHODS)
+
+    def cell(m: dict, k: str) -> str:
+        return f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]" if k in m else "-"
+
     lines = [
         "| scenario | test acc | " + " | ".join(labels) + " | Source - influence |",
         "|---|---|" + "---|" * len(labels) + "---|",
     ]
     for name, sc in result["scenarios"].items():
         m = sc["methods"]
-        cells = [f"{m[k]['mean']:.3f} [{m[k]['ci_low']:.3f}, {m[k]['ci_high']:.3f}]" for k in labels]
+        cells = [cell(m, k) for k in labels]
         diff = m["source"]["mean"] - m["influence"]["mean"]
         lines.append(f"| {name} | {sc['test_acc']:.3f} | " + " | ".join(cells) + f" | {diff:+.3f} |")
     for key, base in (("dtda_validation", "influence"), ("dtda_validation_source", "source")):
@@ -289,11 +311,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = mode_parser(__doc__.split("\n")[0], "retraining worker processes")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
+        "--scenarios",
+        default="",
+        help="comma-separated scenarios to run (default all; d-TDA needs converged)",
+    )
+    parser.add_argument(
         "--workspace", type=Path, default=WORKSPACE, help="artifact cache (default %(default)s)"
     )
     args = parser.parse_args(argv)
     mode = args.mode or "quick"
-    result = run_benchmark(mode, args.workers, args.workspace)
+    only = tuple(x for x in args.scenarios.split(",") if x)
+    unknown = set(only) - {"converged", "early", "two-stage"}
+    if unknown:
+        parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from converged, early, two-stage")
+    result = run_benchmark(mode, args.workers, args.workspace, only)
     store_result(args.out, mode, result)
     print(markdown(result))
     return 0

@@ -1,6 +1,7 @@
 """Unrolled: the replay is the run bit for bit; dm/dw against central finite differences of real weighted
-retraining (float64: SGD + momentum + cosine, Adam + warm-up + linear, dropout, two stages); chunking
-does not change results; on a converged convex model it agrees with exact influence."""
+retraining (float64: SGD + momentum + cosine, Adam + warm-up + linear, dropout, two stages, and two SGD
+stages on the taped closed-form chain path); chunking does not change results; on a converged convex
+model it agrees with exact influence."""
 
 from __future__ import annotations
 
@@ -109,6 +110,27 @@ CASES = {
             )
         ),
     ),
+    # the shape of benchmarks/source_dtda.py's two-stage scenario: SGD + momentum in both stages (cosine,
+    # then constant), disjoint halves, no dropout -- the closed-form chain step with its tape
+    "two_stage_chain": (
+        MLPConfig(hidden=(8,)),
+        StagedConfig(
+            (
+                Stage(
+                    TrainConfig(lr=0.1, momentum=0.9, weight_decay=1e-2, epochs=20, batch_size=8),
+                    TWO_STAGE_MASK,
+                    "pre",
+                ),
+                Stage(
+                    TrainConfig(
+                        lr=0.02, momentum=0.9, weight_decay=1e-2, epochs=10, batch_size=8, schedule="constant"
+                    ),
+                    ~TWO_STAGE_MASK,
+                    "fine",
+                ),
+            )
+        ),
+    ),
 }
 
 
@@ -119,6 +141,10 @@ def test_weight_gradients_match_finite_differences_of_retraining(case, data):
     run = as_run(mcfg, recipe, train)
     attr = Unrolled(every=7, query_chunk=4).fit(run, train)
     (member,) = attr.members_
+    if case == "two_stage_chain":  # both stages taped: the reverse pass replays nothing
+        traj = member.trajectory
+        assert traj.chain is not None and sorted(traj.tapes) == list(range(traj.total_steps))
+        assert {s.stage for s in traj.steps} == {0, 1}
     examples = [0, 3, 17, 29, 33, 39]
     fd = fd_weight_gradients(mcfg, recipe, train, queries, examples)
     ad = attr.weight_gradients(member, queries)[:, examples]
@@ -129,7 +155,7 @@ def test_weight_gradients_match_finite_differences_of_retraining(case, data):
     torch.testing.assert_close(attr.score(queries)[:, examples].double(), -ad, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("case", ["sgd_momentum_cosine", "two_stage"])
+@pytest.mark.parametrize("case", ["sgd_momentum_cosine", "two_stage", "two_stage_chain"])
 def test_replay_is_the_run_bit_for_bit_in_float32(case, data, monkeypatch):
     monkeypatch.setenv("TDA_DTYPE", "float32")
     train, _ = data
