@@ -44,9 +44,19 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The classic suites, then the issue benchmarks (hours on 2 cores; each caches its runs and truths in
+# benchmarks/.workspace and rewrites its own results file; mislabel_text reads ../shared/data/sst2).
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --suite full
 	$(PY) -m benchmarks.byo --full
+	$(PY) -m benchmarks.robustness --full
+	$(PY) -m benchmarks.kronfluence_mnist5k
+	$(PY) -m benchmarks.mislabel --full
+	$(PY) -m benchmarks.mislabel_text --full
+	$(PY) -m benchmarks.pruning --full
+	$(PY) -m benchmarks.unrolled
+	$(PY) -m benchmarks.unrolled_stages --full
+	$(PY) -m benchmarks.airrep_teacher
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --suite quick
