@@ -70,7 +70,9 @@ MODES = {  # settings: (dataset, flipped fraction, model[, flip seed, default 0]
             ("mnist5k", 0.1, "mlp"),
         ),
         "seeds": 3,
-        "carry_settings": ("mlp",),  # the MLP setting (2,431 s of retraining) is kept from the stored result
+        "carry_settings": (
+            "mlp",
+        ),  # the MLP setting (its retraining takes the longest) is kept from the stored result
     },
 }
 #: The MLP setting leaves out TRAK (its validation-tuned damping retrains MLPs) and d-TDA, for time.
@@ -194,10 +196,12 @@ def setting_result(
     """One setting's rows, cached as JSON in `WORKSPACE/pruning_settings/` (so settings can run in parallel).
 
     `previous`: the same setting from the stored result; on logistic regression its TRAK and d-TDA rows
-    (a TRAK fit is ~500 s, d-TDA ~270 s, and neither has an iterative rule) are carried over, marked, when
+    (the slowest fits, and neither has an iterative rule) are carried over, marked, when
     the freshly retrained random row reproduces the stored one exactly (same run, same retraining).
     `flip_seed` != 0: a replication on other flipped labels, without TRAK and d-TDA (not carried: other data)."""
     import json
+
+    from tda_explorer.store.atomic import atomic_write_text
 
     model = "" if arch == "logreg" else f"-{arch}"
     flips = f"-flips{flip_seed}" if flip_seed else ""
@@ -205,8 +209,7 @@ def setting_result(
     if path.exists():
         return json.loads(path.read_text())
     result = _setting_result(dataset, noise, n_seeds, arch, previous, flip_seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    atomic_write_text(path, json.dumps(result, indent=1))
     return result
 
 
@@ -276,7 +279,7 @@ def _best_row(rows: list[dict], names: list[str]) -> str:
 def _carry_rows(previous: dict, random_row: dict) -> list[dict]:
     """The stored TRAK and d-TDA rows, marked `carried_over`, if `random_row` equals the stored random row."""
     old = {r["rule"]: r for r in previous["rows"]}
-    same = np.allclose([a[0] for a in old["random"]["acc"]], [a[0] for a in random_row["acc"]], atol=1e-12)
+    same = np.array_equal([a[0] for a in old["random"]["acc"]], [a[0] for a in random_row["acc"]])
     if not same:
         log("random row differs from the stored one: TRAK / d-TDA rows not carried over")
         return []

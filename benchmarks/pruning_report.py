@@ -11,7 +11,7 @@ import numpy as np
 
 BASELINES = ("own loss (EL2N-like)", "cleanlab label issues")
 RULES = ("class_balanced", "harm", "harm_loss", "harm_mislabel")  # per attributor (PRUNING_RULES)
-#: Iterative rules per attributor (TRAK's refit per round is too slow here: ~500 s a fit on 3 seeds).
+#: Iterative rules per attributor (TRAK's refit per round is too slow on 2 cores).
 ITERATIVE = {
     "grad_dot": ("iterative_harm",),
     "influence/ekfac": ("iterative_harm", "iterative_harm_mislabel"),

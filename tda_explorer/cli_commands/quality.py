@@ -264,6 +264,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"the iterative rule {args.rule!r} removes a fraction in rounds: give a fraction, not a threshold."
         )
+    if args.rule in ITERATIVE_RULES and args.split != "val":
+        raise ConfigError(
+            f"the iterative rule {args.rule!r} re-scores the validation set after each round; "
+            f"use --split val (got {args.split!r}), or a one-shot rule for --split {args.split}."
+        )
     if args.export:
         export_format(args.export)
     check_method(args.method, parse_settings(args.set))

@@ -7,7 +7,7 @@ the kept set (`run.train_config`, the run's seeds, each job through `executor`),
 that model and the kept examples, scores the validation queries (`[n_val, n_kept]`, positive = helps),
 ranks the kept examples with `evaluation.pruning.rule_usefulness` under the base rule, and removes the
 `round_fraction * N` lowest (N = the full training set; the last round may remove fewer so the total is
-`round(max_fraction * N)`). The first round scores the full run itself (no retraining); the own loss of
+`round(max_fraction * N)`; `round_sizes`). The first round scores the full run itself (no retraining); the own loss of
 "harm_loss" is recomputed on each round's model; the mislabel score of "harm_mislabel" is one vector for
 the full set (out-of-fold probabilities are 15 retrainings: not redone per round), restricted to the kept
 examples.
@@ -23,8 +23,8 @@ its settings, the rule and the round settings (`compute_iterative_usefulness`). 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -56,7 +56,8 @@ def base_rule(rule: str) -> str:
 
 
 def n_rounds(n: int, max_fraction: float, round_fraction: float = ROUND_FRACTION) -> tuple[int, int]:
-    """`(examples removed per round, examples removed in total)` for a training set of `n`."""
+    """`(examples removed per round, examples removed in total)` for a training set of `n` (the rounds'
+    sizes: `round_sizes`)."""
     if not 0.0 < round_fraction <= max_fraction < 1.0:
         raise ConfigError(
             f"iterative pruning needs 0 < round_fraction <= max_fraction < 1, got {round_fraction}, {max_fraction}."
@@ -67,10 +68,19 @@ def n_rounds(n: int, max_fraction: float, round_fraction: float = ROUND_FRACTION
     return step, total
 
 
+def round_sizes(step: int, total: int) -> np.ndarray:
+    """Examples removed in each round `[R]` (sum = `total`, R = `round(total / step)` >= 1): equal up to one,
+    so no round pays a retraining for a handful of examples (`total=65, step=32` -> `[32, 33]`)."""
+    rounds = max(1, round(total / step))
+    return np.diff(np.round(np.linspace(0, total, rounds + 1)).astype(int))
+
+
 def retrain_kept(run: TrainedRun, train: ExampleSet, kept: np.ndarray, executor: Executor | None = None,
                  progress: Progress | None = None) -> TrainedRun:  # fmt: skip
     """The run's recipe retrained on `train.subset(kept)` with each of the run's seeds: an in-memory
-    TrainedRun (not stored in the workspace; its key is the run's key + a digest of the kept ids)."""
+    TrainedRun (not stored in the workspace; its key is the run's key + a digest of the kept ids; what an
+    imported run imported is kept, so its recipe and weight decay stay readable). Attributors that cache
+    by run key (TRAK's held-out tuning, AirRep, ensembles) store their artifacts under that synthetic key."""
     recipe = run.require_recipe("iterative pruning")
     if run.stages is not None:
         raise ConfigError("iterative pruning retrains a single-stage recipe; this run is multi-stage.")
@@ -79,9 +89,9 @@ def retrain_kept(run: TrainedRun, train: ExampleSet, kept: np.ndarray, executor:
     jobs = [TrainJob(run.model_config, recipe, data, int(s)) for s in run.seeds]
     results = executor.map(run_train_job, jobs, progress)
     digest = hashlib.sha256("\x1e".join(data.ids).encode()).hexdigest()[:12]
-    return TrainedRun(
-        f"{run.key}-kept-{digest}", run.dataset, run.model_config, recipe, run.seeds, run.input_shape,
-        run.n_classes, {r.seed: r.checkpoints for r in results}, {r.seed: {} for r in results},
+    return dataclasses.replace(
+        run, key=f"{run.key}-kept-{digest}", checkpoints={r.seed: r.checkpoints for r in results},
+        metrics={r.seed: {} for r in results},
     )  # fmt: skip
 
 
@@ -125,9 +135,10 @@ def iterative_usefulness(
             `lambda r, s: fit_and_score(r, s, "influence", {})`); called once per round.
         round_fraction: the share of the full training set removed per round.
         mislabel: `[N]` mislabel score, higher = more suspicious (rule "iterative_harm_mislabel").
-        first_scores: `[n_val, N]` the full run's validation scores when already computed (round 1 then
-            does not call `score_fn`).
-        executor: runs the retrainings; `progress(done, total, msg)` counts rounds.
+        first_scores: `[n_val, N]` the full run's scores on `splits.val` (not another split: the rounds
+            score `splits.val`) when already computed; round 1 then does not call `score_fn`.
+        executor: runs the retrainings; `progress(done, total, msg)` counts rounds, its message says
+            which step of the round runs.
     """
     from tda_explorer.evaluation.mislabel import training_loss_scores
 
@@ -139,14 +150,19 @@ def iterative_usefulness(
         if mislabel is None:
             raise ConfigError(f"rule {rule!r} needs a mislabel score per training example.")
         mislabel = as_float64(mislabel, "mislabel", (n,))
-    rounds = math.ceil(total / step)
+    sizes = round_sizes(step, total)
+    rounds = len(sizes)
     kept = np.ones(n, dtype=bool)
     out = np.zeros(n)
     removed: list[int] = []
     current, sub = run, splits
-    for r in range(rounds):
+
+    def report(r: int, msg: str) -> None:
         if progress is not None:
-            progress(r, rounds, f"round {r + 1}/{rounds}: scoring {int(kept.sum())} kept examples")
+            progress(r, rounds, f"round {r + 1}/{rounds}: {msg}")
+
+    for r in range(rounds):
+        report(r, f"fitting and scoring {int(kept.sum())} kept examples")
         idx = np.flatnonzero(kept)
         if r == 0 and first_scores is not None:
             scores = as_float64(first_scores, "first_scores", (len(splits.val), n))
@@ -157,12 +173,14 @@ def iterative_usefulness(
             scores, base, sub.train.labels.numpy(), own_loss=own_loss,
             mislabel=None if mislabel is None else mislabel[idx],
         )  # fmt: skip
-        take = idx[np.argsort(useful, kind="stable")[: min(step, total - len(removed))]]
+        take = idx[np.argsort(useful, kind="stable")[: sizes[r]]]
         removed.extend(int(i) for i in take)
         out[idx] = useful
         kept[take] = False
         if r + 1 < rounds:
-            current = retrain_kept(run, train, kept, executor)
+            current = retrain_kept(
+                run, train, kept, executor, lambda d, t, m, r=r: report(r, f"retraining {d}/{t} seeds ({m})")
+            )
             sub = SimpleNamespace(
                 train=train.subset(np.flatnonzero(kept)), val=splits.val
             )  # never the test set

@@ -327,14 +327,22 @@ def test_measurement_of_explain_and_attribute(cli, cli_run, key):
     assert_user_error(cli(*argv, "--split", "val", "--measurement", "predicted"), "--split test")
 
 
-def test_prune_iterative_rule_retrains_and_is_cached(cli, key):
+def test_prune_iterative_rule_retrains_and_is_cached(cli, key, monkeypatch):
+    from tda_explorer.evaluation import iterative_pruning
+
     argv = ["prune", "--run", key, "--method", "grad_dot", "--fraction", "0.05", "--json"]
     one_shot = json.loads(cli(*argv, "--rule", "harm")[1])["removed"]
     iterative = json.loads(cli(*argv, "--rule", "iterative_harm")[1])["removed"]
-    assert len(iterative) == len(one_shot) == 65
+    assert len(iterative) == len(one_shot) == 65  # rounds of 32 + 33 (not 32 + 32 + 1)
     assert (
         iterative[:32] == one_shot[:32] and iterative != one_shot
     )  # round 1 is one-shot's; round 2 re-scored
-    assert json.loads(cli(*argv, "--rule", "iterative_harm")[1])["removed"] == iterative  # (cached)
+
+    def no_retraining(*args, **kwargs):
+        raise AssertionError("the cached rounds were recomputed")
+
+    monkeypatch.setattr(iterative_pruning, "retrain_kept", no_retraining)
+    assert json.loads(cli(*argv, "--rule", "iterative_harm")[1])["removed"] == iterative  # cached
+    assert_user_error(cli(*argv, "--rule", "iterative_harm", "--split", "test"), "--split val")
     argv[argv.index("--fraction") : argv.index("--fraction") + 2] = ["--threshold", "0.5"]
     assert_user_error(cli(*argv, "--rule", "iterative_harm"), "give a fraction")

@@ -80,3 +80,19 @@ def test_cached_and_checked(noisy_run, recorder):
     with pytest.raises(ConfigError, match="round_fraction"):
         n_rounds(100, 0.1, 0.2)
     assert n_rounds(4000, 0.1) == (100, 400)
+
+
+def test_round_sizes_and_retraining_keep_the_run(noisy_run, recorder):
+    from dataclasses import replace
+
+    from tda_explorer.evaluation.iterative_pruning import retrain_kept, round_sizes
+
+    assert round_sizes(32, 65).tolist() == [32, 33]  # no 1-example round paying a retraining
+    assert round_sizes(100, 400).tolist() == [100] * 4 and round_sizes(5, 3).tolist() == [3]
+    noisy, _, run = noisy_run
+    imported = replace(run, imported={"factory": "pkg.mod:build"})
+    kept = np.ones(len(noisy.train), dtype=bool)
+    kept[:7] = False
+    again = retrain_kept(imported, noisy.train, kept, recorder())
+    assert again.imported == imported.imported and again.key.startswith(f"{run.key}-kept-")
+    assert again.seeds == run.seeds and again.model_config == run.model_config
