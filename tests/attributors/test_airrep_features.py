@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from tda_explorer.attributors import make_attributor
 from tda_explorer.attributors.airrep import EncoderConfig, RankTrainConfig, build_encoder
 from tda_explorer.attributors.airrep.model_features import (
+    feature_projection,
     feature_set,
     feature_transform,
     last_layer_gradients,
     model_features,
+    seed_gradients,
 )
 from tda_explorer.attributors.airrep.teacher import teacher_effects
 from tda_explorer.attributors.airrep.train import encoder_config_key
@@ -75,8 +77,20 @@ def test_transform_gives_the_damped_last_layer_kernel(tiny):
         lam = damping * float(torch.linalg.eigvalsh(cov).clamp_min(0).mean())
         want += q @ torch.linalg.solve(cov + lam * torch.eye(len(cov), dtype=cov.dtype), g.T) / len(models)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
-    projected = feature_transform(models, train, feature_dim=50, damping=damping)
+    # with a projection, the per-seed products W_s @ P_s equal the block-diagonal map times P
+    grads = seed_gradients(models, train)
+    projected = feature_transform(models, train, feature_dim=50, damping=damping, gradients=grads)
+    p = feature_projection(t.shape[0], 50).double()
     assert projected.shape == (t.shape[0], 50)
+    torch.testing.assert_close(projected.double(), t @ p, rtol=1e-4, atol=1e-5 * float((t @ p).abs().max()))
+    assert not torch.equal(projected, feature_transform(models, train, 50, damping, seed=1))
+    # the seed-by-seed projected features equal the concatenated features times the projection
+    raw = model_features(models, train)
+    torch.testing.assert_close(
+        model_features(models, train, projected, grads), raw @ projected, rtol=1e-4, atol=1e-5
+    )
+    with pytest.raises(ConfigError, match="rows"):
+        model_features(models, train, projected[:-1])
 
 
 def test_config_checks_and_unchanged_keys(tiny):

@@ -52,7 +52,11 @@ import torch
 
 from tda_explorer.attributors.airrep.data import AirRepData, AirRepDataConfig, generate_airrep_data
 from tda_explorer.attributors.airrep.encoder import EncoderConfig
-from tda_explorer.attributors.airrep.model_features import feature_set, feature_transform
+from tda_explorer.attributors.airrep.model_features import (
+    feature_set,
+    feature_transform,
+    seed_gradients,
+)
 from tda_explorer.attributors.airrep.pooling import group_scores
 from tda_explorer.attributors.airrep.teacher import teacher_airrep_data
 from tda_explorer.attributors.airrep.train import RankTrainConfig, TrainedEncoder, train_encoder
@@ -160,10 +164,12 @@ class AirRep(Attributor):
         enc_train, enc_queries, inputs_key = train, queries, None
         if enc_cfg.backbone == "model_features":
             self.feature_models_ = [run.model(seed) for seed in run.seeds]
+            grads = seed_gradients(self.feature_models_, train)  # one forward pass per seed, used twice
             self.projection_ = feature_transform(
-                self.feature_models_, train, enc_cfg.feature_dim, enc_cfg.feature_damping
+                self.feature_models_, train, enc_cfg.feature_dim, enc_cfg.feature_damping, gradients=grads
             )
-            enc_train = feature_set(self.feature_models_, train, self.projection_)
+            enc_train = feature_set(self.feature_models_, train, self.projection_, grads)
+            del grads
             enc_queries = feature_set(self.feature_models_, queries, self.projection_)
             inputs_key = {
                 "features": "whitened_last_layer_gradients",
