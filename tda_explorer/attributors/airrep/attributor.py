@@ -20,8 +20,11 @@ Backbone (`encoder={"backbone": ...}`): "input" (default) trains the encoder on 
 "model_features" (AirRep's pretrained-backbone idea) feeds it the attributed run's frozen last-layer
 gradient features of every example over all the run's seeds, whitened per seed on the training set and
 projected to `feature_dim` (`model_features.py`; one forward pass per seed and example), embedded by the
-tabular MLP with its linear skip (orthonormal at initialisation, so the untrained student scores with
-the whitened features' dot product, a last-layer TRAK-like kernel).
+tabular MLP with its linear skip (orthonormal at initialisation). With this backbone's defaults
+(`dim` = `feature_dim`, `depth` 1, no label coupling; `EncoderConfig`) the untrained student scores with
+the whitened features' dot product (a last-layer TRAK-like kernel) up to a scale; with a smaller `dim`
+the skip is a random orthogonal projection of the features, and with `label_coupling` cross-class pairs
+start at zero.
 Training steps then cost milliseconds, and scoring a query costs one forward pass per seed, the small
 encoder and one matmul. The encoder's cache key then includes the run's weights.
 
