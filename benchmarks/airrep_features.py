@@ -14,9 +14,11 @@ airrep.json "teacher").
 
 Student: `airrep` with `encoder={"backbone": "model_features", ...}` (`STUDENT`): the frozen last-layer
 gradient features of the run's 10 seeds, whitened per seed and projected to `feature_dim`, embedded by a
-one-hidden-layer MLP with a linear skip (orthonormal at initialisation) to `dim`, attention pooling; `STEPS` optimisation steps at most, early stopping on
-held-out teacher labels. Inference = wall seconds of `score(test)` (features of the 500 queries under the
-10 models, the encoder, one `[500 x 128] @ [128 x 4000]` product), median of `REPEATS`, load recorded.
+one-hidden-layer MLP with a linear skip (orthonormal at initialisation) to `dim` = 1024, no label
+coupling (the backbone's defaults, spelled out), attention pooling; `STEPS` optimisation steps at most,
+early stopping on held-out teacher labels. Inference = wall seconds of `score(test)` (features of the 500
+queries under the 10 models, the encoder, one `[500 x 1024] @ [1024 x 4000]` product), median of
+`REPEATS`, load recorded.
 
 Results: `benchmarks/results/airrep.json` under `--key` (default "features_sjlt").
 """
@@ -167,25 +169,6 @@ def run_benchmark(subsets, steps: int, key: str, workspace: Path, out: Path, thr
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subsets", type=int, nargs="+", default=list(SUBSETS))
-    parser.add_argument("--steps", type=int, default=STEPS, help="optimisation steps per student at most")
-    parser.add_argument("--key", default="features_sjlt", help="key of the result in the JSON file")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a crowded machine)")
-    parser.add_argument("--workspace", type=Path, default=WORKSPACE)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    if min(args.subsets) < 2 or args.steps < 1:
-        parser.error("--subsets must be >= 2 and --steps >= 1")
-    run_benchmark(tuple(args.subsets), args.steps, args.key, args.workspace, args.out, args.threads)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def markdown(results: dict) -> str:
     """The curve as a Markdown table (rendered by `benchmarks.report`)."""
     t, student = results["teacher"], results["student"]
@@ -212,3 +195,22 @@ def markdown(results: dict) -> str:
             f"| {r['inference_seconds']:.3f} | {r['inference_speedup_vs_teacher']}x | {r['loadavg'][0]} |"
         )
     return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subsets", type=int, nargs="+", default=list(SUBSETS))
+    parser.add_argument("--steps", type=int, default=STEPS, help="optimisation steps per student at most")
+    parser.add_argument("--key", default="features_sjlt", help="key of the result in the JSON file")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a crowded machine)")
+    parser.add_argument("--workspace", type=Path, default=WORKSPACE)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if min(args.subsets) < 2 or args.steps < 1:
+        parser.error("--subsets must be >= 2 and --steps >= 1")
+    run_benchmark(tuple(args.subsets), args.steps, args.key, args.workspace, args.out, args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,7 @@
     python -m benchmarks.source_dtda --full    # N = 4,000 (all of mnist5k), M = 100 subsets
     python -m benchmarks.source_dtda --full --scenarios two-stage --out /tmp/two_stage.json
         # one scenario's LDS row only (no d-TDA: it runs on the converged scenario), into another file
+        # (required: a partial run would replace the stored mode entry, so the default --out is refused)
 
 mnist5k, an MLP (one hidden layer of 64), SGD with momentum. Three training scenarios, each explained by
 the first seed's model(s) and scored by LDS (alpha = 0.5, one retraining seed per subset; the ground
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenarios",
         default="",
-        help="comma-separated scenarios to run (default all; d-TDA needs converged)",
+        help="comma-separated scenarios to run (default all; d-TDA needs converged); needs --out "
+        "other than the stored results file, whose mode entry a partial run would replace",
     )
     parser.add_argument(
         "--workspace", type=Path, default=WORKSPACE, help="artifact cache (default %(default)s)"
@@ -324,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(only) - {"converged", "early", "two-stage"}
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from converged, early, two-stage")
+    if only and args.out.resolve() == RESULTS.resolve():
+        parser.error(
+            f"--scenarios runs part of the benchmark: its result would replace the whole {mode} entry of "
+            f"{RESULTS} (its other scenarios and d-TDA blocks); pass --out <another file>."
+        )
     result = run_benchmark(mode, args.workers, args.workspace, only)
     store_result(args.out, mode, result)
     print(markdown(result))

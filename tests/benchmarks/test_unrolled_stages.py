@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import source_dtda, unrolled_stages
 
 
@@ -43,3 +45,20 @@ def test_unrolled_stages_table():
     text = unrolled_stages.markdown(result)
     assert "`source_dtda --quick` (N = 1,000, 100 queries, M = 50 half subsets" in text
     assert "| unrolled | 0.383 [0.373, 0.393] | 0.474 [0.464, 0.484] | 5.3 | 2.6 | 12.3 |" in text
+
+
+def test_source_dtda_refuses_a_partial_run_into_the_stored_results(capsys, tmp_path, monkeypatch):
+    """`--scenarios` with the default --out would replace the stored mode entry (dropping the other
+    scenarios' rows and the d-TDA blocks): refused before anything runs."""
+    monkeypatch.setattr(source_dtda, "run_benchmark", lambda *a, **k: pytest.fail("must not run"))
+    with pytest.raises(SystemExit) as exc:
+        source_dtda.main(["--full", "--scenarios", "two-stage"])
+    assert exc.value.code == 2 and "--out <another file>" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the default path spelled out is the same file
+        source_dtda.main(["--full", "--scenarios", "early", "--out", str(source_dtda.RESULTS)])
+    ran = []
+    monkeypatch.setattr(source_dtda, "run_benchmark", lambda *a, **k: ran.append(a) or {})
+    monkeypatch.setattr(source_dtda, "store_result", lambda *a, **k: None)
+    monkeypatch.setattr(source_dtda, "markdown", lambda result: "")
+    assert source_dtda.main(["--full", "--scenarios", "two-stage", "--out", str(tmp_path / "x.json")]) == 0
+    assert ran and ran[0][3] == ("two-stage",)

@@ -20,8 +20,11 @@ Backbone (`encoder={"backbone": ...}`): "input" (default) trains the encoder on 
 "model_features" (AirRep's pretrained-backbone idea) feeds it the attributed run's frozen last-layer
 gradient features of every example over all the run's seeds, whitened per seed on the training set and
 projected to `feature_dim` (`model_features.py`; one forward pass per seed and example), embedded by the
-tabular MLP with its linear skip (orthonormal at initialisation, so the untrained student scores with
-the whitened features' dot product, a last-layer TRAK-like kernel).
+tabular MLP with its linear skip (orthonormal at initialisation). With this backbone's defaults
+(`dim` = `feature_dim`, `depth` 1, no label coupling; `EncoderConfig`) the untrained student scores with
+the whitened features' dot product (a last-layer TRAK-like kernel) up to a scale; with a smaller `dim`
+the skip is a random orthogonal projection of the features, and with `label_coupling` cross-class pairs
+start at zero.
 Training steps then cost milliseconds, and scoring a query costs one forward pass per seed, the small
 encoder and one matmul. The encoder's cache key then includes the run's weights.
 
@@ -52,7 +55,11 @@ import torch
 
 from tda_explorer.attributors.airrep.data import AirRepData, AirRepDataConfig, generate_airrep_data
 from tda_explorer.attributors.airrep.encoder import EncoderConfig
-from tda_explorer.attributors.airrep.model_features import feature_set, feature_transform
+from tda_explorer.attributors.airrep.model_features import (
+    feature_set,
+    feature_transform,
+    seed_gradients,
+)
 from tda_explorer.attributors.airrep.pooling import group_scores
 from tda_explorer.attributors.airrep.teacher import teacher_airrep_data
 from tda_explorer.attributors.airrep.train import RankTrainConfig, TrainedEncoder, train_encoder
@@ -160,10 +167,12 @@ class AirRep(Attributor):
         enc_train, enc_queries, inputs_key = train, queries, None
         if enc_cfg.backbone == "model_features":
             self.feature_models_ = [run.model(seed) for seed in run.seeds]
+            grads = seed_gradients(self.feature_models_, train)  # one forward pass per seed, used twice
             self.projection_ = feature_transform(
-                self.feature_models_, train, enc_cfg.feature_dim, enc_cfg.feature_damping
+                self.feature_models_, train, enc_cfg.feature_dim, enc_cfg.feature_damping, gradients=grads
             )
-            enc_train = feature_set(self.feature_models_, train, self.projection_)
+            enc_train = feature_set(self.feature_models_, train, self.projection_, grads)
+            del grads
             enc_queries = feature_set(self.feature_models_, queries, self.projection_)
             inputs_key = {
                 "features": "whitened_last_layer_gradients",

@@ -22,6 +22,9 @@ per-channel std; tables: per-feature mean and std). With `skip` (default, images
 backbone output also carries the standardised input itself, `[x, g(x)]`, and the projector's weights on
 `g(x)` start at zero: the untrained encoder is a random projection of the input, so the initial score is
 a label-gated input similarity (a sensible prior that the ranking loss refines, instead of a random one).
+With backbone "model_features" (tabular inputs that are whitened model features, `model_features.py`) the
+inputs are not standardised and the skip weights start orthonormal: with `dim` >= the feature width and no
+label coupling (that backbone's defaults) the initial score is the features' dot product times a constant.
 
 Inputs reach `forward` model-ready — float tensors for images/tables, `int64 [B, 2, max_length]`
 (ids, attention mask) for text — made once by `AirRepEncoder.prepare(examples)` with the labels.
@@ -46,6 +49,11 @@ BACKBONES = ("input", "model_features")
 class EncoderConfig:
     """Shape of the AirRep encoder.
 
+    `dim`, `depth` and `label_coupling` default to None = the backbone's default, resolved at construction:
+    128, 2, True with backbone "input" (the values before the "model_features" backbone existed, so the keys
+    of those encoders are unchanged); `feature_dim`, 1, False with "model_features", so that the untrained
+    student scores with the whitened features' dot product (see `AirRepEncoder`).
+
     Args:
         dim: projector output size (the embedding has `n_classes * dim` entries with label coupling).
         hidden: width of the image dense layer / the MLP layers.
@@ -64,18 +72,19 @@ class EncoderConfig:
             tabular MLP; chosen by the AirRep attributor, which computes the features from the run.
         feature_dim: with "model_features", the features are reduced to this many entries by a fixed
             Gaussian random projection (seed 0) when they have more (0 = keep them all); it bounds the
-            cost of a training step. Ignored (and not in the key) with backbone "input".
+            cost of a training step, and is the default `dim`. With 0, give `dim` explicitly. Ignored (and
+            not in the key) with backbone "input".
         feature_damping: with "model_features", the relative damping of the per-seed whitening of the
             features (`model_features.feature_transform`). Ignored (and not in the key) with "input".
     """
 
-    dim: int = 128
+    dim: int | None = None
     hidden: int = 256
     channels: tuple[int, ...] = (16, 32)
-    depth: int = 2
+    depth: int | None = None
     max_length: int = 64
     freeze_text: bool = False
-    label_coupling: bool = True
+    label_coupling: bool | None = None
     image_backbone: str = "cnn"
     skip: bool = True
     init_scale: float = 0.3
@@ -85,14 +94,6 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if min(self.dim, self.hidden, self.depth) < 1 or self.max_length < 4:
-            raise ConfigError(f"encoder dim, hidden, depth must be >= 1 and max_length >= 4; got {self}.")
-        if self.image_backbone not in ("cnn", "mlp"):
-            raise ConfigError(f"image_backbone must be 'cnn' or 'mlp', got {self.image_backbone!r}.")
-        if not self.channels or min(self.channels) < 1:
-            raise ConfigError(f"encoder channels must be positive integers, got {self.channels}.")
-        if not self.init_scale > 0:
-            raise ConfigError(f"init_scale must be > 0, got {self.init_scale}.")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
         if (
@@ -101,6 +102,27 @@ class EncoderConfig:
             or self.feature_dim < 0
         ):
             raise ConfigError(f"feature_dim must be an integer >= 0, got {self.feature_dim!r}.")
+        features = self.backbone == "model_features"
+        if self.dim is None and features and self.feature_dim == 0:
+            raise ConfigError(
+                "backbone='model_features' with feature_dim=0 keeps every feature: give the encoder dim "
+                "explicitly (>= the feature width for the untrained student to keep their dot products)."
+            )
+        for name, value in (
+            ("dim", self.feature_dim if features else 128),
+            ("depth", 1 if features else 2),
+            ("label_coupling", not features),
+        ):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        if min(self.dim, self.hidden, self.depth) < 1 or self.max_length < 4:
+            raise ConfigError(f"encoder dim, hidden, depth must be >= 1 and max_length >= 4; got {self}.")
+        if self.image_backbone not in ("cnn", "mlp"):
+            raise ConfigError(f"image_backbone must be 'cnn' or 'mlp', got {self.image_backbone!r}.")
+        if not self.channels or min(self.channels) < 1:
+            raise ConfigError(f"encoder channels must be positive integers, got {self.channels}.")
+        if not self.init_scale > 0:
+            raise ConfigError(f"init_scale must be > 0, got {self.init_scale}.")
         if not self.feature_damping > 0:
             raise ConfigError(f"feature_damping must be > 0, got {self.feature_damping!r}.")
 
@@ -254,7 +276,9 @@ class AirRepEncoder(nn.Module):
         skip = getattr(self.backbone, "skip_width", 0)
         if skip:
             with torch.no_grad():  # random projection of the input; learned features start at zero
-                if cfg.backbone == "model_features":  # orthonormal rows: keeps the features' dot products
+                if cfg.backbone == "model_features":
+                    # orthonormal: with dim >= the feature width the skip is an isometry (the features' dot
+                    # products up to the init_scale factor); with fewer, a random orthogonal projection
                     nn.init.orthogonal_(self.projector.weight[:, :skip])
                 self.projector.weight[:, skip:].zero_()
                 self.projector.bias.zero_()

@@ -2,7 +2,7 @@
 
 AirRep fine-tunes a pretrained encoder. For the models this explorer trains, the attributed model itself is
 a pretrained representation of the data: with `EncoderConfig(backbone="model_features")` the encoder's
-input is, for every example (x, y) and every selected seed s of the run (final weights),
+input is, for every example (x, y) and every seed s of the run (final weights),
 
     phi_s(x, y) = (p_s(x) - onehot(y)) ⊗ [h_s(x), 1]          `[C * (d + 1)]`
 
@@ -82,58 +82,90 @@ def feature_projection(width: int, feature_dim: int, seed: int = 0) -> torch.Ten
     return torch.randn(width, feature_dim, generator=gen) / math.sqrt(feature_dim)
 
 
+def seed_gradients(models: Sequence[torch.nn.Module], examples: ExampleSet) -> list[torch.Tensor]:
+    """`last_layer_gradients` of `examples` under each model, one float32 `[n, C * (d + 1)]` per seed: compute
+    them once for the training set and pass them to both `feature_transform` and `feature_set`."""
+    if not models:
+        raise ConfigError("model features need at least one model.")
+    return [last_layer_gradients(m, examples) for m in models]
+
+
 def feature_transform(
     models: Sequence[torch.nn.Module],
     train: ExampleSet,
     feature_dim: int,
     damping: float = 1e-2,
     seed: int = 0,
+    gradients: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The fixed map `T` float32 `[S * C * (d + 1), k]` applied to the raw features: per seed, the inverse
     square root of the damped second moment of the training features,
-    `(Phi_s^T Phi_s / N + damping * mean_eig * I)^(-1/2)` (so the dot product of transformed features is the
-    last-layer TRAK / influence kernel of that seed, `mean_eig` = trace / D_s), block-diagonal over the seeds,
-    then the Gaussian `feature_projection` to k = `feature_dim` columns (kept whole when 0 or >= the width)."""
+    `W_s = (Phi_s^T Phi_s / N + damping * mean_eig * I)^(-1/2)` (so the dot product of transformed features
+    is the last-layer TRAK / influence kernel of that seed, `mean_eig` = trace / D_s), block-diagonal over
+    the seeds, then the Gaussian `feature_projection` `P` to k = `feature_dim` columns (kept whole when 0 or
+    >= the width). With a projection, `T = [W_1 @ P_1; ...; W_S @ P_S]` (`P_s` = the rows of seed s), so
+    the `[S * D_s, S * D_s]` block-diagonal matrix is never formed. `gradients`: `seed_gradients(models,
+    train)` when already computed (else computed here)."""
     if not damping > 0:
         raise ConfigError(f"the feature whitening damping must be > 0, got {damping}.")
+    grads = seed_gradients(models, train) if gradients is None else gradients
+    if len(grads) != len(models):
+        raise ConfigError(f"{len(grads)} gradient blocks given for {len(models)} models.")
     blocks = []
-    for model in models:
-        phi = last_layer_gradients(model, train).double()
+    for g in grads:
+        phi = g.double()
         cov = phi.T @ phi / max(len(phi), 1)
         evals, evecs = torch.linalg.eigh(cov)
         evals = evals.clamp_min(0.0) + damping * float(evals.clamp_min(0.0).mean())
         blocks.append((evecs * evals.rsqrt()) @ evecs.T)
-    whiten = torch.block_diag(*blocks)
-    proj = feature_projection(whiten.shape[0], feature_dim, seed)
-    return (whiten if proj is None else whiten @ proj.double()).float()
+    proj = feature_projection(sum(len(b) for b in blocks), feature_dim, seed)
+    if proj is None:
+        return torch.block_diag(*blocks).float()
+    out, row = [], 0
+    for w in blocks:
+        out.append((w @ proj[row : row + len(w)].double()).float())
+        row += len(w)
+    return torch.cat(out)
 
 
 def model_features(
-    models: Sequence[torch.nn.Module], examples: ExampleSet, projection: torch.Tensor | None = None
+    models: Sequence[torch.nn.Module],
+    examples: ExampleSet,
+    projection: torch.Tensor | None = None,
+    gradients: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`[phi_1, ..., phi_S] / sqrt(S)` float32 `[n, S * C * (d + 1)]` over the given models (one per seed),
-    times `projection` `[S * C * (d + 1), k]` when given (`[n, k]`)."""
-    if not models:
-        raise ConfigError("model_features needs at least one model.")
-    scale = 1.0 / math.sqrt(len(models))
-    phi = torch.cat([last_layer_gradients(m, examples) * scale for m in models], dim=1)
-    if projection is None:
-        return phi
-    if projection.shape[0] != phi.shape[1]:
+    times `projection` `[S * C * (d + 1), k]` when given (`[n, k]`, summed seed by seed without forming the
+    concatenation). `gradients`: `seed_gradients(models, examples)` when already computed."""
+    grads = seed_gradients(models, examples) if gradients is None else gradients
+    if not grads or len(grads) != len(models):
         raise ConfigError(
-            f"the feature projection has {projection.shape[0]} rows, the features {phi.shape[1]}."
+            f"model_features needs one gradient block per model, got {len(grads)} for {len(models)}."
         )
-    return phi @ projection
+    scale = 1.0 / math.sqrt(len(grads))
+    if projection is None:
+        return torch.cat([g * scale for g in grads], dim=1)
+    width = sum(g.shape[1] for g in grads)
+    if projection.shape[0] != width:
+        raise ConfigError(f"the feature projection has {projection.shape[0]} rows, the features {width}.")
+    out, row = torch.zeros(len(grads[0]), projection.shape[1]), 0
+    for g in grads:
+        out += (g * scale) @ projection[row : row + g.shape[1]]
+        row += g.shape[1]
+    return out
 
 
 def feature_set(
-    models: Sequence[torch.nn.Module], examples: ExampleSet, projection: torch.Tensor | None = None
+    models: Sequence[torch.nn.Module],
+    examples: ExampleSet,
+    projection: torch.Tensor | None = None,
+    gradients: Sequence[torch.Tensor] | None = None,
 ) -> ExampleSet:
-    """`examples` with `model_features(models, examples, projection)` as tabular inputs (same ids, labels,
-    classes)."""
+    """`examples` with `model_features(models, examples, projection, gradients)` as tabular inputs (same
+    ids, labels, classes)."""
     return ExampleSet(
         ids=examples.ids,
-        inputs=model_features(models, examples, projection),
+        inputs=model_features(models, examples, projection, gradients),
         labels=examples.labels,
         class_names=examples.class_names,
         kind="tabular",

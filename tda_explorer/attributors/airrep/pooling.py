@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 POOLINGS = ("attention", "sum")
-#: Entries of one `[B, K, N]` float64 block of the masked fallback (~128 MB): with thousands of groups
-#: the unchunked block took > 20 GB.
+#: Entries of one `[B, K, N]` float64 block of the masked fallback (2^24 = 128 MB): unchunked, the block has
+#: B * K * N entries, which exhausts memory with thousands of groups.
 _MASKED_BLOCK = 1 << 24
 
 

@@ -47,8 +47,8 @@ from tda_explorer.store.kinds import ArtifactKind, register_kind
 from tda_explorer.training.trainer import Progress
 
 ENCODER_KIND = "airrep_encoder"
-#: Entries of one `[B, K, K]` block of subset pairs in the held-out loss (~16M; 3,277 held-out subsets of
-#: 16,384 took > 20 GB unblocked).
+#: Entries of one `[B, K, K]` block of subset pairs in the held-out loss (2^24): unblocked, the held-out
+#: pairs of all B held-out queries take B * K^2 entries, which exhausts memory with thousands of subsets.
 _PAIR_BLOCK = 1 << 24
 CKPT_KIND = "airrep_ckpt"
 
