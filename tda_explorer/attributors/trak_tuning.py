@@ -19,9 +19,11 @@ fixed value. Nothing in `Phi` tells the two recipes apart, so the rule measures:
    and c = the argmax of the mean Spearman correlation, refined to the vertex of a parabola in log c
    through it and its grid neighbours (`refine`). The test queries and the LDS ground truth
    artifacts are never read. Cost: `TUNE_SUBSETS` retrainings of one seed on half the training set
-   (cached by the attributor's `workspace` when it has one, and in memory for the process; measured in
-   `benchmarks/RESULTS.md`, "Robustness of the defaults"), one featurisation of the validation queries per
-   model, and an eigendecomposition of each model's `[min(k, N)]`-square Gram matrix.
+   (cached by the attributor's `workspace` when it has one, and in memory for the process; counted by the
+   app's estimate, `tda_explorer.estimates`), one featurisation of up to `TUNE_QUERIES` validation queries
+   per model, and an eigendecomposition of each model's `[min(k, N)]`-square Gram matrix. The
+   retrainings dominate: 24 of them took 1.6x the seconds of 16 on the mnist5k demo MLP (alternated runs
+   in one process, same load).
 
    Size of the signal: the choice is noisy mostly through *which* subsets were retrained (one draw is
    shared by every query, so its noise does not average over queries), less through the queries;
