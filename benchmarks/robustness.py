@@ -218,9 +218,9 @@ def kronfluence_rows(name: str, run, splits, queries, truth) -> list[dict]:
     """kronfluence 1.0.1 EK-FAC (CPU) with its defaults and its damping heuristic beside our default EK-FAC.
 
     Same run (first seed's final model), training set, queries and ground truth. Our wall time is fit +
-    score with `damping_factor="auto"` and with the fixed 0.1; "auto" is timed twice: `cold` includes
-    its 16 held-out retrainings unless an earlier step cached them, `auto` reuses them (a warm workspace,
-    the app's case after the first fit).
+    score with `damping_factor="auto"` and with the fixed 0.1; "auto" is timed twice: `cold` includes its
+    `trak_tuning.TUNE_SUBSETS` held-out retrainings unless an earlier step cached them, `auto` reuses them
+    (a warm workspace, the app's case after the first fit).
     """
     from benchmarks.peers.kronfluence_runner import run_kronfluence
     from tda_explorer.attributors import make_attributor

@@ -19,7 +19,7 @@ from tda_explorer.attributors.airrep.pooling import POOLINGS
 from tda_explorer.attributors.airrep.train import RankTrainConfig
 from tda_explorer.attributors.ensemble_members import MEMBER_KINDS, LoraSettings
 from tda_explorer.attributors.settings import MethodSettings, setting
-from tda_explorer.attributors.trak_tuning import TUNE_SUBSETS
+from tda_explorer.attributors.trak_tuning import TUNE_QUERIES, TUNE_SUBSETS
 from tda_explorer.backend.hessian import CURVATURES
 from tda_explorer.backend.projection import PROJECTIONS
 from tda_explorer.errors import ConfigError
@@ -162,6 +162,8 @@ class TRAKSettings(MethodSettings):
                                     key="regularization_factor")  # fmt: skip
     tune_subsets: int = setting(TUNE_SUBSETS, "retrainings of the held-out signal of auto (0 = fallback)",
                                 range=NONNEG)  # fmt: skip
+    tune_queries: int = setting(TUNE_QUERIES, "validation examples of the held-out signal of auto (the first "
+                                "ones; all when fewer)", range=(2, None))  # fmt: skip
     n_models: int | None = setting(None, "models (run seeds) averaged; null = all", range=POSITIVE, main=True)
     checkpoints: str = _checkpoints()
     params: str | Sequence[str] = _params("all", main=False)

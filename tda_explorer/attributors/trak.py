@@ -223,8 +223,9 @@ class TRAK(Attributor):
 
     def _heldout(self, run: TrainedRun, train: ExampleSet):
         """The held-out mini-LDS `(val, masks [M, N], losses [M, n])`, or the reason it cannot be made."""
+        s = self.settings
         return trak_tuning.heldout_signal(
-            run, train, self.settings.tune_subsets, self.validation, self.workspace
+            run, train, s.tune_subsets, self.validation, self.workspace, s.tune_queries
         )
 
     def _choose(self, heldout, parts, scales) -> trak_tuning.Tuning:

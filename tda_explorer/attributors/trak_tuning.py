@@ -12,17 +12,26 @@ fixed value. Nothing in `Phi` tells the two recipes apart, so the rule measures:
 1. **Held-out mini-LDS on the validation split** (when the run has a training recipe — `train_config` or
    an imported run's `train_fn` — and validation examples): `TUNE_SUBSETS` random half subsets of the
    training set (their own seed stream, `TUNE_SUBSET_SEED`, never the evaluation's), one retraining per
-   subset with the run's recipe, targets = the losses of up to `TUNE_QUERIES` validation examples. For
+   subset with the run's recipe, targets = the losses of the first `TUNE_QUERIES` validation examples
+   (all of them when the split is smaller). For
    each factor c of `FACTORS` the TRAK predictions of those subsets are computed from one
    eigendecomposition per model (`spectral_parts`: every lambda costs one `[n_val, r] x [r, M]` product),
    and c = the argmax of the mean Spearman correlation, refined to the vertex of a parabola in log c
    through it and its grid neighbours (`refine`). The test queries and the LDS ground truth
-   artifacts are never read. Cost: `TUNE_SUBSETS` retrainings (digits logistic regression: ~5 s, MLP
-   ~20 s, on 2 loaded cores; cached by the attributor's `workspace` when it has one, and in memory for
-   the process), one featurisation of the validation queries per model, and an eigendecomposition of
-   each model's `[min(k, N)]`-square Gram matrix.
-2. **Fallback** (no recipe, no validation split, or a text model, whose 16 fine-tunes are too costly): c = `AUTO_FACTOR`, the geometric middle of the
-   measured optima of both recipes (within 0.03 LDS of the best fixed value on the digits protocols).
+   artifacts are never read. Cost: `TUNE_SUBSETS` retrainings of one seed on half the training set
+   (cached by the attributor's `workspace` when it has one, and in memory for the process; counted by the
+   app's estimate, `tda_explorer.estimates`), one featurisation of up to `TUNE_QUERIES` validation queries
+   per model, and an eigendecomposition of each model's `[min(k, N)]`-square Gram matrix. The
+   retrainings dominate: 24 of them took 1.6x the seconds of 16 on the mnist5k demo MLP (alternated runs
+   in one process, same load).
+
+   Size of the signal: the choice is noisy mostly through *which* subsets were retrained (one draw is
+   shared by every query, so its noise does not average over queries), less through the queries;
+   `benchmarks/trak_tuning_noise.py` measures the LDS the choice loses for several sizes and rules by
+   resampling a larger held-out pool, which set 24 subsets x 250 queries (one-standard-error, wider-parabola
+   and Pearson variants of the rule lost more there).
+2. **Fallback** (no recipe, no validation split, or a text model, whose `TUNE_SUBSETS` fine-tunes are too
+   costly): c = `AUTO_FACTOR`, the geometric middle of the measured optima of both recipes (within 0.03 LDS of the best fixed value on the digits protocols).
 
 Either way each model's lambda is `c x trace(Phi_m^T Phi_m) / N`; the chosen c, the rule that chose it
 and the validation table are kept in `TRAK.tuning_` and in the score artifact's metadata.
@@ -39,6 +48,7 @@ import torch.nn.functional as F
 
 from tda_explorer.backend.stats import spearman_rows
 from tda_explorer.data.example_set import ExampleSet, examples_fingerprint
+from tda_explorer.errors import ConfigError
 from tda_explorer.store import load_array, save_array
 from tda_explorer.store.kinds import ArtifactKind, register_kind
 
@@ -46,8 +56,9 @@ from tda_explorer.store.kinds import ArtifactKind, register_kind
 FACTORS: tuple[float, ...] = (0.0, 0.01, 0.03, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 #: c when no held-out signal can be made (see the module docstring).
 AUTO_FACTOR = 2.0
-TUNE_SUBSETS = 16
-TUNE_QUERIES = 100
+#: Retrainings (half subsets) and validation queries of the held-out signal (see the module docstring).
+TUNE_SUBSETS = 24
+TUNE_QUERIES = 250
 #: Seed stream of the tuning subsets (the LDS evaluation draws from `LDSConfig.subset_seed`, 0 by default).
 TUNE_SUBSET_SEED = 7_919
 
@@ -199,17 +210,27 @@ def heldout_losses(run, train: ExampleSet, val: ExampleSet, masks: np.ndarray, w
     return losses
 
 
-def heldout_signal(run, train: ExampleSet, n_subsets: int, validation: ExampleSet | None, workspace=None):
+def heldout_signal(
+    run,
+    train: ExampleSet,
+    n_subsets: int,
+    validation: ExampleSet | None,
+    workspace=None,
+    n_queries: int = TUNE_QUERIES,
+):
     """`(val [n], masks [M, N], losses [M, n])` of the held-out mini-LDS, or a string saying why there is none.
 
-    Shared by TRAK's `damping="auto"` and influence's `damping_factor="auto"`.
+    `n = min(len(validation split), n_queries)`, `M = n_subsets`. Shared by TRAK's `damping="auto"` and
+    influence's `damping_factor="auto"` (the same retrainings, cached once).
     """
     from tda_explorer.models.tasks import task_of
 
     if n_subsets == 0:
         return "tune_subsets=0"
     if getattr(run.model_config, "arch", "") == "text":  # a transformer retrained 16 times is not a default
-        return "text model: the held-out retrainings would cost 16 fine-tunes (pass an explicit value)"
+        return (
+            f"text model: the held-out retrainings would cost {n_subsets} fine-tunes (pass an explicit value)"
+        )
     if run.train_config is None:
         return "the run has no training recipe (import it with train_config or train_fn)"
     if task_of(run.model(run.seeds[0])) == "regression":
@@ -217,7 +238,9 @@ def heldout_signal(run, train: ExampleSet, n_subsets: int, validation: ExampleSe
     val = validation if validation is not None else validation_split(run)
     if val is None:
         return "no validation split to hold out"
-    val = val.subset(range(min(len(val), TUNE_QUERIES)), name=f"{val.name}:tune")
+    if n_queries < 2:
+        raise ConfigError(f"the held-out signal needs >= 2 validation queries, got n_queries={n_queries}.")
+    val = val.subset(range(min(len(val), n_queries)), name=f"{val.name}:tune")
     masks = tune_masks(len(train), n_subsets)
     return val, masks, heldout_losses(run, train, val, masks, workspace)
 
