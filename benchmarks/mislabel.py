@@ -11,7 +11,7 @@ inspecting the top 10% / 20%):
   from K = 5-fold retraining through the package's executor (`label_quality.out_of_fold_probs`); also on
   3 x repeated 5-fold probabilities (the same probabilities `mislabel_score` reads);
 - self-influence of Grad-Dot, TracIn, TRAK (all seeds; defaults on logistic regression, on the MLP
-  `regularization=None` because the default "auto" spends 16 held-out retrainings of the MLP on choosing
+  `regularization=None` because the default "auto" spends its held-out retrainings of the MLP on choosing
   lambda, over this benchmark's budget) and influence (EK-FAC, all seeds; logistic regression only: on the
   MLP it took more than 25 minutes per flip seed on the shared machine);
 - kNN label disagreement: the share of each example's 10 nearest training examples (cosine on the final

@@ -247,6 +247,7 @@ METHOD_SECTIONS = (
     ("mislabel_text", "Mislabel detection on text: SST-2, frozen MiniLM head"),
     ("pruning", "Pruning curves: attribution rules vs loss, cleanlab and random"),
     ("robustness", "Robustness of the defaults: default vs best fixed value in hindsight"),
+    ("trak_tuning_noise", "TRAK auto: LDS lost by held-out size and rule"),
     ("kronfluence_mnist5k", "kronfluence beside our EK-FAC on the mnist5k MLP"),
 )  # fmt: skip
 """(results file stem, title[, rendering module stem, result keys]): a section per key of the file (default

@@ -7,7 +7,7 @@ queries; LDS ground truth: M half subsets retrained once each with the protocol'
 - `logreg-sgd`: the zoo's logistic regression, the package's default recipe (SGD + momentum, 20 epochs).
 - `mlp-sgd`: the zoo's MLP with one hidden layer of 128, the package's default recipe.
 - `tanh-adam (import)`: `benchmarks.byo`'s 64-48-24-10 tanh MLP trained by the user's own Adam loop,
-  brought in with `import_run(..., train_fn=user_train)`.
+  10 epochs (`user_train_short`), brought in with `import_run(..., train_fn=user_train_short)`.
 - `logreg-lbfgs (import)`: a linear model trained outside the package by full-batch L-BFGS to convergence
   with L2 1e-3 (`lbfgs_train`), imported with `train_fn` (the recipe of the issue's independent protocol).
 
@@ -84,7 +84,7 @@ def log(msg: str) -> None:
 
 def make_run(name: str, splits, ws):
     """The protocol's run (5 seeds)."""
-    from benchmarks.byo import EPOCHS, build_user, user_train
+    from benchmarks.byo import build_user, user_train_short
     from tda_explorer import import_run
     from tda_explorer.models import LogRegConfig, MLPConfig
     from tda_explorer.training import LocalExecutor, default_train_config, train_run
@@ -97,9 +97,8 @@ def make_run(name: str, splits, ws):
             splits, MLPConfig(hidden=(128,)), default_train_config("mlp"), seeds, ws, LocalExecutor(1)
         )
     if name == "tanh-adam (import)":
-        EPOCHS["value"] = 10
-        states = [user_train(build_user, splits.train, s) for s in seeds]
-        return import_run(build_user, states, splits, train_fn=user_train, workspace=ws)
+        states = [user_train_short(build_user, splits.train, s) for s in seeds]
+        return import_run(build_user, states, splits, train_fn=user_train_short, workspace=ws)
     states = [lbfgs_train(build_linear, splits.train, s) for s in seeds]
     return import_run(build_linear, states, splits, train_fn=lbfgs_train, workspace=ws, weight_decay=1e-3)
 

@@ -41,7 +41,7 @@ ASK_ABOVE_S = 30.0
 #: (fixed s, rate s/unit) per kind on an idle machine, fitted on the development machine (2 cores) to two
 #: journeys over the MNIST 5k MLP demo (4,000 train, 500 test examples, 235,146 parameters, head 1,290), one
 #: at load 0.3-6 and one at load 23-28, each divided by its `load_factor()`: 5 seeds 12.5 s / 87 s,
-#: Grad-Dot 0.8 s / 2.0 s, TRAK (1 model, "auto" with its 16 retrainings) 79.6 s / 236 s, d-TDA (influence
+#: Grad-Dot 0.8 s / 2.0 s, TRAK (1 model, "auto" with 16 retrainings then) 79.6 s / 236 s, d-TDA (influence
 #: over the head, 5 seeds) 65.8 s / 207 s, first map 34.7 s / 104 s; digits logistic regression for the
 #: per-step overhead of training. TRAK fits worst (its predictions are ~0.6x and ~1.6x of those two).
 DEFAULTS: dict[str, tuple[float, float]] = {

@@ -31,7 +31,7 @@ TRAK_DEFAULT = {"n_models": 1, "params": "all", "damping": "auto", "tune_subsets
 
 
 def test_estimates_order_the_demo_steps_as_measured():
-    """Measured on the demo (2 cores): grad_dot ~1 s < training 5 seeds ~12 s < TRAK with its 16 held-out
+    """Measured on the demo (2 cores): grad_dot ~1 s < training 5 seeds ~12 s < TRAK with its held-out
     retrainings; 10 seeds cost twice 5; a 100-subset LDS truth costs more than all of them."""
     grad_dot = estimate_attributor("grad_dot", {"params": "head", "seeds": "first"}, DEMO).seconds
     train5 = estimate_training(DEMO, 5).seconds

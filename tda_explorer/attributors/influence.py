@@ -201,7 +201,9 @@ class Influence(Attributor):
         s = self.settings
         auto = s.solver in ("ekfac", "kfac") and s.damping is None and s.damping_factor == "auto"
         self.heldout_ = (
-            trak_tuning.heldout_signal(run, train, trak_tuning.TUNE_SUBSETS, self.validation, self.workspace)
+            trak_tuning.heldout_signal(
+                run, train, s.tune_subsets, self.validation, self.workspace, s.tune_queries
+            )
             if auto
             else None
         )

@@ -117,6 +117,10 @@ class InfluenceSettings(MethodSettings):
         4, "sampled labels per example for the K-FAC / EK-FAC factors (more = less sampling noise)",
         range=POSITIVE,
     )  # fmt: skip
+    tune_subsets: int = setting(TUNE_SUBSETS, "retrainings of the held-out signal of damping_factor auto "
+                                "(0 = the solver's default factor)", range=NONNEG)  # fmt: skip
+    tune_queries: int = setting(TUNE_QUERIES, "validation examples of the held-out signal of auto (the first "
+                                "ones; all when fewer)", range=(2, None))  # fmt: skip
     max_iter: int | None = setting(None, "cg / lissa iteration cap (null = the solver's default cap)",
                                    range=POSITIVE)  # fmt: skip
     tol: float | None = setting(None, "cg / lissa relative tolerance (null = the solver's)", range=NONNEG)
@@ -130,6 +134,8 @@ class InfluenceSettings(MethodSettings):
     )
 
     def check(self) -> None:
+        if self.tune_subsets == 1:
+            raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
         if self.preconditioner is not None and self.solver != "cg":
             raise ConfigError(
                 f"preconditioner is only used by solver='cg'; got preconditioner={self.preconditioner!r} "

@@ -227,7 +227,9 @@ def heldout_signal(
 
     if n_subsets == 0:
         return "tune_subsets=0"
-    if getattr(run.model_config, "arch", "") == "text":  # a transformer retrained 16 times is not a default
+    if (
+        getattr(run.model_config, "arch", "") == "text"
+    ):  # a transformer retrained tune_subsets times is not a default
         return (
             f"text model: the held-out retrainings would cost {n_subsets} fine-tunes (pass an explicit value)"
         )
