@@ -31,7 +31,8 @@ fixed value. Nothing in `Phi` tells the two recipes apart, so the rule measures:
    resampling a larger held-out pool, which set 24 subsets x 250 queries (one-standard-error, wider-parabola
    and Pearson variants of the rule lost more there).
 2. **Fallback** (no recipe, no validation split, or a text model, whose `TUNE_SUBSETS` fine-tunes are too
-   costly): c = `AUTO_FACTOR`, the geometric middle of the measured optima of both recipes (within 0.03 LDS of the best fixed value on the digits protocols).
+   costly): c = `AUTO_FACTOR`, the geometric middle of the measured optima of both recipes (within 0.03 LDS
+   of the best fixed value on the digits protocols).
 
 Either way each model's lambda is `c x trace(Phi_m^T Phi_m) / N`; the chosen c, the rule that chose it
 and the validation table are kept in `TRAK.tuning_` and in the score artifact's metadata.
@@ -227,9 +228,7 @@ def heldout_signal(
 
     if n_subsets == 0:
         return "tune_subsets=0"
-    if (
-        getattr(run.model_config, "arch", "") == "text"
-    ):  # a transformer retrained tune_subsets times is not a default
+    if getattr(run.model_config, "arch", "") == "text":  # n_subsets fine-tunes are not a default
         return (
             f"text model: the held-out retrainings would cost {n_subsets} fine-tunes (pass an explicit value)"
         )
