@@ -9,6 +9,7 @@ import os
 import platform
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -58,6 +59,22 @@ def store_result(path: Path, mode: str, result: dict, keep: tuple[str, ...] = ()
     stored[mode] = {**result, **{k: old[k] for k in keep if old.get(k) and not result.get(k)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(stored, indent=2, default=str) + "\n")
+
+
+def run_meta(started: float, workers: int) -> dict:
+    """When and where a benchmark run ended: workers, wall seconds since `started` (perf_counter), the load
+    at the end, the date, versions and CPUs (the common part of a results file's "meta")."""
+    import torch
+
+    return {
+        "workers": workers,
+        "seconds": round(time.perf_counter() - started, 1),
+        "load_1m_end": load_1m(),
+        "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
 
 
 def machine_info(workers: int) -> dict:

@@ -33,20 +33,17 @@ shared: the 1-minute load average is recorded next to the timings.
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.console import load_1m, mode_parser, progress_line, store_result
+from benchmarks.console import load_1m, mode_parser, progress_line, run_meta, store_result
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = ROOT / "benchmarks" / ".workspace"
@@ -249,13 +246,7 @@ def run_benchmark(
         "settings": mode,
         "hidden": list(HIDDEN),
         "lds": {"n_subsets": lds_cfg.n_subsets, "alpha": lds_cfg.alpha, "seeds": list(lds_cfg.seeds)},
-        "workers": workers,
-        "seconds": round(time.perf_counter() - started, 1),
-        "load_1m_end": load_1m(),
-        "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
+        **run_meta(started, workers),
     }
     return out
 

@@ -22,16 +22,13 @@ machine may be shared), and prints a Markdown table.
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from benchmarks.console import load_1m, mode_parser, progress_line, store_result
+from benchmarks.console import mode_parser, progress_line, run_meta, store_result
 from benchmarks.source_dtda import HIDDEN, METHODS, MODES, WORKSPACE, mnist5k_cut, scenarios
 from benchmarks.unrolled import timed
 
@@ -98,13 +95,7 @@ def run_benchmark(mode_name: str, workers: int, workspace: Path = WORKSPACE) -> 
         "n_train": len(splits.train),
         "n_query": len(splits.test),
         "n_subsets": mode["n_subsets"],
-        "workers": workers,
-        "seconds": round(time.perf_counter() - started, 1),
-        "load_1m_end": load_1m(),
-        "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
+        **run_meta(started, workers),
     }
     return out
 
