@@ -12,6 +12,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 
 def load_1m() -> float:
     """The 1-minute load average (NaN where the OS has none), rounded to 0.01."""
@@ -59,6 +61,17 @@ def store_result(path: Path, mode: str, result: dict, keep: tuple[str, ...] = ()
     stored[mode] = {**result, **{k: old[k] for k in keep if old.get(k) and not result.get(k)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(stored, indent=2, default=str) + "\n")
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """`(mean, low, high)` of a 95% Student-t interval of the mean (NaN bounds for a single value)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()), float("nan"), float("nan")
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
 def run_meta(started: float, workers: int) -> dict:

@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
+from benchmarks.console import t_interval
 from benchmarks.measure import mode_main, short_machine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -253,15 +253,6 @@ def _derived_seconds(sec: dict) -> dict:
     return out
 
 
-def _interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval (NaN bounds for a single value)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return float(v.mean()), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
-
-
 def setting_result(setting: str | Setting, flip_seeds, dev_seeds, n_seeds: int) -> dict:
     from tda_explorer.evaluation.mislabel import mislabel_metrics
 
@@ -290,7 +281,7 @@ def setting_result(setting: str | Setting, flip_seeds, dev_seeds, n_seeds: int) 
         ev = groups.get("eval", [])
         row = {"score": name, "per_seed": ev, "dev": groups.get("dev", [])}
         for metric in ("auc", "recall_10", "recall_20"):
-            row[metric] = _interval([r[metric] for r in ev])
+            row[metric] = t_interval([r[metric] for r in ev])
         row["seconds"] = float(np.mean(seconds[name])) if name in seconds else None
         rows.append(row)
     return {

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
+from benchmarks.console import t_interval
 from benchmarks.measure import mode_main, short_machine
 from benchmarks.pruning_report import (  # noqa: F401 (markdown: report.py renders this module's results)
     BASELINES,
@@ -176,15 +176,6 @@ def _dtda_vectors(run, splits, seconds: dict) -> dict[str, np.ndarray]:
     }
 
 
-def _interval(values: np.ndarray) -> list[float]:
-    """[mean, low, high] of a 95% t-interval (NaN bounds for a single value)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) < 2:
-        return [float(v.mean()), float("nan"), float("nan")]
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return [float(v.mean()), float(v.mean() - half), float(v.mean() + half)]
-
-
 def setting_result(
     dataset: str,
     noise: float,
@@ -288,7 +279,7 @@ def _carry_rows(previous: dict, random_row: dict) -> list[dict]:
 
 
 def _row(name: str, acc: np.ndarray, curve, flipped: set | None) -> dict:
-    row = {"rule": name, "acc": [_interval(a) for a in acc], "acc_seeds": np.asarray(acc).tolist()}
+    row = {"rule": name, "acc": [list(t_interval(a)) for a in acc], "acc_seeds": np.asarray(acc).tolist()}
     if flipped and name != "random":  # share of the removed examples that were flipped
         row["flipped_share"] = [
             float(np.mean([i in flipped for i in curve.removal_order[:m]])) if m else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmarks.console import t_interval
+
 BASELINES = ("own loss (EL2N-like)", "cleanlab label issues")
 RULES = ("class_balanced", "harm", "harm_loss", "harm_mislabel")  # per attributor (PRUNING_RULES)
 #: Iterative rules per attributor (TRAK's refit per round is too slow on 2 cores).
@@ -32,7 +34,6 @@ def paired(rows: dict[str, dict], name: str, others: tuple[str, ...], i: int) ->
     index `i`, for the rows that stored per-seed accuracies (`acc_seeds` `[K][R]`, the same seeds); "" when
     one lacks them. Same-seed retrainings share their noise, so the paired interval is the one that says
     whether a margin is more than retraining noise."""
-    from scipy import stats
 
     if "acc_seeds" not in rows[name] or any("acc_seeds" not in rows[o] for o in others):
         return ""
@@ -41,7 +42,8 @@ def paired(rows: dict[str, dict], name: str, others: tuple[str, ...], i: int) ->
         d = np.asarray(rows[name]["acc_seeds"][i]) - np.asarray(rows[o]["acc_seeds"][i])
         if len(d) < 2:
             return ""
-        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        mean, low, _ = t_interval(d)
+        half = mean - low
         parts.append(f"− {o} {d.mean():+.4f} ±{half:.4f}")
     return " (paired over the seeds: " + "; ".join(parts) + ")"
 

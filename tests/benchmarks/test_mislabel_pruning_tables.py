@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks import mislabel, pruning
+from benchmarks.console import t_interval
 
 
 def _mis_row(name, aucs):
@@ -13,8 +14,8 @@ def _mis_row(name, aucs):
         "score": name,
         "per_seed": seeds,
         "dev": [],
-        "auc": mislabel._interval(aucs),
-        "recall_10": mislabel._interval([a - 0.1 for a in aucs]),
+        "auc": t_interval(aucs),
+        "recall_10": t_interval([a - 0.1 for a in aucs]),
         "recall_20": (1.0, 1.0, 1.0),
         "seconds": None,
     }
@@ -38,7 +39,7 @@ def _mis_result(combo):
 def test_mislabel_target_is_met_only_above_both_baselines():
     assert "met (0.9900" in mislabel.markdown(_mis_result([0.99, 0.99, 0.99]))
     assert "MISSED" in mislabel.markdown(_mis_result([0.96, 0.96, 0.99]))
-    lo_hi = mislabel._interval([1.0, 2.0, 3.0])
+    lo_hi = t_interval([1.0, 2.0, 3.0])
     assert lo_hi[0] == 2.0 and lo_hi[1] < 2.0 < lo_hi[2]
 
 
