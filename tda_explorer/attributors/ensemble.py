@@ -39,12 +39,12 @@ import torch
 from torch import nn
 
 from tda_explorer.attributors.base import ATTRIBUTORS, Attributor, make_attributor, register
+from tda_explorer.attributors.ensemble_lora import lora_members
 from tda_explorer.attributors.ensemble_members import (
     MemberRun,
     dropout_members,
     independent_members,
     lora_member_run,
-    lora_members,
     state_bytes,
 )
 from tda_explorer.attributors.method_settings import COMBINE, EnsembleSettings, member_setting  # noqa: F401

@@ -31,13 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tda_explorer.attributors.ensemble_lora import (  # noqa: F401 (lora_members: re-exported for ensemble.py)
-    LoraMember,
-    LoraSettings,
-    add_lora,
-    lora_members,
-    lora_targets,
-)
+from tda_explorer.attributors.ensemble_lora import LoraMember, LoraSettings, add_lora, lora_targets
 from tda_explorer.errors import ArtifactError, ConfigError
 from tda_explorer.training.runs import TrainedRun
 from tda_explorer.training.trainer import (

@@ -17,7 +17,8 @@ from tda_explorer.attributors.airrep.data import AirRepDataConfig
 from tda_explorer.attributors.airrep.encoder import EMBED_BATCH, EncoderConfig
 from tda_explorer.attributors.airrep.pooling import POOLINGS
 from tda_explorer.attributors.airrep.train import RankTrainConfig
-from tda_explorer.attributors.ensemble_members import MEMBER_KINDS, LoraSettings
+from tda_explorer.attributors.ensemble_lora import LoraSettings
+from tda_explorer.attributors.ensemble_members import MEMBER_KINDS
 from tda_explorer.attributors.settings import MethodSettings, setting
 from tda_explorer.attributors.trak_tuning import TUNE_QUERIES, TUNE_SUBSETS
 from tda_explorer.backend.hessian import CURVATURES
@@ -37,6 +38,21 @@ def _params(default: str, main: bool = True) -> Any:
 
 def _seeds(default: str = "first", main: bool = False) -> Any:
     return setting(default, SEEDS_HELP, choices=SEED_CHOICES, open=True, main=main)
+
+
+def _tune_subsets(without: str) -> Any:
+    """The held-out signal's retrainings (`trak_tuning`, shared by TRAK's and influence's "auto")."""
+    return setting(TUNE_SUBSETS, f"retrainings of the held-out signal of auto (0 = {without})", range=NONNEG)
+
+
+def _tune_queries() -> Any:
+    return setting(TUNE_QUERIES, "validation examples of the held-out signal of auto (the first ones; all when "
+                   "fewer)", range=(2, None))  # fmt: skip
+
+
+def _check_tune_subsets(n: int) -> None:
+    if n == 1:
+        raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
 
 
 def _checkpoints() -> Any:
@@ -117,10 +133,8 @@ class InfluenceSettings(MethodSettings):
         4, "sampled labels per example for the K-FAC / EK-FAC factors (more = less sampling noise)",
         range=POSITIVE,
     )  # fmt: skip
-    tune_subsets: int = setting(TUNE_SUBSETS, "retrainings of the held-out signal of damping_factor auto "
-                                "(0 = the solver's default factor)", range=NONNEG)  # fmt: skip
-    tune_queries: int = setting(TUNE_QUERIES, "validation examples of the held-out signal of auto (the first "
-                                "ones; all when fewer)", range=(2, None))  # fmt: skip
+    tune_subsets: int = _tune_subsets("the solver's default factor")
+    tune_queries: int = _tune_queries()
     max_iter: int | None = setting(None, "cg / lissa iteration cap (null = the solver's default cap)",
                                    range=POSITIVE)  # fmt: skip
     tol: float | None = setting(None, "cg / lissa relative tolerance (null = the solver's)", range=NONNEG)
@@ -134,8 +148,7 @@ class InfluenceSettings(MethodSettings):
     )
 
     def check(self) -> None:
-        if self.tune_subsets == 1:
-            raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
+        _check_tune_subsets(self.tune_subsets)
         if self.preconditioner is not None and self.solver != "cg":
             raise ConfigError(
                 f"preconditioner is only used by solver='cg'; got preconditioner={self.preconditioner!r} "
@@ -166,10 +179,8 @@ class TRAKSettings(MethodSettings):
     )  # fmt: skip
     damping_factor: float = setting(1.0, "relative lambda used when damping is null", range=NONNEG,
                                     key="regularization_factor")  # fmt: skip
-    tune_subsets: int = setting(TUNE_SUBSETS, "retrainings of the held-out signal of auto (0 = fallback)",
-                                range=NONNEG)  # fmt: skip
-    tune_queries: int = setting(TUNE_QUERIES, "validation examples of the held-out signal of auto (the first "
-                                "ones; all when fewer)", range=(2, None))  # fmt: skip
+    tune_subsets: int = _tune_subsets("fallback")
+    tune_queries: int = _tune_queries()
     n_models: int | None = setting(None, "models (run seeds) averaged; null = all", range=POSITIVE, main=True)
     checkpoints: str = _checkpoints()
     params: str | Sequence[str] = _params("all", main=False)
@@ -180,8 +191,7 @@ class TRAKSettings(MethodSettings):
     )  # fmt: skip
 
     def check(self) -> None:
-        if self.tune_subsets == 1:
-            raise ConfigError("tune_subsets must be 0 (no held-out signal) or >= 2 (a rank correlation).")
+        _check_tune_subsets(self.tune_subsets)
         if self.proj_layout == "kronecker" and self.proj_dim is None:
             raise ConfigError("proj_layout='kronecker' needs a proj_dim (the total feature width).")
         if isinstance(self.damping, int):
@@ -226,7 +236,8 @@ class UnrolledSettings(MethodSettings):
                                 range=POSITIVE)  # fmt: skip
     query_chunk: int | None = setting(None, "cotangents per reverse pass (null = from memory_bytes, <= 32)",
                                       range=POSITIVE)  # fmt: skip
-    memory_bytes: int = setting(2**30, "memory budget of a reverse pass's cotangents", range=POSITIVE)
+    memory_bytes: int = setting(2**30, "memory budget, spent twice: by the seeds' chain tapes together, and by a "
+                                "reverse pass's cotangents", range=POSITIVE)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tda_explorer.attributors import make_attributor
-from tda_explorer.attributors.ensemble_members import add_lora
+from tda_explorer.attributors.ensemble_lora import add_lora
 from tda_explorer.backend.grads import ParamSubset
 from tda_explorer.errors import ConfigError
 from tda_explorer.models import TextConfig, prepare_inputs

@@ -43,7 +43,6 @@ from tda_explorer.attributors.airrep.data import (
     normalise_labels,
     training_subset_masks,
 )
-from tda_explorer.attributors.base import Attributor
 from tda_explorer.data.example_set import ExampleSet
 from tda_explorer.errors import ConfigError
 from tda_explorer.store import Workspace, load_array, require_workspace, save_arrays
@@ -84,28 +83,25 @@ def teacher_config(
 
 
 def teacher_airrep_data(
-    teacher: Attributor | np.ndarray | torch.Tensor | Callable[[], np.ndarray | torch.Tensor],
+    teacher: np.ndarray | torch.Tensor | Callable[[], np.ndarray | torch.Tensor],
     train: ExampleSet,
     queries: ExampleSet,
     teacher_key: dict,
     config: AirRepDataConfig | None = None,
     *,
     workspace: Workspace | None = None,
-    teacher_seconds: float = 0.0,
 ) -> AirRepData:
     """Teacher-labelled AirRep data (see the module docstring), cached as "airrep_teacher".
 
     Args:
-        teacher: a fitted attributor (scored on `queries`; its name and settings join the key), its
-            scores `[len(queries), len(train)]` on the label queries (our sign: positive = helps), or a
-            function returning them (called only when the artifact is not cached yet).
+        teacher: the teacher's scores `[len(queries), len(train)]` on the label queries (our sign: positive
+            = helps), or a function returning them (called only when the artifact is not cached yet; e.g.
+            fitting and scoring an attributor, whose name and settings the caller puts in `teacher_key`).
         train: the training set the subsets are drawn from (N examples).
         queries: label queries (held out from `train`; never the evaluation queries).
         teacher_key: what identifies the teacher's scores (e.g. `{"run": run.key, "method": ...}`).
         config: the subsets (`n_subsets`, `alpha`, `subset_seed`; `seeds` and `shard_size` unused).
         workspace: where the artifact is cached (required).
-        teacher_seconds: wall seconds the teacher took before this call (e.g. its fit); the seconds spent
-            here getting its scores are added, and the sum is recorded as `AirRepData.seconds`.
 
     Returns:
         AirRepData with `masks [M, N]`, `losses = -e.T [M, n_query]` (predicted relative query loss),
@@ -114,20 +110,15 @@ def teacher_airrep_data(
     config = config or AirRepDataConfig()
     check_queries(train, queries)
     ws = require_workspace(workspace, "teacher_airrep_data")
-    if isinstance(teacher, Attributor):
-        teacher_key = {"method": teacher.name, "settings": teacher.settings.config(), **teacher_key}
     n = len(train)
     masks = training_subset_masks(n, config)
     check_disjoint_subsets(masks, evaluation_masks(n, config))
 
-    seconds = [float(teacher_seconds)]
+    seconds = [0.0]  # getting the teacher's scores (recorded as `AirRepData.seconds`)
 
     def compute() -> dict[str, np.ndarray]:
         start = time.perf_counter()
-        if isinstance(teacher, Attributor):
-            scores = teacher.score(queries)
-        else:
-            scores = teacher() if callable(teacher) else teacher
+        scores = teacher() if callable(teacher) else teacher
         seconds[0] += time.perf_counter() - start
         if tuple(np.shape(scores)) != (len(queries), n):
             raise ConfigError(

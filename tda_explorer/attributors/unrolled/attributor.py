@@ -31,14 +31,14 @@ optimizer state vectors n_s = 0 SGD / 1 momentum / 2 Adam, snapshot every k step
     (ceil(T / k) + n_stages) * p * (1 + n_s) * s     snapshots (parameters + optimizer state)
   + k * p * (1 + 2 [Adam]) * s                       one replayed segment (+ Adam's moments per step)
   + T * (5 KB + 8 B)                                 RNG state and batch indices per step
-  + T * (p_rest + B * (d_1 + ... + C)) * s           the chain tape, if it fits in `memory_bytes`
+  + T * (p_rest + B * (d_1 + ... + C)) * s           the chain tapes, if all seeds' fit in `memory_bytes`
   + chunk * p * (1 + n_s) * s * ~4                   cotangents and the vmapped product's work
   + Q * N * 8                                        the result (float64)
 
 (p_rest = the parameters after the first layer, d_l the hidden widths, C the classes: 225 MB for the
 demo's MLP at 945 steps of 64). k = ceil(sqrt(T)) by default (`every`) balances the first two; `chunk`
-comes from `memory_bytes`. The compute does not depend on k (each segment is replayed once per reverse
-pass); only memory does. Per query and step the reverse pass needs one Hessian-vector product of the
+comes from `memory_bytes` too (so tapes and cotangents take at most about twice it). The compute does
+not depend on k (each segment is replayed once per reverse pass); only memory does. Per query and step the reverse pass needs one Hessian-vector product of the
 batch loss, so Q queries cost about Q times one training in compute whatever the batching; batching
 over queries only removes per-step overhead (the `[chunk, p]` cotangent updates are memory-bound).
 

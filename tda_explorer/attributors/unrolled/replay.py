@@ -152,8 +152,7 @@ class Trajectory:
                     self.inputs = inputs
                     if not self.models:
                         self.flat = FlatParams(model)
-                        dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
-                        self.chain = None if dropout else linear_chain(model, self.flat.names)
+                        self.chain = linear_chain(model, self.flat.names)  # None with dropout p > 0
                     opt = make_optimizer(plan.config, [p for p in model.parameters() if p.requires_grad])
                     model.train()
                     start = len(self.steps)
