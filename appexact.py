@@ -36,7 +36,7 @@ def _fitted(root: str, run_key: str, seeds: str, progress):
 def render(run, query_id: str, measurement: str, k: int) -> None:
     """An expander with the exact proponents / opponents of `query_id` for `measurement` ("predicted" class
     or "true_label" loss), computed when asked (cached in the workspace per query, class and seeds)."""
-    from tda_explorer.attributors.unrolled.exact import KIND, exact_scores_for_query, replayable
+    from tda_explorer.attributors.unrolled.exact import KIND, exact_config, exact_scores_for_query, replayable
 
     with st.expander("Exact (unrolled): differentiate this query through the whole training run"):
         reason = replayable(run)
@@ -50,7 +50,7 @@ def render(run, query_id: str, measurement: str, k: int) -> None:
             target = int(appkit.cached_predictions(root, run.key)[q].argmax())
         seeds = st.radio("Replay", list(SEED_CHOICES), format_func=SEED_CHOICES.get, horizontal=True)
         chosen = list(run.select_seeds(seeds))
-        config = {"run": run.key, "query_id": str(query_id), "target": target, "seeds": chosen}
+        config = exact_config(run, query_id, target, chosen)
         st.caption(
             "Exact first-order effect of removing each training example from its batches in this run "
             "(same init, batch order and dropout), through every optimizer step. Faithful to retraining only "
@@ -60,7 +60,7 @@ def render(run, query_id: str, measurement: str, k: int) -> None:
         cached = ws.exists(KIND, config)
         if not cached and not st.button("Compute exact scores", key=f"exact_{query_id}"):
             return
-        bar = st.progress(0.0, text="replaying the run…")
+        bar = st.progress(0.0, text="loading from the workspace…" if cached else "replaying the run…")
         progress = appkit.progress_callback(bar)
         attributor = (
             None if cached else _fitted(root, run.key, seeds, progress)

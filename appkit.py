@@ -140,13 +140,28 @@ def cached_label_quality(root: str, run_key: str) -> dict[str, np.ndarray]:
     return label_quality_scores(run, train, cached_oof_probs(run, train, Workspace(root)))
 
 
+@st.cache_data(show_spinner=False)
+def cached_oof_config(root: str, run_key: str) -> dict:
+    """The key of the run's out-of-fold probabilities (it fingerprints the training set: once per run)."""
+    from tda_explorer.evaluation.run_label_quality import oof_config
+
+    run = cached_run(root, run_key)
+    return oof_config(run, dataset_of(run).train)
+
+
+def oof_ready(root: str, run_key: str) -> bool:
+    """Whether the run's out-of-fold probabilities are in the workspace (`run_label_quality.has_oof_probs`
+    without hashing the training set on every rerun)."""
+    from tda_explorer.evaluation.run_label_quality import OOF_PROBS
+
+    return Workspace(root).exists(OOF_PROBS.name, cached_oof_config(root, run_key))
+
+
 def mislabel_scores(root: str, run: TrainedRun) -> dict[str, object]:
     """Named mislabel scores `[n_train]` (higher = more suspicious) available for a run: the combined score and
     cleanlab's first once the out-of-fold probabilities are computed, then the own loss and self-influences."""
-    from tda_explorer.evaluation.run_label_quality import has_oof_probs
-
     out: dict[str, object] = {}
-    if has_oof_probs(run, dataset_of(run).train, Workspace(root)):
+    if oof_ready(root, run.key):
         out.update(cached_label_quality(root, run.key))
     out["own training loss"] = cached_training_loss(root, run.key)
     for m in list_scores(Workspace(root), run.key):

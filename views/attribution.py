@@ -17,11 +17,8 @@ from tda_explorer.backend.stats import rank_agreement
 
 MEASURES = {"predicted": "the predicted class", "true_label": "the true label's loss"}
 
-appkit.page_guard()
-st.title("Attribution")
-ws = appkit.workspace()
+ws, run = appkit.page("Attribution")
 root = str(ws.root)
-run = appkit.require_run()
 stored = [m for m in appkit.list_scores(ws, run.key) if m["config"]["queries"] == "test"]
 if not stored:
     st.info("Compute an attributor for this run on the Setup page first.")

@@ -18,11 +18,8 @@ from tda_explorer.errors import TDAError
 from tda_explorer.estimates import estimate_dtda, full_settings, load_calibration, run_shape
 from tda_explorer.viz.figures import histogram_figure, violin_figure
 
-appkit.page_guard()
-st.title("Distributional attribution (d-TDA)")
-ws = appkit.workspace()
+ws, run = appkit.page("Distributional attribution (d-TDA)")
 root = str(ws.root)
-run = appkit.require_run()
 if len(run.seeds) < 2:
     st.info(
         "d-TDA compares training seeds: train a run with at least 2 seeds (5–10 is better) on the Setup page."

@@ -15,10 +15,7 @@ from tda_explorer.evaluation.report import evaluation_rows
 from tda_explorer.evaluation.trust import record_lds
 from tda_explorer.viz.figures import bar_with_interval
 
-appkit.page_guard()
-st.title("Evaluation")
-ws = appkit.workspace()
-run = appkit.require_run()
+ws, run = appkit.page("Evaluation")
 data = appkit.dataset_of(run)
 
 st.caption(

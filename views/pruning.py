@@ -17,17 +17,14 @@ import apptrust
 from tda_explorer.backend.usefulness import DEFAULT_PRUNING_RULE, curve_fractions, removal_mask
 from tda_explorer.evaluation import stored_pruning_curve
 from tda_explorer.evaluation.pruning import best_pruning_rule, rule_usefulness
-from tda_explorer.evaluation.run_label_quality import COMBINED, has_oof_probs
+from tda_explorer.evaluation.run_label_quality import COMBINED
 from tda_explorer.store.exports import export_bytes, export_table, write_exports
 from tda_explorer.viz.figures import pruning_figure
 
 #: The pruning curve's default settings (the widgets below and the lookup of stored curves before them).
 LARGEST_DEFAULT, SEEDS_DEFAULT = 0.5, 1
 
-appkit.page_guard()
-st.title("Pruning & export")
-ws = appkit.workspace()
-run = appkit.require_run()
+ws, run = appkit.page("Pruning & export")
 data = appkit.dataset_of(run)
 train = data.train
 all_scores = appkit.list_scores(ws, run.key)
@@ -108,7 +105,9 @@ RULES = {
 labels = train.labels.numpy()
 own_loss = appkit.cached_training_loss(str(ws.root), run.key)
 mislabel = None
-if has_oof_probs(run, train, ws):  # the combined mislabel score is ready (Mislabels page): offer harm + it
+if appkit.oof_ready(
+    str(ws.root), run.key
+):  # the combined mislabel score is ready (Mislabels page): offer harm + it
     mislabel = appkit.cached_label_quality(str(ws.root), run.key)[COMBINED]
     RULES = {"harm_mislabel": "harm + mislabel score, within each class", **RULES}
 uses = {r: rule_usefulness(result.scores, r, labels, own_loss=own_loss, mislabel=mislabel) for r in RULES}
@@ -182,12 +181,8 @@ n_seeds = int(
 )
 fractions, seeds = curve_fractions(largest), tuple(range(n_seeds))
 curve_args = (useful, train, data.test, run.model_config, run.train_config, fractions, seeds)
-# the stored curves were looked up above at these settings (the widgets' keys); look up again only if not
-curve = (
-    measured.get(rule)
-    if (fractions, seeds) == curve_setup
-    else stored_pruning_curve(*curve_args, workspace=ws)
-)
+# the stored curves were looked up above at these settings: `curve_setup` reads the widgets' keys
+curve = measured.get(rule)
 if curve is None:
     n_models = (2 * len(fractions) - 1) * n_seeds
     box = st.empty()  # the caption and button go away once the curve is drawn

@@ -72,6 +72,16 @@ def _splits(run: TrainedRun) -> DatasetSplits:
     return load_dataset(DatasetSpec.from_dict(run.dataset))
 
 
+def exact_config(run: TrainedRun, query_id: str, target: int, seeds) -> dict:
+    """The artifact key of one query's exact scores (kind `KIND`): run, query, target class, replayed seeds."""
+    return {
+        "run": run.key,
+        "query_id": str(query_id),
+        "target": int(target),
+        "seeds": [int(s) for s in seeds],
+    }
+
+
 def exact_scores_for_query(
     run: TrainedRun,
     query_id: str,
@@ -107,7 +117,7 @@ def exact_scores_for_query(
     if not 0 <= target < test.n_classes:
         raise ConfigError(f"target class {target} is out of range [0, {test.n_classes}).")
     chosen = attributor.chosen_seeds_ if attributor is not None else run.select_seeds(seeds)
-    config = {"run": run.key, "query_id": str(query_id), "target": target, "seeds": list(chosen)}
+    config = exact_config(run, query_id, target, chosen)
     if workspace.exists(KIND, config):
         path = workspace.open(KIND, config)
         per_seed = load_array(path / "per_seed.npy")
