@@ -82,7 +82,6 @@ ATTRIBUTORS = {
     "trak": ("trak", {}),
     "influence/ekfac": ("influence", {}),
 }
-ROUND_FRACTION = 0.025  # iterative rules: share of the training set removed per round
 
 
 def log(msg: str) -> None:
@@ -108,7 +107,11 @@ def usefulness_vectors(
     `iterative=False` leave out the d-TDA rules / the cleanlab baseline / the iterative rules; the
     out-of-fold probabilities and iterative usefulness are cached in `workspace` (default the benchmark's).
     """
-    from tda_explorer.evaluation.iterative_pruning import compute_iterative_usefulness, fit_and_score
+    from tda_explorer.evaluation.iterative_pruning import (
+        ROUND_FRACTION,
+        compute_iterative_usefulness,
+        fit_and_score,
+    )
     from tda_explorer.evaluation.label_quality import (
         cleanlab_scores,
         combined_mislabel_score,

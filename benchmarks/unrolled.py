@@ -270,24 +270,23 @@ def main(argv: list[str] | None = None) -> None:
         help="train the run and the two ground truths (cached in shards of 10), stop",
     )
     args = p.parse_args(argv)
-    global RESULTS
-    RESULTS = results_path(args.arch)
+    path = results_path(args.arch)
     started = time.perf_counter()
     only = tuple(m for m in (args.methods or "").split(",") if m)
     if args.dtda or args.linearity:
-        doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # both checks are of the MLP
         key = "dtda" if args.dtda else "linearity"
         from benchmarks.unrolled_checks import dtda_validation, linearity
 
         doc[key] = dtda_validation(workers=args.workers) if args.dtda else linearity()
-        write(doc)
+        write(doc, RESULTS)
         print(json.dumps(doc[key], indent=1))
         return
 
     def save(partial: dict) -> None:  # after every row, so an interrupted run keeps what it measured
         res = copy.deepcopy(partial)
-        if RESULTS.exists():  # keep rows of the same setting that this invocation did not recompute
-            old = json.loads(RESULTS.read_text())
+        if path.exists():  # keep rows of the same setting that this invocation did not recompute
+            old = json.loads(path.read_text())
             if (old.get("n_query"), old.get("n_subsets")) == (args.queries, args.subsets):
                 kept = {k: v for k, v in old.get("methods", {}).items() if k not in res.get("methods", {})}
                 res["methods"] = kept | res.get("methods", {})
@@ -300,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             "wall_seconds": round(time.perf_counter() - started, 1),
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
         }
-        write(res)
+        write(res, path)
 
     res = run_benchmark(
         args.queries,
@@ -314,17 +313,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.truth_only:
         save(res)
-        print(json.loads(RESULTS.read_text())["markdown"])
+        print(json.loads(path.read_text())["markdown"])
 
 
-def write(doc: dict) -> None:
+def write(doc: dict, path: Path) -> None:
     """Write the results JSON atomically."""
+    from tda_explorer.store.atomic import atomic_write_text
+
     if "methods" in doc:
         doc["markdown"] = markdown(doc)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(RESULTS)
+    atomic_write_text(path, json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

@@ -64,6 +64,19 @@ def score_config(run: TrainedRun, method: str, settings: dict, split: str) -> di
     }
 
 
+def prepared_attributor(
+    method: str, settings: dict, splits: DatasetSplits, ws: Workspace, progress: Progress | None = None
+):
+    """`method(**settings)` ready to fit: methods that cache artifacts get `ws` (LoRA ensembles, TRAK's and
+    influence's held-out signal), those that hold the validation split out get `splits.val`."""
+    attributor = make_attributor(method, progress=progress, **settings)
+    if getattr(attributor, "workspace", False) is None:
+        attributor.workspace = ws
+    if getattr(attributor, "validation", False) is None:
+        attributor.validation = splits.val
+    return attributor
+
+
 def compute_scores(
     run: TrainedRun,
     splits: DatasetSplits,
@@ -82,11 +95,7 @@ def compute_scores(
         raise ConfigError(f"query split {split!r} is not one of {QUERY_SPLITS}.")
     ws = default_workspace(workspace)
     settings = dict(settings or {})
-    attributor = make_attributor(method, progress=progress, **settings)
-    if getattr(attributor, "workspace", False) is None:  # methods that cache artifacts (LoRA ensembles)
-        attributor.workspace = ws
-    if getattr(attributor, "validation", False) is None:  # TRAK's "auto" holds the validation split out
-        attributor.validation = splits.val
+    attributor = prepared_attributor(method, settings, splits, ws, progress)
     cfg = score_config(run, method, attributor.settings.config(), split)
 
     def compute() -> tuple[dict[str, np.ndarray], dict]:

@@ -99,15 +99,13 @@ def fit_and_score(run: TrainedRun, splits: DatasetSplits, method: str, settings:
                   workspace: Workspace | None = None) -> np.ndarray:  # fmt: skip
     """`[n_val, n_train]` validation scores of `method` fitted on `run` and `splits.train` (as
     `attributors.scores.compute_scores` fits it, without storing the scores)."""
-    from tda_explorer.attributors import make_attributor
+    from tda_explorer.attributors.scores import prepared_attributor
+    from tda_explorer.models.text_cache import states_stored_in
 
-    attributor = make_attributor(method, **settings)
-    if getattr(attributor, "workspace", False) is None:
-        attributor.workspace = workspace
-    if getattr(attributor, "validation", False) is None:
-        attributor.validation = splits.val
-    attributor.fit(run, splits.train)
-    return np.asarray(torch.as_tensor(attributor.score(splits.val)).double().cpu())
+    attributor = prepared_attributor(method, settings, splits, workspace)
+    with states_stored_in(workspace):
+        attributor.fit(run, splits.train)
+        return np.asarray(torch.as_tensor(attributor.score(splits.val)).double().cpu())
 
 
 def iterative_usefulness(
