@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,11 @@ from benchmarks.airrep import (
     progress_printer,
     save_result,
     setup,
-    summary,
-    timed,
 )
+from benchmarks.airrep_teacher import fit_student, label_teacher
 from benchmarks.console import log
 from tda_explorer.attributors import make_attributor
-from tda_explorer.attributors.airrep import check_disjoint_subsets
 from tda_explorer.attributors.scores import compute_scores
-from tda_explorer.evaluation import lds_groups, lds_score
 
 SJLT_NAME = "trak-10 (sjlt, k 2048)"
 SUBSETS = (256, 1024, 4096, 16384)
@@ -73,21 +69,6 @@ TRAINING = {
 }
 
 
-def _label_teacher(method: str, settings: dict, val_scores: np.ndarray):
-    """An attributor object that only answers `score(val)` with cached scores (names and keys the labels)."""
-    teacher = make_attributor(method, **settings)
-    teacher.fitted_ = True
-    cached = torch.from_numpy(np.asarray(val_scores, dtype=np.float32))
-
-    def score(queries):
-        if len(queries) != cached.shape[0]:
-            raise ValueError("this cached teacher only has the label queries' scores")
-        return cached
-
-    teacher.score = score
-    return teacher
-
-
 def load_teacher(st) -> tuple[object, dict]:
     """`(label teacher, info)`: TRAK-10 sjlt's cached validation scores; info = its measured LDS and timings."""
     method, settings = BASELINES[SJLT_NAME]
@@ -97,13 +78,13 @@ def load_teacher(st) -> tuple[object, dict]:
     # measured by benchmarks.airrep_teacher (fit, LDS on the test queries, 5 timings at load ~15)
     measured = json.loads(RESULTS.read_text())["teacher"]["teacher"]
     info = {"name": SJLT_NAME, **measured, "source": 'airrep.json["teacher"]["teacher"]'}
-    return _label_teacher(method, settings, val), info
+    return label_teacher(method, settings, np.asarray(val, dtype=np.float32), st.splits.val.ids), info
 
 
 def run_benchmark(subsets, steps: int, key: str, workspace: Path, out: Path, threads: int = 2) -> dict:
     st = setup(workspace, 2)
     torch.set_num_threads(threads)
-    splits, run, truth = st.splits, st.run, st.truth
+    truth = st.truth
     masks = torch.from_numpy(truth.masks)
     teacher, info = load_teacher(st)
     log(f"teacher {info['name']}: LDS {info['group_lds']['mean']:.4f}")
@@ -127,35 +108,16 @@ def run_benchmark(subsets, steps: int, key: str, workspace: Path, out: Path, thr
             teacher=teacher,
             progress=progress_printer(name),
         )
-        load = loadavg()
-        start = time.perf_counter()
-        attr.fit(run, splits.train)
-        fit_wall = time.perf_counter() - start
-        check_disjoint_subsets(attr.data_.masks, truth.masks)  # raises if a training subset is an LDS one
-        scores, med, times, score_load = timed(lambda a=attr: a.score(splits.test), REPEATS)
-        glds = lds_groups(attr.score_groups(splits.test, masks), truth)
-        hist = attr.trained_.history
-        best = attr.trained_.best_epoch
+        common, fitted = fit_student(attr, st, masks)
+        glds, med, hist = fitted["glds"], fitted["median"], fitted["history"]
         row = {
             "n_subsets": m,
-            "group_lds": summary(glds),
-            "lds": summary(lds_score(scores, truth)),
-            "epochs_run": len(hist) - 1,
-            "best_epoch": best,
+            **common,
             "heldout_lds_vs_teacher_labels_init": round(hist[0]["heldout_lds"], 4),
-            "heldout_lds_vs_teacher_labels_best": round(hist[best + 1]["heldout_lds"], 4),
-            "label_seconds": round(attr.data_.seconds, 2),
-            "train_seconds": round(attr.trained_.seconds, 1),
-            "fit_wall_seconds": round(fit_wall, 1),
+            "fit_wall_seconds": round(fitted["fit_wall"], 1),
             "one_time_seconds": round(teacher_once + attr.data_.seconds + attr.trained_.seconds, 1),
-            "inference_seconds": round(med, 4),
-            "inference_times": [round(t, 4) for t in times],
-            "inference_loadavg": score_load,
+            "inference_loadavg": fitted["score_load"],
             "inference_speedup_vs_teacher": round(t_med / med, 1),
-            "loadavg": load,
-            "data_key": attr.data_.key,
-            "encoder_key": attr.trained_.key,
-            "training_subsets_disjoint_from_lds_subsets": True,
             "targets": {
                 "group_lds_ge_teacher": glds.mean >= t_lds,
                 "inference_ge_50x_faster": t_med / med >= 50,

@@ -113,21 +113,61 @@ def _fitted_teacher(st) -> tuple:
     return teacher, t_med, info
 
 
+def label_teacher(method: str, settings: dict, scores, val_ids) -> object:
+    """An attributor that only answers `score(val)` with the given scores `[n_val, N]` (it names and keys the
+    teacher labels; never fitted here)."""
+    teacher = make_attributor(method, **settings)
+    teacher.fitted_ = True
+    cached = torch.as_tensor(scores)
+    val_ids = tuple(val_ids)
+
+    def score(queries):
+        if tuple(queries.ids) != val_ids:
+            raise ValueError("the cached teacher only has the label queries' scores")
+        return cached
+
+    teacher.score = score
+    return teacher
+
+
+def fit_student(attr, st, masks: torch.Tensor) -> tuple[dict, dict]:
+    """Fit a student on the run, check its label subsets are not LDS subsets, time scoring the test queries.
+
+    Returns `(row fields both AirRep curves store, {"glds", "median", "fit_wall", "score_load", "history"})`.
+    """
+    splits, truth = st.splits, st.truth
+    load = loadavg()
+    start = time.perf_counter()
+    attr.fit(st.run, splits.train)
+    fit_wall = time.perf_counter() - start
+    check_disjoint_subsets(attr.data_.masks, truth.masks)  # raises if a training subset is an LDS one
+    scores, med, times, score_load = timed(lambda: attr.score(splits.test), REPEATS)
+    glds = lds_groups(attr.score_groups(splits.test, masks), truth)
+    hist, best = attr.trained_.history, attr.trained_.best_epoch
+    row = {
+        "group_lds": summary(glds),
+        "lds": summary(lds_score(scores, truth)),
+        "epochs_run": len(hist) - 1,
+        "best_epoch": best,
+        "heldout_lds_vs_teacher_labels_best": round(hist[best + 1]["heldout_lds"], 4),
+        "label_seconds": round(attr.data_.seconds, 2),
+        "train_seconds": round(attr.trained_.seconds, 1),
+        "inference_seconds": round(med, 4),
+        "inference_times": [round(t, 4) for t in times],
+        "loadavg": load,
+        "data_key": attr.data_.key,
+        "encoder_key": attr.trained_.key,
+        "training_subsets_disjoint_from_lds_subsets": True,
+    }
+    return row, {"glds": glds, "median": med, "fit_wall": fit_wall, "score_load": score_load, "history": hist}
+
+
 def _cached_teacher(st) -> tuple:
     """The teacher's label scores from the workspace's score cache (`compute_scores`, split "val"), no fit
     and no timing: for extra curve points next to a run that measured the teacher."""
     splits, run = st.splits, st.run
     cached = compute_scores(run, splits, TEACHER[0], TEACHER[1], "val", st.ws, progress_printer("teacher"))
-    teacher = make_attributor(TEACHER[0], **TEACHER[1])
-    teacher.fitted_ = True  # never fitted here: only its cached scores of the label queries are used
-    val_ids = tuple(splits.val.ids)
-
-    def score(queries):
-        if tuple(queries.ids) != val_ids:
-            raise ValueError("the cached teacher only has the label queries' scores")
-        return torch.from_numpy(cached.scores)
-
-    teacher.score = score
+    teacher = label_teacher(*TEACHER, cached.scores, splits.val.ids)
     info = {
         "method": TEACHER[0],
         "settings": TEACHER[1],
@@ -147,7 +187,7 @@ def run_benchmark(
     cached_teacher: bool = False,
 ) -> dict:
     st = setup(workspace, workers)
-    splits, run, truth = st.splits, st.run, st.truth
+    splits, truth = st.splits, st.truth
     masks = torch.from_numpy(truth.masks)
 
     if cached_teacher:
@@ -177,33 +217,16 @@ def run_benchmark(
             teacher=teacher,
             progress=progress_printer(name),
         )
-        load = loadavg()
-        attr.fit(run, splits.train)
-        check_disjoint_subsets(attr.data_.masks, truth.masks)  # raises if a training subset is an LDS one
-        scores, med, times, _ = timed(lambda a=attr: a.score(splits.test), REPEATS)
-        groups = attr.score_groups(splits.test, masks)
-        glds = lds_groups(groups, truth)
-        hist = attr.trained_.history
+        common, fitted = fit_student(attr, st, masks)
+        glds, med, hist = fitted["glds"], fitted["median"], fitted["history"]
         once = teacher_once + attr.data_.seconds + attr.trained_.seconds
         row = {
             "n_subsets": m,
-            "group_lds": summary(glds),
-            "lds": summary(lds_score(scores, truth)),
+            **common,
             "epochs": epochs,
-            "epochs_run": len(hist) - 1,
-            "best_epoch": attr.trained_.best_epoch,
             "steps": min(steps, (len(hist) - 1) * steps_per_epoch(m, len(splits.val))),
-            "heldout_lds_vs_teacher_labels_best": round(hist[attr.trained_.best_epoch + 1]["heldout_lds"], 4),
-            "label_seconds": round(attr.data_.seconds, 2),
-            "train_seconds": round(attr.trained_.seconds, 1),
             "one_time_seconds": round(once, 1),
-            "inference_seconds": round(med, 4),
-            "inference_times": [round(t, 4) for t in times],
             "inference_speedup_vs_teacher": None if t_med is None else round(t_med / med, 1),
-            "loadavg": load,
-            "data_key": attr.data_.key,
-            "encoder_key": attr.trained_.key,
-            "training_subsets_disjoint_from_lds_subsets": True,
             "targets": {
                 "group_lds_ge_trak10": None if teacher_lds is None else glds.mean >= teacher_lds,
                 "inference_ge_50x_faster": None if t_med is None else t_med / med >= 50,
