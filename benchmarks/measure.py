@@ -222,18 +222,19 @@ def short_machine() -> dict:
 
 
 def save_mode_result(path, mode: str, result: dict, merge=None) -> None:
-    """Store `result` under `mode` in the JSON file `path` (other modes kept; `merge(old, new)` may combine
-    it with the stored result of the same mode) and rewrite RESULTS.md from every result file."""
+    """Store `result` under `mode` in the JSON file `path` (other modes kept, written atomically by
+    `console.store_result`; `merge(old, new)` may combine it with the stored result of the same mode) and
+    rewrite RESULTS.md from every result file."""
     import json
     from pathlib import Path
 
+    from benchmarks.console import store_result
     from benchmarks.report import write_report
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    if merge is not None and mode in stored:
-        result = merge(stored[mode], result)
-    stored[mode] = result
-    path.write_text(json.dumps(stored, indent=2, default=str) + "\n")
+    if merge is not None and path.exists():
+        stored = json.loads(path.read_text())
+        if mode in stored:
+            result = merge(stored[mode], result)
+    store_result(path, mode, result)
     write_report(path.parent, path.parent.parent / "RESULTS.md")

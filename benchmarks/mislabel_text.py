@@ -27,14 +27,14 @@ settings'. Writes `benchmarks/results/mislabel_text.json` (`{mode: result}`).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from datetime import UTC, datetime
 
 from benchmarks import mislabel
-from benchmarks.measure import mode_parser, short_machine
+from benchmarks.console import store_result
+from benchmarks.measure import mode_main, short_machine
 from benchmarks.mislabel import FOLDS, REPEATS, ROOT, WORKSPACE, Setting, setting_result
 
 RESULTS = ROOT / "benchmarks" / "results" / "mislabel_text.json"
@@ -114,23 +114,11 @@ def markdown(result: dict) -> str:
 
 def save(result: dict, path=RESULTS) -> None:
     """Store `result` under its mode in `path` (other modes kept), atomically."""
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    stored[result["mode"]] = result
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stored, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    store_result(path, result["mode"], result)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-
-    args = mode_parser(__doc__.split("\n")[0]).parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = run_benchmark(args.mode or "quick")
-    save(result)
-    print(markdown(result))
-    return 0
+    return mode_main(argv, __doc__.split("\n")[0], run_benchmark, markdown, RESULTS)
 
 
 if __name__ == "__main__":
